@@ -1,0 +1,1 @@
+//! repeaterd: forwards events to remote HTTP APIs, reliably and fairly.

@@ -1,1 +1,10 @@
 //! repeaterd: forwards events to remote HTTP APIs, reliably and fairly.
+//!
+//! One module per concern: [`model`] (the product's nouns), [`config`]
+//! (TOML schema and validation), [`store`] (durable state behind one trait),
+//! [`schedule`] (pure scheduling policy), [`dispatch`] (running a repeater's
+//! batch), [`plugin`] (the wasm sandbox), [`outbound`] (HTTP client, SSRF
+//! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
+
+pub mod model;
+pub mod store;

@@ -1,0 +1,390 @@
+//! Durable state: the [`Store`] trait is the one seam between scheduling and
+//! SQL. Two implementations live beside it: [`sqlite`] (the embedded default,
+//! one daemon per file) and [`postgres`] (several daemons sharing a database).
+//!
+//! Invariants every implementation keeps:
+//! - A repeater is the lane: work on its records happens only under its lease.
+//!   A lease carries an epoch bumped on every acquisition; every write made on
+//!   behalf of a lease is fenced by that epoch, so a stale holder changes
+//!   nothing once another process has taken the lane over.
+//! - Claiming reads due records of a leased repeater; it does not mark them.
+//!   If the holder dies, the lease expires and the next holder reads the same
+//!   records again: delivery is at-least-once and nothing is lost.
+//! - Batches are read and written in one statement or transaction each.
+//! - Ingest is all or nothing and idempotent by `(domain, event id)`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::model::{AttemptOutcome, Millis, NewEvent, RecordState, RepeaterSpec};
+
+/// Errors from the store. Callers match on the variant, not the text.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no (connection, query, constraint).
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The input cannot be stored (for example an event id reused with a
+    /// different payload is still fine, but an unknown domain is not).
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The lease this write was fenced by is no longer held.
+    #[error("lease on repeater {repeater_id} (epoch {epoch}) is no longer held")]
+    LeaseLost {
+        /// The repeater whose lane was lost.
+        repeater_id: i64,
+        /// The epoch the writer held.
+        epoch: i64,
+    },
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value in {what}: {detail}")]
+    Corrupt {
+        /// Which column or row.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Short alias for store results.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A stored repeater with its live status.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepeaterRow {
+    /// Internal id.
+    pub id: i64,
+    /// The configured spec.
+    pub spec: RepeaterSpec,
+    /// Paused repeaters are not scheduled; their records keep their state.
+    pub paused: bool,
+    /// While in the future, the repeater is backed off.
+    pub backoff_until: Option<Millis>,
+    /// How many consecutive failed batches led to the current backoff.
+    pub backoff_step: u32,
+    /// The current lease, if one is held (it may have expired).
+    pub lease: Option<LeaseInfo>,
+    /// The last failure seen, for status.
+    pub last_error: Option<String>,
+    /// When a record of this repeater last succeeded.
+    pub last_success_at: Option<Millis>,
+    /// When the repeater was first stored.
+    pub created_at: Millis,
+    /// When the spec or status last changed.
+    pub updated_at: Millis,
+}
+
+/// Who holds a repeater's lane, for status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    /// The holder's name (process id and host).
+    pub holder: String,
+    /// The lease epoch.
+    pub epoch: i64,
+    /// When it expires unless renewed.
+    pub expires_at: Millis,
+}
+
+/// Record counts of one repeater or domain by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    pub pending: i64,
+    pub retrying: i64,
+    pub succeeded: i64,
+    pub rejected: i64,
+    pub empty: i64,
+    pub cancelled: i64,
+}
+
+impl Backlog {
+    /// Adds `count` records in `state`.
+    pub fn add(&mut self, state: RecordState, count: i64) {
+        let slot = match state {
+            RecordState::Pending => &mut self.pending,
+            RecordState::Retrying => &mut self.retrying,
+            RecordState::Succeeded => &mut self.succeeded,
+            RecordState::Rejected => &mut self.rejected,
+            RecordState::Empty => &mut self.empty,
+            RecordState::Cancelled => &mut self.cancelled,
+        };
+        *slot += count;
+    }
+}
+
+/// What ingest did with one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    /// The event id (the producer's, or the one the host made).
+    pub event_id: String,
+    /// False when the id was seen before and nothing new was created.
+    pub created: bool,
+    /// The records of this event, one per subscribed repeater.
+    pub records: Vec<IngestedRecord>,
+}
+
+/// One record made by ingest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IngestedRecord {
+    /// The record id.
+    pub id: i64,
+    /// The repeater's name.
+    pub repeater: String,
+}
+
+/// A repeater with records due now, as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyRepeater {
+    /// Internal id.
+    pub id: i64,
+    /// Its domain.
+    pub domain: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A held lease: the right to work a repeater's lane until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The repeater leased.
+    pub repeater_id: i64,
+    /// Bumped on every acquisition; fences every write.
+    pub epoch: i64,
+    /// Random token of this acquisition.
+    pub token: String,
+    /// When the lease expires unless renewed.
+    pub expires_at: Millis,
+}
+
+/// A due record with the event it carries, ready for the plugin.
+#[derive(Debug, Clone)]
+pub struct ClaimedRecord {
+    /// Record id.
+    pub id: i64,
+    /// Attempts made so far since registration or resend.
+    pub attempts: u32,
+    /// When the record's age started counting (registration or resend).
+    pub age_origin: Millis,
+    /// The event's id (producer key or host-made).
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Payload media type.
+    pub content_type: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// Ordering key, if any.
+    pub ordering_key: Option<String>,
+    /// When the event was registered.
+    pub registered_at: Millis,
+}
+
+/// One finished attempt of a record, and where it leaves the record.
+#[derive(Debug, Clone)]
+pub struct RecordOutcome {
+    /// The record.
+    pub record_id: i64,
+    /// The record's new state.
+    pub state: RecordState,
+    /// When to try again (for `retrying`).
+    pub next_attempt_at: Option<Millis>,
+    /// Whether this outcome counts as an attempt (a skipped turn does not).
+    pub attempt: Option<AttemptDraft>,
+}
+
+/// An attempt to be written.
+#[derive(Debug, Clone)]
+pub struct AttemptDraft {
+    /// When the attempt started.
+    pub started_at: Millis,
+    /// How long it took.
+    pub duration_ms: i64,
+    /// HTTP status, when a response came back.
+    pub status: Option<u16>,
+    /// Transport, plugin or policy error, when there was one.
+    pub error: Option<String>,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// The start of the response body (at most the configured excerpt size).
+    pub response_excerpt: Option<Vec<u8>>,
+}
+
+/// The repeater's health after a batch. `None` in [`Store::finish_batch`]
+/// leaves it untouched (outcomes that blame the payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepeaterHealth {
+    /// Backed off until then, or not backed off.
+    pub backoff_until: Option<Millis>,
+    /// Consecutive failed batches.
+    pub backoff_step: u32,
+    /// Last failure seen.
+    pub last_error: Option<String>,
+    /// Last success, if this batch had one.
+    pub last_success_at: Option<Millis>,
+}
+
+/// A stored record, as listed by the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordRow {
+    pub id: i64,
+    pub domain: String,
+    pub repeater: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub state: RecordState,
+    pub attempts: u32,
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub last_error: Option<String>,
+}
+
+/// A stored attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub record_id: i64,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub outcome: AttemptOutcome,
+    /// Response body start, lossily decoded as UTF-8 for display.
+    pub response_excerpt: Option<String>,
+}
+
+/// Filter for [`Store::records`].
+#[derive(Debug, Clone, Default)]
+pub struct RecordQuery {
+    /// Only this repeater.
+    pub repeater: Option<String>,
+    /// Only this state.
+    pub state: Option<RecordState>,
+    /// Only ids greater than this (keyset pagination).
+    pub after: Option<i64>,
+    /// At most this many (the caller clamps it).
+    pub limit: u32,
+}
+
+/// The durable state of the daemon. See the module docs for the invariants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies the embedded migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// A signal notified when new work may be ready: after every ingest in
+    /// this process, and (PostgreSQL) when another process ingests.
+    fn wake_signal(&self) -> Arc<tokio::sync::Notify>;
+
+    // --- repeaters -------------------------------------------------------
+
+    /// Creates or replaces a repeater's spec, keeping its status and records.
+    async fn upsert_repeater(&self, spec: &RepeaterSpec, now: Millis) -> StoreResult<RepeaterRow>;
+    /// Deletes a repeater; its unfinished records become `cancelled`.
+    /// Returns false when there was no such repeater.
+    async fn delete_repeater(&self, domain: &str, name: &str, now: Millis) -> StoreResult<bool>;
+    /// One repeater.
+    async fn repeater(&self, domain: &str, name: &str) -> StoreResult<Option<RepeaterRow>>;
+    /// Every repeater, or those of one domain, ordered by domain and name.
+    async fn repeaters(&self, domain: Option<&str>) -> StoreResult<Vec<RepeaterRow>>;
+    /// Record counts of one repeater by state.
+    async fn backlog(&self, repeater_id: i64) -> StoreResult<Backlog>;
+    /// Record counts of unfinished records by domain and state (for metrics).
+    async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>>;
+    /// Pauses or resumes a repeater. Returns false when there is no such repeater.
+    async fn set_paused(
+        &self,
+        domain: &str,
+        name: &str,
+        paused: bool,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Puts the repeater's `retrying` and `cancelled` records back to
+    /// `pending`, due now, and clears its backoff. Returns how many moved.
+    async fn requeue(&self, domain: &str, name: &str, now: Millis) -> StoreResult<u64>;
+
+    // --- ingest ----------------------------------------------------------
+
+    /// Stores events of one domain and makes one record per subscribed
+    /// repeater, all or nothing. An event whose id was seen before in the
+    /// domain creates nothing and reports the first answer.
+    async fn ingest(
+        &self,
+        domain: &str,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> StoreResult<Vec<Ingested>>;
+
+    // --- scheduling ------------------------------------------------------
+
+    /// Repeaters that are not paused, not backed off, not leased (or whose
+    /// lease expired) and have at least one record due at `now`.
+    async fn ready_repeaters(&self, now: Millis) -> StoreResult<Vec<ReadyRepeater>>;
+    /// The earliest time something becomes due (a record's next attempt or
+    /// a backoff or lease ending), for the scheduler's sleep.
+    async fn next_wakeup(&self, now: Millis) -> StoreResult<Option<Millis>>;
+    /// Takes the repeater's lease if it is free or expired. `None` when
+    /// another holder has it.
+    async fn acquire_lease(
+        &self,
+        repeater_id: i64,
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> StoreResult<Option<Lease>>;
+    /// Extends a held lease. Fails with [`StoreError::LeaseLost`] when taken over.
+    async fn renew_lease(&self, lease: &Lease, now: Millis, ttl_ms: i64) -> StoreResult<Lease>;
+    /// Reads up to `limit` due records of the leased repeater, oldest due
+    /// first, with their events.
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        now: Millis,
+    ) -> StoreResult<Vec<ClaimedRecord>>;
+    /// Writes a batch's outcomes and attempts, and the repeater's health
+    /// when given, in one transaction fenced by the lease; releases the lease
+    /// when `release` is true. Fails with [`StoreError::LeaseLost`] (and
+    /// writes nothing) when the lease was taken over.
+    async fn finish_batch(
+        &self,
+        lease: &Lease,
+        outcomes: &[RecordOutcome],
+        health: Option<&RepeaterHealth>,
+        release: bool,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Gives the lease up without writing anything else.
+    async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
+
+    // --- records ---------------------------------------------------------
+
+    /// Records of a domain, ordered by id.
+    async fn records(&self, domain: &str, query: &RecordQuery) -> StoreResult<Vec<RecordRow>>;
+    /// One record with its attempts, oldest first.
+    async fn record(
+        &self,
+        domain: &str,
+        id: i64,
+    ) -> StoreResult<Option<(RecordRow, Vec<AttemptRow>)>>;
+    /// Moves any record back to `pending`, due now, keeping its attempts;
+    /// its attempt count and age start again. False when there is no such record.
+    async fn resend(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool>;
+    /// Cancels a record that is not yet terminal. False when there is no
+    /// such record; `Invalid` when it is already terminal.
+    async fn cancel(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool>;
+
+    // --- retention -------------------------------------------------------
+
+    /// Deletes up to `limit` terminal records last updated before `before`,
+    /// with their attempts and any events left without records. Returns how
+    /// many records went.
+    async fn purge_terminal(&self, before: Millis, limit: u32) -> StoreResult<u64>;
+}

@@ -3,7 +3,7 @@
 //! with jitter; any success resets it. A dead endpoint then costs one probe
 //! batch per step instead of one request per queued record.
 
-use crate::model::Millis;
+use crate::model::{AttemptOutcome, Millis};
 
 /// Doubling backoff of a repeater between failed batches.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,7 +63,20 @@ pub enum AttemptResult {
     Empty,
 }
 
-/// What a batch does to its repeater's backoff.
+impl From<AttemptOutcome> for AttemptResult {
+    /// A stored attempt outcome, as repeater health sees it.
+    fn from(outcome: AttemptOutcome) -> AttemptResult {
+        match outcome {
+            AttemptOutcome::Success => AttemptResult::Success,
+            AttemptOutcome::Retry => AttemptResult::RetryableFailure,
+            AttemptOutcome::Reject => AttemptResult::Rejected,
+            AttemptOutcome::Skip => AttemptResult::Empty,
+        }
+    }
+}
+
+/// What a batch does to its repeater's backoff. On [`BatchVerdict::Reset`]
+/// the repeater's step goes back to 0 and its backoff is cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchVerdict {
     /// Every attempt that speaks about the endpoint failed retryably: back off.
@@ -173,6 +186,10 @@ mod tests {
         assert_eq!(batch_verdict([Rejected, Success]), BatchVerdict::Reset);
         assert_eq!(batch_verdict([Rejected, Empty]), BatchVerdict::Stay);
         assert_eq!(batch_verdict([]), BatchVerdict::Stay);
+        assert_eq!(
+            batch_verdict([AttemptOutcome::Retry, AttemptOutcome::Skip].map(AttemptResult::from)),
+            BatchVerdict::BackOff
+        );
         // Payload-blaming outcomes do not hide a dead endpoint.
         assert_eq!(
             batch_verdict([Rejected, RetryableFailure, Empty]),

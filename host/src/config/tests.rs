@@ -399,3 +399,12 @@ fn the_example_config_parses_and_shows_the_defaults() {
     );
     assert!(!config.repeaters.is_empty());
 }
+
+#[test]
+fn syntax_errors_carry_their_line() {
+    let err = parse("[server]\nlisten = \"127.0.0.1:1\"\n\n[dispatch\n").unwrap_err();
+    assert_eq!(err.line(), Some(4), "{err}");
+    let err = parse("[dispatch]\nconcurrency = 3\nconcurrency = 4\n").unwrap_err();
+    assert_eq!(err.line(), Some(3), "{err}");
+    assert!(err.to_string().contains("concurrency"), "{err}");
+}

@@ -515,4 +515,43 @@ mod tests {
         queue.record_batch(1, false);
         assert!(!queue.is_heavy(1));
     }
+
+    proptest::proptest! {
+        /// Whatever else is busy, a repeater that can always run is picked
+        /// within one full round: every domain once, and within its own
+        /// domain every repeater once.
+        #[test]
+        fn an_always_eligible_repeater_is_never_starved(
+            sizes in proptest::collection::vec(1usize..20, 1..12),
+            busy_seed in 0u64..1000,
+            target_pick in 0usize..1000,
+        ) {
+            let mut ready = Vec::new();
+            for (d, size) in sizes.iter().enumerate() {
+                for _ in 0..*size {
+                    let id = ready.len() as i64;
+                    ready.push(repeater(id, &format!("d{d}")));
+                }
+            }
+            let target = ready[target_pick % ready.len()].clone();
+            let own_domain = ready.iter().filter(|r| r.domain == target.domain).count();
+            let bound = sizes.len() * own_domain;
+            let mut queue = FairQueue::new();
+            queue.set_ready(&ready);
+            let mut rng = StdRng::seed_from_u64(busy_seed);
+            let mut since = 0;
+            for _ in 0..(4 * bound) {
+                let busy_draw: Vec<bool> = (0..ready.len()).map(|_| rng.random_bool(0.5)).collect();
+                let picked = queue.next(|r| r.id == target.id || !busy_draw[r.id as usize]);
+                let picked = picked.expect("the target can always run");
+                proptest::prop_assert!(picked.id == target.id || !busy_draw[picked.id as usize]);
+                if picked.id == target.id {
+                    since = 0;
+                } else {
+                    since += 1;
+                    proptest::prop_assert!(since < bound, "starved for {} picks (bound {})", since, bound);
+                }
+            }
+        }
+    }
 }

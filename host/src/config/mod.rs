@@ -93,8 +93,9 @@ impl ConfigError {
     }
 }
 
-/// The whole configuration of one daemon.
-#[derive(Debug, Clone, PartialEq)]
+/// The whole configuration of one daemon. `Config::default()` is what an
+/// empty file gives, with paths relative to the current directory.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     /// The HTTP API listener.
     pub server: ServerConfig,
@@ -108,20 +109,6 @@ pub struct Config {
     pub security: SecurityConfig,
     /// Repeaters declared in the file, in file order.
     pub repeaters: Vec<RepeaterSpec>,
-}
-
-impl Default for Config {
-    /// The configuration of an empty file (paths relative to the current directory).
-    fn default() -> Config {
-        Config {
-            server: ServerConfig::default(),
-            database: DatabaseConfig::default(),
-            dispatch: DispatchConfig::default(),
-            plugins: PluginsConfig::default(),
-            security: SecurityConfig::default(),
-            repeaters: Vec::new(),
-        }
-    }
 }
 
 /// The file as written, before defaults are resolved.

@@ -16,8 +16,9 @@ pub struct SecretRef(String);
 pub struct Secret(String);
 
 impl Secret {
-    pub(crate) fn wrap(value: String) -> Secret {
-        Secret(value)
+    /// A secret written in the config text itself (an inline database URL).
+    pub(crate) fn from_config(value: &str) -> Secret {
+        Secret(value.to_owned())
     }
 
     /// The value, for the one place that needs it (a header, a comparison).

@@ -221,10 +221,3 @@ pub struct SecurityConfig {
     #[serde(deserialize_with = "ip_nets")]
     pub allow_private: Vec<IpNet>,
 }
-
-impl Secret {
-    /// A secret taken from the config text itself (an inline database URL).
-    pub(crate) fn from_config(value: &str) -> Secret {
-        Secret::wrap(value.to_owned())
-    }
-}

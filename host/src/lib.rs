@@ -6,5 +6,7 @@
 //! batch), [`plugin`] (the wasm sandbox), [`outbound`] (HTTP client, SSRF
 //! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
 
+pub mod config;
 pub mod model;
+pub mod schedule;
 pub mod store;

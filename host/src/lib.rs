@@ -7,4 +7,5 @@
 //! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
 
 pub mod model;
+pub mod outbound;
 pub mod store;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderValue, USER_AGENT};
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -19,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
 
 use super::connector::{GuardedConnector, GuardedResolver};
 use super::error::{
@@ -46,6 +47,9 @@ pub struct OutboundConfig {
     pub connect_timeout: Duration,
     /// The `user-agent` sent when the request sets none.
     pub user_agent: String,
+    /// Trust anchors added to the Mozilla roots, for endpoints behind a
+    /// private certificate authority.
+    pub extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Default for OutboundConfig {
@@ -56,6 +60,7 @@ impl Default for OutboundConfig {
             pool_max_idle_per_host: 32,
             connect_timeout: Duration::from_secs(10),
             user_agent: concat!("repeaterd/", env!("CARGO_PKG_VERSION")).to_owned(),
+            extra_roots: Vec::new(),
         }
     }
 }
@@ -96,6 +101,8 @@ impl OutboundRequest {
 pub struct OutboundResponse {
     /// The status code; a 3xx is returned as is, never followed.
     pub status: StatusCode,
+    /// The HTTP version spoken (HTTP/2 when the server chose it by ALPN).
+    pub version: Version,
     /// The response headers.
     pub headers: HeaderMap,
     /// The first `excerpt_limit` bytes of the body.
@@ -134,6 +141,14 @@ pub enum OutboundBuildError {
     /// rustls refused the TLS settings.
     #[error("cannot set up TLS for outbound requests: {0}")]
     Tls(#[from] rustls::Error),
+    /// A configured extra root certificate is not a usable trust anchor.
+    #[error("extra root certificate #{index} is not a usable trust anchor: {reason}")]
+    ExtraRoot {
+        /// Its position in `extra_roots`, from 0.
+        index: usize,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 impl Outbound {
@@ -150,8 +165,25 @@ impl Outbound {
         http.set_connect_timeout(Some(config.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         let guarded = GuardedConnector::new(policy, http);
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for (index, cert) in config.extra_roots.into_iter().enumerate() {
+            roots
+                .add(cert)
+                .map_err(|err| OutboundBuildError::ExtraRoot {
+                    index,
+                    reason: err.to_string(),
+                })?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -221,6 +253,7 @@ impl Outbound {
                 read_excerpt(&host, parts.status, body, request.excerpt_limit, deadline).await?;
             Ok(OutboundResponse {
                 status: parts.status,
+                version: parts.version,
                 headers: parts.headers,
                 body_excerpt,
                 truncated,
@@ -609,5 +642,102 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind, TransportErrorKind::Protocol, "{err}");
         assert!(err.message.contains("127.0.0.1"), "{}", err.message);
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use std::sync::Arc;
+
+    use super::super::test_server::{TestPki, TestServer, text};
+    use super::*;
+
+    async fn version_echo(pki: &TestPki) -> TestServer {
+        TestServer::start_tls(
+            Arc::new(|req| Box::pin(async move { text(200, format!("{:?}", req.version())) })),
+            pki.server.clone(),
+        )
+        .await
+    }
+
+    fn trusting(pki: &TestPki) -> Outbound {
+        Outbound::new(OutboundConfig {
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+            extra_roots: vec![pki.ca.clone()],
+            ..OutboundConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn get(url: String) -> OutboundRequest {
+        let mut request = OutboundRequest::new(Method::GET, url, Bytes::new());
+        request.timeout = Duration::from_secs(5);
+        request
+    }
+
+    #[tokio::test]
+    async fn https_negotiates_http2_by_alpn_and_multiplexes_one_connection() {
+        let pki = TestPki::generate();
+        let server = version_echo(&pki).await;
+        let client = trusting(&pki);
+        let url = format!("https://127.0.0.1:{}/", server.addr.port());
+        let first = client.send(get(url.clone())).await.unwrap();
+        assert_eq!(first.version, Version::HTTP_2);
+        assert_eq!(first.body_excerpt, Bytes::from_static(b"HTTP/2.0"));
+        // Once the pool knows the origin speaks HTTP/2, concurrent requests
+        // share that one connection as streams.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (client, url) = (client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move { client.send(get(url)).await }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap().version, Version::HTTP_2);
+        }
+        assert_eq!(server.requests(), 9);
+        assert_eq!(server.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn https_by_name_checks_the_certificate_for_that_name() {
+        let pki = TestPki::generate();
+        let server = version_echo(&pki).await;
+        let url = format!("https://localhost:{}/", server.addr.port());
+        let response = trusting(&pki).send(get(url)).await.unwrap();
+        assert_eq!(response.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_a_tls_error_naming_the_host() {
+        let pki = TestPki::generate();
+        let server = version_echo(&pki).await;
+        let client = Outbound::new(OutboundConfig {
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+            ..OutboundConfig::default()
+        })
+        .unwrap();
+        let err = client
+            .send(get(format!("https://127.0.0.1:{}/", server.addr.port())))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, TransportErrorKind::Tls, "{err}");
+        assert!(err.message.contains("127.0.0.1"), "{}", err.message);
+        assert!(err.message.contains("UnknownIssuer"), "{}", err.message);
+        assert_eq!(server.requests(), 0);
+    }
+
+    #[tokio::test]
+    async fn https_to_a_plain_http_server_is_a_tls_error() {
+        let server = TestServer::answering(200, "plain").await;
+        let client = Outbound::new(OutboundConfig {
+            allow: vec!["127.0.0.1/32".parse().unwrap()],
+            ..OutboundConfig::default()
+        })
+        .unwrap();
+        let err = client
+            .send(get(format!("https://127.0.0.1:{}/", server.addr.port())))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, TransportErrorKind::Tls, "{err}");
     }
 }

@@ -1,6 +1,7 @@
-//! A real HTTP/1.1 server on 127.0.0.1 for the outbound tests: it counts the
-//! TCP connections it accepts and the requests it serves, and answers with a
-//! handler the test provides.
+//! Real HTTP servers on 127.0.0.1 for the outbound tests (HTTP/1.1 in clear,
+//! or HTTP/1.1 and HTTP/2 over TLS): they count the TCP connections they
+//! accept and the requests they serve, and answer with a handler the test
+//! provides.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,8 +14,10 @@ use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// The response body type handlers return.
 pub type TestBody = BoxBody<Bytes, Infallible>;
@@ -32,8 +35,18 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server on 127.0.0.1 with an ephemeral port.
+    /// Starts an HTTP/1.1 server on 127.0.0.1 with an ephemeral port.
     pub async fn start(handler: Handler) -> TestServer {
+        TestServer::spawn(handler, None).await
+    }
+
+    /// Starts a TLS server on 127.0.0.1 offering HTTP/2 and HTTP/1.1 by ALPN.
+    pub async fn start_tls(handler: Handler, mut tls: rustls::ServerConfig) -> TestServer {
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TestServer::spawn(handler, Some(TlsAcceptor::from(Arc::new(tls)))).await
+    }
+
+    async fn spawn(handler: Handler, tls: Option<TlsAcceptor>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1");
@@ -49,6 +62,7 @@ impl TestServer {
                 conn_count.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
                 let req_count = req_count.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let handler = handler.clone();
@@ -64,9 +78,21 @@ impl TestServer {
                             Ok::<_, Infallible>(handler(Request::from_parts(parts, body)).await)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = AutoBuilder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -107,4 +133,108 @@ pub fn text(status: u16, body: impl Into<Bytes>) -> Response<TestBody> {
         .status(status)
         .body(Full::new(body.into()).boxed())
         .expect("valid test response")
+}
+
+/// A certificate authority and a server certificate for `127.0.0.1` and
+/// `localhost` signed by it, made with the `openssl` command.
+pub struct TestPki {
+    /// The authority's certificate, to trust on the client side.
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+    /// The server's TLS settings (certificate chain and key).
+    pub server: rustls::ServerConfig,
+}
+
+impl TestPki {
+    /// Makes a fresh authority and server certificate in a temporary folder.
+    pub fn generate() -> TestPki {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        let openssl = |args: &[&str]| {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl runs");
+            assert!(
+                output.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let (ca_key, ca_cert) = (path("ca.key"), path("ca.pem"));
+        let (key, csr, cert, ext) = (
+            path("server.key"),
+            path("server.csr"),
+            path("server.pem"),
+            path("ext.cnf"),
+        );
+        std::fs::write(
+            &ext,
+            "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write extensions");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &ca_key,
+                    "-out",
+                    &ca_cert,
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=repeaterd test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", &key, "-out", &csr, "-subj", "/CN=localhost"],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_cert,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        let ca = CertificateDer::from_pem_file(&ca_cert).expect("CA certificate");
+        let chain = vec![CertificateDer::from_pem_file(&cert).expect("server certificate")];
+        let key = PrivateKeyDer::from_pem_file(&key).expect("server key");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate and key match");
+        TestPki { ca, server }
+    }
 }

@@ -74,7 +74,11 @@ pub(crate) fn classify_client_error(
     host: &str,
     err: &hyper_util::client::legacy::Error,
 ) -> TransportError {
-    let cause = chain_text(err);
+    // The client's own text ("client error (Connect)") adds nothing to its causes.
+    let cause = match err.source() {
+        Some(source) => chain_text(source),
+        None => chain_text(err),
+    };
     if let Some(refused) = find_refusal(err) {
         return TransportError::new(TransportErrorKind::Refused, refused.to_string());
     }

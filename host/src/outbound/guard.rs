@@ -16,9 +16,7 @@ use ipnet::IpNet;
 
 /// The refusal of one destination address by the SSRF policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "destination {addr} of host {host:?} is refused: {range} (add it to security.ssrf_allow to permit it)"
-)]
+#[error("destination {addr} of host {host:?} is refused: {range}, not in the SSRF allow-list")]
 pub struct Refused {
     /// The host as written in the URL.
     pub host: String,

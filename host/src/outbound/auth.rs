@@ -585,9 +585,9 @@ mod tests {
 
     #[tokio::test]
     async fn oauth2_token_is_reused_until_expiry_then_refetched() {
-        let (server, seen) = token_server(2, Duration::ZERO).await;
+        let (server, seen) = token_server(3, Duration::ZERO).await;
         let auth = authenticator(AuthConfig {
-            safety_margin: Duration::from_millis(500),
+            safety_margin: Duration::from_secs(1),
             ..AuthConfig::default()
         });
         let spec = oauth(server.url("/token"), Some("read write"));
@@ -602,8 +602,8 @@ mod tests {
                 STANDARD.encode("client-1:s3cret%26%3D%2B")
             )
         );
-        // 2 s lifetime minus the 0.5 s margin: stale after 1.5 s.
-        tokio::time::sleep(Duration::from_millis(1600)).await;
+        // 3 s lifetime minus the 1 s margin: stale after 2 s.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         assert_eq!(authorization(&auth, &spec).await.unwrap(), "Bearer tok-2");
         assert_eq!(authorization(&auth, &spec).await.unwrap(), "Bearer tok-2");
         assert_eq!(server.requests(), 2);
@@ -668,7 +668,8 @@ mod tests {
     async fn a_failing_token_endpoint_is_asked_once_by_concurrent_callers() {
         let server = TestServer::start(Arc::new(|_req| {
             Box::pin(async {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Long enough that every caller arrives while the fetch runs.
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 text(503, "down for maintenance")
             })
         }))

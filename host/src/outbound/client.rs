@@ -152,8 +152,8 @@ pub enum OutboundBuildError {
 }
 
 impl Outbound {
-    /// Builds the client and its connection pool. Must be called inside a
-    /// tokio runtime only when sending, not when building.
+    /// Builds the client and its connection pool. Building needs no runtime;
+    /// [`Outbound::send`] must run inside a tokio runtime.
     pub fn new(config: OutboundConfig) -> Result<Outbound, OutboundBuildError> {
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| OutboundBuildError::UserAgent(config.user_agent.clone()))?;

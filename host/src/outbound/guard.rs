@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 /// The refusal of one destination address by the SSRF policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("destination {addr} of host {host:?} is refused: {range}, not in the SSRF allow-list")]
+#[error("destination {addr} of host {host:?} is refused: {range}, not in security.allow_private")]
 pub struct Refused {
     /// The host as written in the URL.
     pub host: String,

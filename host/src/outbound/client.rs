@@ -16,12 +16,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 use rustls::pki_types::CertificateDer;
 
-use super::connector::{GuardedConnector, GuardedResolver};
+use super::connector::GuardedConnector;
 use super::error::{
     TransportError, TransportErrorKind, classify_body_error, classify_client_error,
 };
@@ -158,13 +157,7 @@ impl Outbound {
         let user_agent = HeaderValue::from_str(&config.user_agent)
             .map_err(|_| OutboundBuildError::UserAgent(config.user_agent.clone()))?;
         let policy = Arc::new(SsrfPolicy::new(config.allow));
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
-        // The TLS layer sits on top, so the TCP layer must accept https URLs.
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let guarded = GuardedConnector::new(policy, http);
+        let guarded = GuardedConnector::new(policy, config.connect_timeout);
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -463,9 +456,7 @@ mod tests {
     async fn the_connector_itself_refuses_private_literals() {
         use tower::Service;
         let policy = Arc::new(SsrfPolicy::default());
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
-        http.enforce_http(false);
-        let mut connector = GuardedConnector::new(policy, http);
+        let mut connector = GuardedConnector::new(policy, Duration::from_secs(1));
         let err = connector
             .call(Uri::from_static("http://10.0.0.1/"))
             .await

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -72,27 +73,41 @@ impl tower::Service<Name> for GuardedResolver {
                         host: host.to_owned(),
                         source,
                     })?;
-            let mut admitted = Vec::new();
-            let mut first_refusal = None;
-            for addr in resolved {
-                match policy.check(host, addr.ip()) {
-                    Ok(()) => admitted.push(addr),
-                    Err(refused) => {
-                        first_refusal.get_or_insert(refused);
-                    }
-                }
-            }
-            if admitted.is_empty() {
-                return Err(match first_refusal {
-                    Some(refused) => BoxError::from(refused),
-                    None => BoxError::from(ResolveFailed {
-                        host: host.to_owned(),
-                        source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
-                    }),
-                });
-            }
+            let admitted = admit(&policy, host, resolved).map_err(|refused| match refused {
+                Some(refused) => BoxError::from(refused),
+                None => BoxError::from(ResolveFailed {
+                    host: host.to_owned(),
+                    source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+                }),
+            })?;
             Ok(admitted.into_iter())
         })
+    }
+}
+
+/// Keeps the resolved addresses `policy` admits, in order. When none is
+/// admitted, fails with the first refusal (`None` when there was no address
+/// at all). Dropping the refused ones rather than failing the whole name is
+/// safe: only admitted addresses are ever connected to.
+pub fn admit(
+    policy: &SsrfPolicy,
+    host: &str,
+    resolved: impl IntoIterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, Option<Refused>> {
+    let mut admitted = Vec::new();
+    let mut first_refusal = None;
+    for addr in resolved {
+        match policy.check(host, addr.ip()) {
+            Ok(()) => admitted.push(addr),
+            Err(refused) => {
+                first_refusal.get_or_insert(refused);
+            }
+        }
+    }
+    if admitted.is_empty() {
+        Err(first_refusal)
+    } else {
+        Ok(admitted)
     }
 }
 
@@ -105,8 +120,15 @@ pub struct GuardedConnector {
 }
 
 impl GuardedConnector {
-    /// Wraps `inner`, which must use a [`GuardedResolver`] with the same policy.
-    pub fn new(policy: Arc<SsrfPolicy>, inner: HttpConnector<GuardedResolver>) -> GuardedConnector {
+    /// A TCP connector applying `policy` to literals and resolved names alike,
+    /// giving up on a single connect after `connect_timeout`.
+    pub fn new(policy: Arc<SsrfPolicy>, connect_timeout: Duration) -> GuardedConnector {
+        let mut inner = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
+        // The TLS layer sits on top, so this layer must accept https URLs too.
+        inner.enforce_http(false);
+        inner.set_nodelay(true);
+        inner.set_connect_timeout(Some(connect_timeout));
+        inner.set_keepalive(Some(Duration::from_secs(60)));
         GuardedConnector { policy, inner }
     }
 }
@@ -151,4 +173,83 @@ pub fn find_refusal<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'
         current = e.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use tower::Service;
+
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn only_admitted_addresses_of_a_name_are_kept() {
+        let policy = SsrfPolicy::default();
+        // A name answering with a public and a private address (a rebinding
+        // attempt) keeps only the public one.
+        let kept = admit(
+            &policy,
+            "mixed.example",
+            addrs(&["10.0.0.5:443", "93.184.216.34:443"]),
+        );
+        assert_eq!(kept.unwrap(), addrs(&["93.184.216.34:443"]));
+        let refused = admit(
+            &policy,
+            "inside.example",
+            addrs(&["169.254.169.254:80", "[fd00::1]:80"]),
+        )
+        .unwrap_err()
+        .expect("a refusal");
+        assert_eq!(refused.addr, "169.254.169.254".parse::<IpAddr>().unwrap());
+        assert_eq!(refused.host, "inside.example");
+        assert_eq!(
+            admit(&policy, "empty.example", Vec::new()).unwrap_err(),
+            None
+        );
+        let allowing = SsrfPolicy::new(vec!["10.0.0.0/24".parse().unwrap()]);
+        assert_eq!(
+            admit(
+                &allowing,
+                "mixed.example",
+                addrs(&["10.0.0.5:443", "10.0.1.5:443"])
+            )
+            .unwrap(),
+            addrs(&["10.0.0.5:443"])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_names_that_resolve_to_loopback() {
+        let mut guarded = GuardedResolver::new(Arc::new(SsrfPolicy::default()));
+        let err = guarded
+            .call(Name::from_str("localhost").unwrap())
+            .await
+            .expect_err("localhost is loopback");
+        let refused = find_refusal(err.as_ref()).expect("a refusal");
+        assert!(refused.addr.is_loopback());
+        let mut allowing = GuardedResolver::new(Arc::new(SsrfPolicy::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "::1/128".parse().unwrap(),
+        ])));
+        let found: Vec<SocketAddr> = allowing
+            .call(Name::from_str("localhost").unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[test]
+    fn literal_hosts_are_recognised_with_or_without_brackets() {
+        assert_eq!(literal_ip("10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(literal_ip("[::1]"), Some("::1".parse().unwrap()));
+        assert_eq!(literal_ip("example.com"), None);
+        assert_eq!(literal_ip("2130706433"), None); // left to the resolver, which is guarded too
+    }
 }

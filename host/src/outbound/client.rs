@@ -233,7 +233,11 @@ impl Outbound {
                 format!("cannot build the request to {host}: {err}"),
             )
         })?;
-        let deadline = tokio::time::Instant::from_std(started + request.timeout);
+        // A timeout too large to add is as good as none: cap it at a day.
+        let deadline = started
+            .checked_add(request.timeout)
+            .unwrap_or(started + Duration::from_secs(86_400));
+        let deadline = tokio::time::Instant::from_std(deadline);
         let exchange = async {
             let response = self
                 .inner
@@ -377,6 +381,15 @@ mod tests {
         );
         assert!(!response.truncated);
         assert_eq!(server.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_enormous_timeout_is_accepted() {
+        let server = TestServer::answering(204, "").await;
+        let mut request = get(server.url("/"));
+        request.timeout = Duration::MAX;
+        let response = loopback_allowed().send(request).await.unwrap();
+        assert_eq!(response.status, StatusCode::NO_CONTENT);
     }
 
     #[tokio::test]

@@ -9,9 +9,9 @@
 //!
 //! OAuth2 tokens are cached per (token URL, client id, scope) until their
 //! expiry minus a safety margin. Concurrent callers that find no valid token
-//! share one fetch (a shared future kept in the cache slot), so a burst of
-//! records never stampedes the token endpoint; a failed fetch is shared by
-//! those callers too and is not cached. The token endpoint is reached through
+//! share one fetch (a task whose shared result is kept in the cache slot), so
+//! a burst of records never stampedes the token endpoint; a failed fetch is
+//! shared by those callers too and is not cached. The token endpoint is reached through
 //! the same [`Outbound`] client, hence the same SSRF policy.
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 
 use super::client::{Outbound, OutboundRequest};
-use super::error::TransportError;
+use super::error::{TransportError, TransportErrorKind};
 use super::secrets::SecretSource;
 use crate::model::AuthSpec;
 
@@ -255,8 +255,11 @@ impl Authenticator {
                         client_secret: self.secret(client_secret_env)?,
                         scope: scope.clone(),
                     };
+                    let token_url = request.token_url.clone();
                     let slot = slot.clone();
-                    let fetch = async move {
+                    // A task of its own, so the fetch finishes and fills the
+                    // cache even when every caller waiting on it gave up.
+                    let task = tokio::spawn(async move {
                         let result = request.fetch(&slot.credentials_in_body).await;
                         let mut state = lock(&slot.state);
                         state.fetching = None;
@@ -264,6 +267,17 @@ impl Authenticator {
                             state.token = Some(token.clone());
                         }
                         result
+                    });
+                    let fetch = async move {
+                        task.await.unwrap_or_else(|err| {
+                            Err(AuthError::TokenTransport {
+                                token_url,
+                                error: TransportError::new(
+                                    TransportErrorKind::Other,
+                                    format!("the token fetch stopped: {err}"),
+                                ),
+                            })
+                        })
                     }
                     .boxed()
                     .shared();
@@ -624,6 +638,29 @@ mod tests {
         for task in tasks {
             assert_eq!(task.await.unwrap().unwrap(), "Bearer tok-1");
         }
+        assert_eq!(server.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_whose_callers_gave_up_still_fills_the_cache() {
+        let (server, _) = token_server(3600, Duration::from_millis(300)).await;
+        let auth = authenticator(AuthConfig::default());
+        let spec = oauth(server.url("/token"), None);
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), authorization(&auth, &spec)).await;
+        assert!(gave_up.is_err());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Nobody has asked since; the token is in the cache all the same.
+        let slots = lock(&auth.inner.slots)
+            .values()
+            .cloned()
+            .collect::<Vec<_>>();
+        assert_eq!(slots.len(), 1);
+        {
+            let state = lock(&slots[0].state);
+            assert!(state.token.is_some() && state.fetching.is_none());
+        }
+        assert_eq!(authorization(&auth, &spec).await.unwrap(), "Bearer tok-1");
         assert_eq!(server.requests(), 1);
     }
 

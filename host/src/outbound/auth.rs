@@ -306,16 +306,30 @@ impl TokenRequest {
     /// credentials in the form body, and remembers which one worked.
     async fn fetch(&self, credentials_in_body: &AtomicBool) -> Result<CachedToken, AuthError> {
         let in_body = credentials_in_body.load(Ordering::Relaxed);
-        match self.post(in_body).await {
+        let result = match self.post(in_body).await {
             Err(AuthError::TokenRefused { status, detail, .. })
                 if !in_body && refuses_client_auth(status, &detail) =>
             {
                 let token = self.post(true).await?;
                 credentials_in_body.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    token_url = %self.token_url,
+                    client_id = %self.client_id,
+                    "token endpoint refused HTTP Basic client authentication; using the form body"
+                );
                 Ok(token)
             }
             other => other,
+        };
+        match &result {
+            Ok(_) => {
+                tracing::debug!(token_url = %self.token_url, client_id = %self.client_id, "fetched an OAuth2 token")
+            }
+            Err(err) => {
+                tracing::warn!(client_id = %self.client_id, error = %err, "OAuth2 token fetch failed")
+            }
         }
+        result
     }
 
     /// The form body and headers of a token request. Built apart from the
@@ -374,7 +388,7 @@ impl TokenRequest {
             return Err(AuthError::TokenRefused {
                 token_url: self.token_url.clone(),
                 status: response.status.as_u16(),
-                detail: error_detail(response.status, &response.body_excerpt),
+                detail: self.redact(error_detail(response.status, &response.body_excerpt)),
             });
         }
         if response.truncated {
@@ -417,6 +431,20 @@ impl TokenRequest {
             header,
             refresh_at: requested_at + (lifetime - margin),
         })
+    }
+
+    /// Removes the client secret from text an endpoint sent back (a server
+    /// that echoes the request must not get the secret into a log line).
+    fn redact(&self, text: String) -> String {
+        let encoded: String =
+            form_urlencoded::byte_serialize(self.client_secret.as_bytes()).collect();
+        let mut text = text;
+        for secret in [&self.client_secret, &encoded] {
+            if !secret.is_empty() && text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        text
     }
 
     fn bad(&self, reason: &str) -> AuthError {
@@ -699,6 +727,39 @@ mod tests {
         // Errors are not cached: the next request asks again.
         let _ = authorization(&auth, &spec).await.unwrap_err();
         assert_eq!(server.requests(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_echoing_the_request_cannot_leak_the_secret_into_errors() {
+        let server = TestServer::start(Arc::new(|req| {
+            Box::pin(async move { text(400, req.into_body()) })
+        }))
+        .await;
+        let auth = authenticator(AuthConfig::default());
+        let spec = oauth(server.url("/token"), None);
+        // 400 without invalid_client: no fallback, but the body is echoed.
+        let err = authorization(&auth, &spec).await.unwrap_err();
+        assert!(
+            err.to_string().contains("grant_type=client_credentials"),
+            "{err}"
+        );
+        let echo_form = TestServer::start(Arc::new(|req| {
+            Box::pin(async move {
+                let status = if req.headers().contains_key(AUTHORIZATION) {
+                    401
+                } else {
+                    400
+                };
+                text(status, req.into_body())
+            })
+        }))
+        .await;
+        let err = authorization(&auth, &oauth(echo_form.url("/token"), None))
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("client_secret=[redacted]"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
     }
 
     #[tokio::test]

@@ -8,5 +8,6 @@
 
 pub mod config;
 pub mod model;
+pub mod outbound;
 pub mod schedule;
 pub mod store;

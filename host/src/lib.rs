@@ -1,1 +1,3 @@
 //! repeaterd: forwards events to remote HTTP APIs, reliably and fairly.
+
+pub mod plugin;

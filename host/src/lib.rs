@@ -9,3 +9,4 @@
 pub mod model;
 pub mod store;
 pub mod dispatch;
+pub mod plugin;

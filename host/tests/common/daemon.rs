@@ -159,6 +159,7 @@ retention_seconds = 86400
 
 [plugins]
 dir = {plugins_dir:?}
+cache_dir = {cache_dir:?}
 
 [security]
 admin_token_env = "{ADMIN_TOKEN_ENV}"
@@ -172,6 +173,12 @@ outbound_allow = ["127.0.0.1/32"]
             backoff_min_ms = self.backoff_min_ms,
             backoff_max_ms = self.backoff_max_ms,
             plugins_dir = dir.join("plugins").display().to_string(),
+            // Shared by every test daemon: compiling a plugin in a debug
+            // build takes seconds, loading a cached one milliseconds.
+            cache_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("plugin-cache")
+                .display()
+                .to_string(),
         );
         for r in &self.repeaters {
             text.push_str(&format!(

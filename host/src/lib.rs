@@ -11,3 +11,5 @@ pub mod model;
 pub mod outbound;
 pub mod schedule;
 pub mod store;
+pub mod dispatch;
+pub mod plugin;

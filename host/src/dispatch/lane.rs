@@ -1,0 +1,287 @@
+//! One batch of one repeater, run under its lease: read the repeater, pick
+//! its plugin, claim due records, run their attempts concurrently while a
+//! timer renews the lease, judge the results and write them in one
+//! `finish_batch` fenced by the lease epoch, releasing the lease.
+//!
+//! A lost lease is normal (ADR 2): the results are dropped whole and the new
+//! holder sends those records again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use crate::config::EffectiveLimits;
+use crate::dispatch::attempt::{AttemptContext, run_attempt};
+use crate::dispatch::judge::{AttemptReport, JudgePolicy, Verdict, judge_batch};
+use crate::dispatch::{DispatchDeps, limits_of};
+use crate::model::{AttemptOutcome, RecordState, now_millis};
+use crate::plugin::{CallContext, LoadedPlugin, PluginError};
+use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError};
+
+/// What a finished batch tells the scheduler loop.
+#[derive(Debug, Clone)]
+pub struct BatchDone {
+    /// The repeater.
+    pub repeater_id: i64,
+    /// Global in-flight slots this batch held.
+    pub reserved: u32,
+    /// The repeater's limits as of this batch (they follow config reloads).
+    pub limits: Option<EffectiveLimits>,
+    /// Records attempted.
+    pub attempted: usize,
+    /// Attempts that succeeded.
+    pub successes: u32,
+    /// Attempts that showed endpoint overload (timeout, 429, 5xx).
+    pub overloads: u32,
+    /// True when the batch's results were written.
+    pub written: bool,
+    /// True when the repeater may have more due records right now.
+    pub more: bool,
+    /// How long the batch took, lease to write.
+    pub elapsed: Duration,
+}
+
+/// Runs one batch of `repeater` under `lease`, attempting at most `limit`
+/// records. Never panics on bad input; store errors are logged.
+pub async fn run_batch(
+    deps: Arc<DispatchDeps>,
+    repeater: ReadyRepeater,
+    lease: Lease,
+    limit: u32,
+) -> BatchDone {
+    let mut done = BatchDone {
+        repeater_id: repeater.id,
+        reserved: limit,
+        limits: None,
+        attempted: 0,
+        successes: 0,
+        overloads: 0,
+        written: false,
+        more: false,
+        elapsed: Duration::ZERO,
+    };
+    let clock = std::time::Instant::now();
+    run_lane(&deps, &repeater, &lease, limit, &mut done).await;
+    done.elapsed = clock.elapsed();
+    done
+}
+
+async fn run_lane(
+    deps: &Arc<DispatchDeps>,
+    repeater: &ReadyRepeater,
+    lease: &Lease,
+    limit: u32,
+    done: &mut BatchDone,
+) {
+    let row = match deps.store.repeater(&repeater.domain, &repeater.name).await {
+        Ok(Some(row)) if !row.paused && row.id == repeater.id => row,
+        Ok(_) => {
+            // Deleted, replaced or paused since it was found ready.
+            release(deps, lease).await;
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(repeater = %label(repeater), %error, "cannot read repeater; releasing its lease");
+            release(deps, lease).await;
+            return;
+        }
+    };
+    let limits = limits_of(deps, &row.spec);
+    done.limits = Some(limits.clone());
+
+    let plugin = match plugin_for(deps, &row) {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            // Without its plugin the repeater cannot send anything: back it
+            // off with the reason in its status, without touching records.
+            tracing::warn!(repeater = %label(repeater), %error, "plugin unavailable; backing the repeater off");
+            let now = now_millis();
+            let backoff = deps.backoff(&limits);
+            let (until, step) =
+                backoff.after_failure(row.backoff_step, now, None, &mut rand::rng());
+            let health = RepeaterHealth {
+                backoff_until: Some(until),
+                backoff_step: step,
+                last_error: Some(error.to_string()),
+                last_success_at: row.last_success_at,
+            };
+            finish(deps, repeater, lease, &[], Some(&health), done).await;
+            return;
+        }
+    };
+
+    let take = limit.min(limits.concurrency.max(1));
+    let records = match deps.store.claim(lease, take, now_millis()).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(repeater = %label(repeater), %error, "claim failed; releasing the lease");
+            release(deps, lease).await;
+            return;
+        }
+    };
+    if records.is_empty() {
+        release(deps, lease).await;
+        return;
+    }
+    done.attempted = records.len();
+    done.more = records.len() as u32 >= take;
+
+    let ctx = AttemptContext {
+        plugin,
+        call: CallContext::new(&row.spec.domain, &row.spec.name),
+        plugin_config: row.spec.plugin_config.to_string(),
+        spec: row.spec.clone(),
+        timeout: Duration::from_millis(limits.timeout_ms),
+        excerpt_limit: limits.response_excerpt_bytes,
+        outbound: deps.outbound.clone(),
+        credentials: deps.credentials.clone(),
+        metrics: deps.metrics.clone(),
+    };
+    let attempts = join_all(records.iter().map(|record| run_attempt(&ctx, record)));
+    let Some(reports) = with_renewal(deps, lease, attempts).await else {
+        // The lease was taken over while the batch ran: drop the results.
+        deps.metrics.lease_lost();
+        tracing::warn!(repeater = %label(repeater), epoch = lease.epoch, "lease lost while a batch ran; its results are dropped");
+        return;
+    };
+
+    for report in &reports {
+        if matches!(report.verdict, Verdict::Success) {
+            done.successes += 1;
+        }
+        if report.is_overload() {
+            done.overloads += 1;
+        }
+    }
+    let now = now_millis();
+    let retry = deps.retry_policy(&limits);
+    let backoff = deps.backoff(&limits);
+    let policy = JudgePolicy {
+        retry: &retry,
+        backoff: &backoff,
+    };
+    let judgement = judge_batch(
+        &records,
+        &reports,
+        row.backoff_step,
+        &policy,
+        now,
+        &mut rand::rng(),
+    );
+    finish(
+        deps,
+        repeater,
+        lease,
+        &judgement.outcomes,
+        judgement.health.as_ref(),
+        done,
+    )
+    .await;
+    if done.written {
+        count_outcomes(deps, &repeater.domain, &reports, &judgement.outcomes);
+    }
+}
+
+fn plugin_for(deps: &DispatchDeps, row: &RepeaterRow) -> Result<Arc<LoadedPlugin>, PluginError> {
+    match &row.spec.plugin_sha256 {
+        Some(pin) => deps.plugins.get_pinned(&row.spec.plugin, pin),
+        None => deps
+            .plugins
+            .get(&row.spec.plugin)
+            .ok_or_else(|| PluginError::NotLoaded {
+                plugin: row.spec.plugin.clone(),
+            }),
+    }
+}
+
+/// Awaits `work` while renewing the lease every third of its TTL. `None`
+/// when the lease was lost.
+async fn with_renewal<T>(
+    deps: &DispatchDeps,
+    lease: &Lease,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let ttl = deps.settings.lease_ttl_ms.max(300);
+    let period = Duration::from_millis((ttl / 3) as u64);
+    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut held = lease.clone();
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return Some(result),
+            _ = renewals.tick() => {
+                match deps.store.renew_lease(&held, now_millis(), ttl).await {
+                    Ok(renewed) => held = renewed,
+                    Err(StoreError::LeaseLost { .. }) => return None,
+                    Err(error) => {
+                        // A failed renewal is retried at the next tick; the
+                        // epoch fence keeps results safe if it expires meanwhile.
+                        tracing::warn!(repeater_id = lease.repeater_id, %error, "lease renewal failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn finish(
+    deps: &DispatchDeps,
+    repeater: &ReadyRepeater,
+    lease: &Lease,
+    outcomes: &[crate::store::RecordOutcome],
+    health: Option<&RepeaterHealth>,
+    done: &mut BatchDone,
+) {
+    match deps
+        .store
+        .finish_batch(lease, outcomes, health, true, now_millis())
+        .await
+    {
+        Ok(()) => done.written = true,
+        Err(StoreError::LeaseLost { .. }) => {
+            deps.metrics.lease_lost();
+            tracing::warn!(repeater = %label(repeater), epoch = lease.epoch, "lease lost before the batch was written; its results are dropped");
+        }
+        Err(error) => {
+            tracing::error!(repeater = %label(repeater), %error, "writing a batch failed; its records stay due");
+            release(deps, lease).await;
+        }
+    }
+}
+
+async fn release(deps: &DispatchDeps, lease: &Lease) {
+    match deps.store.release_lease(lease).await {
+        Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
+        Err(error) => {
+            tracing::warn!(repeater_id = lease.repeater_id, %error, "releasing a lease failed; it will expire");
+        }
+    }
+}
+
+fn count_outcomes(
+    deps: &DispatchDeps,
+    domain: &str,
+    reports: &[AttemptReport],
+    outcomes: &[crate::store::RecordOutcome],
+) {
+    for report in reports {
+        let outcome = match report.verdict {
+            Verdict::Success => AttemptOutcome::Success,
+            Verdict::Retry { .. } => AttemptOutcome::Retry,
+            Verdict::Reject(_) => AttemptOutcome::Reject,
+            Verdict::Skip => AttemptOutcome::Skip,
+        };
+        deps.metrics
+            .record_attempt(domain, outcome, report.duration_ms as f64 / 1000.0);
+    }
+    for outcome in outcomes {
+        if outcome.state != RecordState::Retrying {
+            deps.metrics.record_finished(domain, outcome.state);
+        }
+    }
+}
+
+fn label(repeater: &ReadyRepeater) -> String {
+    format!("{}/{}", repeater.domain, repeater.name)
+}

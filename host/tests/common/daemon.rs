@@ -36,7 +36,9 @@ pub async fn fresh_pg_database(test: &str) -> String {
     use sqlx::Connection;
     let base = std::env::var("REPEATERD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let (server, _) = base.rsplit_once('/').expect("REPEATERD_TEST_PG_URL has a database");
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("REPEATERD_TEST_PG_URL has a database");
     let admin_url = format!("{server}/postgres");
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
@@ -138,7 +140,11 @@ impl TestConfig {
             ),
             Backend::Postgres(url) => format!("url = {url:?}\n"),
         };
-        let schedule: Vec<String> = self.retry_schedule_ms.iter().map(|ms| ms.to_string()).collect();
+        let schedule: Vec<String> = self
+            .retry_schedule_ms
+            .iter()
+            .map(|ms| ms.to_string())
+            .collect();
         let mut text = format!(
             r#"[server]
 listen = "127.0.0.1:{port}"
@@ -238,10 +244,21 @@ impl Daemon {
         backend: &Backend,
     ) -> Daemon {
         let port = free_port();
+        Daemon::start_text(dir, name, port, &config.to_toml(dir.path(), port, backend)).await
+    }
+
+    /// Starts the daemon from a config text that listens on `port`; waits
+    /// until `/healthz` answers. The log file is appended to, so a daemon
+    /// restarted under the same name keeps one log.
+    pub async fn start_text(dir: &TestDir, name: &str, port: u16, config_text: &str) -> Daemon {
         let config_path = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config_path, config.to_toml(dir.path(), port, backend)).unwrap();
+        std::fs::write(&config_path, config_text).unwrap();
         let log_path = dir.path().join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_repeaterd"))
             .arg("serve")
             .arg("--config")
@@ -276,7 +293,10 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("repeaterd exited with {status} before answering:\n{}", self.log());
+                panic!(
+                    "repeaterd exited with {status} before answering:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -326,7 +346,10 @@ impl Daemon {
             .expect("GET reaches repeaterd");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// POST JSON to a path under the API; returns status and JSON body.
@@ -339,13 +362,21 @@ impl Daemon {
             .expect("POST reaches repeaterd");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Posts one event; returns the 202 answer.
     pub async fn ingest(&self, domain: &str, event: Value) -> Value {
-        let (status, body) = self.post(&format!("/v1/domains/{domain}/events"), &event).await;
-        assert_eq!(status, 202, "ingest into {domain} answered {status}: {body}");
+        let (status, body) = self
+            .post(&format!("/v1/domains/{domain}/events"), &event)
+            .await;
+        assert_eq!(
+            status, 202,
+            "ingest into {domain} answered {status}: {body}"
+        );
         body
     }
 
@@ -367,13 +398,24 @@ impl Daemon {
 
     /// One record with its attempts.
     pub async fn record(&self, domain: &str, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/v1/domains/{domain}/records/{id}")).await;
-        assert_eq!(status, 200, "record {domain}/{id} answered {status}: {body}");
+        let (status, body) = self
+            .get(&format!("/v1/domains/{domain}/records/{id}"))
+            .await;
+        assert_eq!(
+            status, 200,
+            "record {domain}/{id} answered {status}: {body}"
+        );
         body
     }
 
     /// Waits until record `id` reaches `state`; returns the record.
-    pub async fn wait_record_state(&self, domain: &str, id: &str, state: &str, limit: Duration) -> Value {
+    pub async fn wait_record_state(
+        &self,
+        domain: &str,
+        id: &str,
+        state: &str,
+        limit: Duration,
+    ) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let record = self.record(domain, id).await;
@@ -392,7 +434,10 @@ impl Daemon {
     /// POST an admin action on a repeater (`pause`, `resume`, `requeue`).
     pub async fn repeater_action(&self, domain: &str, name: &str, action: &str) -> Value {
         let (status, body) = self
-            .post(&format!("/v1/domains/{domain}/repeaters/{name}/{action}"), &json!({}))
+            .post(
+                &format!("/v1/domains/{domain}/repeaters/{name}/{action}"),
+                &json!({}),
+            )
             .await;
         assert!(
             (200..300).contains(&status),
@@ -403,8 +448,11 @@ impl Daemon {
 
     /// POST an admin action on a record (`resend`, `cancel`); returns the status.
     pub async fn record_action(&self, domain: &str, id: &str, action: &str) -> (u16, Value) {
-        self.post(&format!("/v1/domains/{domain}/records/{id}/{action}"), &json!({}))
-            .await
+        self.post(
+            &format!("/v1/domains/{domain}/records/{id}/{action}"),
+            &json!({}),
+        )
+        .await
     }
 }
 
@@ -437,4 +485,66 @@ pub fn ingested_ids(answer: &Value) -> Vec<String> {
             other => other.to_string(),
         })
         .collect()
+}
+
+/// Process control for crash and resource tests.
+impl Daemon {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
+    pub async fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: sending a signal to our own child process.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Sends `signal` to the process (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("repeaterd is running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+
+    /// The exit status if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// POST JSON without assuming the daemon is up: a transport error is
+    /// returned, not a panic.
+    pub async fn try_post(&self, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        let resp = self
+            .auth(self.http.post(format!("{}{path}", self.base)))
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
 }

@@ -34,10 +34,7 @@ async fn a_dead_endpoint_costs_one_batch_per_backoff_step(backend: Backend) {
     // Watch for four seconds after the first probe.
     let started = Instant::now();
     while endpoint.connections() == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the endpoint was never tried"
-        );
+        assert!(started.elapsed() < Duration::from_secs(30), "the endpoint was never tried");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let first = endpoint.arrivals()[0];
@@ -66,10 +63,7 @@ async fn a_dead_endpoint_costs_one_batch_per_backoff_step(backend: Backend) {
         batches
     );
     assert!(batches >= 3, "the repeater kept probing: {batches} batches");
-    assert!(
-        batches <= most_batches,
-        "{batches} batches in {window:?}: {arrivals:?}"
-    );
+    assert!(batches <= most_batches, "{batches} batches in {window:?}: {arrivals:?}");
     assert!(
         arrivals.len() <= most_batches * concurrency as usize,
         "{} connections for {batches} batches",
@@ -90,11 +84,7 @@ async fn small_domains_are_served_while_one_domain_floods(backend: Backend) {
     // domains it could fill every slot of the process by itself.
     let mut repeaters: Vec<RepeaterConf> = (0..5)
         .map(|i| {
-            RepeaterConf::json_forward(
-                "big",
-                &format!("sink-{i}"),
-                &format!("{}/big", receiver.url()),
-            )
+            RepeaterConf::json_forward("big", &format!("sink-{i}"), &format!("{}/big", receiver.url()))
         })
         .collect();
     for i in 0..10 {
@@ -120,9 +110,7 @@ async fn small_domains_are_served_while_one_domain_floods(backend: Backend) {
         .collect();
     daemon.ingest_many("big", flood).await;
     for i in 0..10 {
-        let events: Vec<_> = (0..10)
-            .map(|n| json!({"type": "t", "payload": {"n": n}}))
-            .collect();
+        let events: Vec<_> = (0..10).map(|n| json!({"type": "t", "payload": {"n": n}})).collect();
         daemon.ingest_many(&format!("small-{i}"), events).await;
     }
     // The flooding domain gets its head start.
@@ -131,11 +119,9 @@ async fn small_domains_are_served_while_one_domain_floods(backend: Backend) {
     }
 
     let got = receiver
-        .wait_until(
-            "every small domain's records delivered",
-            Duration::from_secs(120),
-            |got| got.iter().filter(|r| r.path.starts_with("/small-")).count() >= 100,
-        )
+        .wait_until("every small domain's records delivered", Duration::from_secs(120), |got| {
+            got.iter().filter(|r| r.path.starts_with("/small-")).count() >= 100
+        })
         .await;
     let last_small = got
         .iter()
@@ -149,9 +135,7 @@ async fn small_domains_are_served_while_one_domain_floods(backend: Backend) {
     for r in &got[..=last_small] {
         *per_domain.entry(r.path.as_str()).or_default() += 1;
     }
-    println!(
-        "fairness: {big_before} of 10000 flood records went before the last small-domain record; {per_domain:?}"
-    );
+    println!("fairness: {big_before} of 10000 flood records went before the last small-domain record; {per_domain:?}");
     for i in 0..10 {
         assert_eq!(per_domain.get(format!("/small-{i}").as_str()), Some(&10));
     }
@@ -190,24 +174,18 @@ async fn two_daemons_on_one_database_never_both_send_a_record(backend: Backend) 
         via.ingest_many(&format!("d{d}"), events).await;
     }
     let got = receiver
-        .wait_until(
-            "5000 distinct records delivered",
-            Duration::from_secs(180),
-            |got| {
-                let mut ids: Vec<_> = got.iter().filter_map(|r| r.record_id()).collect();
-                ids.sort();
-                ids.dedup();
-                ids.len() >= 5_000
-            },
-        )
+        .wait_until("5000 distinct records delivered", Duration::from_secs(180), |got| {
+            let mut ids: Vec<_> = got.iter().filter_map(|r| r.record_id()).collect();
+            ids.sort();
+            ids.dedup();
+            ids.len() >= 5_000
+        })
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let got_after = receiver.received();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for r in &got_after {
-        *counts
-            .entry(r.record_id().expect("record id header"))
-            .or_default() += 1;
+        *counts.entry(r.record_id().expect("record id header")).or_default() += 1;
     }
     let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     println!(

@@ -36,9 +36,7 @@ pub async fn fresh_pg_database(test: &str) -> String {
     use sqlx::Connection;
     let base = std::env::var("REPEATERD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let (server, _) = base
-        .rsplit_once('/')
-        .expect("REPEATERD_TEST_PG_URL has a database");
+    let (server, _) = base.rsplit_once('/').expect("REPEATERD_TEST_PG_URL has a database");
     let admin_url = format!("{server}/postgres");
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
@@ -140,11 +138,7 @@ impl TestConfig {
             ),
             Backend::Postgres(url) => format!("url = {url:?}\n"),
         };
-        let schedule: Vec<String> = self
-            .retry_schedule_ms
-            .iter()
-            .map(|ms| ms.to_string())
-            .collect();
+        let schedule: Vec<String> = self.retry_schedule_ms.iter().map(|ms| ms.to_string()).collect();
         let mut text = format!(
             r#"[server]
 listen = "127.0.0.1:{port}"
@@ -293,10 +287,7 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
-                    "repeaterd exited with {status} before answering:\n{}",
-                    self.log()
-                );
+                panic!("repeaterd exited with {status} before answering:\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
@@ -346,10 +337,7 @@ impl Daemon {
             .expect("GET reaches repeaterd");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// POST JSON to a path under the API; returns status and JSON body.
@@ -362,21 +350,13 @@ impl Daemon {
             .expect("POST reaches repeaterd");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Posts one event; returns the 202 answer.
     pub async fn ingest(&self, domain: &str, event: Value) -> Value {
-        let (status, body) = self
-            .post(&format!("/v1/domains/{domain}/events"), &event)
-            .await;
-        assert_eq!(
-            status, 202,
-            "ingest into {domain} answered {status}: {body}"
-        );
+        let (status, body) = self.post(&format!("/v1/domains/{domain}/events"), &event).await;
+        assert_eq!(status, 202, "ingest into {domain} answered {status}: {body}");
         body
     }
 
@@ -398,24 +378,13 @@ impl Daemon {
 
     /// One record with its attempts.
     pub async fn record(&self, domain: &str, id: &str) -> Value {
-        let (status, body) = self
-            .get(&format!("/v1/domains/{domain}/records/{id}"))
-            .await;
-        assert_eq!(
-            status, 200,
-            "record {domain}/{id} answered {status}: {body}"
-        );
+        let (status, body) = self.get(&format!("/v1/domains/{domain}/records/{id}")).await;
+        assert_eq!(status, 200, "record {domain}/{id} answered {status}: {body}");
         body
     }
 
     /// Waits until record `id` reaches `state`; returns the record.
-    pub async fn wait_record_state(
-        &self,
-        domain: &str,
-        id: &str,
-        state: &str,
-        limit: Duration,
-    ) -> Value {
+    pub async fn wait_record_state(&self, domain: &str, id: &str, state: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let record = self.record(domain, id).await;
@@ -434,10 +403,7 @@ impl Daemon {
     /// POST an admin action on a repeater (`pause`, `resume`, `requeue`).
     pub async fn repeater_action(&self, domain: &str, name: &str, action: &str) -> Value {
         let (status, body) = self
-            .post(
-                &format!("/v1/domains/{domain}/repeaters/{name}/{action}"),
-                &json!({}),
-            )
+            .post(&format!("/v1/domains/{domain}/repeaters/{name}/{action}"), &json!({}))
             .await;
         assert!(
             (200..300).contains(&status),
@@ -448,11 +414,8 @@ impl Daemon {
 
     /// POST an admin action on a record (`resend`, `cancel`); returns the status.
     pub async fn record_action(&self, domain: &str, id: &str, action: &str) -> (u16, Value) {
-        self.post(
-            &format!("/v1/domains/{domain}/records/{id}/{action}"),
-            &json!({}),
-        )
-        .await
+        self.post(&format!("/v1/domains/{domain}/records/{id}/{action}"), &json!({}))
+            .await
     }
 }
 
@@ -518,9 +481,7 @@ impl Daemon {
 
     /// The exit status if the process has ended.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|child| child.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
     }
 
     /// Peak resident memory of the process so far (`VmHWM`), in KiB.
@@ -542,9 +503,6 @@ impl Daemon {
             .await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 }

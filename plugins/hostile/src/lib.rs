@@ -10,7 +10,7 @@
 //! | `trap` | panics, which aborts the instance with a trap |
 //! | `oversized-body` | returns a 64 MiB body (above any sane body cap) |
 //! | `oversized-headers` | returns 10 000 headers of 100 bytes each |
-//! | `ok` | forwards the payload, like a trivial plugin |
+//! | `ok` | logs one info line and forwards the payload, like a trivial plugin |
 //!
 //! `validate-config` accepts exactly these modes (the mode is required);
 //! `classify` uses the default rules in every mode.
@@ -76,11 +76,15 @@ impl Plugin for Hostile {
                     });
                 BuildOutcome::Send(headers)
             }
-            Mode::Ok => BuildOutcome::Send(
-                Request::new(Method::Post)
-                    .with_header("content-type", &event.content_type)
-                    .with_body(event.payload.clone()),
-            ),
+            Mode::Ok => {
+                // Exercises the host's `log` import.
+                repeater_plugin_sdk::info!("hostile plugin in ok mode: forwarding {}", event.id);
+                BuildOutcome::Send(
+                    Request::new(Method::Post)
+                        .with_header("content-type", &event.content_type)
+                        .with_body(event.payload.clone()),
+                )
+            }
         }
     }
 }

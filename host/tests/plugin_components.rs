@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use wasmtime::component::{Component, Instance, Linker, ResourceTable, Val};
-use wasmtime::{Config, Engine, OptLevel, Store};
+use wasmtime::{Config, Engine, OptLevel, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 const PLUGIN_INTERFACE: &str = "repeater:plugin/plugin@0.1.0";
@@ -22,7 +22,41 @@ const LOG_INTERFACE: &str = "repeater:plugin/log@0.1.0";
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
+    limits: MemoryCap,
 }
+
+/// Refuses linear-memory growth past `max` and remembers that it did.
+struct MemoryCap {
+    max: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// The memory cap the hostile memory-bomb test runs under.
+const MEMORY_CAP: usize = 64 * 1024 * 1024;
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -48,6 +82,7 @@ fn compiled(name: &str, bytes: &[u8]) -> (Engine, Component) {
     let engine = ENGINE.get_or_init(|| {
         let mut config = Config::new();
         config.cranelift_opt_level(OptLevel::None);
+        config.epoch_interruption(true);
         Engine::new(&config).expect("the engine starts")
     });
     let mut components = COMPONENTS.get_or_init(Default::default).lock().unwrap();
@@ -77,8 +112,15 @@ fn load(name: &str, bytes: &[u8]) -> Loaded {
     let state = State {
         wasi: WasiCtx::builder().build(),
         table: ResourceTable::new(),
+        limits: MemoryCap {
+            max: MEMORY_CAP,
+            denied: false,
+        },
     };
     let mut store = Store::new(&engine, state);
+    store.limiter(|state| &mut state.limits);
+    // Far enough that only the loop test, which lowers it, ever reaches it.
+    store.set_epoch_deadline(1_000_000);
     let instance = linker
         .instantiate(&mut store, &component)
         .expect("the plugin instantiates");
@@ -343,4 +385,51 @@ fn hostile_ok_mode_logs_through_the_import_and_trap_mode_traps() {
         &[event("text/plain", b"hi"), string(r#"{"mode": "trap"}"#)],
     );
     assert!(trapped.is_err(), "trap mode returned {trapped:?}");
+}
+
+#[test]
+fn hostile_memory_bomb_is_stopped_by_a_memory_cap() {
+    let hostile = std::fs::read(builtin::HOSTILE_PLUGIN_PATH).unwrap();
+    let mut plugin = load("hostile", &hostile);
+    let config = string(r#"{"mode": "memory-bomb"}"#);
+    let outcome = plugin.call("build", &[event("text/plain", b"hi"), config]);
+    let err = outcome.expect_err("memory-bomb mode must not return");
+    assert!(
+        plugin.store.data().limits.denied,
+        "the cap was never reached"
+    );
+    // The guest's allocator fails, and Rust aborts with `unreachable`.
+    assert_eq!(
+        err.downcast_ref::<wasmtime::Trap>(),
+        Some(&wasmtime::Trap::UnreachableCodeReached),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn hostile_loop_spins_until_an_epoch_deadline_stops_it() {
+    let hostile = std::fs::read(builtin::HOSTILE_PLUGIN_PATH).unwrap();
+    let mut plugin = load("hostile", &hostile);
+    plugin.store.set_epoch_deadline(1);
+    let engine = plugin.store.engine().clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                engine.increment_epoch();
+            }
+        })
+    };
+    let config = string(r#"{"mode": "loop"}"#);
+    let outcome = plugin.call("build", &[event("text/plain", b"hi"), config]);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.join().unwrap();
+    let err = outcome.expect_err("loop mode must not return");
+    assert_eq!(
+        err.downcast_ref::<wasmtime::Trap>(),
+        Some(&wasmtime::Trap::Interrupt),
+        "{err:?}"
+    );
 }

@@ -141,9 +141,16 @@ fn run() -> Result<(), String> {
     )
     .map_err(|err| err.to_string())?;
 
-    let generated_path = out_dir.join("builtin_plugins.rs");
-    fs::write(&generated_path, generated)
-        .map_err(|err| format!("cannot write {}: {err}", generated_path.display()))
+    write_if_changed(&out_dir.join("builtin_plugins.rs"), generated.as_bytes())
+}
+
+/// Writes `path` only when its content changes, so a plugin edit that
+/// leaves the components identical does not make the daemon recompile.
+fn write_if_changed(path: &Path, content: &[u8]) -> Result<(), String> {
+    if fs::read(path).is_ok_and(|existing| existing == content) {
+        return Ok(());
+    }
+    fs::write(path, content).map_err(|err| format!("cannot write {}: {err}", path.display()))
 }
 
 fn var(name: &str) -> Result<String, String> {
@@ -233,7 +240,7 @@ fn stage_component(built: &Path, out_dir: &Path, name: &str) -> Result<PathBuf, 
         fs::read(&source).map_err(|err| format!("cannot read {}: {err}", source.display()))?;
     check_component(&bytes).map_err(|err| format!("{}: {err}", source.display()))?;
     let copy = out_dir.join(&file);
-    fs::write(&copy, &bytes).map_err(|err| format!("cannot write {}: {err}", copy.display()))?;
+    write_if_changed(&copy, &bytes)?;
     Ok(copy)
 }
 

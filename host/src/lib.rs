@@ -6,7 +6,10 @@
 //! batch), [`plugin`] (the wasm sandbox), [`outbound`] (HTTP client, SSRF
 //! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
 
+pub mod config;
 pub mod model;
+pub mod outbound;
+pub mod schedule;
 pub mod store;
 pub mod dispatch;
 pub mod plugin;

@@ -6,5 +6,7 @@
 //! batch), [`plugin`] (the wasm sandbox), [`outbound`] (HTTP client, SSRF
 //! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
 
+pub mod api;
 pub mod model;
 pub mod store;
+pub mod telemetry;

@@ -91,7 +91,42 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// Decodes an already-parsed JSON value into `T`; errors name the field's path.
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(json_error)
+    decode_at(value, "")
+}
+
+/// Decodes a JSON object found at `at` (for example `events[3]`, or `""`
+/// for the whole body) into `T`. Anything but an object is refused, since
+/// serde would otherwise read a struct from an array.
+pub fn decode_at<T: DeserializeOwned>(value: serde_json::Value, at: &str) -> Result<T, ApiError> {
+    if !value.is_object() {
+        let what = if at.is_empty() { "the body" } else { at };
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("{what}: expected a JSON object, found {}", json_kind(&value)),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let located = match (at.is_empty(), path == ".") {
+            (true, true) => inner.to_string(),
+            (true, false) => format!("{path}: {inner}"),
+            (false, true) => format!("{at}: {inner}"),
+            (false, false) => format!("{at}.{path}: {inner}"),
+        };
+        ApiError::bad_request("invalid_body", located)
+    })
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -136,6 +171,16 @@ mod tests {
         let err = parse_json::<Outer>(br#"{"items": [{"n": 1}, {"n": "x"}]}"#).unwrap_err();
         assert_eq!(err.code, "invalid_body");
         assert!(err.message.starts_with("items[1].n: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn only_objects_decode_into_structs() {
+        let err = decode_at::<Inner>(serde_json::json!([1]), "events[2]").unwrap_err();
+        assert_eq!(err.message, "events[2]: expected a JSON object, found an array");
+        let err = decode_at::<Inner>(serde_json::json!({"n": -1}), "events[2]").unwrap_err();
+        assert!(err.message.starts_with("events[2].n: invalid value"), "{err}");
+        let ok: Inner = decode_at(serde_json::json!({"n": 1}), "").unwrap();
+        assert_eq!(ok.n, 1);
     }
 
     #[test]

@@ -18,7 +18,9 @@ use serde_json::Value;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{ApiPath, is_json_media_type, parse_json, path_slug, require_json};
+use super::extract::{
+    ApiPath, decode_at, is_json_media_type, parse_json, path_slug, require_json,
+};
 use crate::model::{NewEvent, now_millis};
 use crate::store::{Ingested, IngestedRecord};
 
@@ -54,12 +56,13 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
     Value::deserialize(deserializer).map(Some)
 }
 
-/// A batch as posted.
+/// A batch as posted; each event is decoded on its own so errors can name
+/// its index.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchInput {
     /// The events, at most the configured batch size.
-    pub events: Vec<EventInput>,
+    pub events: Vec<Value>,
 }
 
 /// The answer for one event.
@@ -207,7 +210,7 @@ pub async fn post_event(
         require_json(&headers)?;
         let bytes =
             body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-        let input: EventInput = parse_json(&bytes)?;
+        let input: EventInput = decode_at(parse_json::<Value>(&bytes)?, "")?;
         let event = to_new_event(input, "").map_err(ApiError::invalid)?;
         let mut ingested = ingest_events(&state, &domain, vec![event]).await?;
         let first = ingested.pop().ok_or_else(|| {
@@ -240,7 +243,7 @@ pub async fn post_batch(
         require_json(&headers)?;
         let bytes =
             body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-        let input: BatchInput = parse_json(&bytes)?;
+        let input: BatchInput = decode_at(parse_json::<Value>(&bytes)?, "")?;
         if input.events.is_empty() {
             return Err(ApiError::invalid("events: the batch is empty"));
         }
@@ -254,6 +257,7 @@ pub async fn post_batch(
         let mut events = Vec::with_capacity(input.events.len());
         let mut seen_ids = std::collections::HashMap::new();
         for (index, event) in input.events.into_iter().enumerate() {
+            let event: EventInput = decode_at(event, &format!("events[{index}]"))?;
             let at = format!("events[{index}].");
             let event = to_new_event(event, &at).map_err(ApiError::invalid)?;
             if let Some(id) = &event.id

@@ -45,21 +45,105 @@ fn routes(record_id: i64) -> Vec<Route> {
         needs,
     };
     vec![
-        route(Method::POST, "/v1/domains/{d}/events", j, event, Needs::Domain),
-        route(Method::POST, "/v1/domains/{d}/events/batch", j, batch, Needs::Domain),
-        route(Method::GET, "/v1/domains/{d}/repeaters", None, vec![], Needs::Domain),
-        route(Method::PUT, "/v1/domains/{d}/repeaters/crm", j, spec, Needs::Domain),
-        route(Method::GET, "/v1/domains/{d}/repeaters/crm", None, vec![], Needs::Domain),
-        route(Method::POST, "/v1/domains/{d}/repeaters/crm/pause", None, vec![], Needs::Domain),
-        route(Method::POST, "/v1/domains/{d}/repeaters/crm/resume", None, vec![], Needs::Domain),
-        route(Method::POST, "/v1/domains/{d}/repeaters/crm/requeue", None, vec![], Needs::Domain),
-        route(Method::GET, "/v1/domains/{d}/records", None, vec![], Needs::Domain),
-        route(Method::GET, leak(format!("/v1/domains/{{d}}/records/{record_id}")), None, vec![], Needs::Domain),
-        route(Method::POST, leak(format!("/v1/domains/{{d}}/records/{record_id}/resend")), None, vec![], Needs::Domain),
-        route(Method::POST, leak(format!("/v1/domains/{{d}}/records/{record_id}/cancel")), None, vec![], Needs::Domain),
-        route(Method::DELETE, "/v1/domains/{d}/repeaters/crm", None, vec![], Needs::Domain),
+        route(
+            Method::POST,
+            "/v1/domains/{d}/events",
+            j,
+            event,
+            Needs::Domain,
+        ),
+        route(
+            Method::POST,
+            "/v1/domains/{d}/events/batch",
+            j,
+            batch,
+            Needs::Domain,
+        ),
+        route(
+            Method::GET,
+            "/v1/domains/{d}/repeaters",
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::PUT,
+            "/v1/domains/{d}/repeaters/crm",
+            j,
+            spec,
+            Needs::Domain,
+        ),
+        route(
+            Method::GET,
+            "/v1/domains/{d}/repeaters/crm",
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::POST,
+            "/v1/domains/{d}/repeaters/crm/pause",
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::POST,
+            "/v1/domains/{d}/repeaters/crm/resume",
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::POST,
+            "/v1/domains/{d}/repeaters/crm/requeue",
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::GET,
+            "/v1/domains/{d}/records",
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::GET,
+            leak(format!("/v1/domains/{{d}}/records/{record_id}")),
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::POST,
+            leak(format!("/v1/domains/{{d}}/records/{record_id}/resend")),
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::POST,
+            leak(format!("/v1/domains/{{d}}/records/{record_id}/cancel")),
+            None,
+            vec![],
+            Needs::Domain,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/domains/{d}/repeaters/crm",
+            None,
+            vec![],
+            Needs::Domain,
+        ),
         route(Method::GET, "/v1/plugins", None, vec![], Needs::Admin),
-        route(Method::PUT, "/v1/plugins/mine", Some("application/wasm"), component, Needs::Admin),
+        route(
+            Method::PUT,
+            "/v1/plugins/mine",
+            Some("application/wasm"),
+            component,
+            Needs::Admin,
+        ),
         route(Method::GET, "/metrics", None, vec![], Needs::Admin),
         route(Method::GET, "/healthz", None, vec![], Needs::Nothing),
         route(Method::GET, "/readyz", None, vec![], Needs::Nothing),
@@ -87,8 +171,12 @@ async fn every_route_follows_the_access_matrix() {
     for route in routes(acme_record) {
         let path = route.path.replace("{d}", "acme");
         let call = |token: Option<&'static str>| {
-            let (method, path, ct, body) =
-                (route.method.clone(), path.clone(), route.content_type, route.body.clone());
+            let (method, path, ct, body) = (
+                route.method.clone(),
+                path.clone(),
+                route.content_type,
+                route.body.clone(),
+            );
             let api = &api;
             async move { api.send(method, &path, token, ct, body).await }
         };
@@ -102,7 +190,11 @@ async fn every_route_follows_the_access_matrix() {
             }
             assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{label} {token:?}");
             assert_eq!(answer.code(), "unauthorized", "{label}");
-            assert_eq!(answer.headers[header::WWW_AUTHENTICATE], "Bearer", "{label}");
+            assert_eq!(
+                answer.headers[header::WWW_AUTHENTICATE],
+                "Bearer",
+                "{label}"
+            );
         }
 
         // A domain token on another domain, or on an admin route.
@@ -119,7 +211,10 @@ async fn every_route_follows_the_access_matrix() {
         let acme = call(Some(ACME)).await;
         match route.needs {
             Needs::Nothing | Needs::Domain => {
-                assert!(acme.status.is_success(), "{label} with the acme token: {acme:?}")
+                assert!(
+                    acme.status.is_success(),
+                    "{label} with the acme token: {acme:?}"
+                )
             }
             Needs::Admin => assert_eq!(acme.status, StatusCode::FORBIDDEN, "{label}"),
         }
@@ -158,7 +253,13 @@ async fn a_domain_token_cannot_reach_another_domains_records_by_id() {
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     // A percent-encoded domain segment is not taken for the token's domain.
     let answer = api
-        .send(Method::GET, "/v1/domains/acm%65/repeaters", Some(ACME), None, vec![])
+        .send(
+            Method::GET,
+            "/v1/domains/acm%65/repeaters",
+            Some(ACME),
+            None,
+            vec![],
+        )
         .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
 }
@@ -166,11 +267,17 @@ async fn a_domain_token_cannot_reach_another_domains_records_by_id() {
 #[tokio::test]
 async fn unknown_paths_need_a_token_too() {
     let api = TestApi::new().await;
-    let answer = api.send(Method::GET, "/v1/secret", None, None, vec![]).await;
+    let answer = api
+        .send(Method::GET, "/v1/secret", None, None, vec![])
+        .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    let answer = api.send(Method::GET, "/v1/secret", Some(ACME), None, vec![]).await;
+    let answer = api
+        .send(Method::GET, "/v1/secret", Some(ACME), None, vec![])
+        .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    let answer = api.send(Method::GET, "/v1/secret", Some(ADMIN), None, vec![]).await;
+    let answer = api
+        .send(Method::GET, "/v1/secret", Some(ADMIN), None, vec![])
+        .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 }
 
@@ -181,7 +288,13 @@ async fn with_no_tokens_configured_every_route_is_open() {
     for route in routes(record) {
         let path = route.path.replace("{d}", "acme");
         let answer = api
-            .send(route.method.clone(), &path, None, route.content_type, route.body)
+            .send(
+                route.method.clone(),
+                &path,
+                None,
+                route.content_type,
+                route.body,
+            )
             .await;
         assert!(
             answer.status.is_success(),

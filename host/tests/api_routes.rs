@@ -3,7 +3,7 @@
 
 mod api_support;
 
-use api_support::{ADMIN, ACME, TestApi};
+use api_support::{ACME, ADMIN, TestApi};
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use repeaterd::api::ApiLimits;
@@ -16,7 +16,8 @@ async fn ingest_creates_one_record_per_subscribed_repeater_and_repeats_the_first
     let api = TestApi::new().await;
     api.put_repeater("acme", "crm", &["case.created"]).await;
     api.put_repeater("acme", "audit", &[]).await;
-    api.put_repeater("acme", "closed-only", &["case.closed"]).await;
+    api.put_repeater("acme", "closed-only", &["case.closed"])
+        .await;
 
     let event = json!({"type": "case.created", "payload": {"case": 7}, "id": "evt-1", "ordering_key": "case-7"});
     let first = api.post_event("acme", event.clone()).await;
@@ -57,7 +58,10 @@ async fn ingest_creates_one_record_per_subscribed_repeater_and_repeats_the_first
     assert_eq!(xml.status, StatusCode::ACCEPTED, "{xml:?}");
     let record_id = xml.json["records"][0]["id"].as_i64().unwrap();
     let shown = api
-        .admin(Method::GET, &format!("/v1/domains/acme/records/{record_id}"))
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/acme/records/{record_id}"),
+        )
         .await;
     assert_eq!(shown.status, StatusCode::OK);
     assert_eq!(shown.json["event_type"], "case.created");
@@ -69,20 +73,64 @@ async fn ingest_refuses_bad_events_with_the_field_named() {
     let api = TestApi::new().await;
     api.put_repeater("acme", "crm", &[]).await;
     let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
-        (json!({"payload": 1}), StatusCode::BAD_REQUEST, "invalid_body", "type"),
-        (json!({"type": 5, "payload": 1}), StatusCode::BAD_REQUEST, "invalid_body", "type"),
-        (json!({"type": "t", "payload": 1, "extra": true}), StatusCode::BAD_REQUEST, "invalid_body", "extra"),
-        (json!({"type": "t"}), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "payload"),
-        (json!({"type": "t", "body": "x"}), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "content_type"),
-        (json!({"type": "t", "payload": 1, "body": "x", "content_type": "a/b"}), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "body"),
-        (json!({"type": "", "payload": 1}), StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "type"),
-        (json!(["t", 1]), StatusCode::BAD_REQUEST, "invalid_body", "expected a JSON object"),
+        (
+            json!({"payload": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "type",
+        ),
+        (
+            json!({"type": 5, "payload": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "type",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "extra": true}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "extra",
+        ),
+        (
+            json!({"type": "t"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "payload",
+        ),
+        (
+            json!({"type": "t", "body": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "content_type",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "body": "x", "content_type": "a/b"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "body",
+        ),
+        (
+            json!({"type": "", "payload": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "type",
+        ),
+        (
+            json!(["t", 1]),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "expected a JSON object",
+        ),
     ];
     for (body, status, code, mention) in cases {
         let answer = api.post_event("acme", body.clone()).await;
         assert_eq!(answer.status, status, "{body}: {answer:?}");
         assert_eq!(answer.code(), code, "{body}");
-        assert!(answer.message().contains(mention), "{body}: {}", answer.message());
+        assert!(
+            answer.message().contains(mention),
+            "{body}: {}",
+            answer.message()
+        );
     }
     assert_eq!(api.record_count("acme").await, 0);
 }
@@ -92,7 +140,13 @@ async fn malformed_json_wrong_media_type_and_bad_domains_are_json_errors() {
     let api = TestApi::new().await;
     let path = "/v1/domains/acme/events";
     let broken = api
-        .send(Method::POST, path, Some(ADMIN), Some("application/json"), "{\"type\": ")
+        .send(
+            Method::POST,
+            path,
+            Some(ADMIN),
+            Some("application/json"),
+            "{\"type\": ",
+        )
         .await;
     assert_eq!(broken.status, StatusCode::BAD_REQUEST);
     assert_eq!(broken.code(), "invalid_json");
@@ -141,8 +195,11 @@ async fn a_body_over_the_limit_is_413_json_and_stores_nothing() {
     assert!(answer.message().contains("4096"));
 
     // Also without a Content-Length: a streamed body is cut at the limit.
-    let chunks: Vec<Result<String, std::io::Error>> =
-        big.as_bytes().chunks(1000).map(|c| Ok(String::from_utf8(c.to_vec()).unwrap())).collect();
+    let chunks: Vec<Result<String, std::io::Error>> = big
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
     let streamed = api
         .send(
             Method::POST,
@@ -152,7 +209,11 @@ async fn a_body_over_the_limit_is_413_json_and_stores_nothing() {
             Body::from_stream(futures::stream::iter(chunks)),
         )
         .await;
-    assert_eq!(streamed.status, StatusCode::PAYLOAD_TOO_LARGE, "{streamed:?}");
+    assert_eq!(
+        streamed.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{streamed:?}"
+    );
     assert_eq!(streamed.code(), "body_too_large");
     assert_eq!(api.record_count("acme").await, 0);
 }
@@ -167,38 +228,76 @@ async fn a_batch_is_all_or_nothing() {
     // One event with a wrong type: 400 naming its index and field.
     let mut events: Vec<Value> = (0..5).map(good).collect();
     events[3]["ordering_key"] = json!(42);
-    let answer = api.admin_json(Method::POST, path, json!({"events": events})).await;
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
-    assert!(answer.message().starts_with("events[3].ordering_key"), "{}", answer.message());
+    assert!(
+        answer.message().starts_with("events[3].ordering_key"),
+        "{}",
+        answer.message()
+    );
     // An event that is not an object.
     let mut events: Vec<Value> = (0..5).map(good).collect();
     events[2] = json!(["t", 1]);
-    let answer = api.admin_json(Method::POST, path, json!({"events": events})).await;
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
-    assert!(answer.message().starts_with("events[2]: expected a JSON object"), "{}", answer.message());
+    assert!(
+        answer
+            .message()
+            .starts_with("events[2]: expected a JSON object"),
+        "{}",
+        answer.message()
+    );
     // One semantically invalid event: 422 naming its index and field.
     let mut events: Vec<Value> = (0..5).map(good).collect();
     events[4] = json!({"type": "t", "body": "x"});
-    let answer = api.admin_json(Method::POST, path, json!({"events": events})).await;
-    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{answer:?}");
-    assert!(answer.message().starts_with("events[4].content_type"), "{}", answer.message());
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{answer:?}"
+    );
+    assert!(
+        answer.message().starts_with("events[4].content_type"),
+        "{}",
+        answer.message()
+    );
     // A repeated id inside the batch.
     let events = vec![good(1), good(2), good(1)];
-    let answer = api.admin_json(Method::POST, path, json!({"events": events})).await;
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(answer.message().starts_with("events[2].id"), "{}", answer.message());
+    assert!(
+        answer.message().starts_with("events[2].id"),
+        "{}",
+        answer.message()
+    );
     // Empty and oversized batches.
-    let answer = api.admin_json(Method::POST, path, json!({"events": []})).await;
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": []}))
+        .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
-    let many: Vec<Value> = (0..1001).map(|i| json!({"type": "t", "payload": i})).collect();
-    let answer = api.admin_json(Method::POST, path, json!({"events": many})).await;
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"type": "t", "payload": i}))
+        .collect();
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": many}))
+        .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(answer.message().contains("1000"), "{}", answer.message());
     assert_eq!(api.record_count("acme").await, 0);
 
     // Nothing of the refused batches was stored: the same ids are new now.
     let events: Vec<Value> = (0..1000).map(good).collect();
-    let answer = api.admin_json(Method::POST, path, json!({"events": events.clone()})).await;
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events.clone()}))
+        .await;
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
     let answers = answer.json["events"].as_array().unwrap();
     assert_eq!(answers.len(), 1000);
@@ -207,7 +306,9 @@ async fn a_batch_is_all_or_nothing() {
     assert_eq!(api.record_count("acme").await, 1000);
 
     // The whole batch again: the first answers, nothing new.
-    let again = api.admin_json(Method::POST, path, json!({"events": events})).await;
+    let again = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
     assert_eq!(again.status, StatusCode::OK);
     let repeats = again.json["events"].as_array().unwrap();
     assert_eq!(repeats.len(), 1000);
@@ -263,26 +364,66 @@ async fn repeaters_are_stored_validated_listed_and_deleted() {
     assert_eq!(names, ["audit", "crm"]);
 
     let refused: Vec<(Value, StatusCode, &str)> = vec![
-        (json!({"url": "ftp://x.example/", "plugin": "json-forward"}), StatusCode::UNPROCESSABLE_ENTITY, "url"),
-        (json!({"url": "https://x.example/", "plugin": "no-such-plugin"}), StatusCode::UNPROCESSABLE_ENTITY, "no-such-plugin"),
-        (json!({"url": "https://x.example/", "plugin": "json-forward", "plugin_config": {"bogus": 1}}), StatusCode::UNPROCESSABLE_ENTITY, "bogus"),
-        (json!({"url": "https://x.example/", "plugin": "json-forward", "name": "other"}), StatusCode::UNPROCESSABLE_ENTITY, "name"),
-        (json!({"url": "https://x.example/", "plugin": "json-forward", "limits": {"concurrency": "many"}}), StatusCode::BAD_REQUEST, "limits.concurrency"),
-        (json!({"url": "https://x.example/", "plugin": "json-forward", "colour": "red"}), StatusCode::BAD_REQUEST, "colour"),
-        (json!({"plugin": "json-forward"}), StatusCode::BAD_REQUEST, "url"),
+        (
+            json!({"url": "ftp://x.example/", "plugin": "json-forward"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "url",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "no-such-plugin"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no-such-plugin",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "plugin_config": {"bogus": 1}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bogus",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "name": "other"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "limits": {"concurrency": "many"}}),
+            StatusCode::BAD_REQUEST,
+            "limits.concurrency",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "colour": "red"}),
+            StatusCode::BAD_REQUEST,
+            "colour",
+        ),
+        (
+            json!({"plugin": "json-forward"}),
+            StatusCode::BAD_REQUEST,
+            "url",
+        ),
         (json!("just a string"), StatusCode::BAD_REQUEST, "object"),
     ];
     for (body, status, mention) in refused {
-        let answer = api.admin_json(Method::PUT, "/v1/domains/acme/repeaters/new", body.clone()).await;
+        let answer = api
+            .admin_json(Method::PUT, "/v1/domains/acme/repeaters/new", body.clone())
+            .await;
         assert_eq!(answer.status, status, "{body}: {answer:?}");
-        assert!(answer.message().contains(mention), "{body}: {}", answer.message());
+        assert!(
+            answer.message().contains(mention),
+            "{body}: {}",
+            answer.message()
+        );
     }
     let bad_name = api
-        .admin_json(Method::PUT, "/v1/domains/acme/repeaters/Bad_Name", spec.clone())
+        .admin_json(
+            Method::PUT,
+            "/v1/domains/acme/repeaters/Bad_Name",
+            spec.clone(),
+        )
         .await;
     assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad_name.code(), "invalid_name");
-    let missing = api.admin(Method::GET, "/v1/domains/acme/repeaters/new").await;
+    let missing = api
+        .admin(Method::GET, "/v1/domains/acme/repeaters/new")
+        .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert_eq!(missing.code(), "not_found");
 
@@ -362,7 +503,10 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
 
     // The record shows its attempt.
     let record = api
-        .admin(Method::GET, &format!("/v1/domains/acme/records/{}", claimed[0].id))
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/acme/records/{}", claimed[0].id),
+        )
         .await;
     assert_eq!(record.json["state"], "retrying");
     assert_eq!(record.json["attempts"][0]["status"], 503);
@@ -379,7 +523,10 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
 
     for action in ["pause", "resume", "requeue"] {
         let answer = api
-            .admin(Method::POST, &format!("/v1/domains/acme/repeaters/ghost/{action}"))
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/acme/repeaters/ghost/{action}"),
+            )
             .await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{action}");
         assert_eq!(answer.code(), "not_found");
@@ -393,7 +540,11 @@ async fn records_are_filtered_paginated_resent_and_cancelled() {
     api.put_repeater("acme", "audit", &[]).await;
     let events: Vec<Value> = (0..5).map(|i| json!({"type": "t", "payload": i})).collect();
     let batch = api
-        .admin_json(Method::POST, "/v1/domains/acme/events/batch", json!({"events": events}))
+        .admin_json(
+            Method::POST,
+            "/v1/domains/acme/events/batch",
+            json!({"events": events}),
+        )
         .await;
     assert_eq!(batch.status, StatusCode::ACCEPTED);
 
@@ -433,12 +584,18 @@ async fn records_are_filtered_paginated_resent_and_cancelled() {
 
     let id = crm_records[0]["id"].as_i64().unwrap();
     let cancelled = api
-        .admin(Method::POST, &format!("/v1/domains/acme/records/{id}/cancel"))
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{id}/cancel"),
+        )
         .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
     assert_eq!(cancelled.json["state"], "cancelled");
     let twice = api
-        .admin(Method::POST, &format!("/v1/domains/acme/records/{id}/cancel"))
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{id}/cancel"),
+        )
         .await;
     assert_eq!(twice.status, StatusCode::CONFLICT, "{twice:?}");
     assert_eq!(twice.code(), "conflict");
@@ -448,7 +605,10 @@ async fn records_are_filtered_paginated_resent_and_cancelled() {
     assert_eq!(only_cancelled.json["records"].as_array().unwrap().len(), 1);
 
     let resent = api
-        .admin(Method::POST, &format!("/v1/domains/acme/records/{id}/resend"))
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{id}/resend"),
+        )
         .await;
     assert_eq!(resent.status, StatusCode::OK, "{resent:?}");
     assert_eq!(resent.json["state"], "pending");
@@ -460,7 +620,10 @@ async fn records_are_filtered_paginated_resent_and_cancelled() {
     assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
     for action in ["resend", "cancel"] {
         let answer = api
-            .admin(Method::POST, &format!("/v1/domains/acme/records/999999/{action}"))
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/acme/records/999999/{action}"),
+            )
             .await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{action}");
     }
@@ -499,8 +662,14 @@ async fn plugins_are_listed_and_uploaded() {
     let put = |body: Vec<u8>, content_type: Option<&'static str>, name: &'static str| {
         let api = &api;
         async move {
-            api.send(Method::PUT, &format!("/v1/plugins/{name}"), Some(ADMIN), content_type, body)
-                .await
+            api.send(
+                Method::PUT,
+                &format!("/v1/plugins/{name}"),
+                Some(ADMIN),
+                content_type,
+                body,
+            )
+            .await
         }
     };
     let created = put(component.clone(), Some("application/wasm"), "mine").await;
@@ -539,13 +708,25 @@ async fn plugins_are_listed_and_uploaded() {
     };
     let small = TestApi::with(api_support::auth(), limits).await;
     let fits = small
-        .send(Method::PUT, "/v1/plugins/mine", Some(ADMIN), Some("application/wasm"), component.clone())
+        .send(
+            Method::PUT,
+            "/v1/plugins/mine",
+            Some(ADMIN),
+            Some("application/wasm"),
+            component.clone(),
+        )
         .await;
     assert_eq!(fits.status, StatusCode::CREATED, "{fits:?}");
     let mut too_big = component.clone();
     too_big.resize(2048, 0);
     let answer = small
-        .send(Method::PUT, "/v1/plugins/big", Some(ADMIN), Some("application/wasm"), too_big)
+        .send(
+            Method::PUT,
+            "/v1/plugins/big",
+            Some(ADMIN),
+            Some("application/wasm"),
+            too_big,
+        )
         .await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{answer:?}");
     assert!(answer.message().contains("1024"));
@@ -561,21 +742,29 @@ async fn plugin_routes_without_a_catalogue_say_so() {
         .body(Body::empty())
         .unwrap();
     use tower::ServiceExt;
-    let response = repeaterd::api::router(state).oneshot(request).await.unwrap();
+    let response = repeaterd::api::router(state)
+        .oneshot(request)
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
 }
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let api = TestApi::new().await;
-    let health = api.send(Method::GET, "/healthz", None, None, Body::empty()).await;
+    let health = api
+        .send(Method::GET, "/healthz", None, None, Body::empty())
+        .await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.json["status"], "ok");
-    let ready = api.send(Method::GET, "/readyz", None, None, Body::empty()).await;
+    let ready = api
+        .send(Method::GET, "/readyz", None, None, Body::empty())
+        .await;
     assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
 
     api.put_repeater("acme", "crm", &[]).await;
-    api.post_event("acme", json!({"type": "t", "payload": 1})).await;
+    api.post_event("acme", json!({"type": "t", "payload": 1}))
+        .await;
     let bad = api.post_event("acme", json!({"type": 1})).await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     api.metrics.lease_acquired();
@@ -594,7 +783,11 @@ async fn health_readiness_and_metrics_answer() {
         "repeaterd_ingest_refused_total 1",
         "repeaterd_leases_acquired_total 1",
     ] {
-        assert!(metrics.text.contains(expected), "missing {expected} in\n{}", metrics.text);
+        assert!(
+            metrics.text.contains(expected),
+            "missing {expected} in\n{}",
+            metrics.text
+        );
     }
 }
 
@@ -627,16 +820,30 @@ async fn readiness_fails_with_503_when_the_database_is_gone() {
                 .unwrap();
         }
     }
-    let ready = api.send(Method::GET, "/readyz", None, None, Body::empty()).await;
+    let ready = api
+        .send(Method::GET, "/readyz", None, None, Body::empty())
+        .await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{ready:?}");
     assert_eq!(ready.code(), "unavailable");
     // An ingest now fails inside the store: 500 JSON, without database detail.
-    let ingest = api.post_event("acme", json!({"type": "t", "payload": 1})).await;
-    assert_eq!(ingest.status, StatusCode::INTERNAL_SERVER_ERROR, "{ingest:?}");
+    let ingest = api
+        .post_event("acme", json!({"type": "t", "payload": 1}))
+        .await;
+    assert_eq!(
+        ingest.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{ingest:?}"
+    );
     assert_eq!(ingest.code(), "internal");
-    assert!(!ingest.message().contains("no such table"), "{}", ingest.message());
+    assert!(
+        !ingest.message().contains("no such table"),
+        "{}",
+        ingest.message()
+    );
     // Health does not depend on the store.
-    let health = api.send(Method::GET, "/healthz", None, None, Body::empty()).await;
+    let health = api
+        .send(Method::GET, "/healthz", None, None, Body::empty())
+        .await;
     assert_eq!(health.status, StatusCode::OK);
 }
 

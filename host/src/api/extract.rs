@@ -102,7 +102,10 @@ pub fn decode_at<T: DeserializeOwned>(value: serde_json::Value, at: &str) -> Res
         let what = if at.is_empty() { "the body" } else { at };
         return Err(ApiError::bad_request(
             "invalid_body",
-            format!("{what}: expected a JSON object, found {}", json_kind(&value)),
+            format!(
+                "{what}: expected a JSON object, found {}",
+                json_kind(&value)
+            ),
         ));
     }
     serde_path_to_error::deserialize(value).map_err(|err| {
@@ -176,9 +179,15 @@ mod tests {
     #[test]
     fn only_objects_decode_into_structs() {
         let err = decode_at::<Inner>(serde_json::json!([1]), "events[2]").unwrap_err();
-        assert_eq!(err.message, "events[2]: expected a JSON object, found an array");
+        assert_eq!(
+            err.message,
+            "events[2]: expected a JSON object, found an array"
+        );
         let err = decode_at::<Inner>(serde_json::json!({"n": -1}), "events[2]").unwrap_err();
-        assert!(err.message.starts_with("events[2].n: invalid value"), "{err}");
+        assert!(
+            err.message.starts_with("events[2].n: invalid value"),
+            "{err}"
+        );
         let ok: Inner = decode_at(serde_json::json!({"n": 1}), "").unwrap();
         assert_eq!(ok.n, 1);
     }

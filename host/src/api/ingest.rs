@@ -18,9 +18,7 @@ use serde_json::Value;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{
-    ApiPath, decode_at, is_json_media_type, parse_json, path_slug, require_json,
-};
+use super::extract::{ApiPath, decode_at, is_json_media_type, parse_json, path_slug, require_json};
 use crate::model::{NewEvent, now_millis};
 use crate::store::{Ingested, IngestedRecord};
 

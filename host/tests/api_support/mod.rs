@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use repeaterd::api::{self, ApiAuth, ApiLimits, ApiState, PluginCatalog, PluginInfo, PluginInstallError};
+use repeaterd::api::{
+    self, ApiAuth, ApiLimits, ApiState, PluginCatalog, PluginInfo, PluginInstallError,
+};
 use repeaterd::store::Store;
 use repeaterd::store::sqlite::SqliteStore;
 use repeaterd::telemetry::Metrics;
@@ -129,11 +131,15 @@ pub struct Answer {
 impl Answer {
     /// The error code of an error answer.
     pub fn code(&self) -> &str {
-        self.json["error"]["code"].as_str().unwrap_or("<no error code>")
+        self.json["error"]["code"]
+            .as_str()
+            .unwrap_or("<no error code>")
     }
     /// The error message of an error answer.
     pub fn message(&self) -> &str {
-        self.json["error"]["message"].as_str().unwrap_or("<no error message>")
+        self.json["error"]["message"]
+            .as_str()
+            .unwrap_or("<no error message>")
     }
 }
 
@@ -221,7 +227,8 @@ impl TestApi {
 
     /// An admin request without a body.
     pub async fn admin(&self, method: Method, path: &str) -> Answer {
-        self.send(method, path, Some(ADMIN), None, Body::empty()).await
+        self.send(method, path, Some(ADMIN), None, Body::empty())
+            .await
     }
 
     /// Stores a json-forward repeater through the API.

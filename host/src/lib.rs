@@ -7,6 +7,8 @@
 //! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
 
 pub mod api;
+pub mod config;
 pub mod model;
+pub mod schedule;
 pub mod store;
 pub mod telemetry;

@@ -2,9 +2,11 @@
 //! .../repeaters/{name}`, and `POST .../{name}/pause|resume|requeue`.
 //!
 //! A PUT body is the repeater spec without `domain` and `name` (they come
-//! from the path). It is checked before it is stored: URL scheme and host,
-//! event types, limits, auth and signing references, and, when the daemon
-//! has a plugin catalogue, that the plugin exists and accepts the config.
+//! from the path). It is checked before it is stored by the same rules as a
+//! `[[repeater]]` of the config file ([`check_repeater_spec`]: URL scheme and
+//! host, event types, limits, auth and signing references) and, when the
+//! daemon has a plugin catalogue, for a plugin that exists and accepts the
+//! config.
 //! The status answer shows the spec, backlog by state, backoff, lease,
 //! pause, last error and success, current concurrency and the plugin's
 //! version and last error.
@@ -20,7 +22,8 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::error::ApiError;
 use super::extract::{ApiPath, from_value, parse_json, path_slug, require_json};
-use crate::model::{AuthSpec, Millis, RepeaterLimits, RepeaterSpec, check_slug, now_millis};
+use crate::config::check_repeater_spec;
+use crate::model::{Millis, RepeaterSpec, now_millis};
 use crate::store::{Backlog, RepeaterRow};
 
 /// The status of one repeater, as the API shows it.
@@ -210,7 +213,8 @@ pub async fn put(
     fields.insert("domain".into(), Value::String(domain.clone()));
     fields.insert("name".into(), Value::String(name.clone()));
     let spec: RepeaterSpec = from_value(Value::Object(fields))?;
-    check_spec(&spec).map_err(ApiError::invalid)?;
+    // The same rules as repeaters in the config file.
+    check_repeater_spec(&spec).map_err(|err| ApiError::invalid(err.to_string()))?;
     if let Some(catalog) = &state.plugins {
         if !catalog.exists(&spec.plugin) {
             return Err(ApiError::invalid(format!(
@@ -322,196 +326,4 @@ pub async fn requeue(
         .await
         .map_err(|err| ApiError::from_store("requeueing a repeater", err))?;
     Ok(Json(json!({ "requeued": moved })))
-}
-
-fn check_env_name(field: &str, value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && !value.as_bytes()[0].is_ascii_digit()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field}: {value:?} is not an environment variable name (A-Z, a-z, 0-9, _)"
-        ))
-    }
-}
-
-fn check_url(field: &str, value: &str, schemes: &[&str]) -> Result<url::Url, String> {
-    let url = url::Url::parse(value).map_err(|err| format!("{field}: {value:?}: {err}"))?;
-    if !schemes.contains(&url.scheme()) {
-        return Err(format!(
-            "{field}: scheme {:?} is not allowed (use {})",
-            url.scheme(),
-            schemes.join(" or ")
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{field}: {value:?} has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "{field}: credentials do not belong in the URL; use auth"
-        ));
-    }
-    if url.fragment().is_some() {
-        return Err(format!("{field}: a URL fragment is never sent; remove it"));
-    }
-    Ok(url)
-}
-
-fn check_limits(limits: &RepeaterLimits) -> Result<(), String> {
-    let positive = |field: &str, value: Option<u64>| match value {
-        Some(0) => Err(format!("limits.{field}: must be at least 1")),
-        _ => Ok(()),
-    };
-    positive("concurrency", limits.concurrency.map(u64::from))?;
-    positive("burst", limits.burst.map(u64::from))?;
-    positive("timeout_ms", limits.timeout_ms)?;
-    positive("max_attempts", limits.max_attempts.map(u64::from))?;
-    positive("max_age_seconds", limits.max_age_seconds)?;
-    positive("backoff_min_seconds", limits.backoff_min_seconds)?;
-    positive("backoff_max_seconds", limits.backoff_max_seconds)?;
-    if let Some(rate) = limits.rate_per_second
-        && !(rate.is_finite() && rate > 0.0)
-    {
-        return Err(format!(
-            "limits.rate_per_second: {rate} is not a positive number"
-        ));
-    }
-    if let Some(schedule) = &limits.retry_schedule_seconds
-        && schedule.is_empty()
-    {
-        return Err("limits.retry_schedule_seconds: must list at least one delay".into());
-    }
-    if let (Some(min), Some(max)) = (limits.backoff_min_seconds, limits.backoff_max_seconds)
-        && min > max
-    {
-        return Err(format!(
-            "limits.backoff_min_seconds: {min} is above backoff_max_seconds {max}"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a repeater spec beyond its JSON shape; `Err` names the field.
-/// The plugin catalogue checks (plugin exists, config valid) are separate.
-pub fn check_spec(spec: &RepeaterSpec) -> Result<(), String> {
-    check_slug("domain", &spec.domain).map_err(|err| format!("domain: {err}"))?;
-    check_slug("repeater", &spec.name).map_err(|err| format!("name: {err}"))?;
-    check_slug("plugin", &spec.plugin).map_err(|err| format!("plugin: {err}"))?;
-    check_url("url", &spec.url, &["http", "https"])?;
-    if let Some(pin) = &spec.plugin_sha256
-        && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(format!(
-            "plugin_sha256: {pin:?} is not 64 hexadecimal digits"
-        ));
-    }
-    if !spec.plugin_config.is_object() {
-        return Err("plugin_config: must be a JSON object".into());
-    }
-    for (index, event_type) in spec.event_types.iter().enumerate() {
-        if event_type.is_empty() || event_type.chars().any(char::is_control) {
-            return Err(format!(
-                "event_types[{index}]: {event_type:?} is not an event type"
-            ));
-        }
-    }
-    check_limits(&spec.limits)?;
-    match &spec.auth {
-        None => {}
-        Some(AuthSpec::Basic { password_env, .. }) => {
-            check_env_name("auth.password_env", password_env)?
-        }
-        Some(AuthSpec::Bearer { token_env }) => check_env_name("auth.token_env", token_env)?,
-        Some(AuthSpec::Oauth2 {
-            token_url,
-            client_id,
-            client_secret_env,
-            ..
-        }) => {
-            check_url("auth.token_url", token_url, &["http", "https"])?;
-            if client_id.is_empty() {
-                return Err("auth.client_id: must not be empty".into());
-            }
-            check_env_name("auth.client_secret_env", client_secret_env)?;
-        }
-    }
-    if let Some(signing) = &spec.signing {
-        if signing.secret_envs.is_empty() {
-            return Err("signing.secret_envs: must name at least one variable".into());
-        }
-        for (index, name) in signing.secret_envs.iter().enumerate() {
-            check_env_name(&format!("signing.secret_envs[{index}]"), name)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(extra: Value) -> RepeaterSpec {
-        let mut base = json!({
-            "domain": "acme", "name": "crm", "url": "https://crm.example/hooks", "plugin": "json-forward"
-        });
-        for (key, value) in extra.as_object().unwrap() {
-            base[key] = value.clone();
-        }
-        serde_json::from_value(base).unwrap()
-    }
-
-    #[test]
-    fn a_plain_spec_passes() {
-        assert_eq!(check_spec(&spec(json!({}))), Ok(()));
-        assert_eq!(
-            check_spec(&spec(json!({
-                "limits": {"concurrency": 3, "rate_per_second": 2.5},
-                "auth": {"type": "bearer", "token_env": "CRM_TOKEN"},
-                "signing": {"secret_envs": ["WH_1", "WH_2"]}
-            }))),
-            Ok(())
-        );
-    }
-
-    #[test]
-    fn each_bad_field_is_named() {
-        for (extra, field) in [
-            (json!({"url": "ftp://x.example/"}), "url"),
-            (json!({"url": "not a url"}), "url"),
-            (json!({"url": "https://user:pw@x.example/"}), "url"),
-            (json!({"plugin": "Bad Plugin"}), "plugin"),
-            (json!({"plugin_sha256": "abc"}), "plugin_sha256"),
-            (json!({"plugin_config": [1]}), "plugin_config"),
-            (json!({"event_types": ["ok", ""]}), "event_types[1]"),
-            (json!({"limits": {"concurrency": 0}}), "limits.concurrency"),
-            (
-                json!({"limits": {"rate_per_second": -1.0}}),
-                "limits.rate_per_second",
-            ),
-            (
-                json!({"limits": {"retry_schedule_seconds": []}}),
-                "limits.retry_schedule_seconds",
-            ),
-            (
-                json!({"limits": {"backoff_min_seconds": 10, "backoff_max_seconds": 5}}),
-                "limits.backoff_min_seconds",
-            ),
-            (
-                json!({"auth": {"type": "bearer", "token_env": "has space"}}),
-                "auth.token_env",
-            ),
-            (
-                json!({"signing": {"secret_envs": []}}),
-                "signing.secret_envs",
-            ),
-        ] {
-            let err = check_spec(&spec(extra.clone())).unwrap_err();
-            assert!(err.starts_with(field), "{extra}: {err}");
-        }
-    }
 }

@@ -613,6 +613,33 @@ async fn records_are_filtered_paginated_resent_and_cancelled() {
     assert_eq!(resent.status, StatusCode::OK, "{resent:?}");
     assert_eq!(resent.json["state"], "pending");
 
+    // A record whose repeater was deleted cannot be resent: 409.
+    let audit_id = api
+        .admin(
+            Method::GET,
+            "/v1/domains/acme/records?repeater=audit&limit=1",
+        )
+        .await
+        .json["records"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let deleted = api
+        .admin(Method::DELETE, "/v1/domains/acme/repeaters/audit")
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let orphan = api
+        .admin(Method::GET, &format!("/v1/domains/acme/records/{audit_id}"))
+        .await;
+    assert_eq!(orphan.json["state"], "cancelled", "{orphan:?}");
+    let resend = api
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{audit_id}/resend"),
+        )
+        .await;
+    assert_eq!(resend.status, StatusCode::CONFLICT, "{resend:?}");
+    assert_eq!(resend.code(), "conflict");
+
     // Another domain's record is not found here.
     let elsewhere = api
         .admin(Method::GET, &format!("/v1/domains/globex/records/{id}"))
@@ -839,6 +866,16 @@ async fn readiness_fails_with_503_when_the_database_is_gone() {
         !ingest.message().contains("no such table"),
         "{}",
         ingest.message()
+    );
+    // Metrics still answer; the failed backlog refresh is counted.
+    let metrics = api.admin(Method::GET, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics
+            .text
+            .contains("repeaterd_backlog_refresh_errors_total 1"),
+        "{}",
+        metrics.text
     );
     // Health does not depend on the store.
     let health = api

@@ -120,17 +120,19 @@ pub async fn show(
 }
 
 /// `POST .../records/{id}/resend`: back to pending, due now, attempts
-/// kept; answers the record.
+/// kept; answers the record. 409 when its repeater was deleted.
 pub async fn resend(
     State(state): State<ApiState>,
     ApiPath((domain, id)): ApiPath<(String, i64)>,
 ) -> Result<Json<RecordDetail>, ApiError> {
     path_slug("domain", &domain)?;
-    let found = state
-        .store
-        .resend(&domain, id, now_millis())
-        .await
-        .map_err(|err| ApiError::from_store("resending a record", err))?;
+    // The store refuses (`Invalid`) a record whose repeater was deleted:
+    // that is the record's state, not the request's shape, hence 409.
+    let found = match state.store.resend(&domain, id, now_millis()).await {
+        Ok(found) => found,
+        Err(StoreError::Invalid(why)) => return Err(ApiError::conflict(why)),
+        Err(err) => return Err(ApiError::from_store("resending a record", err)),
+    };
     if !found {
         return Err(ApiError::not_found(format!(
             "record {id} not found in domain {domain}"

@@ -823,7 +823,7 @@ async fn readiness_fails_with_503_when_the_database_is_gone() {
     let api = TestApi::new().await;
     // A real store failure: another connection drops every table, so the
     // store's next queries fail inside SQLite.
-    let path = api.dir.path().join("repeaterd.db");
+    let path = api.dir.as_ref().unwrap().path().join("repeaterd.db");
     {
         use sqlx::Connection;
         let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod model;
+pub mod outbound;
 pub mod schedule;
 pub mod store;
 pub mod telemetry;

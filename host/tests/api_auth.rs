@@ -262,6 +262,15 @@ async fn a_domain_token_cannot_reach_another_domains_records_by_id() {
         )
         .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    // Dot segments are not resolved into an admin route.
+    for path in [
+        "/v1/domains/acme/../../v1/plugins",
+        "/v1/domains/acme/%2e%2e/%2e%2e/v1/plugins",
+    ] {
+        let answer = api.send(Method::GET, path, Some(ACME), None, vec![]).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}: {answer:?}");
+        assert!(answer.json.get("plugins").is_none());
+    }
 }
 
 #[tokio::test]

@@ -6,10 +6,12 @@
 //! batch), [`plugin`] (the wasm sandbox), [`outbound`] (HTTP client, SSRF
 //! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
 
+pub mod api;
 pub mod config;
+pub mod dispatch;
 pub mod model;
 pub mod outbound;
+pub mod plugin;
 pub mod schedule;
 pub mod store;
-pub mod dispatch;
-pub mod plugin;
+pub mod telemetry;

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod daemon;
 pub mod dispatch;
 pub mod model;
 pub mod outbound;

@@ -68,6 +68,7 @@ pub async fn run_attempt(ctx: &AttemptContext, record: &ClaimedRecord) -> Attemp
         response_excerpt: None,
         sent: false,
         timed_out: false,
+        repeater_fault: false,
         verdict: Verdict::Skip,
     };
     report.verdict = attempt(ctx, record, started_at, &mut report).await;
@@ -131,6 +132,7 @@ async fn attempt(
     if let Err(reason) =
         credentials::add(&ctx.credentials, &ctx.spec, record.id, started_at, &body, &mut headers).await
     {
+        report.repeater_fault = true;
         return Verdict::Retry {
             reason,
             after_ms: None,

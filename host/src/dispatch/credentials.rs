@@ -6,22 +6,25 @@
 //! The signature's `webhook-id` is the record id: stable across retries, so
 //! receivers can drop duplicates of an at-least-once delivery (ADR 3).
 
-use http::{HeaderMap, HeaderValue};
+use std::sync::Arc;
+
+use http::HeaderMap;
 
 use crate::model::{Millis, RepeaterSpec};
-use crate::outbound::auth::Authenticator;
-use crate::outbound::signing;
+use crate::outbound::{Authenticator, SecretSource, sign_request};
 
-/// Shared authentication state (cached OAuth2 tokens). Cheap to clone.
+/// Shared authentication state (cached OAuth2 tokens) and the secret
+/// source. Cheap to clone.
 #[derive(Clone)]
 pub struct Credentials {
     /// Applies a repeater's [`crate::model::AuthSpec`].
     pub auth: Authenticator,
+    /// Where signing secrets are read (the process environment in the daemon).
+    pub secrets: Arc<dyn SecretSource>,
 }
 
-/// Adds authentication and the signature to `headers`. The error names what
-/// is missing or failed; the attempt is then retried (a secret may be set
-/// or a token endpoint may recover).
+/// Adds authentication, then the signature (last, over the final body), to
+/// `headers`. The error names the repeater and what is missing or failed.
 pub async fn add(
     credentials: &Credentials,
     spec: &RepeaterSpec,
@@ -35,18 +38,23 @@ pub async fn add(
             .auth
             .apply(auth, headers)
             .await
-            .map_err(|error| format!("authentication for {}/{}: {error}", spec.domain, spec.name))?;
+            .map_err(|error| {
+                format!(
+                    "authentication for repeater {}/{}: {error}",
+                    spec.domain, spec.name
+                )
+            })?;
     }
-    if let Some(signing_spec) = &spec.signing {
-        let id = record_id.to_string();
-        let timestamp = now / 1000;
-        let signed = signing::sign_request(signing_spec, &id, timestamp, body)
-            .map_err(|error| format!("signing for {}/{}: {error}", spec.domain, spec.name))?;
-        for (name, value) in signed {
-            let value = HeaderValue::from_str(&value)
-                .map_err(|_| format!("signing for {}/{}: {name} is not a valid header", spec.domain, spec.name))?;
-            headers.insert(name, value);
-        }
+    if let Some(signing) = &spec.signing {
+        sign_request(
+            signing,
+            credentials.secrets.as_ref(),
+            &record_id.to_string(),
+            now / 1000,
+            body,
+            headers,
+        )
+        .map_err(|error| format!("signing for repeater {}/{}: {error}", spec.domain, spec.name))?;
     }
     Ok(())
 }

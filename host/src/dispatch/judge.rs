@@ -45,6 +45,10 @@ pub struct AttemptReport {
     pub sent: bool,
     /// True when the request timed out (an overload signal for AIMD).
     pub timed_out: bool,
+    /// True when the failure is the repeater's, not the payload's, though
+    /// nothing was sent (its credentials could not be added): it backs the
+    /// repeater off like a failed request.
+    pub repeater_fault: bool,
     /// How it ended.
     pub verdict: Verdict,
 }
@@ -60,7 +64,9 @@ impl AttemptReport {
             Verdict::Success => schedule::AttemptResult::Success,
             // A retry that never reached the endpoint (plugin error,
             // retry-later) says nothing about the endpoint's health.
-            Verdict::Retry { .. } if self.sent => schedule::AttemptResult::RetryableFailure,
+            Verdict::Retry { .. } if self.sent || self.repeater_fault => {
+                schedule::AttemptResult::RetryableFailure
+            }
             Verdict::Retry { .. } | Verdict::Reject(_) => schedule::AttemptResult::Rejected,
             Verdict::Skip => schedule::AttemptResult::Empty,
         }
@@ -117,7 +123,7 @@ pub fn judge_batch(
         .max()
         .map(|ms| schedule::clamp_retry_after(ms, policy.backoff.max_retry_after_ms));
     let first_error = reports.iter().find_map(|r| match &r.verdict {
-        Verdict::Retry { reason, .. } if r.sent => Some(reason.clone()),
+        Verdict::Retry { reason, .. } if r.sent || r.repeater_fault => Some(reason.clone()),
         _ => None,
     });
     let health = match verdict {
@@ -226,6 +232,7 @@ mod tests {
             response_excerpt: None,
             sent,
             timed_out: false,
+            repeater_fault: false,
             verdict,
         }
     }
@@ -343,6 +350,18 @@ mod tests {
         let reports = [report(1, true, Some(503), retry("503", Some(86_400_000)))];
         let j = judge(&records[..1], &reports, 0);
         assert_eq!(j.health.unwrap().backoff_until, Some(NOW + 600_000));
+    }
+
+    #[test]
+    fn missing_credentials_back_the_repeater_off_without_sending() {
+        let records = [record(1, 0)];
+        let mut r = report(1, false, None, retry("signing: REPEATERD_KEY is not set", None));
+        r.repeater_fault = true;
+        let j = judge(&records, &[r], 0);
+        assert_eq!(j.verdict, BatchVerdict::BackOff);
+        let health = j.health.unwrap();
+        assert!(health.last_error.unwrap().contains("REPEATERD_KEY"));
+        assert_eq!(j.outcomes[0].state, RecordState::Retrying);
     }
 
     #[test]

@@ -1,7 +1,14 @@
 //! One batch of one repeater, run under its lease: read the repeater, pick
-//! its plugin, claim due records, run their attempts concurrently while a
-//! timer renews the lease, judge the results and write them in one
-//! `finish_batch` fenced by the lease epoch, releasing the lease.
+//! its plugin, claim up to a batch of due records, run their attempts with
+//! at most the granted concurrency while a timer renews the lease, judge
+//! the results and write them in one `finish_batch` fenced by the lease
+//! epoch, releasing the lease.
+//!
+//! A batch stops starting attempts early when the endpoint fails a whole
+//! window of attempts in a row (so a dead endpoint costs one window of
+//! requests per backoff step, not one per claimed record) and when the
+//! daemon shuts down. Records claimed but not attempted are left as they
+//! were: still due, no attempt counted.
 //!
 //! A lost lease is normal (ADR 2): the results are dropped whole and the new
 //! holder sends those records again.
@@ -9,7 +16,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
 
 use crate::config::EffectiveLimits;
 use crate::dispatch::attempt::{AttemptContext, run_attempt};
@@ -24,7 +33,7 @@ use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError
 pub struct BatchDone {
     /// The repeater.
     pub repeater_id: i64,
-    /// Global in-flight slots this batch held.
+    /// Global in-flight slots this batch held (its concurrency).
     pub reserved: u32,
     /// The repeater's limits as of this batch (they follow config reloads).
     pub limits: Option<EffectiveLimits>,
@@ -42,17 +51,28 @@ pub struct BatchDone {
     pub elapsed: Duration,
 }
 
-/// Runs one batch of `repeater` under `lease`, attempting at most `limit`
-/// records. Never panics on bad input; store errors are logged.
+/// How much work one batch may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchGrant {
+    /// Most records to claim.
+    pub records: u32,
+    /// Most requests in flight at once (global slots reserved for the batch).
+    pub concurrency: u32,
+}
+
+/// Runs one batch of `repeater` under `lease` within `grant`. Never panics
+/// on bad input; store errors are logged. Stops starting attempts once
+/// `shutdown` turns true.
 pub async fn run_batch(
     deps: Arc<DispatchDeps>,
     repeater: ReadyRepeater,
     lease: Lease,
-    limit: u32,
+    grant: BatchGrant,
+    shutdown: watch::Receiver<bool>,
 ) -> BatchDone {
     let mut done = BatchDone {
         repeater_id: repeater.id,
-        reserved: limit,
+        reserved: grant.concurrency,
         limits: None,
         attempted: 0,
         successes: 0,
@@ -62,7 +82,7 @@ pub async fn run_batch(
         elapsed: Duration::ZERO,
     };
     let clock = std::time::Instant::now();
-    run_lane(&deps, &repeater, &lease, limit, &mut done).await;
+    run_lane(&deps, &repeater, &lease, grant, shutdown, &mut done).await;
     done.elapsed = clock.elapsed();
     done
 }
@@ -71,7 +91,8 @@ async fn run_lane(
     deps: &Arc<DispatchDeps>,
     repeater: &ReadyRepeater,
     lease: &Lease,
-    limit: u32,
+    grant: BatchGrant,
+    shutdown: watch::Receiver<bool>,
     done: &mut BatchDone,
 ) {
     let row = match deps.store.repeater(&repeater.domain, &repeater.name).await {
@@ -111,7 +132,8 @@ async fn run_lane(
         }
     };
 
-    let take = limit.min(limits.concurrency.max(1));
+    let concurrency = grant.concurrency.clamp(1, limits.concurrency.max(1)) as usize;
+    let take = grant.records.max(1);
     let records = match deps.store.claim(lease, take, now_millis()).await {
         Ok(records) => records,
         Err(error) => {
@@ -124,7 +146,6 @@ async fn run_lane(
         release(deps, lease).await;
         return;
     }
-    done.attempted = records.len();
     done.more = records.len() as u32 >= take;
 
     let ctx = AttemptContext {
@@ -132,13 +153,13 @@ async fn run_lane(
         call: CallContext::new(&row.spec.domain, &row.spec.name),
         plugin_config: row.spec.plugin_config.to_string(),
         spec: row.spec.clone(),
-        timeout: Duration::from_millis(limits.timeout_ms),
+        timeout: limits.timeout,
         excerpt_limit: limits.response_excerpt_bytes,
         outbound: deps.outbound.clone(),
         credentials: deps.credentials.clone(),
         metrics: deps.metrics.clone(),
     };
-    let attempts = join_all(records.iter().map(|record| run_attempt(&ctx, record)));
+    let attempts = run_window(&ctx, &records, concurrency, shutdown);
     let Some(reports) = with_renewal(deps, lease, attempts).await else {
         // The lease was taken over while the batch ran: drop the results.
         deps.metrics.lease_lost();
@@ -146,6 +167,10 @@ async fn run_lane(
         return;
     };
 
+    done.attempted = reports.len();
+    if reports.len() < records.len() {
+        done.more = true;
+    }
     for report in &reports {
         if matches!(report.verdict, Verdict::Success) {
             done.successes += 1;
@@ -181,6 +206,50 @@ async fn run_lane(
     if done.written {
         count_outcomes(deps, &repeater.domain, &reports, &judgement.outcomes);
     }
+}
+
+/// Runs attempts of `records` with at most `concurrency` in flight, in
+/// claim order. Stops starting new ones while the endpoint has failed and
+/// answered nothing yet (a dead endpoint gets one window of probes,
+/// then the repeater backs off), after `concurrency` endpoint failures in a
+/// row, or when shutdown begins; attempts already started finish.
+async fn run_window(
+    ctx: &AttemptContext,
+    records: &[crate::store::ClaimedRecord],
+    concurrency: usize,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<AttemptReport> {
+    let mut reports = Vec::with_capacity(records.len());
+    let mut pending = records.iter();
+    let mut running = FuturesUnordered::new();
+    let mut failed_in_a_row = 0usize;
+    // `answered`: the endpoint took or judged an attempt (success or reject).
+    let (mut failed, mut answered) = (false, false);
+    loop {
+        let stop = (failed && !answered)
+            || failed_in_a_row >= concurrency
+            || *shutdown.borrow();
+        while !stop && running.len() < concurrency {
+            match pending.next() {
+                Some(record) => running.push(run_attempt(ctx, record)),
+                None => break,
+            }
+        }
+        let Some(report) = running.next().await else {
+            break;
+        };
+        let endpoint_failed = matches!(report.verdict, Verdict::Retry { .. })
+            && (report.sent || report.repeater_fault);
+        if endpoint_failed {
+            failed = true;
+            failed_in_a_row += 1;
+        } else if report.sent {
+            answered = true;
+            failed_in_a_row = 0;
+        }
+        reports.push(report);
+    }
+    reports
 }
 
 fn plugin_for(deps: &DispatchDeps, row: &RepeaterRow) -> Result<Arc<LoadedPlugin>, PluginError> {

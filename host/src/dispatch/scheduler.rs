@@ -12,11 +12,38 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::dispatch::lane::{BatchDone, run_batch};
+use crate::dispatch::lane::{BatchDone, BatchGrant, run_batch};
 use crate::dispatch::{DispatchDeps, limits_of};
 use crate::model::{Millis, now_millis};
 use crate::schedule::{Aimd, Eligibility, FairQueue, RatePacer};
 use crate::store::{Lease, ReadyRepeater};
+
+/// Takes up to `want` requests' worth from the repeater's and the domain's
+/// pacers together: the most both allow now, at least one. `None` (nothing
+/// spent) when not even one is allowed.
+fn take_paced(
+    repeater: Option<&mut RatePacer>,
+    domain: Option<&mut RatePacer>,
+    now: Millis,
+    want: u32,
+) -> Option<u32> {
+    for n in (1..=want.max(1)).rev() {
+        let mut r = repeater.as_deref().cloned();
+        let mut d = domain.as_deref().cloned();
+        let r_ok = r.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
+        let d_ok = d.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
+        if r_ok && d_ok {
+            if let (Some(slot), Some(new)) = (repeater, r) {
+                *slot = new;
+            }
+            if let (Some(slot), Some(new)) = (domain, d) {
+                *slot = new;
+            }
+            return Some(n);
+        }
+    }
+    None
+}
 
 /// In-process state of one repeater.
 struct LaneState {
@@ -39,6 +66,10 @@ pub(crate) struct Scheduler {
     batches: JoinSet<BatchDone>,
     /// Leases of running batches, released if shutdown has to abort them.
     held: HashMap<i64, Lease>,
+    /// Rate pacers of whole domains, when `dispatch.domain_rate_per_second` is set.
+    domain_pacers: HashMap<String, RatePacer>,
+    /// Told to running batches so they stop starting attempts.
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl Scheduler {
@@ -51,12 +82,15 @@ impl Scheduler {
             inflight: 0,
             batches: JoinSet::new(),
             held: HashMap::new(),
+            domain_pacers: HashMap::new(),
+            shutdown: None,
         }
     }
 
     /// Runs until `shutdown` turns true, then stops claiming, lets running
     /// batches finish within the grace period and releases what is left.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.shutdown = Some(shutdown.clone());
         let wake = self.deps.store.wake_signal();
         let mut refresh = true;
         loop {
@@ -147,14 +181,21 @@ impl Scheduler {
     }
 
     /// Starts batches while there are free slots and eligible repeaters.
-    /// Returns the earliest time a rate-limited repeater frees up, if any.
+    /// Returns the earliest time a rate-limited repeater or domain frees up,
+    /// if any.
     async fn hand_out(&mut self) -> Option<Millis> {
-        let mut paced_until: Option<Millis> = None;
         let max = self.deps.settings.max_inflight.max(1);
+        let domain_pacer = self.deps.config.borrow().domain_pacer();
         while self.inflight < max {
             let now = now_millis();
-            let (lanes, taken) = (&self.lanes, &self.taken);
+            let (lanes, taken, domains) = (&self.lanes, &self.taken, &self.domain_pacers);
             let picked = self.fair.next(|r: &ReadyRepeater| {
+                if domains
+                    .get(&r.domain)
+                    .is_some_and(|pacer| pacer.next_free(now) > now)
+                {
+                    return Eligibility::SkipDomain;
+                }
                 if taken.contains(&r.id) {
                     return Eligibility::Skip;
                 }
@@ -168,15 +209,6 @@ impl Scheduler {
                 }
             });
             let Some(repeater) = picked else { break };
-            // Note when paced repeaters free up, so the sleep ends then.
-            for lane in self.lanes.values() {
-                if let Some(pacer) = &lane.pacer {
-                    let free = pacer.next_free(now);
-                    if free > now {
-                        paced_until = Some(paced_until.map_or(free, |t: Millis| t.min(free)));
-                    }
-                }
-            }
 
             let lease = match self
                 .deps
@@ -207,25 +239,58 @@ impl Scheduler {
                 let _ = self.deps.store.release_lease(&lease).await;
                 continue;
             };
-            let mut take = lane.aimd.limit().min(free).max(1);
-            if let Some(pacer) = lane.pacer.as_mut() {
-                // Take as many as the pacer allows right now, at least one.
-                while take > 1 && pacer.try_acquire(now, take).is_err() {
-                    take -= 1;
-                }
-                if take == 1 && pacer.try_acquire(now, 1).is_err() {
-                    let _ = self.deps.store.release_lease(&lease).await;
-                    continue;
+            let concurrency = lane.aimd.limit().min(free).max(1);
+            let mut records = self.deps.settings.batch_size.max(1);
+            // Paced repeaters and domains get as many records as their
+            // pacers allow right now (at least one, or the turn is skipped).
+            let domain = match &domain_pacer {
+                Some(template) => Some(
+                    self.domain_pacers
+                        .entry(repeater.domain.clone())
+                        .or_insert_with(|| template.clone()),
+                ),
+                None => None,
+            };
+            if lane.pacer.is_some() || domain.is_some() {
+                match take_paced(lane.pacer.as_mut(), domain, now, records.min(concurrency)) {
+                    Some(n) => records = n,
+                    None => {
+                        let _ = self.deps.store.release_lease(&lease).await;
+                        self.taken.insert(repeater.id);
+                        continue;
+                    }
                 }
             }
             lane.busy = true;
-            self.inflight += take;
+            self.inflight += concurrency;
             self.deps.metrics.set_inflight(self.inflight as usize);
             self.held.insert(repeater.id, lease.clone());
-            self.batches
-                .spawn(run_batch(self.deps.clone(), repeater, lease, take));
+            let shutdown = self
+                .shutdown
+                .clone()
+                .unwrap_or_else(|| watch::channel(false).1);
+            self.batches.spawn(run_batch(
+                self.deps.clone(),
+                repeater,
+                lease,
+                BatchGrant {
+                    records,
+                    concurrency,
+                },
+                shutdown,
+            ));
         }
-        paced_until
+        self.paced_until(now_millis())
+    }
+
+    /// The earliest time a rate-limited repeater or domain frees up.
+    fn paced_until(&self, now: Millis) -> Option<Millis> {
+        let repeaters = self.lanes.values().filter_map(|lane| lane.pacer.as_ref());
+        repeaters
+            .chain(self.domain_pacers.values())
+            .map(|pacer| pacer.next_free(now))
+            .filter(|free| *free > now)
+            .min()
     }
 
     /// How long to sleep: until the earliest due time or paced repeater, at

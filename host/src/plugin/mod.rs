@@ -15,6 +15,7 @@
 //! `plugin.build(..)` / `plugin.classify(..)` per record.
 
 mod bindings;
+mod builtin;
 mod cache;
 mod call;
 mod engine;
@@ -26,6 +27,7 @@ mod request_check;
 mod sandbox;
 
 pub use bindings::PLUGIN_INTERFACE;
+pub use builtin::{BUILTIN_PLUGINS, HOSTILE_PLUGIN_PATH};
 pub use cache::CodeCache;
 pub use call::{CallContext, LoadedPlugin};
 pub use engine::PluginEngine;

@@ -78,7 +78,7 @@ pub struct RepeaterConf {
     pub plugin: String,
     /// Inline TOML for `plugin_config`, e.g. `{ envelope = true }`.
     pub plugin_config: String,
-    /// Extra `limits` keys as TOML lines, e.g. `concurrency = 3`.
+    /// Extra per-repeater keys as TOML lines, e.g. `concurrency = 3`.
     pub limits: Vec<String>,
 }
 
@@ -111,6 +111,7 @@ pub struct TestConfig {
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
     pub timeout_ms: u64,
+    pub batch_size: u32,
 }
 
 impl Default for TestConfig {
@@ -124,6 +125,7 @@ impl Default for TestConfig {
             backoff_min_ms: 200,
             backoff_max_ms: 2000,
             timeout_ms: 5000,
+            batch_size: 50,
         }
     }
 }
@@ -138,24 +140,29 @@ impl TestConfig {
             ),
             Backend::Postgres(url) => format!("url = {url:?}\n"),
         };
-        let schedule: Vec<String> = self.retry_schedule_ms.iter().map(|ms| ms.to_string()).collect();
+        let schedule: Vec<String> = self
+            .retry_schedule_ms
+            .iter()
+            .map(|ms| format!("\"{ms}ms\""))
+            .collect();
         let mut text = format!(
             r#"[server]
 listen = "127.0.0.1:{port}"
+shutdown_grace = "5s"
 
 [database]
 {database}
 [dispatch]
 max_inflight = {max_inflight}
+batch_size = {batch_size}
 concurrency = {concurrency}
-timeout_ms = {timeout_ms}
-retry_schedule_ms = [{schedule}]
-retry_jitter = 0.2
+timeout = "{timeout_ms}ms"
+retry_schedule = [{schedule}]
+jitter = 0.2
 max_attempts = {max_attempts}
-backoff_min_ms = {backoff_min_ms}
-backoff_max_ms = {backoff_max_ms}
-lease_ttl_ms = 5000
-retention_seconds = 86400
+backoff_min = "{backoff_min_ms}ms"
+backoff_max = "{backoff_max_ms}ms"
+lease_ttl = "5s"
 
 [plugins]
 dir = {plugins_dir:?}
@@ -163,9 +170,10 @@ cache_dir = {cache_dir:?}
 
 [security]
 admin_token_env = "{ADMIN_TOKEN_ENV}"
-outbound_allow = ["127.0.0.1/32"]
+allow_private = ["127.0.0.1/32"]
 "#,
             max_inflight = self.max_inflight,
+            batch_size = self.batch_size,
             concurrency = self.concurrency,
             timeout_ms = self.timeout_ms,
             schedule = schedule.join(", "),
@@ -185,12 +193,9 @@ outbound_allow = ["127.0.0.1/32"]
                 "\n[[repeater]]\ndomain = {:?}\nname = {:?}\nurl = {:?}\nplugin = {:?}\nplugin_config = {}\n",
                 r.domain, r.name, r.url, r.plugin, r.plugin_config
             ));
-            if !r.limits.is_empty() {
-                text.push_str("[repeater.limits]\n");
-                for line in &r.limits {
-                    text.push_str(line);
-                    text.push('\n');
-                }
+            for line in &r.limits {
+                text.push_str(line);
+                text.push('\n');
             }
         }
         text

@@ -6,7 +6,8 @@
 //!
 //! `REPEATERD_CRASH_SEED` repeats a run's kill moments; `REPEATERD_CRASH_EVENTS`
 //! changes the events per domain (default 2,500: 4 domains × 2 repeaters ×
-//! 2,500 = 20,000 records).
+//! 2,500 = 20,000 records); `REPEATERD_CRASH_BATCH_SIZE` sets
+//! `dispatch.batch_size` (default 50).
 
 mod common;
 mod reliability;
@@ -29,11 +30,12 @@ const MAX_INFLIGHT: u32 = 64;
 /// Events per ingest call.
 const INGEST_BATCH: usize = 250;
 
+fn env_number<T: std::str::FromStr>(var: &str) -> Option<T> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
+}
+
 fn events_per_domain() -> usize {
-    std::env::var("REPEATERD_CRASH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_500)
+    env_number("REPEATERD_CRASH_EVENTS").unwrap_or(2_500)
 }
 
 async fn survives_sigkill_under_load(backend: Backend) {
@@ -51,6 +53,7 @@ async fn survives_sigkill_under_load(backend: Backend) {
     let mut rig = Rig {
         max_inflight: MAX_INFLIGHT,
         lease_ttl: "2s".to_owned(),
+        batch_size: env_number("REPEATERD_CRASH_BATCH_SIZE").unwrap_or(50),
         ..Rig::default()
     };
     for domain in DOMAINS {

@@ -20,9 +20,9 @@ use serde_json::json;
 use common::{Backend, Received, Receiver, Reply, TestDir};
 use reliability::{Lane, Rig, list_records, record_id, seed_from_env};
 
-const DOMAINS: [&str; 3] = ["faults-a", "faults-b", "faults-c"];
-const REPEATERS: [&str; 2] = ["one", "two"];
-const EVENTS_PER_DOMAIN: usize = 40;
+const DOMAINS: [&str; 2] = ["faults-a", "faults-b"];
+const REPEATERS: [&str; 4] = ["one", "two", "three", "four"];
+const EVENTS_PER_DOMAIN: usize = 10;
 /// After this many faulty answers a record is answered 200.
 const FAULTS_PER_RECORD: usize = 3;
 /// Slack for clocks and millisecond rounding when checking Retry-After.
@@ -101,7 +101,7 @@ async fn every_record_survives_a_faulty_receiver(backend: Backend) {
         max_attempts: 30,
         backoff_min: "100ms".to_owned(),
         backoff_max: "1s".to_owned(),
-        concurrency: 4,
+        concurrency: 10,
         ..Rig::default()
     };
     for domain in DOMAINS {

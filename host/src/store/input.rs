@@ -27,13 +27,18 @@ pub(crate) fn spec_json(spec: &RepeaterSpec) -> StoreResult<String> {
     check_domain(&spec.domain)?;
     check_slug("repeater", &spec.name).map_err(|err| StoreError::Invalid(err.to_string()))?;
     serde_json::to_string(spec).map_err(|err| {
-        StoreError::Invalid(format!("repeater {:?} spec cannot be stored: {err}", spec.name))
+        StoreError::Invalid(format!(
+            "repeater {:?} spec cannot be stored: {err}",
+            spec.name
+        ))
     })
 }
 
 fn check_text(index: usize, field: &str, value: &str, may_be_empty: bool) -> StoreResult<()> {
     if !may_be_empty && value.is_empty() {
-        return Err(StoreError::Invalid(format!("event {index}: {field} is empty")));
+        return Err(StoreError::Invalid(format!(
+            "event {index}: {field} is empty"
+        )));
     }
     if value.len() > MAX_KEY_BYTES {
         return Err(StoreError::Invalid(format!(
@@ -158,12 +163,15 @@ impl RecordUpdate {
 /// The error a record shows after an attempt: the attempt's own error, or
 /// the HTTP status of a failed response.
 fn attempt_error(attempt: &AttemptDraft) -> Option<String> {
-    attempt.error.clone().or_else(|| match (attempt.outcome, attempt.status) {
-        (AttemptOutcome::Retry | AttemptOutcome::Reject, Some(status)) => {
-            Some(format!("HTTP status {status}"))
-        }
-        _ => None,
-    })
+    attempt
+        .error
+        .clone()
+        .or_else(|| match (attempt.outcome, attempt.status) {
+            (AttemptOutcome::Retry | AttemptOutcome::Reject, Some(status)) => {
+                Some(format!("HTTP status {status}"))
+            }
+            _ => None,
+        })
 }
 
 /// A fresh random lease token.

@@ -447,7 +447,8 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         // The fence: this statement matches only while our epoch holds the
         // lane, and it carries the health and release writes with it.
-        let mut fence = QueryBuilder::<Sqlite>::new("UPDATE repeaters SET lease_epoch = lease_epoch");
+        let mut fence =
+            QueryBuilder::<Sqlite>::new("UPDATE repeaters SET lease_epoch = lease_epoch");
         if let Some(health) = health {
             fence
                 .push(", backoff_until = ")
@@ -688,7 +689,13 @@ impl Store for SqliteStore {
         event_ids.sort_unstable();
         event_ids.dedup();
         for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
-            delete_in(&mut tx, "DELETE FROM attempts WHERE record_id IN (", chunk, ")").await?;
+            delete_in(
+                &mut tx,
+                "DELETE FROM attempts WHERE record_id IN (",
+                chunk,
+                ")",
+            )
+            .await?;
             delete_in(&mut tx, "DELETE FROM records WHERE id IN (", chunk, ")").await?;
         }
         for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use repeaterd::model::{AttemptOutcome, NewEvent, RecordState, RepeaterSpec};
+use repeaterd::model::{AttemptOutcome, NewEvent, Ordering, RecordState, RepeaterSpec};
 use repeaterd::store::postgres::PostgresStore;
 use repeaterd::store::{
     AttemptDraft, Lease, RecordOutcome, RecordQuery, RepeaterHealth, Store, StoreError,
@@ -168,6 +168,8 @@ conformance!(
     records_listing_filters_and_pages_by_id,
     upsert_replaces_the_spec_and_keeps_the_status,
     ingest_wakes_the_scheduler,
+    fifo_lanes_hold_the_line_behind_their_oldest_record,
+    key_lanes_keep_order_within_each_key,
 );
 
 // --- fixtures ------------------------------------------------------------
@@ -1425,6 +1427,142 @@ async fn ingest_wakes_the_scheduler(store: Arc<dyn Store>) {
     tokio::time::timeout(Duration::from_secs(5), woken)
         .await
         .expect("ingest notifies the wake signal");
+}
+
+// --- ordering --------------------------------------------------------------
+
+fn ordered(name: &str, ordering: Ordering) -> RepeaterSpec {
+    RepeaterSpec {
+        ordering,
+        ..spec("acme", name, &[])
+    }
+}
+
+fn keyed(id: &str, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        ordering_key: key.map(str::to_owned),
+        ..event(Some(id), "t")
+    }
+}
+
+fn retry_at(record_id: i64, at: i64) -> RecordOutcome {
+    RecordOutcome {
+        record_id,
+        state: RecordState::Retrying,
+        next_attempt_at: Some(at),
+        attempt: Some(attempt(AttemptOutcome::Retry, Some(503), None)),
+    }
+}
+
+fn event_ids(claimed: &[repeaterd::store::ClaimedRecord]) -> Vec<&str> {
+    claimed.iter().map(|r| r.event_id.as_str()).collect()
+}
+
+async fn fifo_lanes_hold_the_line_behind_their_oldest_record(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&ordered("f", Ordering::Fifo), T0)
+        .await
+        .unwrap()
+        .id;
+    let events: Vec<NewEvent> = (0..3).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    let held = lease(&store, id, T0).await;
+    let head = store.claim(&held, 10, T0).await.unwrap();
+    assert_eq!(event_ids(&head), vec!["e0"], "one at a time, oldest first");
+
+    // The head retries later: nothing behind it may go first.
+    store
+        .finish_batch(&held, &[retry_at(head[0].id, T0 + 1_000)], None, true, T0)
+        .await
+        .unwrap();
+    assert!(store.ready_repeaters(T0 + 10).await.unwrap().is_empty());
+    assert_eq!(store.next_wakeup(T0 + 10).await.unwrap(), Some(T0 + 1_000));
+    let held = lease(&store, id, T0 + 10).await;
+    assert!(store.claim(&held, 10, T0 + 10).await.unwrap().is_empty());
+    assert_eq!(
+        event_ids(&store.claim(&held, 10, T0 + 1_000).await.unwrap()),
+        vec!["e0"]
+    );
+
+    // Once the head is done, the next one is the head.
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: head[0].id,
+                state: RecordState::Succeeded,
+                next_attempt_at: None,
+                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+            }],
+            None,
+            false,
+            T0 + 1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        event_ids(&store.claim(&held, 10, T0 + 1_000).await.unwrap()),
+        vec!["e1"]
+    );
+}
+
+async fn key_lanes_keep_order_within_each_key(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&ordered("k", Ordering::Key), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .ingest(
+            "acme",
+            &[
+                keyed("a1", Some("a")),
+                keyed("a2", Some("a")),
+                keyed("b1", Some("b")),
+                keyed("n1", None),
+                keyed("n2", None),
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    let held = lease(&store, id, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    assert_eq!(event_ids(&claimed), vec!["a1", "b1", "n1", "n2"]);
+
+    // Key "a" waits for its first record; "b" and unkeyed records go on.
+    store
+        .finish_batch(
+            &held,
+            &[retry_at(claimed[0].id, T0 + 1_000)],
+            None,
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+    let held = lease(&store, id, T0 + 10).await;
+    assert_eq!(
+        event_ids(&store.claim(&held, 10, T0 + 10).await.unwrap()),
+        vec!["b1", "n1", "n2"]
+    );
+    let done: Vec<RecordOutcome> = claimed[1..]
+        .iter()
+        .map(|r| RecordOutcome {
+            record_id: r.id,
+            state: RecordState::Succeeded,
+            next_attempt_at: None,
+            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+        })
+        .collect();
+    store
+        .finish_batch(&held, &done, None, true, T0 + 10)
+        .await
+        .unwrap();
+    // Only a2 is left due, behind a1: not ready until a1 is due.
+    assert!(store.ready_repeaters(T0 + 20).await.unwrap().is_empty());
+    assert_eq!(store.next_wakeup(T0 + 20).await.unwrap(), Some(T0 + 1_000));
+    assert_eq!(store.ready_repeaters(T0 + 1_000).await.unwrap().len(), 1);
 }
 
 // --- PostgreSQL: several processes on one database -------------------------

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::{AttemptOutcome, Millis, NewEvent, RepeaterSpec, check_slug};
+use crate::model::{AttemptOutcome, Millis, NewEvent, Ordering, RepeaterSpec, check_slug};
 
 use super::{
     AttemptDraft, Ingested, IngestedRecord, Lease, RecordOutcome, StoreError, StoreResult,
@@ -184,5 +184,14 @@ pub(crate) fn lease_lost(lease: &Lease) -> StoreError {
     StoreError::LeaseLost {
         repeater_id: lease.repeater_id,
         epoch: lease.epoch,
+    }
+}
+
+/// The stored number of a repeater's ordering (`repeaters.ordering`).
+pub(crate) fn ordering_code(ordering: Ordering) -> i16 {
+    match ordering {
+        Ordering::None => 0,
+        Ordering::Fifo => 1,
+        Ordering::Key => 2,
     }
 }

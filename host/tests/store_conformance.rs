@@ -1622,3 +1622,91 @@ async fn postgres_ingest_in_one_store_wakes_another() {
         .await
         .expect("a NOTIFY from another store wakes this one");
 }
+
+/// Backends of `database` waiting in LISTEN.
+async fn listeners(admin: &mut sqlx::PgConnection, database: &str) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(database)
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wake_ups_survive_a_lost_listen_connection() {
+    let harness = pg_harness().await;
+    let database = harness._database.as_ref().unwrap();
+    let producer = PostgresStore::connect(&database.url).await.unwrap();
+    let scheduler = PostgresStore::connect(&database.url).await.unwrap();
+    producer
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&database.admin_url)
+        .await
+        .unwrap();
+    let before = listeners(&mut admin, &database.name).await;
+    // The harness's store, the producer and the scheduler each listen.
+    assert_eq!(before.len(), 3, "each store listens on its own connection");
+    for pid in &before {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    // Every listener comes back on a new connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = listeners(&mut admin, &database.name).await;
+        if now.len() == before.len() && now.iter().all(|pid| !before.contains(pid)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listeners did not reconnect: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drain the wake-up the reconnect itself caused, then a fresh NOTIFY
+    // must still arrive.
+    let wake = scheduler.wake_signal();
+    let _ = tokio::time::timeout(Duration::from_millis(200), wake.notified()).await;
+    let woken = wake.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    producer
+        .ingest("acme", &[event(Some("e"), "t")], T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), woken)
+        .await
+        .expect("a NOTIFY after reconnecting wakes the store");
+}
+
+#[tokio::test]
+async fn open_chooses_the_backend_by_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let default_path = dir.path().join("default.db");
+    let named = dir.path().join("named.db");
+    let store = repeaterd::store::open(None, &default_path).await.unwrap();
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    assert!(default_path.exists());
+    let url = format!("sqlite://{}", named.display());
+    let store = repeaterd::store::open(Some(&url), &default_path)
+        .await
+        .unwrap();
+    assert!(store.repeaters(None).await.unwrap().is_empty());
+    assert!(named.exists());
+    for bad in ["mysql://localhost/x", "sqlite::memory:"] {
+        assert!(matches!(
+            repeaterd::store::open(Some(bad), &default_path).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}

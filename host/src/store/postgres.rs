@@ -4,10 +4,10 @@
 //! Lanes are leased with `FOR NO KEY UPDATE SKIP LOCKED`, so contenders skip a
 //! busy repeater instead of queueing behind it, and every lane write is
 //! fenced by the lease epoch. Transactions are short: none is held across a
-//! plugin call or an HTTP request. Ingest, resend, requeue, resume and lease
-//! release send `NOTIFY repeaterd_wake` with the domain as payload; a
-//! background task LISTENs and turns notifications from any process into
-//! this store's wake signal.
+//! plugin call or an HTTP request. After ingest, resend, requeue, resume and
+//! lease release a background task sends `NOTIFY repeaterd_wake` (coalesced,
+//! at most one per 20 ms); another LISTENs and turns notifications from any
+//! process into this store's wake signal.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -37,6 +37,8 @@ use crate::model::{Millis, NewEvent, RecordState, RepeaterSpec};
 pub const WAKE_CHANNEL: &str = "repeaterd_wake";
 /// Connections in the pool (the listener has its own).
 const POOL_CONNECTIONS: u32 = 10;
+/// Shortest time between two NOTIFYs from this process.
+const ANNOUNCE_WINDOW: Duration = Duration::from_millis(20);
 /// How long to wait before listening again after the connection failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
@@ -44,15 +46,18 @@ const LISTEN_RETRY: Duration = Duration::from_secs(1);
 pub struct PostgresStore {
     pool: PgPool,
     wake: Arc<Notify>,
-    _listening: Listening,
+    changes: Arc<Notify>,
+    _tasks: BackgroundTasks,
 }
 
-/// The background LISTEN task; it stops when the store is dropped.
-struct Listening(JoinHandle<()>);
+/// The LISTEN and NOTIFY tasks; they stop when the store is dropped.
+struct BackgroundTasks(Vec<JoinHandle<()>>);
 
-impl Drop for Listening {
+impl Drop for BackgroundTasks {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -69,12 +74,24 @@ impl PostgresStore {
         // Listen before returning, so a NOTIFY sent after `connect` is seen.
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(WAKE_CHANNEL).await?;
-        let task = tokio::spawn(listen(listener, Arc::downgrade(&wake)));
+        let changes = Arc::new(Notify::new());
+        let tasks = vec![
+            tokio::spawn(listen(listener, Arc::downgrade(&wake))),
+            tokio::spawn(announce(pool.clone(), changes.clone())),
+        ];
         Ok(PostgresStore {
             pool,
             wake,
-            _listening: Listening(task),
+            changes,
+            _tasks: BackgroundTasks(tasks),
         })
+    }
+
+    /// Something may have become ready: wake this process's scheduler at
+    /// once and let the other processes know.
+    fn changed(&self) {
+        self.wake.notify_one();
+        self.changes.notify_one();
     }
 
     /// A transaction; PostgreSQL's row locks and `ON CONFLICT` do the rest.
@@ -248,12 +265,9 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if changed > 0 && !paused {
-            notify_wake(&mut tx, domain).await?;
-        }
         tx.commit().await?;
         if changed > 0 && !paused {
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(changed > 0)
     }
@@ -280,9 +294,8 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        notify_wake(&mut tx, domain).await?;
         tx.commit().await?;
-        self.wake.notify_one();
+        self.changed();
         Ok(moved)
     }
 
@@ -298,12 +311,9 @@ impl Store for PostgresStore {
         }
         let mut tx = self.write().await?;
         let answers = ingest_in(&mut tx, domain, events, &plan, now).await?;
-        if answers.iter().any(|a| a.created && !a.records.is_empty()) {
-            notify_wake(&mut tx, domain).await?;
-        }
         tx.commit().await?;
         if answers.iter().any(|a| a.created && !a.records.is_empty()) {
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(answers)
     }
@@ -562,13 +572,10 @@ impl Store for PostgresStore {
                 .push_bind(lease.repeater_id);
             query.build().execute(&mut *tx).await?;
         }
-        if release {
-            notify_wake(&mut tx, "").await?;
-        }
         tx.commit().await?;
         if release {
             // The lane is free again; the scheduler may want it back at once.
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(())
     }
@@ -585,12 +592,9 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if released > 0 {
-            notify_wake(&mut tx, "").await?;
-        }
         tx.commit().await?;
         if released > 0 {
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(())
     }
@@ -675,9 +679,8 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        notify_wake(&mut tx, domain).await?;
         tx.commit().await?;
-        self.wake.notify_one();
+        self.changed();
         Ok(true)
     }
 
@@ -780,14 +783,23 @@ async fn delete_in(
     Ok(())
 }
 
-/// Sends a wake-up to every listening process when the transaction commits.
-async fn notify_wake(tx: &mut Transaction<'static, Postgres>, domain: &str) -> StoreResult<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(WAKE_CHANNEL)
-        .bind(domain)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// Tells other processes about local changes: one NOTIFY per change burst,
+/// at most one per [`ANNOUNCE_WINDOW`]. NOTIFY serialises committing
+/// transactions on a server-wide lock, so one per ingest would cap ingest
+/// throughput. No change goes unannounced: a change during a send or a
+/// window leaves a permit, which causes one more NOTIFY after the window.
+async fn announce(pool: PgPool, changes: Arc<Notify>) {
+    loop {
+        changes.notified().await;
+        if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WAKE_CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %err, "announcing a change to other processes failed");
+        }
+        tokio::time::sleep(ANNOUNCE_WINDOW).await;
+    }
 }
 
 /// Turns notifications into wake-ups until the store is gone. A lost

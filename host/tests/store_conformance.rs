@@ -170,6 +170,7 @@ conformance!(
     ingest_wakes_the_scheduler,
     fifo_lanes_hold_the_line_behind_their_oldest_record,
     key_lanes_keep_order_within_each_key,
+    ingest_and_batches_running_together_lose_nothing,
 );
 
 // --- fixtures ------------------------------------------------------------
@@ -1427,6 +1428,92 @@ async fn ingest_wakes_the_scheduler(store: Arc<dyn Store>) {
     tokio::time::timeout(Duration::from_secs(5), woken)
         .await
         .expect("ingest notifies the wake signal");
+}
+
+async fn ingest_and_batches_running_together_lose_nothing(store: Arc<dyn Store>) {
+    let a = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .upsert_repeater(&spec("acme", "b", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for batch in 0..10 {
+                    let events: Vec<NewEvent> = (0..5)
+                        .map(|i| event(Some(&format!("p{p}-b{batch}-{i}")), "t"))
+                        .collect();
+                    store.ingest("acme", &events, T0).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // Workers drain both lanes while the producers write, and stop once the
+    // producers are done and the lane is empty.
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let workers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|id| {
+            let store = store.clone();
+            let producing = producing.clone();
+            tokio::spawn(async move {
+                let mut delivered = 0;
+                loop {
+                    // Read the flag before claiming: an empty claim after the
+                    // producers finished means the lane is drained.
+                    let still_producing = producing.load(std::sync::atomic::Ordering::SeqCst);
+                    let held = lease(&store, id, T0).await;
+                    let claimed = store.claim(&held, 7, T0).await.unwrap();
+                    if claimed.is_empty() {
+                        store.release_lease(&held).await.unwrap();
+                        if !still_producing {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    delivered += claimed.len();
+                    let outcomes: Vec<RecordOutcome> = claimed
+                        .iter()
+                        .map(|r| RecordOutcome {
+                            record_id: r.id,
+                            state: RecordState::Succeeded,
+                            next_attempt_at: None,
+                            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+                        })
+                        .collect();
+                    store
+                        .finish_batch(&held, &outcomes, None, true, T0)
+                        .await
+                        .unwrap();
+                }
+                delivered
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    producing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut delivered = 0;
+    for worker in workers {
+        delivered += worker.await.unwrap();
+    }
+    assert_eq!(
+        delivered,
+        2 * 4 * 10 * 5,
+        "every record delivered exactly once"
+    );
+    for id in [a, b] {
+        let backlog = store.backlog(id).await.unwrap();
+        assert_eq!((backlog.pending, backlog.succeeded), (0, 200));
+    }
 }
 
 // --- ordering --------------------------------------------------------------

@@ -4,6 +4,11 @@
 //! and no more duplicates than the records that can be in flight at a kill
 //! (`dispatch.max_inflight` per kill). Runs on SQLite and on PostgreSQL.
 //!
+//! The bound is ADR 3's: the records in flight at a kill, at most
+//! `dispatch.max_inflight`. ADR 4 keeps it by claiming at most
+//! `min(AIMD limit, free global slots)` records per batch, since a batch's
+//! results are written only when the whole batch ends.
+//!
 //! `REPEATERD_CRASH_SEED` repeats a run's kill moments; `REPEATERD_CRASH_EVENTS`
 //! changes the events per domain (default 2,500: 4 domains × 2 repeaters ×
 //! 2,500 = 20,000 records); `REPEATERD_CRASH_BATCH_SIZE` sets

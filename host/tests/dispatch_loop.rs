@@ -13,7 +13,9 @@ use repeaterd::config::DispatchConfig;
 use repeaterd::dispatch::credentials::Credentials;
 use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher};
 use repeaterd::model::{NewEvent, RecordState, RepeaterSpec, now_millis};
-use repeaterd::outbound::{AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource};
+use repeaterd::outbound::{
+    AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource,
+};
 use repeaterd::plugin::{PluginEngine, PluginLimits, PluginRegistry};
 use repeaterd::store::{RecordQuery, Store};
 use repeaterd::telemetry::Metrics;
@@ -174,7 +176,10 @@ async fn ingested_records_are_delivered_and_marked_succeeded() {
     wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 50).await;
     let got = receiver.received();
     assert_eq!(got.len(), 50);
-    let mut ns: Vec<i64> = got.iter().map(|r| r.json()["data"]["n"].as_i64().unwrap()).collect();
+    let mut ns: Vec<i64> = got
+        .iter()
+        .map(|r| r.json()["data"]["n"].as_i64().unwrap())
+        .collect();
     ns.sort();
     assert_eq!(ns, (0..50).collect::<Vec<_>>());
 
@@ -208,10 +213,19 @@ async fn retryable_failures_retry_and_rejections_stop() {
     wait_states(h.store.as_ref(), "acme", RecordState::Rejected, 1).await;
     let rows = h
         .store
-        .records("acme", &RecordQuery { limit: 10, ..RecordQuery::default() })
+        .records(
+            "acme",
+            &RecordQuery {
+                limit: 10,
+                ..RecordQuery::default()
+            },
+        )
         .await
         .unwrap();
-    let first = rows.iter().find(|r| r.state == RecordState::Succeeded).unwrap();
+    let first = rows
+        .iter()
+        .find(|r| r.state == RecordState::Succeeded)
+        .unwrap();
     let (_, attempts) = h.store.record("acme", first.id).await.unwrap().unwrap();
     let statuses: Vec<_> = attempts.iter().map(|a| a.status).collect();
     assert_eq!(statuses, [Some(503), Some(503), Some(200)]);
@@ -228,10 +242,14 @@ async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
         backoff_max: Duration::from_millis(1600),
         ..fast()
     };
-    let h = start_with(&[spec("acme", "dead", &endpoint.url())], dispatch, |store| async move {
-        let events: Vec<NewEvent> = (0..300).map(event).collect();
-        store.ingest("acme", &events, now_millis()).await.unwrap();
-    })
+    let h = start_with(
+        &[spec("acme", "dead", &endpoint.url())],
+        dispatch,
+        |store| async move {
+            let events: Vec<NewEvent> = (0..300).map(event).collect();
+            store.ingest("acme", &events, now_millis()).await.unwrap();
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let arrivals = endpoint.arrivals();
@@ -242,8 +260,14 @@ async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
         }
     }
     // 0, >=160, >=480, >=1120, >=2400 ms: at most 5 batches in 2.5 s.
-    println!("dead endpoint: {batches} batches, {} connections", arrivals.len());
-    assert!((3..=5).contains(&batches), "{batches} batches: {arrivals:?}");
+    println!(
+        "dead endpoint: {batches} batches, {} connections",
+        arrivals.len()
+    );
+    assert!(
+        (3..=5).contains(&batches),
+        "{batches} batches: {arrivals:?}"
+    );
     assert!(arrivals.len() <= 5 * 4, "{} connections", arrivals.len());
     let row = h.store.repeater("acme", "dead").await.unwrap().unwrap();
     assert!(row.backoff_step >= 2, "backoff step {}", row.backoff_step);
@@ -256,10 +280,20 @@ async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
 async fn small_domains_go_first_while_a_big_domain_floods() {
     let receiver = Receiver::start().await;
     let mut specs: Vec<RepeaterSpec> = (0..5)
-        .map(|i| spec("big", &format!("sink-{i}"), &format!("{}/big", receiver.url())))
+        .map(|i| {
+            spec(
+                "big",
+                &format!("sink-{i}"),
+                &format!("{}/big", receiver.url()),
+            )
+        })
         .collect();
     for i in 0..10 {
-        specs.push(spec(&format!("small-{i}"), "sink", &format!("{}/small", receiver.url())));
+        specs.push(spec(
+            &format!("small-{i}"),
+            "sink",
+            &format!("{}/small", receiver.url()),
+        ));
     }
     let dispatch = DispatchConfig {
         max_inflight: 8,
@@ -271,7 +305,10 @@ async fn small_domains_go_first_while_a_big_domain_floods() {
         store.ingest("big", &flood, now_millis()).await.unwrap();
         for i in 0..10 {
             let events: Vec<NewEvent> = (0..10).map(event).collect();
-            store.ingest(&format!("small-{i}"), &events, now_millis()).await.unwrap();
+            store
+                .ingest(&format!("small-{i}"), &events, now_millis())
+                .await
+                .unwrap();
         }
     })
     .await;
@@ -281,7 +318,10 @@ async fn small_domains_go_first_while_a_big_domain_floods() {
         })
         .await;
     let last_small = got.iter().rposition(|r| r.path == "/small").unwrap();
-    let big_before = got[..last_small].iter().filter(|r| r.path == "/big").count();
+    let big_before = got[..last_small]
+        .iter()
+        .filter(|r| r.path == "/big")
+        .count();
     println!("fairness: {big_before} flood records before the last small one");
     // Eleven domains share 8 slots round-robin: the small ones need three
     // turns each, the big one gets about one turn in eleven meanwhile.
@@ -304,20 +344,43 @@ async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
             .await
             .unwrap()
     };
-    let a = start_on(open().await, tempfile::tempdir().unwrap(), &specs, fast(), |_| async {}).await;
-    let b = start_on(open().await, tempfile::tempdir().unwrap(), &specs, fast(), |_| async {}).await;
+    let a = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        fast(),
+        |_| async {},
+    )
+    .await;
+    let b = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        fast(),
+        |_| async {},
+    )
+    .await;
     let t0 = std::time::Instant::now();
     for d in 0..4 {
         let events: Vec<NewEvent> = (0..250).map(event).collect();
         let via = if d % 2 == 0 { &a } else { &b };
-        via.store.ingest(&format!("d{d}"), &events, now_millis()).await.unwrap();
+        via.store
+            .ingest(&format!("d{d}"), &events, now_millis())
+            .await
+            .unwrap();
     }
     receiver
-        .wait_until("2000 records delivered", Duration::from_secs(60), |got| got.len() >= 2000)
+        .wait_until("2000 records delivered", Duration::from_secs(60), |got| {
+            got.len() >= 2000
+        })
         .await;
     println!("two dispatchers: 2000 records in {:?}", t0.elapsed());
     let all = receiver.received();
-    for w in all.windows(2).take(300) { if w[1].at - w[0].at > Duration::from_millis(20) { println!("gap {:?} at {:?}", w[1].at - w[0].at, w[0].at); } }
+    for w in all.windows(2).take(300) {
+        if w[1].at - w[0].at > Duration::from_millis(20) {
+            println!("gap {:?} at {:?}", w[1].at - w[0].at, w[0].at);
+        }
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = receiver.received();
     let mut ids: Vec<String> = got.iter().filter_map(|r| r.record_id()).collect();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{Receiver, Reply};
 use repeaterd::config::DispatchConfig;
 use repeaterd::dispatch::credentials::Credentials;
-use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher};
+use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
 use repeaterd::model::{NewEvent, RecordState, RepeaterSpec, now_millis};
 use repeaterd::outbound::{
     AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource,
@@ -57,6 +57,22 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    start_full(store, dir, specs, dispatch, None, before).await
+}
+
+/// Like [`start_on`], with the retention purge on (`retention` old).
+async fn start_full<F, Fut>(
+    store: Arc<dyn Store>,
+    dir: tempfile::TempDir,
+    specs: &[RepeaterSpec],
+    dispatch: DispatchConfig,
+    retention: Option<Duration>,
+    before: F,
+) -> Harness
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     for spec in specs {
         store.upsert_repeater(spec, now_millis()).await.unwrap();
     }
@@ -92,12 +108,17 @@ where
             max_inflight: dispatch.max_inflight,
             batch_size: dispatch.batch_size,
             default_concurrency: dispatch.concurrency,
-            lease_ttl_ms: 5_000,
+            lease_ttl_ms: dispatch.lease_ttl.as_millis() as i64,
             max_sleep: Duration::from_secs(1),
             busy_poll_ms: 50,
             batch_budget: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            retention: None,
+            retention: retention.map(|retention| RetentionSettings {
+                retention,
+                batch: 7,
+                interval: Duration::from_millis(100),
+                pause: Duration::from_millis(1),
+            }),
         },
         config,
     };
@@ -119,6 +140,7 @@ fn fast() -> DispatchConfig {
         backoff_max: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
         max_attempts: 10,
+        lease_ttl: Duration::from_secs(5),
         ..DispatchConfig::default()
     }
 }
@@ -375,12 +397,6 @@ async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
         })
         .await;
     println!("two dispatchers: 2000 records in {:?}", t0.elapsed());
-    let all = receiver.received();
-    for w in all.windows(2).take(300) {
-        if w[1].at - w[0].at > Duration::from_millis(20) {
-            println!("gap {:?} at {:?}", w[1].at - w[0].at, w[0].at);
-        }
-    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = receiver.received();
     let mut ids: Vec<String> = got.iter().filter_map(|r| r.record_id()).collect();
@@ -391,4 +407,98 @@ async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
     assert_eq!(total, 2000, "some records were sent twice");
     let _ = a.shutdown.send(true);
     let _ = b.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_batch_keeps_its_lease_so_a_peer_never_sends_its_records() {
+    // Two dispatchers on one PostgreSQL database, a lease of 600 ms and a
+    // receiver that holds every request for 2 s: without renewal the peer
+    // would take the lane over and send the same records again.
+    let receiver = Receiver::start().await;
+    receiver.set_open(false);
+    let url = common::fresh_pg_database("lease_renewal").await;
+    let specs = [spec("acme", "slow", &receiver.url())];
+    let dispatch = DispatchConfig {
+        lease_ttl: Duration::from_millis(600),
+        ..fast()
+    };
+    let open = || async {
+        repeaterd::store::open(Some(&url), std::path::Path::new("unused"))
+            .await
+            .unwrap()
+    };
+    let a = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        dispatch.clone(),
+        |store| async move {
+            let events: Vec<NewEvent> = (0..5).map(event).collect();
+            store.ingest("acme", &events, now_millis()).await.unwrap();
+        },
+    )
+    .await;
+    let b = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        dispatch,
+        |_| async {},
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    receiver.set_open(true);
+    wait_states(a.store.as_ref(), "acme", RecordState::Succeeded, 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 5, "records were sent by both dispatchers");
+    let _ = a.shutdown.send(true);
+    let _ = b.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_finished_records_in_bounded_batches() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    let h = start_full(
+        store,
+        dir,
+        &[spec("acme", "crm", &receiver.url())],
+        fast(),
+        Some(Duration::from_millis(300)),
+        |store| async move {
+            let events: Vec<NewEvent> = (0..20).map(event).collect();
+            store.ingest("acme", &events, now_millis()).await.unwrap();
+        },
+    )
+    .await;
+    receiver.wait_for(20, Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = h
+            .store
+            .records(
+                "acme",
+                &RecordQuery {
+                    limit: 100,
+                    ..RecordQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} records left",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The repeater itself stays.
+    assert!(h.store.repeater("acme", "crm").await.unwrap().is_some());
+    let _ = h.shutdown.send(true);
 }

@@ -268,6 +268,37 @@ async fn pause_resume_resend_cancel_and_requeue_work_through_the_api(backend: Ba
     assert!(repeater.to_string().contains("crm"));
 }
 
+async fn sighup_reloads_the_repeaters_of_the_config_file(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let dir = TestDir::new();
+    let mut config = one_repeater(&format!("{}/crm", receiver.url()));
+    let daemon = Daemon::start(&dir, &config, &backend).await;
+
+    config.repeaters.push(RepeaterConf::json_forward(
+        "acme",
+        "audit",
+        &format!("{}/audit", receiver.url()),
+    ));
+    daemon.reload(&config);
+    let deadline = std::time::Instant::now() + WAIT;
+    while daemon.get("/v1/domains/acme/repeaters/audit").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not add the repeater:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = daemon
+        .ingest("acme", json!({"type": "t", "payload": {"n": 1}}))
+        .await;
+    assert_eq!(ingested_ids(&answer).len(), 2, "{answer}");
+    let got = receiver.wait_for(2, WAIT).await;
+    let mut paths: Vec<&str> = got.iter().map(|r| r.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/audit", "/crm"]);
+}
+
 /// The items of a list answer, wherever the API put them.
 fn list_items(list: &Value) -> Vec<Value> {
     list.as_array()
@@ -283,4 +314,5 @@ on_both_stores!(
     a_400_is_rejected_without_retrying,
     a_duplicate_event_id_creates_nothing_new,
     pause_resume_resend_cancel_and_requeue_work_through_the_api,
+    sighup_reloads_the_repeaters_of_the_config_file,
 );

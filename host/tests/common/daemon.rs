@@ -207,6 +207,9 @@ allow_private = ["127.0.0.1/32"]
 /// A running `repeaterd serve`.
 pub struct Daemon {
     pub base: String,
+    port: u16,
+    config_path: PathBuf,
+    backend: Backend,
     pub dir: PathBuf,
     child: Option<Child>,
     log_path: PathBuf,
@@ -263,6 +266,9 @@ impl Daemon {
             .expect("start repeaterd");
         let mut daemon = Daemon {
             base: format!("http://127.0.0.1:{port}"),
+            port,
+            config_path: config_path.clone(),
+            backend: backend.clone(),
             dir: dir.path().to_owned(),
             child: Some(child),
             log_path,
@@ -300,6 +306,26 @@ impl Daemon {
     /// What the daemon wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Rewrites the daemon's config file with `config` (same port and
+    /// database) and sends SIGHUP.
+    pub fn reload(&self, config: &TestConfig) {
+        let dir = self.config_path.parent().unwrap();
+        std::fs::write(
+            &self.config_path,
+            config.to_toml(dir, self.port, &self.backend),
+        )
+        .unwrap();
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("daemon runs");
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGHUP);
+        }
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it

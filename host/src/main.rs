@@ -1,1 +1,44 @@
-fn main() {}
+//! The `repeaterd` command line: one subcommand per verb. Each verb's code
+//! lives in its own module under `cli/`; this file only parses and dispatches.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// repeaterd: forwards events to remote HTTP APIs, reliably and fairly.
+#[derive(Debug, Parser)]
+#[command(name = "repeaterd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The verbs of `repeaterd`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with plugins: dry-run one or check a component.
+    #[command(subcommand)]
+    Plugin(cli::plugin::PluginCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    // Logs (plugin logs included) go to stderr; command output to stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REPEATERD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plugin(command) => cli::plugin::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -15,6 +15,7 @@
 //! `plugin.build(..)` / `plugin.classify(..)` per record.
 
 mod bindings;
+mod builtin;
 mod cache;
 mod call;
 mod engine;
@@ -26,6 +27,7 @@ mod request_check;
 mod sandbox;
 
 pub use bindings::PLUGIN_INTERFACE;
+pub use builtin::{BUILTIN_PLUGINS, HOSTILE_PLUGIN_PATH};
 pub use cache::CodeCache;
 pub use call::{CallContext, LoadedPlugin};
 pub use engine::PluginEngine;
@@ -41,4 +43,17 @@ pub mod types {
         BuildOutcome, Event, Header, Method, Reply, Request, RequestSummary, Response, Retry,
         TransportError, TransportErrorKind, Verdict,
     };
+}
+
+/// The component bytes of the built-in plugin `name`.
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    BUILTIN_PLUGINS
+        .iter()
+        .find(|(builtin, _)| *builtin == name)
+        .map(|(_, bytes)| *bytes)
+}
+
+/// Names of the built-in plugins, in the order they are embedded.
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTIN_PLUGINS.iter().map(|(name, _)| *name).collect()
 }

@@ -1,0 +1,4 @@
+//! Subcommand implementations of the `repeaterd` binary, one module per verb
+//! group. They sit at the binary's edge, so they report errors with `anyhow`.
+
+pub mod plugin;

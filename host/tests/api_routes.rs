@@ -809,6 +809,9 @@ async fn health_readiness_and_metrics_answer() {
         "repeaterd_records_created_total{domain=\"acme\"} 1",
         "repeaterd_ingest_refused_total 1",
         "repeaterd_leases_acquired_total 1",
+        "repeaterd_api_requests_total{method=\"POST\",route=\"/v1/domains/{domain}/events\",status=\"202\"} 1",
+        "repeaterd_api_requests_total{method=\"POST\",route=\"/v1/domains/{domain}/events\",status=\"400\"} 1",
+        "repeaterd_api_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
     ] {
         assert!(
             metrics.text.contains(expected),

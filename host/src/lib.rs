@@ -8,8 +8,11 @@
 
 pub mod api;
 pub mod config;
+pub mod daemon;
+pub mod dispatch;
 pub mod model;
 pub mod outbound;
+pub mod plugin;
 pub mod schedule;
 pub mod store;
 pub mod telemetry;

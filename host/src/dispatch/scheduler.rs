@@ -113,9 +113,11 @@ impl Scheduler {
             refresh = tokio::select! {
                 _ = &mut notified => true,
                 Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
-                    match joined {
-                        Ok(done) => self.batch_done(done),
-                        Err(error) => tracing::error!(%error, "a batch task failed"),
+                    self.joined(joined);
+                    // Take every other batch that finished meanwhile before
+                    // reading the ready set again.
+                    while let Some(joined) = self.batches.try_join_next() {
+                        self.joined(joined);
                     }
                     true
                 }
@@ -237,6 +239,7 @@ impl Scheduler {
             let free = max - self.inflight;
             let Some(lane) = self.lanes.get_mut(&repeater.id) else {
                 let _ = self.deps.store.release_lease(&lease).await;
+                self.taken.insert(repeater.id);
                 continue;
             };
             let concurrency = lane.aimd.limit().min(free).max(1);
@@ -316,6 +319,13 @@ impl Scheduler {
             // a short floor so a lease held elsewhere is polled gently.
             Some(_) => Duration::from_millis(self.deps.settings.busy_poll_ms).min(cap),
             None => cap,
+        }
+    }
+
+    fn joined(&mut self, joined: Result<BatchDone, tokio::task::JoinError>) {
+        match joined {
+            Ok(done) => self.batch_done(done),
+            Err(error) => tracing::error!(%error, "a batch task failed"),
         }
     }
 

@@ -580,3 +580,64 @@ async fn plugin_failures_are_attempt_outcomes_and_other_repeaters_carry_on() {
     assert_eq!(receiver.count(), 3);
     let _ = h.shutdown.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_repeater_is_paced_smoothly() {
+    let receiver = Receiver::start().await;
+    let mut paced = spec("acme", "paced", &receiver.url());
+    paced.limits.rate_per_second = Some(20.0);
+    paced.limits.burst = Some(2);
+    let h = start_with(&[paced], fast(), |store| async move {
+        let events: Vec<NewEvent> = (0..30).map(event).collect();
+        store.ingest("acme", &events, now_millis()).await.unwrap();
+    })
+    .await;
+    let got = receiver.wait_for(30, Duration::from_secs(30)).await;
+    let span = got.last().unwrap().at - got.first().unwrap().at;
+    // 30 requests at 20/s with a burst of 2: at least 28 intervals of 50 ms.
+    println!("rate: 30 requests over {span:?}");
+    assert!(
+        span >= Duration::from_millis(1300),
+        "30 requests in {span:?}"
+    );
+    // Smooth, not bunched: no second holds more than rate + burst.
+    for window in got.windows(23) {
+        assert!(
+            window[22].at - window[0].at >= Duration::from_millis(900),
+            "bunched requests"
+        );
+    }
+    let _ = h.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_delays_the_record_and_its_repeater() {
+    let receiver = Receiver::with_script(Arc::new(|_, seen| {
+        if seen == 0 {
+            Reply::Status(429, vec![("retry-after".into(), "2".into())], String::new())
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await;
+    let h = start_with(
+        &[spec("acme", "crm", &receiver.url())],
+        fast(),
+        |store| async move {
+            store
+                .ingest("acme", &[event(0)], now_millis())
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    let waited = got[1].at - got[0].at;
+    // The retry schedule says 100 ms; Retry-After says 2 s.
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "retried after {waited:?}"
+    );
+    wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 1).await;
+    let _ = h.shutdown.send(true);
+}

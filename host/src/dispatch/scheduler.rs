@@ -51,6 +51,9 @@ struct LaneState {
     name: String,
     aimd: Aimd,
     pacer: Option<RatePacer>,
+    /// The repeater's burst: a paced batch takes at most this many at once,
+    /// so requests never bunch above the configured burst.
+    burst: u32,
     /// A batch of this repeater runs in this process.
     busy: bool,
 }
@@ -163,6 +166,7 @@ impl Scheduler {
                         name: repeater.name.clone(),
                         aimd: Aimd::new(limits.concurrency),
                         pacer,
+                        burst: limits.burst,
                         busy: false,
                     },
                 );
@@ -177,6 +181,7 @@ impl Scheduler {
                 name: repeater.name.clone(),
                 aimd: Aimd::new(ceiling),
                 pacer: None,
+                burst: u32::MAX,
                 busy: false,
             },
         );
@@ -187,7 +192,10 @@ impl Scheduler {
     /// if any.
     async fn hand_out(&mut self) -> Option<Millis> {
         let max = self.deps.settings.max_inflight.max(1);
-        let domain_pacer = self.deps.config.borrow().domain_pacer();
+        let (domain_pacer, domain_burst) = {
+            let config = self.deps.config.borrow();
+            (config.domain_pacer(), config.domain_burst)
+        };
         while self.inflight < max {
             let now = now_millis();
             let (lanes, taken, domains) = (&self.lanes, &self.taken, &self.domain_pacers);
@@ -255,7 +263,14 @@ impl Scheduler {
                 None => None,
             };
             if lane.pacer.is_some() || domain.is_some() {
-                match take_paced(lane.pacer.as_mut(), domain, now, records.min(concurrency)) {
+                let mut want = records.min(concurrency);
+                if lane.pacer.is_some() {
+                    want = want.min(lane.burst);
+                }
+                if domain.is_some() {
+                    want = want.min(domain_burst);
+                }
+                match take_paced(lane.pacer.as_mut(), domain, now, want) {
                     Some(n) => records = n,
                     None => {
                         let _ = self.deps.store.release_lease(&lease).await;
@@ -342,6 +357,7 @@ impl Scheduler {
             lane.busy = false;
             if let Some(limits) = &done.limits {
                 lane.aimd.set_ceiling(limits.concurrency);
+                lane.burst = limits.burst;
                 match (&mut lane.pacer, limits.rate_per_second) {
                     (Some(pacer), Some(rate)) => pacer.reconfigure(rate, limits.burst),
                     (slot @ None, Some(rate)) => *slot = Some(RatePacer::new(rate, limits.burst)),

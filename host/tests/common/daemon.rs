@@ -248,13 +248,21 @@ impl Daemon {
         backend: &Backend,
     ) -> Daemon {
         let port = free_port();
-        Daemon::start_text(dir, name, port, &config.to_toml(dir.path(), port, backend)).await
+        let text = config.to_toml(dir.path(), port, backend);
+        Daemon::start_text(dir, name, port, backend, &text).await
     }
 
     /// Starts the daemon from a config text that listens on `port`; waits
     /// until `/healthz` answers. The log file is appended to, so a daemon
-    /// restarted under the same name keeps one log.
-    pub async fn start_text(dir: &TestDir, name: &str, port: u16, config_text: &str) -> Daemon {
+    /// restarted under the same name keeps one log. `backend` is the
+    /// database the text names.
+    pub async fn start_text(
+        dir: &TestDir,
+        name: &str,
+        port: u16,
+        backend: &Backend,
+        config_text: &str,
+    ) -> Daemon {
         let config_path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, config_text).unwrap();
         let log_path = dir.path().join(format!("{name}.log"));

@@ -177,7 +177,7 @@ allow_private = ["127.0.0.1/32"]
         {
             panic!("the test config does not parse: {err}\n{text}");
         }
-        Daemon::start_text(dir, "repeaterd", port, &text).await
+        Daemon::start_text(dir, "repeaterd", port, backend, &text).await
     }
 }
 

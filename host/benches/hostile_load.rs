@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo bench -p repeaterd --bench hostile_load` (release build).
 //! `HOSTILE_LOAD_EVENTS` sets the healthy events (default 5,000; two
-//! repeaters each, so twice as many records).
+//! repeaters each, so twice as many records); `HOSTILE_LOAD_MODES` picks
+//! the hostile modes (comma-separated; default all four).
 
 #[path = "../src/plugin/builtin.rs"]
 #[allow(dead_code)]
@@ -24,6 +25,15 @@ use common::{Backend, Receiver, TestDir};
 use reliability::{Lane, Rig};
 
 const HOSTILE_MODES: [&str; 4] = ["loop", "memory-bomb", "trap", "oversized-body"];
+
+/// The hostile modes of this run: `HOSTILE_LOAD_MODES` (comma-separated)
+/// or all of them.
+fn hostile_modes() -> Vec<String> {
+    match std::env::var("HOSTILE_LOAD_MODES") {
+        Ok(list) => list.split(',').map(|m| m.trim().to_owned()).collect(),
+        Err(_) => HOSTILE_MODES.iter().map(|m| (*m).to_owned()).collect(),
+    }
+}
 const HOSTILE_EVENTS: usize = 50;
 
 /// Delivers `events` healthy events (two repeaters each) and returns records
@@ -52,11 +62,11 @@ async fn healthy_rate(events: usize, with_hostile: bool) -> f64 {
             dir.path().join("plugins/hostile.wasm"),
         )
         .expect("copy the hostile plugin");
-        for mode in HOSTILE_MODES {
+        for mode in hostile_modes() {
             rig.lanes.push(
                 Lane::with_plugin(
                     "hostile",
-                    mode,
+                    &mode,
                     &format!("{}/hostile/{mode}", receiver.url()),
                     "hostile",
                     &format!("{{ mode = {mode:?} }}"),
@@ -107,6 +117,7 @@ fn main() {
         let line = json!({
             "scenario": "hostile_load",
             "events": events,
+            "modes": hostile_modes(),
             "healthy_per_s_without": (without * 10.0).round() / 10.0,
             "healthy_per_s_with": (with * 10.0).round() / 10.0,
             "ratio": ((with / without) * 1000.0).round() / 1000.0,

@@ -86,6 +86,11 @@ where
         .load_builtins(repeaterd::plugin::BUILTIN_PLUGINS)
         .await
         .unwrap();
+    let hostile = std::fs::read(repeaterd::plugin::HOSTILE_PLUGIN_PATH).unwrap();
+    registry
+        .load_builtins(&[("hostile", hostile.as_slice())])
+        .await
+        .unwrap();
     let outbound = Outbound::new(OutboundConfig {
         allow: vec!["127.0.0.1/32".parse().unwrap()],
         ..OutboundConfig::default()
@@ -500,5 +505,139 @@ async fn retention_purges_finished_records_in_bounded_batches() {
     }
     // The repeater itself stays.
     assert!(h.store.repeater("acme", "crm").await.unwrap().is_some());
+    let _ = h.shutdown.send(true);
+}
+
+fn hostile(domain: &str, mode: &str, url: &str) -> RepeaterSpec {
+    serde_json::from_value(serde_json::json!({
+        "domain": domain, "name": mode, "url": url, "plugin": "hostile",
+        "plugin_config": {"mode": mode}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_failures_are_attempt_outcomes_and_other_repeaters_carry_on() {
+    let receiver = Receiver::start().await;
+    let url = receiver.url();
+    let specs = [
+        hostile("bad", "trap", &url),
+        hostile("bad", "loop", &url),
+        hostile("bad", "oversized-headers", &url),
+        spec("good", "crm", &url),
+    ];
+    let h = start_with(&specs, fast(), |store| async move {
+        for domain in ["bad", "good"] {
+            let events: Vec<NewEvent> = (0..3).map(event).collect();
+            store.ingest(domain, &events, now_millis()).await.unwrap();
+        }
+    })
+    .await;
+    wait_states(h.store.as_ref(), "good", RecordState::Succeeded, 3).await;
+    // Output over a limit is the plugin's deterministic answer: rejected.
+    wait_states(h.store.as_ref(), "bad", RecordState::Rejected, 3).await;
+    // A trap and a CPU-limit hit are retried with the reason kept.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (name, reason) in [("trap", "trapped"), ("loop", "CPU time limit")] {
+        loop {
+            let rows = h
+                .store
+                .records(
+                    "bad",
+                    &RecordQuery {
+                        repeater: Some(name.into()),
+                        limit: 10,
+                        ..RecordQuery::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let tried = rows.iter().filter(|r| r.attempts >= 1).count();
+            if tried == 3 {
+                for row in &rows {
+                    assert!(
+                        matches!(row.state, RecordState::Retrying | RecordState::Cancelled),
+                        "{row:?}"
+                    );
+                    let (_, attempts) = h.store.record("bad", row.id).await.unwrap().unwrap();
+                    let error = attempts[0].error.clone().unwrap_or_default();
+                    assert!(error.contains(reason), "{name}: {error}");
+                    assert_eq!(attempts[0].status, None, "nothing was sent");
+                }
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: {tried} of 3 tried"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A plugin failure says nothing about the endpoint: no backoff.
+        let row = h.store.repeater("bad", name).await.unwrap().unwrap();
+        assert_eq!(row.backoff_step, 0, "{name} backed off");
+    }
+    // Only the healthy repeater reached the receiver.
+    assert_eq!(receiver.count(), 3);
+    let _ = h.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_repeater_is_paced_smoothly() {
+    let receiver = Receiver::start().await;
+    let mut paced = spec("acme", "paced", &receiver.url());
+    paced.limits.rate_per_second = Some(20.0);
+    paced.limits.burst = Some(2);
+    let h = start_with(&[paced], fast(), |store| async move {
+        let events: Vec<NewEvent> = (0..30).map(event).collect();
+        store.ingest("acme", &events, now_millis()).await.unwrap();
+    })
+    .await;
+    let got = receiver.wait_for(30, Duration::from_secs(30)).await;
+    let span = got.last().unwrap().at - got.first().unwrap().at;
+    // 30 requests at 20/s with a burst of 2: at least 28 intervals of 50 ms.
+    println!("rate: 30 requests over {span:?}");
+    assert!(
+        span >= Duration::from_millis(1300),
+        "30 requests in {span:?}"
+    );
+    // Smooth, not bunched: no second holds more than rate + burst.
+    for window in got.windows(23) {
+        assert!(
+            window[22].at - window[0].at >= Duration::from_millis(900),
+            "bunched requests"
+        );
+    }
+    let _ = h.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_delays_the_record_and_its_repeater() {
+    let receiver = Receiver::with_script(Arc::new(|_, seen| {
+        if seen == 0 {
+            Reply::Status(429, vec![("retry-after".into(), "2".into())], String::new())
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await;
+    let h = start_with(
+        &[spec("acme", "crm", &receiver.url())],
+        fast(),
+        |store| async move {
+            store
+                .ingest("acme", &[event(0)], now_millis())
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    let waited = got[1].at - got[0].at;
+    // The retry schedule says 100 ms; Retry-After says 2 s.
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "retried after {waited:?}"
+    );
+    wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 1).await;
     let _ = h.shutdown.send(true);
 }

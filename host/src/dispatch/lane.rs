@@ -45,8 +45,6 @@ pub struct BatchDone {
     pub overloads: u32,
     /// True when the batch's results were written.
     pub written: bool,
-    /// True when the repeater may have more due records right now.
-    pub more: bool,
     /// How long the batch took, lease to write.
     pub elapsed: Duration,
 }
@@ -78,7 +76,6 @@ pub async fn run_batch(
         successes: 0,
         overloads: 0,
         written: false,
-        more: false,
         elapsed: Duration::ZERO,
     };
     let clock = std::time::Instant::now();
@@ -146,7 +143,6 @@ async fn run_lane(
         release(deps, lease).await;
         return;
     }
-    done.more = records.len() as u32 >= take;
 
     let ctx = AttemptContext {
         plugin,
@@ -168,9 +164,6 @@ async fn run_lane(
     };
 
     done.attempted = reports.len();
-    if reports.len() < records.len() {
-        done.more = true;
-    }
     for report in &reports {
         if matches!(report.verdict, Verdict::Success) {
             done.successes += 1;

@@ -51,6 +51,9 @@ struct LaneState {
     name: String,
     aimd: Aimd,
     pacer: Option<RatePacer>,
+    /// The repeater's burst: a paced batch takes at most this many at once,
+    /// so requests never bunch above the configured burst.
+    burst: u32,
     /// A batch of this repeater runs in this process.
     busy: bool,
 }
@@ -113,9 +116,11 @@ impl Scheduler {
             refresh = tokio::select! {
                 _ = &mut notified => true,
                 Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
-                    match joined {
-                        Ok(done) => self.batch_done(done),
-                        Err(error) => tracing::error!(%error, "a batch task failed"),
+                    self.joined(joined);
+                    // Take every other batch that finished meanwhile before
+                    // reading the ready set again.
+                    while let Some(joined) = self.batches.try_join_next() {
+                        self.joined(joined);
                     }
                     true
                 }
@@ -161,6 +166,7 @@ impl Scheduler {
                         name: repeater.name.clone(),
                         aimd: Aimd::new(limits.concurrency),
                         pacer,
+                        burst: limits.burst,
                         busy: false,
                     },
                 );
@@ -175,6 +181,7 @@ impl Scheduler {
                 name: repeater.name.clone(),
                 aimd: Aimd::new(ceiling),
                 pacer: None,
+                burst: u32::MAX,
                 busy: false,
             },
         );
@@ -185,7 +192,10 @@ impl Scheduler {
     /// if any.
     async fn hand_out(&mut self) -> Option<Millis> {
         let max = self.deps.settings.max_inflight.max(1);
-        let domain_pacer = self.deps.config.borrow().domain_pacer();
+        let (domain_pacer, domain_burst) = {
+            let config = self.deps.config.borrow();
+            (config.domain_pacer(), config.domain_burst)
+        };
         while self.inflight < max {
             let now = now_millis();
             let (lanes, taken, domains) = (&self.lanes, &self.taken, &self.domain_pacers);
@@ -237,6 +247,7 @@ impl Scheduler {
             let free = max - self.inflight;
             let Some(lane) = self.lanes.get_mut(&repeater.id) else {
                 let _ = self.deps.store.release_lease(&lease).await;
+                self.taken.insert(repeater.id);
                 continue;
             };
             let concurrency = lane.aimd.limit().min(free).max(1);
@@ -252,7 +263,14 @@ impl Scheduler {
                 None => None,
             };
             if lane.pacer.is_some() || domain.is_some() {
-                match take_paced(lane.pacer.as_mut(), domain, now, records.min(concurrency)) {
+                let mut want = records.min(concurrency);
+                if lane.pacer.is_some() {
+                    want = want.min(lane.burst);
+                }
+                if domain.is_some() {
+                    want = want.min(domain_burst);
+                }
+                match take_paced(lane.pacer.as_mut(), domain, now, want) {
                     Some(n) => records = n,
                     None => {
                         let _ = self.deps.store.release_lease(&lease).await;
@@ -319,6 +337,13 @@ impl Scheduler {
         }
     }
 
+    fn joined(&mut self, joined: Result<BatchDone, tokio::task::JoinError>) {
+        match joined {
+            Ok(done) => self.batch_done(done),
+            Err(error) => tracing::error!(%error, "a batch task failed"),
+        }
+    }
+
     fn batch_done(&mut self, done: BatchDone) {
         // Rule 7: repeaters whose batches keep overrunning the budget yield.
         if done.attempted > 0 {
@@ -332,6 +357,7 @@ impl Scheduler {
             lane.busy = false;
             if let Some(limits) = &done.limits {
                 lane.aimd.set_ceiling(limits.concurrency);
+                lane.burst = limits.burst;
                 match (&mut lane.pacer, limits.rate_per_second) {
                     (Some(pacer), Some(rate)) => pacer.reconfigure(rate, limits.burst),
                     (slot @ None, Some(rate)) => *slot = Some(RatePacer::new(rate, limits.burst)),

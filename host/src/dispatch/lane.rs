@@ -33,7 +33,7 @@ use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError
 pub struct BatchDone {
     /// The repeater.
     pub repeater_id: i64,
-    /// Global in-flight slots this batch held (its concurrency).
+    /// Global in-flight slots this batch held (one per claimed record).
     pub reserved: u32,
     /// The repeater's limits as of this batch (they follow config reloads).
     pub limits: Option<EffectiveLimits>,
@@ -52,9 +52,9 @@ pub struct BatchDone {
 /// How much work one batch may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchGrant {
-    /// Most records to claim.
+    /// Most records to claim; the batch holds one global slot for each.
     pub records: u32,
-    /// Most requests in flight at once (global slots reserved for the batch).
+    /// Most requests open at once.
     pub concurrency: u32,
 }
 
@@ -70,7 +70,7 @@ pub async fn run_batch(
 ) -> BatchDone {
     let mut done = BatchDone {
         repeater_id: repeater.id,
-        reserved: grant.concurrency,
+        reserved: grant.records,
         limits: None,
         attempted: 0,
         successes: 0,

@@ -248,10 +248,29 @@ impl Daemon {
         backend: &Backend,
     ) -> Daemon {
         let port = free_port();
+        let text = config.to_toml(dir.path(), port, backend);
+        Daemon::start_text(dir, name, port, backend, &text).await
+    }
+
+    /// Starts the daemon from a config text that listens on `port`; waits
+    /// until `/healthz` answers. The log file is appended to, so a daemon
+    /// restarted under the same name keeps one log. `backend` is the
+    /// database the text names.
+    pub async fn start_text(
+        dir: &TestDir,
+        name: &str,
+        port: u16,
+        backend: &Backend,
+        config_text: &str,
+    ) -> Daemon {
         let config_path = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config_path, config.to_toml(dir.path(), port, backend)).unwrap();
+        std::fs::write(&config_path, config_text).unwrap();
         let log_path = dir.path().join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_repeaterd"))
             .arg("serve")
             .arg("--config")
@@ -501,4 +520,61 @@ pub fn ingested_ids(answer: &Value) -> Vec<String> {
             other => other.to_string(),
         })
         .collect()
+}
+
+/// Process control for crash and resource tests.
+impl Daemon {
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
+    pub async fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: sending a signal to our own child process.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Sends `signal` to the process (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("repeaterd is running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+    }
+
+    /// The exit status if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// POST JSON without assuming the daemon is up: a transport error is
+    /// returned, not a panic.
+    pub async fn try_post(&self, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        let resp = self
+            .auth(self.http.post(format!("{}{path}", self.base)))
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
 }

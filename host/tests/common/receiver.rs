@@ -3,6 +3,7 @@
 //! programmable script, so a test can say "503 twice then 200" or "always
 //! 400" and then look at exactly what arrived.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,12 @@ impl Received {
 pub enum Reply {
     /// Answer with this status, these headers and this body.
     Status(u16, Vec<(String, String)>, String),
+    /// Wait this long, then answer as the inner reply says (a stalled
+    /// endpoint, when the wait is past the client's timeout).
+    Delayed(Duration, Box<Reply>),
+    /// Drop the connection without answering: the client sees the
+    /// connection closed mid-request.
+    Reset,
 }
 
 impl Reply {
@@ -67,6 +74,9 @@ pub type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
 struct Shared {
     started: Instant,
     log: Mutex<Vec<Received>>,
+    /// Requests per record id, so counting earlier copies stays O(1) even
+    /// after tens of thousands of requests.
+    per_record: Mutex<HashMap<String, usize>>,
     script: Mutex<Script>,
     /// While false, requests wait before being answered (a slow receiver).
     open: watch::Receiver<bool>,
@@ -95,6 +105,7 @@ impl Receiver {
         let shared = Arc::new(Shared {
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
+            per_record: Mutex::new(HashMap::new()),
             script: Mutex::new(script),
             open,
         });
@@ -130,6 +141,17 @@ impl Receiver {
     /// How many requests arrived so far.
     pub fn count(&self) -> usize {
         self.shared.log.lock().unwrap().len()
+    }
+
+    /// How many requests arrived for each record id (the idempotency header);
+    /// cheap compared with [`Receiver::received`].
+    pub fn per_record(&self) -> HashMap<String, usize> {
+        self.shared.per_record.lock().unwrap().clone()
+    }
+
+    /// How many distinct record ids arrived so far.
+    pub fn distinct_records(&self) -> usize {
+        self.shared.per_record.lock().unwrap().len()
     }
 
     /// Waits until at least `n` requests arrived, failing after `limit`.
@@ -192,31 +214,69 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let _ = open.wait_for(|open| *open).await;
     let seen = {
         let mut log = shared.log.lock().unwrap();
-        let id = received.record_id();
-        let seen = log
-            .iter()
-            .filter(|r| id.is_some() && r.record_id() == id)
-            .count();
+        let seen = match received.record_id() {
+            Some(id) => {
+                let mut per_record = shared.per_record.lock().unwrap();
+                let count = per_record.entry(id).or_insert(0);
+                *count += 1;
+                *count - 1
+            }
+            None => 0,
+        };
         log.push(received.clone());
         seen
     };
     let script = shared.script.lock().unwrap().clone();
-    match script(&received, seen) {
-        Reply::Status(code, headers, body) => {
-            let mut response = (
-                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                body,
-            )
-                .into_response();
-            for (name, value) in headers {
-                response.headers_mut().insert(
-                    axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    value.parse().unwrap(),
-                );
+    answer(script(&received, seen)).await
+}
+
+/// Carries out one reply.
+async fn answer(mut reply: Reply) -> Response {
+    loop {
+        match reply {
+            Reply::Delayed(wait, inner) => {
+                tokio::time::sleep(wait).await;
+                reply = *inner;
             }
-            response
+            Reply::Reset => reset_connection(),
+            Reply::Status(code, headers, body) => return status_reply(code, headers, body),
         }
     }
+}
+
+/// The message of the unwind that ends a connection on purpose.
+const RESET_ON_PURPOSE: &str = "receiver: connection dropped on purpose";
+
+/// Ends the connection serving the current request without an answer. The
+/// server runs each connection as its own task, so unwinding out of the
+/// handler drops that task and its socket and nothing else; the panic hook
+/// stays quiet about this one message.
+fn reset_connection() -> ! {
+    static QUIET_HOOK: std::sync::Once = std::sync::Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&RESET_ON_PURPOSE) {
+                previous(info);
+            }
+        }));
+    });
+    std::panic::panic_any(RESET_ON_PURPOSE)
+}
+
+fn status_reply(code: u16, headers: Vec<(String, String)>, body: String) -> Response {
+    let mut response = (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+        .into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    response
 }
 
 /// A TCP endpoint that accepts connections and closes them at once without

@@ -36,7 +36,7 @@ pub struct DaemonConfig {
     pub max_inflight: u32,
     /// Per-repeater concurrency ceiling.
     pub concurrency: u32,
-    /// Plugin directory and compiled-code cache live under this directory.
+    /// The compiled-plugin cache lives under this directory.
     pub state_dir: PathBuf,
     /// The repeaters.
     pub repeaters: Vec<RepeaterDef>,
@@ -55,34 +55,43 @@ impl DaemonConfig {
         })
     }
 
-    /// The TOML text of `repeaterd serve --config`.
+    /// The TOML text of `repeaterd serve --config` (schema: the `config`
+    /// module, `examples/repeaterd.toml`).
     pub fn render(&self, db: &ScenarioDb) -> String {
         let mut toml = String::new();
         let _ = writeln!(toml, "# Written by the repeaterd benchmark harness.");
-        let _ = writeln!(toml, "[server]\nlisten = \"{}\"\n", self.listen);
+        // Batches of 1000 events of 1 KiB exceed the default 1 MiB body cap.
+        let _ = writeln!(
+            toml,
+            "[server]\nlisten = \"{}\"\nmax_body_bytes = {}\nshutdown_grace = \"5s\"\n",
+            self.listen,
+            8 * 1024 * 1024
+        );
         let _ = writeln!(toml, "[database]\n{}\n", db.config_line());
-        let _ = writeln!(toml, "[dispatch]\nmax_inflight = {}\n", self.max_inflight);
-        let plugins = self.state_dir.join("plugins");
+        let _ = writeln!(
+            toml,
+            "[dispatch]\nmax_inflight = {}\nconcurrency = {}\n",
+            self.max_inflight, self.concurrency
+        );
         let cache = self.state_dir.join("plugin-cache");
         let _ = writeln!(
             toml,
-            "[plugins]\ndir = {}\ncache_dir = {}\n",
-            toml_string(&plugins.to_string_lossy()),
+            "[plugins]\ncache_dir = {}\n",
             toml_string(&cache.to_string_lossy())
         );
+        // The receiver is on loopback, which the SSRF guard refuses unless
+        // it is allowed explicitly.
         let _ = writeln!(
             toml,
-            "[security]\nadmin_token_env = \"{TOKEN_ENV}\"\nallow_destinations = [\"127.0.0.1/32\"]\n"
+            "[security]\nadmin_token_env = \"{TOKEN_ENV}\"\nallow_private = [\"127.0.0.1/32\"]\n"
         );
         for repeater in &self.repeaters {
             let _ = writeln!(
                 toml,
-                "[[repeater]]\ndomain = {}\nname = {}\nurl = {}\nplugin = \"json-forward\"\n\
-                 [repeater.limits]\nconcurrency = {}\n",
+                "[[repeater]]\ndomain = {}\nname = {}\nurl = {}\nplugin = \"json-forward\"\n",
                 toml_string(&repeater.domain),
                 toml_string(&repeater.name),
                 toml_string(&repeater.url),
-                self.concurrency
             );
         }
         toml
@@ -141,8 +150,8 @@ impl Daemon {
         let config_path = dir.join("repeaterd.toml");
         std::fs::write(&config_path, config.render(db))
             .map_err(|err| format!("cannot write {}: {err}", config_path.display()))?;
-        std::fs::create_dir_all(config.state_dir.join("plugins"))
-            .map_err(|err| format!("cannot create the plugin directory: {err}"))?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|err| format!("cannot create {}: {err}", config.state_dir.display()))?;
         let log = dir.join("repeaterd.log");
         let out = File::options()
             .create(true)
@@ -168,6 +177,12 @@ impl Daemon {
             .spawn()
             .map_err(|err| format!("cannot start {}: {err}", binary.display()))?;
         let pid = child.id();
+        // On stderr, so that a profiler can be attached to the daemon.
+        eprintln!(
+            "bench: started {} (pid {pid}) with {}",
+            binary.display(),
+            config_path.display()
+        );
         let mut daemon = Daemon {
             child: Some(child),
             pid,

@@ -101,8 +101,9 @@ struct Args {
     /// Concurrent ingest client tasks.
     #[arg(long, default_value_t = 4)]
     ingest_tasks: usize,
-    /// Records per claim timed by the scale scenario.
-    #[arg(long, default_value_t = 100)]
+    /// Records per claim timed by the scale scenario (the daemon's default
+    /// `dispatch.batch_size`).
+    #[arg(long, default_value_t = 50)]
     claim_batch: u32,
     /// Time budget per scenario, seconds [default: per scenario].
     #[arg(long)]

@@ -6,5 +6,13 @@
 //! batch), [`plugin`] (the wasm sandbox), [`outbound`] (HTTP client, SSRF
 //! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
 
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
 pub mod model;
+pub mod outbound;
+pub mod plugin;
+pub mod schedule;
 pub mod store;
+pub mod telemetry;

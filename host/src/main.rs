@@ -1,1 +1,57 @@
-fn main() {}
+//! The `repeaterd` command line: one subcommand per verb. Each verb's code
+//! lives in its own module under `cli/`; this file only parses and dispatches.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// repeaterd: forwards events to remote HTTP APIs, reliably and fairly.
+#[derive(Debug, Parser)]
+#[command(name = "repeaterd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The verbs of `repeaterd`.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: API, dispatcher, plugin hot reload.
+    Serve(cli::daemon::ConfigArg),
+    /// Apply the database migrations and exit.
+    Migrate(cli::daemon::ConfigArg),
+    /// Load a config file and print a summary, or the error naming key and line.
+    CheckConfig(cli::daemon::ConfigArg),
+    /// Inspect and act on records through a running daemon's API.
+    #[command(subcommand)]
+    Records(cli::admin::RecordsCommand),
+    /// Inspect and act on repeaters through a running daemon's API.
+    #[command(subcommand)]
+    Repeaters(cli::admin::RepeatersCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    // Logs (plugin logs included) go to stderr; command output to stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REPEATERD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => cli::daemon::serve(args),
+        Command::Migrate(args) => cli::daemon::migrate(args),
+        Command::CheckConfig(args) => cli::daemon::check_config(args),
+        Command::Records(command) => cli::admin::records(command),
+        Command::Repeaters(command) => cli::admin::repeaters(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -13,12 +13,52 @@
 //! - Batches are read and written in one statement or transaction each.
 //! - Ingest is all or nothing and idempotent by `(domain, event id)`.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::model::{AttemptOutcome, Millis, NewEvent, RecordState, RepeaterSpec};
+
+mod input;
+pub mod postgres;
+mod rows;
+pub mod sqlite;
+
+/// Opens the configured store and applies its migrations: PostgreSQL when
+/// `database_url` starts with `postgres://` or `postgresql://`, otherwise a
+/// SQLite file (`sqlite_path`, or the path of a `sqlite:` URL).
+pub async fn open(database_url: Option<&str>, sqlite_path: &Path) -> StoreResult<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Arc::new(postgres::PostgresStore::connect(url).await?)
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            let path = url.trim_start_matches("sqlite:");
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.contains(":memory:") || path.contains("mode=memory") {
+                return Err(StoreError::Invalid(format!(
+                    "database url {url:?}: an in-memory SQLite database cannot be shared by the store's connections; name a file"
+                )));
+            }
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
+                Arc::new(sqlite::SqliteStore::open(sqlite_path).await?)
+            } else {
+                Arc::new(sqlite::SqliteStore::open(Path::new(path)).await?)
+            }
+        }
+        Some(url) => {
+            return Err(StoreError::Invalid(format!(
+                "database url {url:?}: expected postgres://, postgresql:// or sqlite:"
+            )));
+        }
+        None => Arc::new(sqlite::SqliteStore::open(sqlite_path).await?),
+    };
+    store.migrate().await?;
+    Ok(store)
+}
 
 /// Errors from the store. Callers match on the variant, not the text.
 #[derive(Debug, thiserror::Error)]

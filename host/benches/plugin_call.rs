@@ -1,0 +1,2 @@
+//! Plugin call cost (filled in below).
+fn main() {}

@@ -1,0 +1,202 @@
+//! Reading requests: path and query extractors whose rejections use the
+//! API's error shape, and JSON body parsing that tells a syntax error (400
+//! `invalid_json`) from a wrong type or missing field (400 `invalid_body`),
+//! naming the field by its path (`events[3].type`).
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::model::check_slug;
+
+/// Like [`axum::extract::Path`], rejecting with [`ApiError`].
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiPath(value))
+    }
+}
+
+/// Like [`axum::extract::Query`], rejecting with [`ApiError`].
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(value))
+    }
+}
+
+/// Checks a domain, repeater or plugin name taken from the path.
+pub fn path_slug(what: &'static str, value: &str) -> Result<(), ApiError> {
+    check_slug(what, value).map_err(|err| ApiError::bad_request("invalid_name", err.to_string()))
+}
+
+/// True for `application/json` and `application/<anything>+json`, with or
+/// without parameters.
+pub fn is_json_media_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Refuses a body that is not declared as JSON.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_TYPE) {
+        None => Err(ApiError::unsupported_media_type(
+            "the body must be JSON: set Content-Type: application/json",
+        )),
+        Some(value) => match value.to_str() {
+            Ok(text) if is_json_media_type(text) => Ok(()),
+            _ => Err(ApiError::unsupported_media_type(format!(
+                "the body must be JSON, not {:?}",
+                String::from_utf8_lossy(value.as_bytes())
+            ))),
+        },
+    }
+}
+
+/// Parses a JSON body into `T`; errors name the field's path.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_error)?;
+    deserializer.end().map_err(|err| {
+        ApiError::bad_request("invalid_json", format!("malformed JSON body: {err}"))
+    })?;
+    Ok(value)
+}
+
+/// Decodes an already-parsed JSON value into `T`; errors name the field's path.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    decode_at(value, "")
+}
+
+/// Decodes a JSON object found at `at` (for example `events[3]`, or `""`
+/// for the whole body) into `T`. Anything but an object is refused, since
+/// serde would otherwise read a struct from an array.
+pub fn decode_at<T: DeserializeOwned>(value: serde_json::Value, at: &str) -> Result<T, ApiError> {
+    if !value.is_object() {
+        let what = if at.is_empty() { "the body" } else { at };
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!(
+                "{what}: expected a JSON object, found {}",
+                json_kind(&value)
+            ),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let located = match (at.is_empty(), path == ".") {
+            (true, true) => inner.to_string(),
+            (true, false) => format!("{path}: {inner}"),
+            (false, true) => format!("{at}: {inner}"),
+            (false, false) => format!("{at}.{path}: {inner}"),
+        };
+        ApiError::bad_request("invalid_body", located)
+    })
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = err.path().to_string();
+    let inner = err.into_inner();
+    match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            ApiError::bad_request("invalid_json", format!("malformed JSON body: {inner}"))
+        }
+        _ if path == "." => ApiError::bad_request("invalid_body", inner.to_string()),
+        _ => ApiError::bad_request("invalid_body", format!("{path}: {inner}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        assert!(is_json_media_type("application/json"));
+        assert!(is_json_media_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_media_type("application/fhir+json"));
+        assert!(!is_json_media_type("text/json-ish"));
+        assert!(!is_json_media_type("application/xml"));
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field_path() {
+        let err = parse_json::<Outer>(br#"{"items": [{"n": 1}, {"n": "x"}]}"#).unwrap_err();
+        assert_eq!(err.code, "invalid_body");
+        assert!(err.message.starts_with("items[1].n: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn only_objects_decode_into_structs() {
+        let err = decode_at::<Inner>(serde_json::json!([1]), "events[2]").unwrap_err();
+        assert_eq!(
+            err.message,
+            "events[2]: expected a JSON object, found an array"
+        );
+        let err = decode_at::<Inner>(serde_json::json!({"n": -1}), "events[2]").unwrap_err();
+        assert!(
+            err.message.starts_with("events[2].n: invalid value"),
+            "{err}"
+        );
+        let ok: Inner = decode_at(serde_json::json!({"n": 1}), "").unwrap();
+        assert_eq!(ok.n, 1);
+    }
+
+    #[test]
+    fn broken_syntax_and_trailing_bytes_are_malformed_json() {
+        for body in [&br#"{"items": ["#[..], &br#"{"items": []} x"#[..], b"\xff"] {
+            let err = parse_json::<Outer>(body).unwrap_err();
+            assert_eq!(err.code, "invalid_json", "{err}");
+        }
+    }
+}

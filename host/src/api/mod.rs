@@ -1,0 +1,141 @@
+//! The HTTP API: event ingest, repeater and record administration, plugin
+//! upload, health probes and metrics, as axum routes over the [`Store`].
+//!
+//! Every answer is JSON (metrics aside); every error has the shape
+//! `{"error": {"code": "...", "message": "..."}}` (see [`ApiError`]),
+//! including axum's own rejections, unknown routes and wrong methods.
+//! Statuses: 400 unreadable request (malformed JSON, wrong types, bad path
+//! or query; the message names the field), 401 missing or unknown token,
+//! 403 token that does not reach the route, 404, 405, 409 conflict with the
+//! current state, 413 body over the limit, 415 wrong content type, 422
+//! semantically invalid, 500 internal (logged), 501 plugin routes without a
+//! plugin catalogue, 503 store unreachable (`/readyz`).
+//!
+//! Access rules are in [`auth`]; the routes themselves in [`ingest`],
+//! [`repeaters`], [`records`], [`plugins`] and [`health`].
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod ingest;
+pub mod plugins;
+pub mod records;
+pub mod repeaters;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use tower_http::trace::TraceLayer;
+
+pub use auth::{ApiAuth, AuthConfigError};
+pub use error::ApiError;
+pub use plugins::{PluginCatalog, PluginInfo, PluginInstallError};
+
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Size and count limits of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    /// Largest request body, bytes (plugin uploads aside). Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Most events in one batch. Default 1000.
+    pub max_batch_events: usize,
+    /// Largest plugin component upload, bytes. Default 32 MiB.
+    pub max_plugin_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 1000,
+            max_plugin_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything the routes need. Cheap to clone (every field is shared).
+#[derive(Clone)]
+pub struct ApiState {
+    /// The durable state.
+    pub store: Arc<dyn Store>,
+    /// The daemon's metrics, exported at `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The resolved API tokens.
+    pub auth: ApiAuth,
+    /// Body and batch limits.
+    pub limits: ApiLimits,
+    /// The plugins repeaters may use. Without it, plugin routes answer 501
+    /// and repeater specs are accepted with any well-formed plugin name.
+    pub plugins: Option<Arc<dyn PluginCatalog>>,
+}
+
+impl ApiState {
+    /// State with default limits and no plugin catalogue.
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, auth: ApiAuth) -> ApiState {
+        ApiState {
+            store,
+            metrics,
+            auth,
+            limits: ApiLimits::default(),
+            plugins: None,
+        }
+    }
+
+    /// Sets the plugin catalogue.
+    pub fn with_plugins(mut self, plugins: Arc<dyn PluginCatalog>) -> ApiState {
+        self.plugins = Some(plugins);
+        self
+    }
+
+    /// Sets the limits.
+    pub fn with_limits(mut self, limits: ApiLimits) -> ApiState {
+        self.limits = limits;
+        self
+    }
+}
+
+/// The API's router, ready to serve (`axum::serve(listener, router(state))`).
+pub fn router(state: ApiState) -> Router {
+    let domain = Router::new()
+        .route("/events", post(ingest::post_event))
+        .route("/events/batch", post(ingest::post_batch))
+        .route("/repeaters", get(repeaters::list))
+        .route(
+            "/repeaters/{name}",
+            get(repeaters::show)
+                .put(repeaters::put)
+                .delete(repeaters::delete),
+        )
+        .route("/repeaters/{name}/pause", post(repeaters::pause))
+        .route("/repeaters/{name}/resume", post(repeaters::resume))
+        .route("/repeaters/{name}/requeue", post(repeaters::requeue))
+        .route("/records", get(records::list))
+        .route("/records/{id}", get(records::show))
+        .route("/records/{id}/resend", post(records::resend))
+        .route("/records/{id}/cancel", post(records::cancel))
+        .method_not_allowed_fallback(error::wrong_method);
+    Router::new()
+        .nest("/v1/domains/{domain}", domain)
+        .route("/v1/plugins", get(plugins::list))
+        .route(
+            "/v1/plugins/{name}",
+            put(plugins::put).layer(DefaultBodyLimit::max(state.limits.max_plugin_bytes)),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(error::no_route)
+        .method_not_allowed_fallback(error::wrong_method)
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

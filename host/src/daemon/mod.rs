@@ -1,0 +1,320 @@
+//! The daemon's wiring (`repeaterd serve`): opens and migrates the store,
+//! stores the configured repeaters, loads the plugins (built-ins and the
+//! plugin directory, with hot reload), starts the dispatcher and the HTTP
+//! API, reloads the config file on SIGHUP and shuts down gracefully on
+//! SIGTERM or SIGINT.
+//!
+//! Repeaters in the config file are upserted at start and on every reload.
+//! A repeater removed from the file is left in the store (it may have been
+//! created through the API); delete it through the API.
+//!
+//! What a reload changes: the `[[repeater]]` specs and the `[dispatch]`
+//! defaults every repeater inherits. The listener, database, plugin limits
+//! and tokens need a restart.
+
+mod catalog;
+
+pub use catalog::RegistryCatalog;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{self, ApiAuth, ApiLimits, ApiState, AuthConfigError};
+use crate::config::{Config, ConfigError, DispatchConfig};
+use crate::dispatch::credentials::Credentials;
+use crate::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
+use crate::model::now_millis;
+use crate::outbound::{AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig};
+use crate::plugin::{CallContext, PluginEngine, PluginError, PluginLimits, PluginRegistry};
+use crate::store::{self, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The config file is wrong, or a secret it names is missing.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened, migrated or written.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The plugin engine or a built-in plugin failed to load.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The outbound HTTP client could not be built.
+    #[error("outbound client: {0}")]
+    Outbound(#[from] crate::outbound::OutboundBuildError),
+    /// The API tokens are unusable.
+    #[error("API tokens: {0}")]
+    Tokens(#[from] AuthConfigError),
+    /// The API listener could not bind or failed.
+    #[error("API server on {listen}: {source}")]
+    Listen {
+        /// The configured address.
+        listen: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Installing a signal handler failed.
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        /// Which signal.
+        signal: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the daemon with the config file at `config_path` until SIGTERM or
+/// SIGINT; SIGHUP reloads the file.
+pub async fn serve(config_path: &Path) -> Result<(), DaemonError> {
+    let config = Config::load(config_path)?;
+    serve_config(config, Some(config_path)).await
+}
+
+/// Opens the store named by the config and applies the migrations
+/// (`repeaterd migrate`).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, DaemonError> {
+    let url = config.database.postgres_url()?;
+    let store = store::open(
+        url.as_ref().map(|secret| secret.expose()),
+        &config.database.sqlite_path,
+    )
+    .await?;
+    Ok(store)
+}
+
+/// Runs the daemon with an already loaded config; `reload_from` is the file
+/// read again on SIGHUP.
+pub async fn serve_config(config: Config, reload_from: Option<&Path>) -> Result<(), DaemonError> {
+    let auth = api_auth(&config)?;
+    let store = open_store(&config).await?;
+    let plugins = load_plugins(&config).await?;
+    let _watcher = match plugins.dir() {
+        Some(dir) if dir.is_dir() => match plugins.watch() {
+            Ok(watcher) => Some(watcher),
+            Err(error) => {
+                tracing::warn!(%error, "plugin hot reload is off");
+                None
+            }
+        },
+        _ => None,
+    };
+    upsert_repeaters(store.as_ref(), &plugins, &config).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let outbound = Outbound::new(OutboundConfig {
+        allow: config.security.allow_private.clone(),
+        ..OutboundConfig::default()
+    })?;
+    let secrets = Arc::new(EnvSecrets);
+    let credentials = Credentials {
+        auth: Authenticator::new(outbound.clone(), secrets.clone(), AuthConfig::default()),
+        secrets,
+    };
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (dispatch_config_tx, dispatch_config) = watch::channel(Arc::new(config.dispatch.clone()));
+    let dispatcher = Dispatcher::new(DispatchDeps {
+        store: store.clone(),
+        plugins: plugins.clone(),
+        outbound,
+        credentials,
+        metrics: metrics.clone(),
+        settings: dispatch_settings(&config),
+        config: dispatch_config,
+    })
+    .spawn(shutdown.clone());
+
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            listen: listen.to_string(),
+            source,
+        })?;
+    let state = ApiState {
+        limits: ApiLimits {
+            max_body_bytes: config.server.max_body_bytes,
+            ..ApiLimits::default()
+        },
+        ..ApiState::new(store.clone(), metrics.clone(), auth)
+    }
+    .with_plugins(Arc::new(RegistryCatalog::new(plugins.clone())));
+    let router = api::router(state);
+    let mut api_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    tracing::info!(%listen, config = %config, "repeaterd is serving");
+
+    let result = signals(store.as_ref(), &plugins, reload_from, &dispatch_config_tx).await;
+    tracing::info!(
+        grace = ?config.server.shutdown_grace,
+        "shutting down: no new batches; running batches may finish"
+    );
+    let _ = shutdown_tx.send(true);
+    match server.await {
+        Ok(Err(error)) => tracing::warn!(%error, "API server stopped with an error"),
+        Err(error) => tracing::warn!(%error, "API server task failed"),
+        Ok(Ok(())) => {}
+    }
+    let _ = dispatcher.await;
+    tracing::info!("stopped");
+    result
+}
+
+/// The API tokens, resolved from the environment variables the config names.
+fn api_auth(config: &Config) -> Result<ApiAuth, DaemonError> {
+    let admin = match &config.security.admin_token_env {
+        Some(var) => Some(var.resolve()?.expose().to_owned()),
+        None => None,
+    };
+    let mut domains = Vec::new();
+    for (domain, var) in &config.security.domain_tokens {
+        domains.push((domain.clone(), var.resolve()?.expose().to_owned()));
+    }
+    Ok(ApiAuth::new(admin, domains)?)
+}
+
+/// Waits for SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
+async fn signals(
+    store: &dyn Store,
+    plugins: &PluginRegistry,
+    reload_from: Option<&Path>,
+    dispatch_config: &watch::Sender<Arc<DispatchConfig>>,
+) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let install = |kind, name| {
+        signal(kind).map_err(|source| DaemonError::Signal {
+            signal: name,
+            source,
+        })
+    };
+    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
+    let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let Some(path) = reload_from else { continue };
+                reload(store, plugins, path, dispatch_config).await;
+            }
+        }
+    }
+}
+
+/// Reads the config file again and applies what can change while running.
+/// A bad file is logged and the running config stays.
+async fn reload(
+    store: &dyn Store,
+    plugins: &PluginRegistry,
+    path: &Path,
+    dispatch_config: &watch::Sender<Arc<DispatchConfig>>,
+) {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "config reload refused; the running config stays");
+            return;
+        }
+    };
+    match upsert_repeaters(store, plugins, &config).await {
+        Ok(()) => {
+            let _ = dispatch_config.send(Arc::new(config.dispatch.clone()));
+            tracing::info!(path = %path.display(), repeaters = config.repeaters.len(), "config reloaded");
+        }
+        Err(error) => tracing::error!(%error, "config reload could not store the repeaters"),
+    }
+}
+
+/// The plugin limits of the `[plugins]` table.
+pub fn plugin_limits(config: &Config) -> PluginLimits {
+    let plugins = &config.plugins;
+    PluginLimits {
+        memory_bytes: (plugins.memory_mb as usize).saturating_mul(1 << 20),
+        cpu_time: Duration::from_millis(plugins.cpu_ms),
+        max_body_bytes: plugins.max_body_bytes,
+        max_header_bytes: plugins.max_header_bytes,
+        ..PluginLimits::default()
+    }
+}
+
+/// The plugin registry: built-ins first, then the plugin directory.
+pub async fn load_plugins(config: &Config) -> Result<PluginRegistry, DaemonError> {
+    let engine = PluginEngine::with_cache_dir(plugin_limits(config), &config.plugins.cache_dir)?;
+    let registry = PluginRegistry::new(engine, config.plugins.dir.clone());
+    registry
+        .load_builtins(crate::plugin::BUILTIN_PLUGINS)
+        .await?;
+    for error in registry.load_dir().await {
+        tracing::warn!(%error, "a plugin in the plugin directory was not loaded");
+    }
+    Ok(registry)
+}
+
+/// Stores the config's repeaters, checking each plugin config first. A
+/// repeater whose plugin refuses its config or is missing is still stored
+/// (the dispatcher backs it off with the reason in its status), so one bad
+/// entry never stops the daemon.
+pub async fn upsert_repeaters(
+    store: &dyn Store,
+    plugins: &PluginRegistry,
+    config: &Config,
+) -> Result<(), DaemonError> {
+    let now = now_millis();
+    for spec in &config.repeaters {
+        let label = format!("{}/{}", spec.domain, spec.name);
+        match plugins.get(&spec.plugin) {
+            Some(plugin) => {
+                let ctx = CallContext::new(&spec.domain, &spec.name);
+                if let Err(error) = plugin
+                    .validate_config(&ctx, &spec.plugin_config.to_string())
+                    .await
+                {
+                    tracing::warn!(repeater = %label, %error, "plugin refused the repeater's config");
+                }
+            }
+            None => {
+                tracing::warn!(repeater = %label, plugin = %spec.plugin, "plugin is not loaded");
+            }
+        }
+        store.upsert_repeater(spec, now).await?;
+    }
+    Ok(())
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Process-level dispatch settings from the config.
+pub fn dispatch_settings(config: &Config) -> DispatchSettings {
+    let dispatch = &config.dispatch;
+    DispatchSettings {
+        holder: DispatchSettings::holder_name(),
+        max_inflight: dispatch.max_inflight,
+        batch_size: dispatch.batch_size,
+        default_concurrency: dispatch.concurrency,
+        lease_ttl_ms: millis(dispatch.lease_ttl),
+        max_sleep: Duration::from_secs(1),
+        busy_poll_ms: 50,
+        batch_budget: dispatch.batch_time_budget,
+        shutdown_grace: config.server.shutdown_grace,
+        retention: Some(RetentionSettings {
+            retention: dispatch.retention,
+            batch: dispatch.retention_batch,
+            interval: Duration::from_secs(60),
+            pause: Duration::from_millis(50),
+        }),
+    }
+}

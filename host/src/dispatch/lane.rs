@@ -1,0 +1,356 @@
+//! One batch of one repeater, run under its lease: read the repeater, pick
+//! its plugin, claim up to a batch of due records, run their attempts with
+//! at most the granted concurrency while a timer renews the lease, judge
+//! the results and write them in one `finish_batch` fenced by the lease
+//! epoch, releasing the lease.
+//!
+//! A batch stops starting attempts early when the endpoint fails a whole
+//! window of attempts in a row (so a dead endpoint costs one window of
+//! requests per backoff step, not one per claimed record) and when the
+//! daemon shuts down. Records claimed but not attempted are left as they
+//! were: still due, no attempt counted.
+//!
+//! A lost lease is normal (ADR 2): the results are dropped whole and the new
+//! holder sends those records again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
+
+use crate::config::EffectiveLimits;
+use crate::dispatch::attempt::{AttemptContext, run_attempt};
+use crate::dispatch::judge::{AttemptReport, JudgePolicy, Verdict, judge_batch};
+use crate::dispatch::{DispatchDeps, limits_of};
+use crate::model::{AttemptOutcome, RecordState, now_millis};
+use crate::plugin::{CallContext, LoadedPlugin, PluginError};
+use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError};
+
+/// What a finished batch tells the scheduler loop.
+#[derive(Debug, Clone)]
+pub struct BatchDone {
+    /// The repeater.
+    pub repeater_id: i64,
+    /// Global in-flight slots this batch held (its concurrency).
+    pub reserved: u32,
+    /// The repeater's limits as of this batch (they follow config reloads).
+    pub limits: Option<EffectiveLimits>,
+    /// Records attempted.
+    pub attempted: usize,
+    /// Attempts that succeeded.
+    pub successes: u32,
+    /// Attempts that showed endpoint overload (timeout, 429, 5xx).
+    pub overloads: u32,
+    /// True when the batch's results were written.
+    pub written: bool,
+    /// True when the repeater may have more due records right now.
+    pub more: bool,
+    /// How long the batch took, lease to write.
+    pub elapsed: Duration,
+}
+
+/// How much work one batch may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchGrant {
+    /// Most records to claim.
+    pub records: u32,
+    /// Most requests in flight at once (global slots reserved for the batch).
+    pub concurrency: u32,
+}
+
+/// Runs one batch of `repeater` under `lease` within `grant`. Never panics
+/// on bad input; store errors are logged. Stops starting attempts once
+/// `shutdown` turns true.
+pub async fn run_batch(
+    deps: Arc<DispatchDeps>,
+    repeater: ReadyRepeater,
+    lease: Lease,
+    grant: BatchGrant,
+    shutdown: watch::Receiver<bool>,
+) -> BatchDone {
+    let mut done = BatchDone {
+        repeater_id: repeater.id,
+        reserved: grant.concurrency,
+        limits: None,
+        attempted: 0,
+        successes: 0,
+        overloads: 0,
+        written: false,
+        more: false,
+        elapsed: Duration::ZERO,
+    };
+    let clock = std::time::Instant::now();
+    run_lane(&deps, &repeater, &lease, grant, shutdown, &mut done).await;
+    done.elapsed = clock.elapsed();
+    done
+}
+
+async fn run_lane(
+    deps: &Arc<DispatchDeps>,
+    repeater: &ReadyRepeater,
+    lease: &Lease,
+    grant: BatchGrant,
+    shutdown: watch::Receiver<bool>,
+    done: &mut BatchDone,
+) {
+    let row = match deps.store.repeater(&repeater.domain, &repeater.name).await {
+        Ok(Some(row)) if !row.paused && row.id == repeater.id => row,
+        Ok(_) => {
+            // Deleted, replaced or paused since it was found ready.
+            release(deps, lease).await;
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(repeater = %label(repeater), %error, "cannot read repeater; releasing its lease");
+            release(deps, lease).await;
+            return;
+        }
+    };
+    let limits = limits_of(deps, &row.spec);
+    done.limits = Some(limits.clone());
+
+    let plugin = match plugin_for(deps, &row) {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            // Without its plugin the repeater cannot send anything: back it
+            // off with the reason in its status, without touching records.
+            tracing::warn!(repeater = %label(repeater), %error, "plugin unavailable; backing the repeater off");
+            let now = now_millis();
+            let backoff = deps.backoff(&limits);
+            let (until, step) =
+                backoff.after_failure(row.backoff_step, now, None, &mut rand::rng());
+            let health = RepeaterHealth {
+                backoff_until: Some(until),
+                backoff_step: step,
+                last_error: Some(error.to_string()),
+                last_success_at: row.last_success_at,
+            };
+            finish(deps, repeater, lease, &[], Some(&health), done).await;
+            return;
+        }
+    };
+
+    let concurrency = grant.concurrency.clamp(1, limits.concurrency.max(1)) as usize;
+    let take = grant.records.max(1);
+    let records = match deps.store.claim(lease, take, now_millis()).await {
+        Ok(records) => records,
+        Err(error) => {
+            tracing::warn!(repeater = %label(repeater), %error, "claim failed; releasing the lease");
+            release(deps, lease).await;
+            return;
+        }
+    };
+    if records.is_empty() {
+        release(deps, lease).await;
+        return;
+    }
+    done.more = records.len() as u32 >= take;
+
+    let ctx = AttemptContext {
+        plugin,
+        call: CallContext::new(&row.spec.domain, &row.spec.name),
+        plugin_config: row.spec.plugin_config.to_string(),
+        spec: row.spec.clone(),
+        timeout: limits.timeout,
+        excerpt_limit: limits.response_excerpt_bytes,
+        outbound: deps.outbound.clone(),
+        credentials: deps.credentials.clone(),
+        metrics: deps.metrics.clone(),
+    };
+    let attempts = run_window(&ctx, &records, concurrency, shutdown);
+    let Some(reports) = with_renewal(deps, lease, attempts).await else {
+        // The lease was taken over while the batch ran: drop the results.
+        deps.metrics.lease_lost();
+        tracing::warn!(repeater = %label(repeater), epoch = lease.epoch, "lease lost while a batch ran; its results are dropped");
+        return;
+    };
+
+    done.attempted = reports.len();
+    if reports.len() < records.len() {
+        done.more = true;
+    }
+    for report in &reports {
+        if matches!(report.verdict, Verdict::Success) {
+            done.successes += 1;
+        }
+        if report.is_overload() {
+            done.overloads += 1;
+        }
+    }
+    let now = now_millis();
+    let retry = deps.retry_policy(&limits);
+    let backoff = deps.backoff(&limits);
+    let policy = JudgePolicy {
+        retry: &retry,
+        backoff: &backoff,
+    };
+    let judgement = judge_batch(
+        &records,
+        &reports,
+        row.backoff_step,
+        &policy,
+        now,
+        &mut rand::rng(),
+    );
+    finish(
+        deps,
+        repeater,
+        lease,
+        &judgement.outcomes,
+        judgement.health.as_ref(),
+        done,
+    )
+    .await;
+    if done.written {
+        count_outcomes(deps, &repeater.domain, &reports, &judgement.outcomes);
+    }
+}
+
+/// Runs attempts of `records` with at most `concurrency` in flight, in
+/// claim order. Stops starting new ones while the endpoint has failed and
+/// answered nothing yet (a dead endpoint gets one window of probes,
+/// then the repeater backs off), after `concurrency` endpoint failures in a
+/// row, or when shutdown begins; attempts already started finish.
+async fn run_window(
+    ctx: &AttemptContext,
+    records: &[crate::store::ClaimedRecord],
+    concurrency: usize,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<AttemptReport> {
+    let mut reports = Vec::with_capacity(records.len());
+    let mut pending = records.iter();
+    let mut running = FuturesUnordered::new();
+    let mut failed_in_a_row = 0usize;
+    // `answered`: the endpoint took or judged an attempt (success or reject).
+    let (mut failed, mut answered) = (false, false);
+    loop {
+        let stop = (failed && !answered)
+            || failed_in_a_row >= concurrency
+            || *shutdown.borrow();
+        while !stop && running.len() < concurrency {
+            match pending.next() {
+                Some(record) => running.push(run_attempt(ctx, record)),
+                None => break,
+            }
+        }
+        let Some(report) = running.next().await else {
+            break;
+        };
+        let endpoint_failed = matches!(report.verdict, Verdict::Retry { .. })
+            && (report.sent || report.repeater_fault);
+        if endpoint_failed {
+            failed = true;
+            failed_in_a_row += 1;
+        } else if report.sent {
+            answered = true;
+            failed_in_a_row = 0;
+        }
+        reports.push(report);
+    }
+    reports
+}
+
+fn plugin_for(deps: &DispatchDeps, row: &RepeaterRow) -> Result<Arc<LoadedPlugin>, PluginError> {
+    match &row.spec.plugin_sha256 {
+        Some(pin) => deps.plugins.get_pinned(&row.spec.plugin, pin),
+        None => deps
+            .plugins
+            .get(&row.spec.plugin)
+            .ok_or_else(|| PluginError::NotLoaded {
+                plugin: row.spec.plugin.clone(),
+            }),
+    }
+}
+
+/// Awaits `work` while renewing the lease every third of its TTL. `None`
+/// when the lease was lost.
+async fn with_renewal<T>(
+    deps: &DispatchDeps,
+    lease: &Lease,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let ttl = deps.settings.lease_ttl_ms.max(300);
+    let period = Duration::from_millis((ttl / 3) as u64);
+    let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut held = lease.clone();
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return Some(result),
+            _ = renewals.tick() => {
+                match deps.store.renew_lease(&held, now_millis(), ttl).await {
+                    Ok(renewed) => held = renewed,
+                    Err(StoreError::LeaseLost { .. }) => return None,
+                    Err(error) => {
+                        // A failed renewal is retried at the next tick; the
+                        // epoch fence keeps results safe if it expires meanwhile.
+                        tracing::warn!(repeater_id = lease.repeater_id, %error, "lease renewal failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn finish(
+    deps: &DispatchDeps,
+    repeater: &ReadyRepeater,
+    lease: &Lease,
+    outcomes: &[crate::store::RecordOutcome],
+    health: Option<&RepeaterHealth>,
+    done: &mut BatchDone,
+) {
+    match deps
+        .store
+        .finish_batch(lease, outcomes, health, true, now_millis())
+        .await
+    {
+        Ok(()) => done.written = true,
+        Err(StoreError::LeaseLost { .. }) => {
+            deps.metrics.lease_lost();
+            tracing::warn!(repeater = %label(repeater), epoch = lease.epoch, "lease lost before the batch was written; its results are dropped");
+        }
+        Err(error) => {
+            tracing::error!(repeater = %label(repeater), %error, "writing a batch failed; its records stay due");
+            release(deps, lease).await;
+        }
+    }
+}
+
+async fn release(deps: &DispatchDeps, lease: &Lease) {
+    match deps.store.release_lease(lease).await {
+        Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
+        Err(error) => {
+            tracing::warn!(repeater_id = lease.repeater_id, %error, "releasing a lease failed; it will expire");
+        }
+    }
+}
+
+fn count_outcomes(
+    deps: &DispatchDeps,
+    domain: &str,
+    reports: &[AttemptReport],
+    outcomes: &[crate::store::RecordOutcome],
+) {
+    for report in reports {
+        let outcome = match report.verdict {
+            Verdict::Success => AttemptOutcome::Success,
+            Verdict::Retry { .. } => AttemptOutcome::Retry,
+            Verdict::Reject(_) => AttemptOutcome::Reject,
+            Verdict::Skip => AttemptOutcome::Skip,
+        };
+        deps.metrics
+            .record_attempt(domain, outcome, report.duration_ms as f64 / 1000.0);
+    }
+    for outcome in outcomes {
+        if outcome.state != RecordState::Retrying {
+            deps.metrics.record_finished(domain, outcome.state);
+        }
+    }
+}
+
+fn label(repeater: &ReadyRepeater) -> String {
+    format!("{}/{}", repeater.domain, repeater.name)
+}

@@ -1,0 +1,74 @@
+//! Retention (rule 11): a background task deleting terminal records older
+//! than `retention`, with their attempts, in bounded batches so no purge
+//! holds a long lock or a long transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::model::now_millis;
+use crate::store::Store;
+
+/// How the purge runs.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// Terminal records last updated longer ago than this go.
+    pub retention: Duration,
+    /// Records deleted per statement.
+    pub batch: u32,
+    /// Time between purge rounds.
+    pub interval: Duration,
+    /// Pause between batches of one round, so the writer is shared.
+    pub pause: Duration,
+}
+
+/// Purges until `shutdown` turns true. Returns the records deleted.
+pub async fn run_retention(
+    store: Arc<dyn Store>,
+    settings: RetentionSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> u64 {
+    let mut total = 0;
+    let mut ticks = tokio::time::interval(settings.interval.max(Duration::from_millis(100)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.changed() => return total,
+        }
+        if *shutdown.borrow() {
+            return total;
+        }
+        total += purge_round(store.as_ref(), &settings, &mut shutdown).await;
+    }
+}
+
+/// One round: batches until fewer than a full batch is left.
+pub async fn purge_round(
+    store: &dyn Store,
+    settings: &RetentionSettings,
+    shutdown: &mut watch::Receiver<bool>,
+) -> u64 {
+    let before = now_millis() - settings.retention.as_millis() as i64;
+    let mut deleted = 0;
+    loop {
+        match store.purge_terminal(before, settings.batch.max(1)).await {
+            Ok(n) => {
+                deleted += n;
+                if n < u64::from(settings.batch.max(1)) || *shutdown.borrow() {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "retention purge failed; retrying next round");
+                break;
+            }
+        }
+        tokio::time::sleep(settings.pause).await;
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "purged terminal records past retention");
+    }
+    deleted
+}

@@ -1,0 +1,378 @@
+//! The scheduler loop: one per process. It keeps the set of ready repeaters
+//! in a [`FairQueue`], hands out batches while the process has free
+//! in-flight slots, and sleeps until something can change: an ingest (the
+//! store's wake signal), a batch finishing, the earliest due time, or a rate
+//! pacer freeing up. A 1 s cap on the sleep is the safety net for leases of
+//! crashed peers and for peers' retries becoming due.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::dispatch::lane::{BatchDone, BatchGrant, run_batch};
+use crate::dispatch::{DispatchDeps, limits_of};
+use crate::model::{Millis, now_millis};
+use crate::schedule::{Aimd, Eligibility, FairQueue, RatePacer};
+use crate::store::{Lease, ReadyRepeater};
+
+/// Takes up to `want` requests' worth from the repeater's and the domain's
+/// pacers together: the most both allow now, at least one. `None` (nothing
+/// spent) when not even one is allowed.
+fn take_paced(
+    repeater: Option<&mut RatePacer>,
+    domain: Option<&mut RatePacer>,
+    now: Millis,
+    want: u32,
+) -> Option<u32> {
+    for n in (1..=want.max(1)).rev() {
+        let mut r = repeater.as_deref().cloned();
+        let mut d = domain.as_deref().cloned();
+        let r_ok = r.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
+        let d_ok = d.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
+        if r_ok && d_ok {
+            if let (Some(slot), Some(new)) = (repeater, r) {
+                *slot = new;
+            }
+            if let (Some(slot), Some(new)) = (domain, d) {
+                *slot = new;
+            }
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// In-process state of one repeater.
+struct LaneState {
+    domain: String,
+    name: String,
+    aimd: Aimd,
+    pacer: Option<RatePacer>,
+    /// A batch of this repeater runs in this process.
+    busy: bool,
+}
+
+/// The loop's state.
+pub(crate) struct Scheduler {
+    deps: Arc<DispatchDeps>,
+    fair: FairQueue,
+    lanes: HashMap<i64, LaneState>,
+    /// Repeaters whose lease another process holds, skipped until the next refresh.
+    taken: HashSet<i64>,
+    inflight: u32,
+    batches: JoinSet<BatchDone>,
+    /// Leases of running batches, released if shutdown has to abort them.
+    held: HashMap<i64, Lease>,
+    /// Rate pacers of whole domains, when `dispatch.domain_rate_per_second` is set.
+    domain_pacers: HashMap<String, RatePacer>,
+    /// Told to running batches so they stop starting attempts.
+    shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(deps: Arc<DispatchDeps>) -> Scheduler {
+        Scheduler {
+            deps,
+            fair: FairQueue::new(),
+            lanes: HashMap::new(),
+            taken: HashSet::new(),
+            inflight: 0,
+            batches: JoinSet::new(),
+            held: HashMap::new(),
+            domain_pacers: HashMap::new(),
+            shutdown: None,
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then stops claiming, lets running
+    /// batches finish within the grace period and releases what is left.
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.shutdown = Some(shutdown.clone());
+        let wake = self.deps.store.wake_signal();
+        let mut refresh = true;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            // Register interest before reading the store, so an ingest that
+            // lands during the refresh still wakes the next sleep.
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            if refresh {
+                self.refresh().await;
+            }
+            let paced_until = self.hand_out().await;
+            let sleep_until = self.sleep_deadline(paced_until).await;
+            let sleep = tokio::time::sleep(sleep_until);
+
+            refresh = tokio::select! {
+                _ = &mut notified => true,
+                Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
+                    match joined {
+                        Ok(done) => self.batch_done(done),
+                        Err(error) => tracing::error!(%error, "a batch task failed"),
+                    }
+                    true
+                }
+                _ = sleep => true,
+                _ = shutdown.changed() => false,
+            };
+        }
+        self.drain().await;
+    }
+
+    /// Reads the ready repeaters into the fair queue.
+    async fn refresh(&mut self) {
+        self.taken.clear();
+        match self.deps.store.ready_repeaters(now_millis()).await {
+            Ok(ready) => {
+                for repeater in &ready {
+                    if !self.lanes.contains_key(&repeater.id) {
+                        self.add_lane(repeater).await;
+                    }
+                }
+                self.fair.set_ready(&ready);
+            }
+            Err(error) => tracing::warn!(%error, "cannot read ready repeaters"),
+        }
+    }
+
+    async fn add_lane(&mut self, repeater: &ReadyRepeater) {
+        let ceiling = match self
+            .deps
+            .store
+            .repeater(&repeater.domain, &repeater.name)
+            .await
+        {
+            Ok(Some(row)) => {
+                let limits = limits_of(&self.deps, &row.spec);
+                let pacer = limits
+                    .rate_per_second
+                    .map(|rate| RatePacer::new(rate, limits.burst));
+                self.lanes.insert(
+                    repeater.id,
+                    LaneState {
+                        domain: repeater.domain.clone(),
+                        name: repeater.name.clone(),
+                        aimd: Aimd::new(limits.concurrency),
+                        pacer,
+                        busy: false,
+                    },
+                );
+                return;
+            }
+            _ => self.deps.settings.default_concurrency,
+        };
+        self.lanes.insert(
+            repeater.id,
+            LaneState {
+                domain: repeater.domain.clone(),
+                name: repeater.name.clone(),
+                aimd: Aimd::new(ceiling),
+                pacer: None,
+                busy: false,
+            },
+        );
+    }
+
+    /// Starts batches while there are free slots and eligible repeaters.
+    /// Returns the earliest time a rate-limited repeater or domain frees up,
+    /// if any.
+    async fn hand_out(&mut self) -> Option<Millis> {
+        let max = self.deps.settings.max_inflight.max(1);
+        let domain_pacer = self.deps.config.borrow().domain_pacer();
+        while self.inflight < max {
+            let now = now_millis();
+            let (lanes, taken, domains) = (&self.lanes, &self.taken, &self.domain_pacers);
+            let picked = self.fair.next(|r: &ReadyRepeater| {
+                if domains
+                    .get(&r.domain)
+                    .is_some_and(|pacer| pacer.next_free(now) > now)
+                {
+                    return Eligibility::SkipDomain;
+                }
+                if taken.contains(&r.id) {
+                    return Eligibility::Skip;
+                }
+                match lanes.get(&r.id) {
+                    Some(lane) if lane.busy => Eligibility::Skip,
+                    Some(lane) => match &lane.pacer {
+                        Some(pacer) if pacer.next_free(now) > now => Eligibility::Skip,
+                        _ => Eligibility::Run,
+                    },
+                    None => Eligibility::Run,
+                }
+            });
+            let Some(repeater) = picked else { break };
+
+            let lease = match self
+                .deps
+                .store
+                .acquire_lease(
+                    repeater.id,
+                    &self.deps.settings.holder,
+                    now,
+                    self.deps.settings.lease_ttl_ms,
+                )
+                .await
+            {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    self.taken.insert(repeater.id);
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot acquire lease");
+                    self.taken.insert(repeater.id);
+                    continue;
+                }
+            };
+            self.deps.metrics.lease_acquired();
+
+            let free = max - self.inflight;
+            let Some(lane) = self.lanes.get_mut(&repeater.id) else {
+                let _ = self.deps.store.release_lease(&lease).await;
+                continue;
+            };
+            let concurrency = lane.aimd.limit().min(free).max(1);
+            let mut records = self.deps.settings.batch_size.max(1);
+            // Paced repeaters and domains get as many records as their
+            // pacers allow right now (at least one, or the turn is skipped).
+            let domain = match &domain_pacer {
+                Some(template) => Some(
+                    self.domain_pacers
+                        .entry(repeater.domain.clone())
+                        .or_insert_with(|| template.clone()),
+                ),
+                None => None,
+            };
+            if lane.pacer.is_some() || domain.is_some() {
+                match take_paced(lane.pacer.as_mut(), domain, now, records.min(concurrency)) {
+                    Some(n) => records = n,
+                    None => {
+                        let _ = self.deps.store.release_lease(&lease).await;
+                        self.taken.insert(repeater.id);
+                        continue;
+                    }
+                }
+            }
+            lane.busy = true;
+            self.inflight += concurrency;
+            self.deps.metrics.set_inflight(self.inflight as usize);
+            self.held.insert(repeater.id, lease.clone());
+            let shutdown = self
+                .shutdown
+                .clone()
+                .unwrap_or_else(|| watch::channel(false).1);
+            self.batches.spawn(run_batch(
+                self.deps.clone(),
+                repeater,
+                lease,
+                BatchGrant {
+                    records,
+                    concurrency,
+                },
+                shutdown,
+            ));
+        }
+        self.paced_until(now_millis())
+    }
+
+    /// The earliest time a rate-limited repeater or domain frees up.
+    fn paced_until(&self, now: Millis) -> Option<Millis> {
+        let repeaters = self.lanes.values().filter_map(|lane| lane.pacer.as_ref());
+        repeaters
+            .chain(self.domain_pacers.values())
+            .map(|pacer| pacer.next_free(now))
+            .filter(|free| *free > now)
+            .min()
+    }
+
+    /// How long to sleep: until the earliest due time or paced repeater, at
+    /// most the safety-net cap, and at once if work is ready but slots are full.
+    async fn sleep_deadline(&self, paced_until: Option<Millis>) -> Duration {
+        let cap = self.deps.settings.max_sleep;
+        let now = now_millis();
+        let mut until = match self.deps.store.next_wakeup(now).await {
+            Ok(Some(at)) => Some(at),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the next wake-up time");
+                None
+            }
+        };
+        if let Some(paced) = paced_until {
+            until = Some(until.map_or(paced, |t| t.min(paced)));
+        }
+        match until {
+            Some(at) if at > now => Duration::from_millis((at - now) as u64).min(cap),
+            // Something is due now but was not handed out (slots full or the
+            // lane is busy here): a batch finishing will wake the loop; keep
+            // a short floor so a lease held elsewhere is polled gently.
+            Some(_) => Duration::from_millis(self.deps.settings.busy_poll_ms).min(cap),
+            None => cap,
+        }
+    }
+
+    fn batch_done(&mut self, done: BatchDone) {
+        // Rule 7: repeaters whose batches keep overrunning the budget yield.
+        if done.attempted > 0 {
+            let over_budget = done.elapsed > self.deps.settings.batch_budget;
+            self.fair.record_batch(done.repeater_id, over_budget);
+        }
+        self.inflight = self.inflight.saturating_sub(done.reserved);
+        self.deps.metrics.set_inflight(self.inflight as usize);
+        self.held.remove(&done.repeater_id);
+        if let Some(lane) = self.lanes.get_mut(&done.repeater_id) {
+            lane.busy = false;
+            if let Some(limits) = &done.limits {
+                lane.aimd.set_ceiling(limits.concurrency);
+                match (&mut lane.pacer, limits.rate_per_second) {
+                    (Some(pacer), Some(rate)) => pacer.reconfigure(rate, limits.burst),
+                    (slot @ None, Some(rate)) => *slot = Some(RatePacer::new(rate, limits.burst)),
+                    (slot, None) => *slot = None,
+                }
+            }
+            for _ in 0..done.overloads {
+                lane.aimd.on_overload();
+            }
+            for _ in 0..done.successes {
+                lane.aimd.on_success();
+            }
+            self.deps
+                .metrics
+                .set_repeater_concurrency(&lane.domain, &lane.name, lane.aimd.limit());
+        }
+    }
+
+    /// Stops: lets running batches finish within the grace period, then
+    /// aborts the rest and releases their leases (their records stay due).
+    async fn drain(&mut self) {
+        let grace = self.deps.settings.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.batches.is_empty() {
+            match tokio::time::timeout_at(deadline, self.batches.join_next()).await {
+                Ok(Some(Ok(done))) => self.batch_done(done),
+                Ok(Some(Err(error))) => tracing::error!(%error, "a batch task failed"),
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        batches = self.batches.len(),
+                        "shutdown grace period over; aborting running batches"
+                    );
+                    self.batches.abort_all();
+                    while self.batches.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        for (_, lease) in self.held.drain() {
+            let _ = self.deps.store.release_lease(&lease).await;
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Calling a loaded plugin: a fresh instance per call from the
+//! pre-instantiated component, run under the CPU and memory limits, its
+//! store dropped afterwards (a trapped instance is never reused), and every
+//! failure turned into a [`PluginError`] that names the cause.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::types::{BuildOutcome, Event, Reply, RequestSummary, Verdict};
+use super::bindings::{Repeater, RepeaterPre};
+use super::engine::PluginEngine;
+use super::error::PluginError;
+use super::request_check::check_build_outcome;
+use super::sandbox::CallState;
+
+/// Who a call is made for. Used to label the plugin's log output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallContext {
+    /// The repeater the call serves, as `domain/name`.
+    pub repeater: String,
+}
+
+impl CallContext {
+    /// A context for the repeater `name` of `domain`.
+    pub fn new(domain: &str, name: &str) -> Self {
+        Self {
+            repeater: format!("{domain}/{name}"),
+        }
+    }
+}
+
+/// A compiled, type-checked plugin, ready to be called. Immutable: a new
+/// version of a plugin is a new `LoadedPlugin`, so holding an `Arc` to one
+/// keeps a call on the version it started with.
+pub struct LoadedPlugin {
+    engine: PluginEngine,
+    name: Arc<str>,
+    version: String,
+    size: usize,
+    from_cache: bool,
+    pre: RepeaterPre<CallState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("size", &self.size)
+            .field("from_cache", &self.from_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One live instance, with the instance slot it occupies.
+struct Running {
+    store: Store<CallState>,
+    bindings: Repeater,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl LoadedPlugin {
+    pub(crate) fn new(
+        engine: PluginEngine,
+        name: &str,
+        version: String,
+        size: usize,
+        from_cache: bool,
+        pre: RepeaterPre<CallState>,
+    ) -> Self {
+        Self {
+            engine,
+            name: name.into(),
+            version,
+            size,
+            from_cache,
+            pre,
+        }
+    }
+
+    /// The plugin's name (a built-in's name or the file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's version: the sha256 of the component bytes, in hex.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the compiled code came from the on-disk cache rather than a compile.
+    pub fn loaded_from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    /// Runs `validate-config` on a repeater's plugin config (a JSON document).
+    /// A refusal is [`PluginError::Config`] with the plugin's explanation.
+    pub async fn validate_config(
+        &self,
+        ctx: &CallContext,
+        config: &str,
+    ) -> Result<(), PluginError> {
+        const CALL: &str = "validate-config";
+        let mut run = self.start(ctx, CALL).await?;
+        let result = run
+            .bindings
+            .repeater_plugin_plugin()
+            .call_validate_config(&mut run.store, config)
+            .await;
+        match self.finish(run, CALL, result)? {
+            Ok(()) => Ok(()),
+            Err(message) => Err(PluginError::Config {
+                plugin: self.name.to_string(),
+                message,
+            }),
+        }
+    }
+
+    /// Runs `build` for one record. A `send` outcome has passed the host's
+    /// checks: body and header limits, header names and values valid for
+    /// HTTP, no headers the host owns, a clean path and query.
+    pub async fn build(
+        &self,
+        ctx: &CallContext,
+        event: &Event,
+        config: &str,
+    ) -> Result<BuildOutcome, PluginError> {
+        const CALL: &str = "build";
+        let mut run = self.start(ctx, CALL).await?;
+        let result = run
+            .bindings
+            .repeater_plugin_plugin()
+            .call_build(&mut run.store, event, config)
+            .await;
+        let outcome = self.finish(run, CALL, result)?;
+        check_build_outcome(&self.name, self.engine.limits(), &outcome)?;
+        Ok(outcome)
+    }
+
+    /// Runs `classify` on the reply to a request this plugin built.
+    pub async fn classify(
+        &self,
+        ctx: &CallContext,
+        request: &RequestSummary,
+        reply: &Reply,
+        config: &str,
+    ) -> Result<Verdict, PluginError> {
+        const CALL: &str = "classify";
+        let mut run = self.start(ctx, CALL).await?;
+        let result = run
+            .bindings
+            .repeater_plugin_plugin()
+            .call_classify(&mut run.store, request, reply, config)
+            .await;
+        self.finish(run, CALL, result)
+    }
+
+    /// Instantiates once without calling an export, to refuse at load time
+    /// a component whose start-up code fails or breaks the limits.
+    pub(crate) async fn try_instantiate(&self) -> Result<(), PluginError> {
+        let ctx = CallContext {
+            repeater: "(load check)".to_owned(),
+        };
+        let run = self.start(&ctx, "instantiate").await?;
+        run.store.data().output.flush();
+        Ok(())
+    }
+
+    /// Takes an instance slot, makes a fresh store and instantiates.
+    async fn start(&self, ctx: &CallContext, call: &'static str) -> Result<Running, PluginError> {
+        let inner = &self.engine.inner;
+        let slot = inner
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| PluginError::Engine("the instance slots were closed".to_owned()))?;
+        let limits = &inner.limits;
+        let state = CallState::new(
+            limits.memory_bytes,
+            limits.deadline_ticks(),
+            limits.max_log_bytes,
+            ctx.repeater.as_str().into(),
+            self.name.clone(),
+        );
+        let mut store = Store::new(&inner.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        // The deadline must be armed before instantiation, which runs the
+        // component's start-up code. Each tick spent in the guest costs one
+        // unit of the budget and yields to the scheduler.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut cx| {
+            let state = cx.data_mut();
+            if state.ticks_left <= 1 {
+                state.timed_out = true;
+                return Err(wasmtime::format_err!("plugin CPU time limit reached"));
+            }
+            state.ticks_left -= 1;
+            Ok(UpdateDeadline::Yield(1))
+        });
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => Ok(Running {
+                store,
+                bindings,
+                _slot: slot,
+            }),
+            Err(error) => {
+                let state = store.data();
+                state.output.flush();
+                Err(self.failure(state, call, &error))
+            }
+        }
+    }
+
+    /// Ends a call: flushes its output and maps a wasmtime error. The store
+    /// is dropped here, so a trapped instance is never reused.
+    fn finish<R>(
+        &self,
+        run: Running,
+        call: &'static str,
+        result: wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let state = run.store.data();
+        state.output.flush();
+        result.map_err(|error| self.failure(state, call, &error))
+    }
+
+    /// Names the cause of a failed call: the limiter's and the epoch
+    /// callback's flags come first, since both surface as plain traps.
+    fn failure(
+        &self,
+        state: &CallState,
+        call: &'static str,
+        error: &wasmtime::Error,
+    ) -> PluginError {
+        let plugin = self.name.to_string();
+        let limits = self.engine.limits();
+        if state.timed_out {
+            return PluginError::Timeout {
+                plugin,
+                call,
+                limit: limits.cpu_time,
+            };
+        }
+        if let Some(requested) = state.limiter.memory_breach {
+            return PluginError::MemoryLimit {
+                plugin,
+                call,
+                requested,
+                limit: limits.memory_bytes,
+            };
+        }
+        let message = match error.downcast_ref::<Trap>() {
+            Some(trap) => match error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                Some(backtrace) => match backtrace.frames().first().and_then(|f| f.func_name()) {
+                    Some(func) => format!("{trap} in {func}"),
+                    None => trap.to_string(),
+                },
+                None => trap.to_string(),
+            },
+            None => format!("{error:#}"),
+        };
+        PluginError::Trap {
+            plugin,
+            call,
+            message,
+        }
+    }
+}

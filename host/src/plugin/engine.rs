@@ -1,0 +1,255 @@
+//! The wasmtime engine every plugin runs on: its configuration (component
+//! model, epoch interruption, pooling allocator sized from [`PluginLimits`]),
+//! the background epoch ticker, the WASI linker, and loading a component
+//! into a [`LoadedPlugin`] (compile or take from the disk cache, type-check,
+//! pre-instantiate, try one instantiation).
+//!
+//! Calls run as async wasmtime calls on the tokio runtime rather than on
+//! blocking threads: the epoch callback yields to the scheduler every tick,
+//! so a busy plugin shares a worker instead of holding one, the CPU cap is
+//! counted in ticks of guest execution, and the dispatch loop awaits a call
+//! like any other future without a thread hop per record.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::{PLUGIN_INTERFACE, Repeater, RepeaterPre};
+use super::cache::CodeCache;
+use super::call::LoadedPlugin;
+use super::error::PluginError;
+use super::limits::PluginLimits;
+use super::sandbox::CallState;
+
+/// Bytes of each linear memory kept mapped between instances. A Rust plugin
+/// starts near 1.1 MiB of memory; covering that lets a new instance reuse
+/// warm pages instead of faulting them in again (several times faster).
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+
+/// The plugin engine: compiles, caches and runs plugins. Cheap to clone;
+/// clones share the engine, the epoch ticker and the instance slots.
+#[derive(Clone)]
+pub struct PluginEngine {
+    pub(crate) inner: Arc<EngineInner>,
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) engine: Engine,
+    linker: Linker<CallState>,
+    pub(crate) limits: PluginLimits,
+    cache: Option<CodeCache>,
+    /// One permit per pooled instance slot, so calls past the pool's size
+    /// wait for a slot instead of failing.
+    pub(crate) slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine")
+            .field("limits", &self.inner.limits)
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    /// An engine with these limits and no compiled-code cache.
+    pub fn new(limits: PluginLimits) -> Result<Self, PluginError> {
+        Self::build(limits, None)
+    }
+
+    /// An engine with these limits that keeps compiled code in `cache_dir`
+    /// (created if missing), e.g. `<data_dir>/plugin-cache`.
+    pub fn with_cache_dir(limits: PluginLimits, cache_dir: &Path) -> Result<Self, PluginError> {
+        let cache = CodeCache::open(cache_dir)?;
+        Self::build(limits, Some(cache))
+    }
+
+    fn build(limits: PluginLimits, cache: Option<CodeCache>) -> Result<Self, PluginError> {
+        let engine = Engine::new(&engine_config(&limits))
+            .map_err(|e| PluginError::Engine(format!("cannot create wasmtime engine: {e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Engine(format!("cannot link WASI p2: {e:#}")))?;
+        Repeater::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| PluginError::Engine(format!("cannot link the plugin log import: {e:#}")))?;
+        spawn_epoch_ticker(&engine, limits.epoch_tick)?;
+        let slots = Arc::new(Semaphore::new(limits.max_instances as usize));
+        Ok(Self {
+            inner: Arc::new(EngineInner {
+                engine,
+                linker,
+                limits,
+                cache,
+                slots,
+            }),
+        })
+    }
+
+    /// The limits calls run under.
+    pub fn limits(&self) -> &PluginLimits {
+        &self.inner.limits
+    }
+
+    /// The compiled-code cache, if the engine has one.
+    pub fn cache(&self) -> Option<&CodeCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// Compiles (or takes from the cache), type-checks and pre-instantiates a
+    /// component, then instantiates it once under the call limits so a
+    /// component whose start-up code fails is refused here rather than on
+    /// the first record. Compilation runs on a blocking thread.
+    pub async fn load(&self, name: &str, bytes: Arc<[u8]>) -> Result<LoadedPlugin, PluginError> {
+        let engine = self.clone();
+        let owned_name = name.to_owned();
+        let plugin = tokio::task::spawn_blocking(move || engine.prepare(&owned_name, &bytes))
+            .await
+            .map_err(|e| {
+                PluginError::Engine(format!("plugin {name}: compile task failed: {e}"))
+            })??;
+        plugin.try_instantiate().await?;
+        Ok(plugin)
+    }
+
+    /// The blocking part of [`load`](Self::load): hash, compile or fetch
+    /// from the cache, type-check.
+    fn prepare(&self, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, PluginError> {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        let engine = &self.inner.engine;
+        let (component, from_cache) = match &self.inner.cache {
+            Some(cache) => {
+                let key = cache.key(engine, &digest);
+                match cache.load(engine, &key) {
+                    Some(component) => (component, true),
+                    None => {
+                        let component = compile(engine, name, bytes)?;
+                        // A cache that cannot be written only costs a recompile later.
+                        if let Err(error) = cache.store(&key, &component) {
+                            tracing::warn!(plugin = name, %error, "cannot cache compiled plugin");
+                        }
+                        (component, false)
+                    }
+                }
+            }
+            None => (compile(engine, name, bytes)?, false),
+        };
+        let pre = self.type_check(name, &component)?;
+        Ok(LoadedPlugin::new(
+            self.clone(),
+            name,
+            hex::encode(digest),
+            bytes.len(),
+            from_cache,
+            pre,
+        ))
+    }
+
+    /// Checks that the component exports the v0.1 plugin interface with the
+    /// right types and imports nothing the host does not provide.
+    fn type_check(
+        &self,
+        name: &str,
+        component: &Component,
+    ) -> Result<RepeaterPre<CallState>, PluginError> {
+        let engine = &self.inner.engine;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+        match ty.exports(engine).find(|(n, _)| *n == PLUGIN_INTERFACE) {
+            Some((_, export)) if matches!(export.ty, ComponentItem::ComponentInstance(_)) => {}
+            Some(_) => {
+                return Err(PluginError::WrongWorld {
+                    plugin: name.to_owned(),
+                    message: format!("{PLUGIN_INTERFACE} is exported but is not an interface"),
+                });
+            }
+            None => {
+                return Err(PluginError::NotAPlugin {
+                    plugin: name.to_owned(),
+                    expected: PLUGIN_INTERFACE,
+                    found: if exports.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        exports.join(", ")
+                    },
+                });
+            }
+        }
+        let instance_pre =
+            self.inner
+                .linker
+                .instantiate_pre(component)
+                .map_err(|e| PluginError::WrongWorld {
+                    plugin: name.to_owned(),
+                    message: format!("{e:#}"),
+                })?;
+        RepeaterPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
+            plugin: name.to_owned(),
+            message: format!("{e:#}"),
+        })
+    }
+}
+
+fn compile(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Component, PluginError> {
+    Component::from_binary(engine, bytes).map_err(|e| PluginError::Compile {
+        plugin: name.to_owned(),
+        message: format!("{e:#}"),
+    })
+}
+
+/// The wasmtime configuration. Everything that affects generated code is set
+/// here, so the cache key's engine hash covers it.
+fn engine_config(limits: &PluginLimits) -> Config {
+    let instances = limits.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    // A component instance of a Rust plugin holds a handful of core
+    // instances (the plugin, the WASI adapter and shims), one or two
+    // memories and a few tables; size the pool for that.
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(8))
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(4))
+        .total_stacks(instances)
+        .max_memories_per_component(2)
+        .max_memory_size(limits.memory_bytes)
+        .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+        .table_keep_resident(64 << 10)
+        // Uses PAGEMAP_SCAN (Linux 6.7+) to reset only the pages a call
+        // touched; `Auto` falls back silently where the kernel lacks it.
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Advances the engine's epoch every `tick` on a background thread until
+/// the engine (and every component compiled with it) is dropped.
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), PluginError> {
+    let weak = engine.weak();
+    let tick = tick.max(Duration::from_micros(100));
+    std::thread::Builder::new()
+        .name("plugin-epoch".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(drop)
+        // Without the ticker no CPU deadline would ever fire.
+        .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker thread: {e}")))
+}

@@ -1,0 +1,46 @@
+//! The plugin runtime: WebAssembly components that turn events into HTTP
+//! requests (`build`) and judge the replies (`classify`), run in a sandbox
+//! with stated limits.
+//!
+//! - [`PluginEngine`] owns the wasmtime engine, its limits ([`PluginLimits`])
+//!   and the compiled-code cache ([`CodeCache`]); `load` turns component
+//!   bytes into a [`LoadedPlugin`].
+//! - [`LoadedPlugin`] runs `validate-config`, `build` and `classify`, each in
+//!   a fresh instance, returning the WIT types of [`types`] or a
+//!   [`PluginError`] naming the cause.
+//! - [`PluginRegistry`] maps names to the current version, loads built-ins
+//!   and a plugin directory, and hot-reloads changed files.
+//!
+//! The dispatch loop's use is: `registry.get(name)` once per batch, then
+//! `plugin.build(..)` / `plugin.classify(..)` per record.
+
+mod bindings;
+mod builtin;
+mod cache;
+mod call;
+mod engine;
+mod error;
+mod limits;
+mod output;
+mod registry;
+mod request_check;
+mod sandbox;
+
+pub use bindings::PLUGIN_INTERFACE;
+pub use builtin::{BUILTIN_PLUGINS, HOSTILE_PLUGIN_PATH};
+pub use cache::CodeCache;
+pub use call::{CallContext, LoadedPlugin};
+pub use engine::PluginEngine;
+pub use error::PluginError;
+pub use limits::PluginLimits;
+pub use registry::{
+    DirWatcher, PluginRegistry, PluginSource, PluginStatus, PluginSwapped, check_name,
+};
+
+/// The WIT types plugins exchange with the host (`repeater:plugin/types@0.1.0`).
+pub mod types {
+    pub use super::bindings::types::{
+        BuildOutcome, Event, Header, Method, Reply, Request, RequestSummary, Response, Retry,
+        TransportError, TransportErrorKind, Verdict,
+    };
+}

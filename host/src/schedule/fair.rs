@@ -1,0 +1,557 @@
+//! Fair choice of the next repeater to run (rules 1 and 7).
+//!
+//! Round-robin across the domains that have ready work, then round-robin
+//! across that domain's ready repeaters: a domain with a thousand ready
+//! repeaters gets the same share of turns as a domain with one. Turns are
+//! counted in picks (batches); the per-repeater concurrency cap and the
+//! batch time budget bound what one pick can cost.
+//!
+//! The caller says, per candidate, whether it can run now (busy, leased,
+//! rate-limited, at its cap, or its whole domain over its rate). A skipped
+//! repeater or domain keeps its place in the turn order, so it goes first
+//! once it can run again; only the one picked moves to the back.
+//!
+//! Heavy repeaters yield: a repeater whose batches exceed the time budget
+//! `heavy_after` times in a row is moved to its domain's heavy lane. A heavy
+//! repeater runs when no light repeater of its domain can, or once every
+//! `heavy_share_rounds` full rounds of the light ones, so it never starves.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::store::ReadyRepeater;
+
+/// The caller's answer about one candidate in [`FairQueue::next`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eligibility {
+    /// Run this repeater now.
+    Run,
+    /// Skip this repeater this time; it keeps its place.
+    Skip,
+    /// Skip this repeater's whole domain this time (for example, the domain
+    /// is over its rate); no other repeater of the domain is asked about.
+    SkipDomain,
+}
+
+impl From<bool> for Eligibility {
+    fn from(run: bool) -> Eligibility {
+        if run {
+            Eligibility::Run
+        } else {
+            Eligibility::Skip
+        }
+    }
+}
+
+/// One domain's ready repeaters in turn order.
+#[derive(Debug, Clone)]
+struct DomainLane {
+    domain: String,
+    light: VecDeque<ReadyRepeater>,
+    heavy: VecDeque<ReadyRepeater>,
+    /// Light picks since a heavy repeater last ran.
+    light_picks: usize,
+}
+
+/// Which lane of a domain a candidate sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Light,
+    Heavy,
+}
+
+impl DomainLane {
+    fn new(domain: String) -> DomainLane {
+        DomainLane {
+            domain,
+            light: VecDeque::new(),
+            heavy: VecDeque::new(),
+            light_picks: 0,
+        }
+    }
+
+    fn lane(&mut self, lane: Lane) -> &mut VecDeque<ReadyRepeater> {
+        match lane {
+            Lane::Light => &mut self.light,
+            Lane::Heavy => &mut self.heavy,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.light.is_empty() && self.heavy.is_empty()
+    }
+}
+
+/// The outcome of asking a domain for a candidate.
+enum DomainPick {
+    Found(Lane, usize),
+    None,
+}
+
+/// Chooses the next repeater to run, fairly across domains and within each
+/// domain. Holds the ready set (refreshed from the store with
+/// [`FairQueue::set_ready`]) and the turn order.
+#[derive(Debug, Clone)]
+pub struct FairQueue {
+    /// Domains in turn order: the front has waited longest.
+    domains: VecDeque<DomainLane>,
+    /// Consecutive over-budget batches per repeater id (only non-zero kept).
+    over_budget_streaks: HashMap<i64, u32>,
+    heavy_after: u32,
+    heavy_share_rounds: usize,
+}
+
+impl Default for FairQueue {
+    fn default() -> FairQueue {
+        FairQueue::new()
+    }
+}
+
+impl FairQueue {
+    /// An empty queue: a repeater turns heavy after 3 over-budget batches in
+    /// a row and then runs once per 2 rounds of its domain's light repeaters.
+    pub fn new() -> FairQueue {
+        FairQueue::with_heavy_policy(3, 2)
+    }
+
+    /// An empty queue with an explicit heavy-repeater policy: heavy after
+    /// `heavy_after` consecutive over-budget batches (at least 1), then one
+    /// turn per `heavy_share_rounds` full rounds of the light repeaters (at
+    /// least 1).
+    pub fn with_heavy_policy(heavy_after: u32, heavy_share_rounds: usize) -> FairQueue {
+        FairQueue {
+            domains: VecDeque::new(),
+            over_budget_streaks: HashMap::new(),
+            heavy_after: heavy_after.max(1),
+            heavy_share_rounds: heavy_share_rounds.max(1),
+        }
+    }
+
+    /// Replaces the ready set with `ready` (as read from the store). Domains
+    /// and repeaters that stay keep their place in the turn order; new ones
+    /// join at the back in the order given; missing ones are dropped.
+    /// Duplicate ids are kept once.
+    pub fn set_ready(&mut self, ready: &[ReadyRepeater]) {
+        let mut by_domain: HashMap<&str, Vec<&ReadyRepeater>> = HashMap::new();
+        let mut domain_order: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        for repeater in ready {
+            if !seen.insert(repeater.id) {
+                continue;
+            }
+            by_domain
+                .entry(repeater.domain.as_str())
+                .or_insert_with(|| {
+                    domain_order.push(repeater.domain.as_str());
+                    Vec::new()
+                })
+                .push(repeater);
+        }
+
+        let mut kept = VecDeque::with_capacity(domain_order.len());
+        for mut lane in std::mem::take(&mut self.domains) {
+            let Some(fresh) = by_domain.remove(lane.domain.as_str()) else {
+                continue;
+            };
+            let fresh_ids: HashMap<i64, &ReadyRepeater> =
+                fresh.iter().map(|r| (r.id, *r)).collect();
+            let mut present = HashSet::new();
+            for queue in [&mut lane.light, &mut lane.heavy] {
+                queue.retain_mut(|r| match fresh_ids.get(&r.id) {
+                    Some(new) => {
+                        // The store's copy wins (a rename keeps the id).
+                        *r = (*new).clone();
+                        present.insert(r.id);
+                        true
+                    }
+                    None => false,
+                });
+            }
+            for repeater in fresh {
+                if !present.contains(&repeater.id) {
+                    let heavy = self.is_heavy(repeater.id);
+                    let queue = if heavy {
+                        &mut lane.heavy
+                    } else {
+                        &mut lane.light
+                    };
+                    queue.push_back(repeater.clone());
+                }
+            }
+            kept.push_back(lane);
+        }
+        for domain in domain_order {
+            if let Some(fresh) = by_domain.remove(domain) {
+                let mut lane = DomainLane::new(domain.to_owned());
+                for repeater in fresh {
+                    let heavy = self.is_heavy(repeater.id);
+                    lane.lane(if heavy { Lane::Heavy } else { Lane::Light })
+                        .push_back(repeater.clone());
+                }
+                kept.push_back(lane);
+            }
+        }
+        self.domains = kept;
+    }
+
+    /// Picks the next repeater to run: the first domain in turn order with a
+    /// repeater the caller accepts, and within it the first accepted
+    /// repeater in turn order. The picked repeater and its domain move to the
+    /// back; everything skipped keeps its place. The repeater stays in the
+    /// ready set until [`FairQueue::remove`] or the next
+    /// [`FairQueue::set_ready`]; report it busy through `eligible` meanwhile.
+    ///
+    /// `eligible` may return a `bool` or an [`Eligibility`].
+    pub fn next<R: Into<Eligibility>>(
+        &mut self,
+        mut eligible: impl FnMut(&ReadyRepeater) -> R,
+    ) -> Option<ReadyRepeater> {
+        for domain_index in 0..self.domains.len() {
+            let lane = &mut self.domains[domain_index];
+            let DomainPick::Found(which, index) =
+                Self::pick_in_domain(lane, self.heavy_share_rounds, &mut eligible)
+            else {
+                continue;
+            };
+            let queue = lane.lane(which);
+            let picked = queue.remove(index)?;
+            queue.push_back(picked.clone());
+            match which {
+                Lane::Light => lane.light_picks += 1,
+                Lane::Heavy => lane.light_picks = 0,
+            }
+            let lane = self.domains.remove(domain_index)?;
+            self.domains.push_back(lane);
+            return Some(picked);
+        }
+        None
+    }
+
+    fn pick_in_domain<R: Into<Eligibility>>(
+        lane: &DomainLane,
+        heavy_share_rounds: usize,
+        eligible: &mut impl FnMut(&ReadyRepeater) -> R,
+    ) -> DomainPick {
+        let heavy_due = !lane.heavy.is_empty()
+            && lane.light_picks >= lane.light.len().saturating_mul(heavy_share_rounds);
+        let order = if heavy_due {
+            [Lane::Heavy, Lane::Light]
+        } else {
+            [Lane::Light, Lane::Heavy]
+        };
+        for which in order {
+            let queue = match which {
+                Lane::Light => &lane.light,
+                Lane::Heavy => &lane.heavy,
+            };
+            for (index, repeater) in queue.iter().enumerate() {
+                match eligible(repeater).into() {
+                    Eligibility::Run => return DomainPick::Found(which, index),
+                    Eligibility::Skip => {}
+                    Eligibility::SkipDomain => return DomainPick::None,
+                }
+            }
+        }
+        DomainPick::None
+    }
+
+    /// Drops a repeater from the ready set (its claim came back empty, it was
+    /// paused or deleted). Its domain keeps its place if it has others.
+    pub fn remove(&mut self, repeater_id: i64) -> Option<ReadyRepeater> {
+        for domain_index in 0..self.domains.len() {
+            let lane = &mut self.domains[domain_index];
+            for which in [Lane::Light, Lane::Heavy] {
+                let queue = lane.lane(which);
+                if let Some(index) = queue.iter().position(|r| r.id == repeater_id) {
+                    let removed = queue.remove(index);
+                    if lane.is_empty() {
+                        self.domains.remove(domain_index);
+                    }
+                    return removed;
+                }
+            }
+        }
+        None
+    }
+
+    /// Reports how long a repeater's batch took against the batch time
+    /// budget. `heavy_after` over-budget batches in a row make it heavy; one
+    /// batch within budget makes it light again.
+    pub fn record_batch(&mut self, repeater_id: i64, over_budget: bool) {
+        let was_heavy = self.is_heavy(repeater_id);
+        if over_budget {
+            *self.over_budget_streaks.entry(repeater_id).or_insert(0) += 1;
+        } else {
+            self.over_budget_streaks.remove(&repeater_id);
+        }
+        let heavy = self.is_heavy(repeater_id);
+        if heavy == was_heavy {
+            return;
+        }
+        let (from, to) = if heavy {
+            (Lane::Light, Lane::Heavy)
+        } else {
+            (Lane::Heavy, Lane::Light)
+        };
+        for lane in &mut self.domains {
+            if let Some(index) = lane.lane(from).iter().position(|r| r.id == repeater_id) {
+                if let Some(repeater) = lane.lane(from).remove(index) {
+                    // A repeater turning heavy goes behind everyone; one
+                    // turning light joins the back of the light round.
+                    lane.lane(to).push_back(repeater);
+                }
+                return;
+            }
+        }
+    }
+
+    /// True when the repeater currently yields to its domain's others.
+    pub fn is_heavy(&self, repeater_id: i64) -> bool {
+        self.over_budget_streaks
+            .get(&repeater_id)
+            .is_some_and(|streak| *streak >= self.heavy_after)
+    }
+
+    /// Ready repeaters held.
+    pub fn len(&self) -> usize {
+        self.domains
+            .iter()
+            .map(|lane| lane.light.len() + lane.heavy.len())
+            .sum()
+    }
+
+    /// True when no repeater is ready.
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    /// Domains with ready repeaters, in turn order.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.domains.iter().map(|lane| lane.domain.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn repeater(id: i64, domain: &str) -> ReadyRepeater {
+        ReadyRepeater {
+            id,
+            domain: domain.to_owned(),
+            name: format!("r{id}"),
+        }
+    }
+
+    fn jain(xs: &[f64]) -> f64 {
+        let sum: f64 = xs.iter().sum();
+        let sum_sq: f64 = xs.iter().map(|x| x * x).sum();
+        sum * sum / (xs.len() as f64 * sum_sq)
+    }
+
+    #[test]
+    fn a_domain_with_a_thousand_repeaters_gets_the_share_of_a_domain_with_one() {
+        let mut ready: Vec<ReadyRepeater> = (0..1000).map(|i| repeater(i, "big")).collect();
+        ready.push(repeater(5000, "small"));
+        let mut queue = FairQueue::new();
+        queue.set_ready(&ready);
+        let mut per_domain: HashMap<String, u32> = HashMap::new();
+        let mut per_repeater: HashMap<i64, u32> = HashMap::new();
+        for _ in 0..10_000 {
+            let picked = queue.next(|_| true).expect("work is ready");
+            *per_domain.entry(picked.domain).or_default() += 1;
+            *per_repeater.entry(picked.id).or_default() += 1;
+        }
+        assert_eq!(per_domain["big"], 5000);
+        assert_eq!(per_domain["small"], 5000);
+        // Within the big domain, plain round-robin: five turns each.
+        assert!((0..1000).all(|id| per_repeater[&id] == 5));
+    }
+
+    #[test]
+    fn jains_index_over_twenty_backlogged_domains_is_near_one() {
+        let mut rng = StdRng::seed_from_u64(2026);
+        let mut ready = Vec::new();
+        let mut id = 0;
+        for d in 0..20 {
+            // Sizes from 1 to several hundred repeaters per domain.
+            let size = if d % 5 == 0 {
+                1
+            } else {
+                rng.random_range(2..400)
+            };
+            for _ in 0..size {
+                ready.push(repeater(id, &format!("d{d}")));
+                id += 1;
+            }
+        }
+        let mut queue = FairQueue::new();
+        queue.set_ready(&ready);
+        // Eight workers; a picked repeater is busy for 1..=6 ticks.
+        let mut busy_until: HashMap<i64, u64> = HashMap::new();
+        let mut picks: HashMap<String, f64> = HashMap::new();
+        for tick in 0..20_000u64 {
+            let running = busy_until.values().filter(|&&t| t > tick).count();
+            for _ in running..8 {
+                let Some(picked) = queue.next(|r| busy_until.get(&r.id).is_none_or(|&t| t <= tick))
+                else {
+                    break;
+                };
+                busy_until.insert(picked.id, tick + rng.random_range(1..=6));
+                *picks.entry(picked.domain).or_default() += 1.0;
+            }
+        }
+        assert_eq!(picks.len(), 20);
+        let counts: Vec<f64> = picks.values().copied().collect();
+        let index = jain(&counts);
+        assert!(index >= 0.99, "Jain's index {index}: {picks:?}");
+    }
+
+    #[test]
+    fn skipped_domains_and_repeaters_keep_their_turn() {
+        let mut queue = FairQueue::new();
+        queue.set_ready(&[
+            repeater(1, "a"),
+            repeater(2, "b"),
+            repeater(3, "c"),
+            repeater(4, "a"),
+        ]);
+        // Domain a is over its rate: b goes, a keeps the front.
+        let mut asked = Vec::new();
+        let picked = queue.next(|r| {
+            asked.push(r.id);
+            if r.domain == "a" {
+                Eligibility::SkipDomain
+            } else {
+                Eligibility::Run
+            }
+        });
+        assert_eq!(picked.map(|r| r.id), Some(2));
+        assert_eq!(asked, [1, 2], "a skipped domain is not asked about twice");
+        // Repeater 1 is busy: 4 runs, and a moves to the back behind c.
+        assert_eq!(queue.next(|r| r.id != 1).map(|r| r.id), Some(4));
+        assert_eq!(queue.domains().collect::<Vec<_>>(), ["c", "b", "a"]);
+        // Repeater 1 skipped earlier still goes before 4 in a's next turn.
+        assert_eq!(queue.next(|_| true).map(|r| r.id), Some(3));
+        assert_eq!(queue.next(|_| true).map(|r| r.id), Some(2));
+        assert_eq!(queue.next(|_| true).map(|r| r.id), Some(1));
+        assert_eq!(queue.next(|_| false), None);
+    }
+
+    #[test]
+    fn refreshing_the_ready_set_keeps_positions_of_those_that_stay() {
+        let mut queue = FairQueue::new();
+        queue.set_ready(&[repeater(1, "a"), repeater(2, "b"), repeater(3, "c")]);
+        assert_eq!(queue.next(|_| true).map(|r| r.id), Some(1));
+        // b leaves, d arrives, a gets a second repeater.
+        queue.set_ready(&[
+            repeater(4, "d"),
+            repeater(1, "a"),
+            repeater(3, "c"),
+            repeater(5, "a"),
+            repeater(3, "c"),
+        ]);
+        assert_eq!(queue.len(), 4);
+        assert_eq!(queue.domains().collect::<Vec<_>>(), ["c", "a", "d"]);
+        let order: Vec<i64> = (0..4)
+            .filter_map(|_| queue.next(|_| true))
+            .map(|r| r.id)
+            .collect();
+        // Repeater 1 was alone in a's lane; 5 joins behind it.
+        assert_eq!(order, [3, 1, 4, 3]);
+        assert_eq!(queue.remove(3).map(|r| r.id), Some(3));
+        assert_eq!(queue.remove(3), None);
+        assert_eq!(queue.domains().collect::<Vec<_>>(), ["a", "d"]);
+        queue.set_ready(&[]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn heavy_repeaters_yield_but_never_starve() {
+        let mut queue = FairQueue::with_heavy_policy(3, 2);
+        queue.set_ready(&[
+            repeater(1, "a"),
+            repeater(2, "a"),
+            repeater(3, "a"),
+            repeater(4, "a"),
+        ]);
+        for _ in 0..2 {
+            queue.record_batch(1, true);
+        }
+        assert!(!queue.is_heavy(1), "two slow batches are not yet a habit");
+        queue.record_batch(1, true);
+        assert!(queue.is_heavy(1));
+
+        let mut picks: HashMap<i64, u32> = HashMap::new();
+        let mut since_heavy = 0;
+        for _ in 0..7_000 {
+            let picked = queue.next(|_| true).unwrap();
+            *picks.entry(picked.id).or_default() += 1;
+            if picked.id == 1 {
+                since_heavy = 0;
+            } else {
+                since_heavy += 1;
+                assert!(since_heavy <= 6, "heavy repeater starved");
+            }
+        }
+        // One heavy turn per two rounds of the three light repeaters.
+        assert_eq!(picks[&1], 1000);
+        assert_eq!(picks[&2], 2000);
+
+        // When the light ones cannot run, the heavy one does (work-conserving).
+        assert_eq!(queue.next(|r| r.id == 1).map(|r| r.id), Some(1));
+        // A batch within budget makes it light again; heaviness survives refreshes.
+        queue.record_batch(4, true);
+        queue.record_batch(4, true);
+        queue.record_batch(4, true);
+        queue.set_ready(&[repeater(4, "a")]);
+        queue.set_ready(&[repeater(4, "a"), repeater(2, "a")]);
+        assert!(queue.is_heavy(4));
+        assert_eq!(queue.next(|_| true).map(|r| r.id), Some(2));
+        queue.record_batch(1, false);
+        assert!(!queue.is_heavy(1));
+    }
+
+    proptest::proptest! {
+        /// Whatever else is busy, a repeater that can always run is picked
+        /// within one full round: every domain once, and within its own
+        /// domain every repeater once.
+        #[test]
+        fn an_always_eligible_repeater_is_never_starved(
+            sizes in proptest::collection::vec(1usize..20, 1..12),
+            busy_seed in 0u64..1000,
+            target_pick in 0usize..1000,
+        ) {
+            let mut ready = Vec::new();
+            for (d, size) in sizes.iter().enumerate() {
+                for _ in 0..*size {
+                    let id = ready.len() as i64;
+                    ready.push(repeater(id, &format!("d{d}")));
+                }
+            }
+            let target = ready[target_pick % ready.len()].clone();
+            let own_domain = ready.iter().filter(|r| r.domain == target.domain).count();
+            let bound = sizes.len() * own_domain;
+            let mut queue = FairQueue::new();
+            queue.set_ready(&ready);
+            let mut rng = StdRng::seed_from_u64(busy_seed);
+            let mut since = 0;
+            for _ in 0..(4 * bound) {
+                let busy_draw: Vec<bool> = (0..ready.len()).map(|_| rng.random_bool(0.5)).collect();
+                let picked = queue.next(|r| r.id == target.id || !busy_draw[r.id as usize]);
+                let picked = picked.expect("the target can always run");
+                proptest::prop_assert!(picked.id == target.id || !busy_draw[picked.id as usize]);
+                if picked.id == target.id {
+                    since = 0;
+                } else {
+                    since += 1;
+                    proptest::prop_assert!(since < bound, "starved for {} picks (bound {})", since, bound);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The Prometheus metrics of the daemon, built on `prometheus-client`.
+//!
+//! The dispatcher, the plugin host and the API call the `record_*`/`set_*`
+//! methods; `GET /metrics` calls [`Metrics::refresh_backlog`] and then
+//! [`Metrics::encode`]. Every method is cheap (atomic updates behind a
+//! read-mostly lock) so it can sit on the delivery hot path.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::model::{AttemptOutcome, RecordState};
+use crate::store::{Store, StoreError};
+
+/// Which plugin export was called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PluginCall {
+    /// `build`: event to request.
+    Build,
+    /// `classify`: response to verdict.
+    Classify,
+    /// `validate-config`.
+    ValidateConfig,
+}
+
+impl PluginCall {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginCall::Build => "build",
+            PluginCall::Classify => "classify",
+            PluginCall::ValidateConfig => "validate_config",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainOutcome {
+    domain: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainState {
+    domain: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCallLabels {
+    plugin: String,
+    call: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginFailureLabels {
+    plugin: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabel {
+    domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepeaterLabels {
+    domain: String,
+    repeater: String,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+/// Attempt latencies run from a few milliseconds to the 30 s default
+/// timeout and beyond: 5 ms doubling up to ~82 s.
+fn attempt_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Plugin calls are budgeted at 100 ms of CPU: 10 µs doubling up to ~0.33 s.
+fn plugin_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
+}
+
+/// Every metric the daemon exports, registered once in its own registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    attempts: Family<DomainOutcome, Counter>,
+    attempt_duration: HistogramFamily<Outcome>,
+    records_finished: Family<DomainState, Counter>,
+    backlog: Family<DomainState, Gauge>,
+    backlog_refresh_errors: Counter,
+    plugin_call_duration: HistogramFamily<PluginCallLabels>,
+    plugin_failures: Family<PluginFailureLabels, Counter>,
+    leases_acquired: Counter,
+    leases_lost: Counter,
+    inflight: Gauge,
+    repeater_concurrency: Family<RepeaterLabels, Gauge>,
+    events_ingested: Family<DomainLabel, Counter>,
+    records_created: Family<DomainLabel, Counter>,
+    ingest_refused: Counter,
+    /// Serialises backlog refreshes so two scrapes do not interleave their
+    /// clear-and-fill of the gauge.
+    backlog_refresh: tokio::sync::Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics, all at zero, under the `repeaterd` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("repeaterd");
+        let attempts = Family::<DomainOutcome, Counter>::default();
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts by domain and outcome (success, retry, reject, skip)",
+            attempts.clone(),
+        );
+        let attempt_duration: HistogramFamily<Outcome> =
+            Family::new_with_constructor(attempt_histogram);
+        registry.register_with_unit(
+            "attempt_duration",
+            "Duration of delivery attempts by outcome, from build to classify",
+            Unit::Seconds,
+            attempt_duration.clone(),
+        );
+        let records_finished = Family::<DomainState, Counter>::default();
+        registry.register(
+            "records_finished",
+            "Records that reached a terminal state, by domain and state",
+            records_finished.clone(),
+        );
+        let backlog = Family::<DomainState, Gauge>::default();
+        registry.register(
+            "backlog_records",
+            "Unfinished records by domain and state, read from the store at scrape time",
+            backlog.clone(),
+        );
+        let backlog_refresh_errors = Counter::default();
+        registry.register(
+            "backlog_refresh_errors",
+            "Scrapes whose backlog query failed (the backlog gauge then keeps its last values)",
+            backlog_refresh_errors.clone(),
+        );
+        let plugin_call_duration: HistogramFamily<PluginCallLabels> =
+            Family::new_with_constructor(plugin_histogram);
+        registry.register_with_unit(
+            "plugin_call_duration",
+            "Duration of plugin calls by plugin and call (build, classify, validate_config)",
+            Unit::Seconds,
+            plugin_call_duration.clone(),
+        );
+        let plugin_failures = Family::<PluginFailureLabels, Counter>::default();
+        registry.register(
+            "plugin_failures",
+            "Plugin calls that failed (trap, timeout, memory limit, bad output...) by plugin and kind",
+            plugin_failures.clone(),
+        );
+        let leases_acquired = Counter::default();
+        registry.register(
+            "leases_acquired",
+            "Repeater leases taken by this process",
+            leases_acquired.clone(),
+        );
+        let leases_lost = Counter::default();
+        registry.register(
+            "leases_lost",
+            "Repeater leases this process lost to another holder before releasing them",
+            leases_lost.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "inflight_requests",
+            "Outgoing requests in flight in this process",
+            inflight.clone(),
+        );
+        let repeater_concurrency = Family::<RepeaterLabels, Gauge>::default();
+        registry.register(
+            "repeater_concurrency_limit",
+            "Current adaptive (AIMD) concurrency limit of each repeater",
+            repeater_concurrency.clone(),
+        );
+        let events_ingested = Family::<DomainLabel, Counter>::default();
+        registry.register(
+            "events_ingested",
+            "Events stored by ingest, by domain (domain \"\" when no repeater subscribed)",
+            events_ingested.clone(),
+        );
+        let records_created = Family::<DomainLabel, Counter>::default();
+        registry.register(
+            "records_created",
+            "Records created by ingest, by domain",
+            records_created.clone(),
+        );
+        let ingest_refused = Counter::default();
+        registry.register(
+            "ingest_refused",
+            "Ingest requests refused as invalid (4xx)",
+            ingest_refused.clone(),
+        );
+        Metrics {
+            registry,
+            attempts,
+            attempt_duration,
+            records_finished,
+            backlog,
+            backlog_refresh_errors,
+            plugin_call_duration,
+            plugin_failures,
+            leases_acquired,
+            leases_lost,
+            inflight,
+            repeater_concurrency,
+            events_ingested,
+            records_created,
+            ingest_refused,
+            backlog_refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// One delivery attempt of a record of `domain` ended with `outcome`
+    /// after `seconds`.
+    pub fn record_attempt(&self, domain: &str, outcome: AttemptOutcome, seconds: f64) {
+        self.attempts
+            .get_or_create(&DomainOutcome {
+                domain: domain.to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.attempt_duration
+            .get_or_create(&Outcome {
+                outcome: outcome.as_str(),
+            })
+            .observe(seconds);
+    }
+
+    /// A record of `domain` reached `state`. Non-terminal states are ignored,
+    /// so callers may pass every outcome's new state.
+    pub fn record_finished(&self, domain: &str, state: RecordState) {
+        if !state.is_terminal() {
+            return;
+        }
+        self.records_finished
+            .get_or_create(&DomainState {
+                domain: domain.to_owned(),
+                state: state.as_str(),
+            })
+            .inc();
+    }
+
+    /// A plugin call took `seconds` (whether it succeeded or not).
+    pub fn plugin_call(&self, plugin: &str, call: PluginCall, seconds: f64) {
+        self.plugin_call_duration
+            .get_or_create(&PluginCallLabels {
+                plugin: plugin.to_owned(),
+                call: call.as_str(),
+            })
+            .observe(seconds);
+    }
+
+    /// A plugin call failed; `kind` must come from a fixed list (for example
+    /// `trap`, `timeout`, `memory`, `invalid_output`) to keep labels bounded.
+    pub fn plugin_failure(&self, plugin: &str, kind: &str) {
+        self.plugin_failures
+            .get_or_create(&PluginFailureLabels {
+                plugin: plugin.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// This process took a repeater's lease.
+    pub fn lease_acquired(&self) {
+        self.leases_acquired.inc();
+    }
+
+    /// This process found its lease taken over.
+    pub fn lease_lost(&self) {
+        self.leases_lost.inc();
+    }
+
+    /// The number of outgoing requests in flight now.
+    pub fn set_inflight(&self, n: usize) {
+        self.inflight.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The current adaptive concurrency limit of a repeater, also shown in
+    /// its status by the API.
+    pub fn set_repeater_concurrency(&self, domain: &str, repeater: &str, limit: u32) {
+        self.repeater_concurrency
+            .get_or_create(&RepeaterLabels {
+                domain: domain.to_owned(),
+                repeater: repeater.to_owned(),
+            })
+            .set(i64::from(limit));
+    }
+
+    /// The concurrency limit last reported for a repeater, if any.
+    pub fn repeater_concurrency(&self, domain: &str, repeater: &str) -> Option<u32> {
+        self.repeater_concurrency
+            .get(&RepeaterLabels {
+                domain: domain.to_owned(),
+                repeater: repeater.to_owned(),
+            })
+            .and_then(|gauge| u32::try_from(gauge.get()).ok())
+    }
+
+    /// Drops a deleted repeater's series.
+    pub fn forget_repeater(&self, domain: &str, repeater: &str) {
+        self.repeater_concurrency.remove(&RepeaterLabels {
+            domain: domain.to_owned(),
+            repeater: repeater.to_owned(),
+        });
+    }
+
+    /// Ingest stored `events` events of `domain` and created `records`
+    /// records. Domains without subscribers are counted under `""`, so a
+    /// producer posting to made-up domains cannot grow the label set.
+    pub fn ingested(&self, domain: &str, events: usize, records: usize) {
+        let label = DomainLabel {
+            domain: if records == 0 {
+                String::new()
+            } else {
+                domain.to_owned()
+            },
+        };
+        self.events_ingested
+            .get_or_create(&label)
+            .inc_by(events as u64);
+        if records > 0 {
+            self.records_created
+                .get_or_create(&label)
+                .inc_by(records as u64);
+        }
+    }
+
+    /// An ingest request was refused as invalid.
+    pub fn ingest_refused(&self) {
+        self.ingest_refused.inc();
+    }
+
+    /// Replaces the backlog gauge with the store's current counts. On a
+    /// store error the gauge keeps its last values, the error counter goes
+    /// up and the error is returned for the caller to log.
+    pub async fn refresh_backlog(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let _guard = self.backlog_refresh.lock().await;
+        match store.backlog_by_domain().await {
+            Ok(rows) => {
+                self.backlog.clear();
+                for (domain, state, count) in rows {
+                    self.backlog
+                        .get_or_create(&DomainState {
+                            domain,
+                            state: state.as_str(),
+                        })
+                        .set(count);
+                }
+                Ok(())
+            }
+            Err(err) => {
+                self.backlog_refresh_errors.inc();
+                Err(err)
+            }
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format (which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The media type of [`Metrics::encode`]'s output.
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn attempts_are_counted_by_domain_and_outcome() {
+        let m = Metrics::new();
+        m.record_attempt("acme", AttemptOutcome::Success, 0.02);
+        m.record_attempt("acme", AttemptOutcome::Success, 0.04);
+        m.record_attempt("acme", AttemptOutcome::Retry, 1.5);
+        let text = m.encode();
+        assert_eq!(
+            line(
+                &text,
+                "repeaterd_delivery_attempts_total{domain=\"acme\",outcome=\"success\"}"
+            ),
+            Some("repeaterd_delivery_attempts_total{domain=\"acme\",outcome=\"success\"} 2")
+        );
+        assert!(
+            text.contains("repeaterd_attempt_duration_seconds_count{outcome=\"retry\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn only_terminal_states_count_as_finished() {
+        let m = Metrics::new();
+        m.record_finished("acme", RecordState::Retrying);
+        m.record_finished("acme", RecordState::Cancelled);
+        let text = m.encode();
+        assert!(!text.contains("state=\"retrying\""), "{text}");
+        assert!(
+            text.contains(
+                "repeaterd_records_finished_total{domain=\"acme\",state=\"cancelled\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn plugin_leases_and_inflight_are_exported() {
+        let m = Metrics::new();
+        m.plugin_call("json-forward", PluginCall::Build, 0.0001);
+        m.plugin_failure("json-forward", "timeout");
+        m.lease_acquired();
+        m.lease_acquired();
+        m.lease_lost();
+        m.set_inflight(7);
+        let text = m.encode();
+        for expected in [
+            "repeaterd_plugin_call_duration_seconds_count{plugin=\"json-forward\",call=\"build\"} 1",
+            "repeaterd_plugin_failures_total{plugin=\"json-forward\",kind=\"timeout\"} 1",
+            "repeaterd_leases_acquired_total 2",
+            "repeaterd_leases_lost_total 1",
+            "repeaterd_inflight_requests 7",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn repeater_concurrency_is_readable_and_forgettable() {
+        let m = Metrics::new();
+        assert_eq!(m.repeater_concurrency("acme", "crm"), None);
+        m.set_repeater_concurrency("acme", "crm", 5);
+        assert_eq!(m.repeater_concurrency("acme", "crm"), Some(5));
+        m.forget_repeater("acme", "crm");
+        assert_eq!(m.repeater_concurrency("acme", "crm"), None);
+    }
+
+    #[test]
+    fn ingest_without_subscribers_does_not_add_a_domain_label() {
+        let m = Metrics::new();
+        m.ingested("made-up-1", 1, 0);
+        m.ingested("made-up-2", 1, 0);
+        m.ingested("acme", 2, 3);
+        let text = m.encode();
+        assert!(!text.contains("made-up"), "{text}");
+        assert!(
+            text.contains("repeaterd_events_ingested_total{domain=\"\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("repeaterd_records_created_total{domain=\"acme\"} 3"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,951 @@
+//! Every API route's happy path and errors, through the real router over a
+//! real SQLite store.
+
+mod api_support;
+
+use api_support::{ACME, ADMIN, TestApi};
+use axum::body::Body;
+use axum::http::{Method, StatusCode, header};
+use repeaterd::api::ApiLimits;
+use repeaterd::model::{AttemptOutcome, RecordState, now_millis};
+use repeaterd::store::{AttemptDraft, RecordOutcome, RepeaterHealth};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn ingest_creates_one_record_per_subscribed_repeater_and_repeats_the_first_answer() {
+    let api = TestApi::new().await;
+    api.put_repeater("acme", "crm", &["case.created"]).await;
+    api.put_repeater("acme", "audit", &[]).await;
+    api.put_repeater("acme", "closed-only", &["case.closed"])
+        .await;
+
+    let event = json!({"type": "case.created", "payload": {"case": 7}, "id": "evt-1", "ordering_key": "case-7"});
+    let first = api.post_event("acme", event.clone()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+    assert_eq!(first.json["event_id"], "evt-1");
+    assert_eq!(first.json["created"], true);
+    let mut repeaters: Vec<&str> = first.json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["repeater"].as_str().unwrap())
+        .collect();
+    repeaters.sort();
+    assert_eq!(repeaters, ["audit", "crm"]);
+
+    let again = api.post_event("acme", event).await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert_eq!(again.json["created"], false);
+    assert_eq!(again.json["event_id"], "evt-1");
+    assert_eq!(again.json["records"], first.json["records"]);
+    assert_eq!(api.record_count("acme").await, 2);
+
+    // Without an id the host makes one, and every post is new.
+    let anonymous = api
+        .post_event("acme", json!({"type": "case.created", "payload": null}))
+        .await;
+    assert_eq!(anonymous.status, StatusCode::ACCEPTED);
+    assert!(!anonymous.json["event_id"].as_str().unwrap().is_empty());
+    assert_eq!(api.record_count("acme").await, 4);
+
+    // A text body with its content type.
+    let xml = api
+        .post_event(
+            "acme",
+            json!({"type": "case.created", "body": "<case/>", "content_type": "application/xml"}),
+        )
+        .await;
+    assert_eq!(xml.status, StatusCode::ACCEPTED, "{xml:?}");
+    let record_id = xml.json["records"][0]["id"].as_i64().unwrap();
+    let shown = api
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/acme/records/{record_id}"),
+        )
+        .await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.json["event_type"], "case.created");
+    assert_eq!(shown.json["state"], "pending");
+}
+
+#[tokio::test]
+async fn ingest_refuses_bad_events_with_the_field_named() {
+    let api = TestApi::new().await;
+    api.put_repeater("acme", "crm", &[]).await;
+    let cases: Vec<(Value, StatusCode, &str, &str)> = vec![
+        (
+            json!({"payload": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "type",
+        ),
+        (
+            json!({"type": 5, "payload": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "type",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "extra": true}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "extra",
+        ),
+        (
+            json!({"type": "t"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "payload",
+        ),
+        (
+            json!({"type": "t", "body": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "content_type",
+        ),
+        (
+            json!({"type": "t", "payload": 1, "body": "x", "content_type": "a/b"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "body",
+        ),
+        (
+            json!({"type": "", "payload": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "type",
+        ),
+        (
+            json!(["t", 1]),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "expected a JSON object",
+        ),
+    ];
+    for (body, status, code, mention) in cases {
+        let answer = api.post_event("acme", body.clone()).await;
+        assert_eq!(answer.status, status, "{body}: {answer:?}");
+        assert_eq!(answer.code(), code, "{body}");
+        assert!(
+            answer.message().contains(mention),
+            "{body}: {}",
+            answer.message()
+        );
+    }
+    assert_eq!(api.record_count("acme").await, 0);
+}
+
+#[tokio::test]
+async fn malformed_json_wrong_media_type_and_bad_domains_are_json_errors() {
+    let api = TestApi::new().await;
+    let path = "/v1/domains/acme/events";
+    let broken = api
+        .send(
+            Method::POST,
+            path,
+            Some(ADMIN),
+            Some("application/json"),
+            "{\"type\": ",
+        )
+        .await;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST);
+    assert_eq!(broken.code(), "invalid_json");
+    assert_eq!(
+        broken.headers[header::CONTENT_TYPE],
+        "application/json",
+        "{broken:?}"
+    );
+
+    let text = api
+        .send(Method::POST, path, Some(ADMIN), Some("text/plain"), "{}")
+        .await;
+    assert_eq!(text.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(text.code(), "unsupported_media_type");
+    let none = api.send(Method::POST, path, Some(ADMIN), None, "{}").await;
+    assert_eq!(none.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let bad_domain = api
+        .post_event("Not_A_Slug", json!({"type": "t", "payload": 1}))
+        .await;
+    assert_eq!(bad_domain.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_domain.code(), "invalid_name");
+    assert!(bad_domain.message().contains("Not_A_Slug"));
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_json_and_stores_nothing() {
+    let limits = ApiLimits {
+        max_body_bytes: 4096,
+        ..ApiLimits::default()
+    };
+    let api = TestApi::with(api_support::auth(), limits).await;
+    api.put_repeater("acme", "crm", &[]).await;
+    let big = json!({"type": "t", "payload": "x".repeat(5000)}).to_string();
+    let answer = api
+        .send(
+            Method::POST,
+            "/v1/domains/acme/events",
+            Some(ADMIN),
+            Some("application/json"),
+            big.clone(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{answer:?}");
+    assert_eq!(answer.code(), "body_too_large");
+    assert!(answer.message().contains("4096"));
+
+    // Also without a Content-Length: a streamed body is cut at the limit.
+    let chunks: Vec<Result<String, std::io::Error>> = big
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
+    let streamed = api
+        .send(
+            Method::POST,
+            "/v1/domains/acme/events/batch",
+            Some(ADMIN),
+            Some("application/json"),
+            Body::from_stream(futures::stream::iter(chunks)),
+        )
+        .await;
+    assert_eq!(
+        streamed.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{streamed:?}"
+    );
+    assert_eq!(streamed.code(), "body_too_large");
+    assert_eq!(api.record_count("acme").await, 0);
+}
+
+#[tokio::test]
+async fn a_batch_is_all_or_nothing() {
+    let api = TestApi::new().await;
+    api.put_repeater("acme", "crm", &[]).await;
+    let path = "/v1/domains/acme/events/batch";
+    let good = |i: usize| json!({"type": "t", "payload": {"i": i}, "id": format!("b-{i}")});
+
+    // One event with a wrong type: 400 naming its index and field.
+    let mut events: Vec<Value> = (0..5).map(good).collect();
+    events[3]["ordering_key"] = json!(42);
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
+    assert!(
+        answer.message().starts_with("events[3].ordering_key"),
+        "{}",
+        answer.message()
+    );
+    // An event that is not an object.
+    let mut events: Vec<Value> = (0..5).map(good).collect();
+    events[2] = json!(["t", 1]);
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{answer:?}");
+    assert!(
+        answer
+            .message()
+            .starts_with("events[2]: expected a JSON object"),
+        "{}",
+        answer.message()
+    );
+    // One semantically invalid event: 422 naming its index and field.
+    let mut events: Vec<Value> = (0..5).map(good).collect();
+    events[4] = json!({"type": "t", "body": "x"});
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{answer:?}"
+    );
+    assert!(
+        answer.message().starts_with("events[4].content_type"),
+        "{}",
+        answer.message()
+    );
+    // A repeated id inside the batch.
+    let events = vec![good(1), good(2), good(1)];
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        answer.message().starts_with("events[2].id"),
+        "{}",
+        answer.message()
+    );
+    // Empty and oversized batches.
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": []}))
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"type": "t", "payload": i}))
+        .collect();
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": many}))
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(answer.message().contains("1000"), "{}", answer.message());
+    assert_eq!(api.record_count("acme").await, 0);
+
+    // Nothing of the refused batches was stored: the same ids are new now.
+    let events: Vec<Value> = (0..1000).map(good).collect();
+    let answer = api
+        .admin_json(Method::POST, path, json!({"events": events.clone()}))
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
+    let answers = answer.json["events"].as_array().unwrap();
+    assert_eq!(answers.len(), 1000);
+    assert!(answers.iter().all(|a| a["created"] == true));
+    assert_eq!(answers[999]["event_id"], "b-999");
+    assert_eq!(api.record_count("acme").await, 1000);
+
+    // The whole batch again: the first answers, nothing new.
+    let again = api
+        .admin_json(Method::POST, path, json!({"events": events}))
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    let repeats = again.json["events"].as_array().unwrap();
+    assert_eq!(repeats.len(), 1000);
+    for (first, repeat) in answers.iter().zip(repeats) {
+        assert_eq!(repeat["created"], false);
+        assert_eq!(repeat["event_id"], first["event_id"]);
+        assert_eq!(repeat["records"], first["records"]);
+    }
+    assert_eq!(api.record_count("acme").await, 1000);
+}
+
+#[tokio::test]
+async fn repeaters_are_stored_validated_listed_and_deleted() {
+    let api = TestApi::new().await;
+    let path = "/v1/domains/acme/repeaters/crm";
+    let spec = json!({
+        "url": "https://crm.example/hooks",
+        "plugin": "json-forward",
+        "plugin_config": {"envelope": true},
+        "event_types": ["case.created"],
+        "limits": {"concurrency": 3},
+        "auth": {"type": "bearer", "token_env": "CRM_TOKEN"}
+    });
+    let created = api.admin_json(Method::PUT, path, spec.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(created.json["domain"], "acme");
+    assert_eq!(created.json["name"], "crm");
+    assert_eq!(created.json["spec"]["limits"]["concurrency"], 3);
+    assert_eq!(created.json["paused"], false);
+    assert_eq!(created.json["plugin"]["name"], "json-forward");
+    assert_eq!(created.json["plugin"]["known"], true);
+    assert_eq!(created.json["plugin"]["version"], "0.1.0");
+    assert_eq!(created.json["backlog"]["pending"], 0);
+
+    let mut changed = spec.clone();
+    changed["url"] = json!("https://crm.example/v2");
+    let replaced = api.admin_json(Method::PUT, path, changed).await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    assert_eq!(replaced.json["spec"]["url"], "https://crm.example/v2");
+
+    let shown = api.admin(Method::GET, path).await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(shown.json["spec"]["url"], "https://crm.example/v2");
+    api.put_repeater("acme", "audit", &[]).await;
+    api.put_repeater("globex", "other", &[]).await;
+    let listed = api.admin(Method::GET, "/v1/domains/acme/repeaters").await;
+    let names: Vec<&str> = listed.json["repeaters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["audit", "crm"]);
+
+    let refused: Vec<(Value, StatusCode, &str)> = vec![
+        (
+            json!({"url": "ftp://x.example/", "plugin": "json-forward"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "url",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "no-such-plugin"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no-such-plugin",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "plugin_config": {"bogus": 1}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bogus",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "name": "other"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "limits": {"concurrency": "many"}}),
+            StatusCode::BAD_REQUEST,
+            "limits.concurrency",
+        ),
+        (
+            json!({"url": "https://x.example/", "plugin": "json-forward", "colour": "red"}),
+            StatusCode::BAD_REQUEST,
+            "colour",
+        ),
+        (
+            json!({"plugin": "json-forward"}),
+            StatusCode::BAD_REQUEST,
+            "url",
+        ),
+        (json!("just a string"), StatusCode::BAD_REQUEST, "object"),
+    ];
+    for (body, status, mention) in refused {
+        let answer = api
+            .admin_json(Method::PUT, "/v1/domains/acme/repeaters/new", body.clone())
+            .await;
+        assert_eq!(answer.status, status, "{body}: {answer:?}");
+        assert!(
+            answer.message().contains(mention),
+            "{body}: {}",
+            answer.message()
+        );
+    }
+    let bad_name = api
+        .admin_json(
+            Method::PUT,
+            "/v1/domains/acme/repeaters/Bad_Name",
+            spec.clone(),
+        )
+        .await;
+    assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_name.code(), "invalid_name");
+    let missing = api
+        .admin(Method::GET, "/v1/domains/acme/repeaters/new")
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.code(), "not_found");
+
+    let deleted = api.admin(Method::DELETE, path).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+    let gone = api.admin(Method::GET, path).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let again = api.admin(Method::DELETE, path).await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    assert_eq!(again.code(), "not_found");
+}
+
+#[tokio::test]
+async fn pause_resume_requeue_and_status_show_the_live_state() {
+    let api = TestApi::new().await;
+    let base = "/v1/domains/acme/repeaters/crm";
+    api.put_repeater("acme", "crm", &[]).await;
+    for i in 0..3 {
+        let answer = api
+            .post_event("acme", json!({"type": "t", "payload": i}))
+            .await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED);
+    }
+    let paused = api.admin(Method::POST, &format!("{base}/pause")).await;
+    assert_eq!(paused.status, StatusCode::OK, "{paused:?}");
+    assert_eq!(paused.json["paused"], true);
+    assert_eq!(paused.json["backlog"]["pending"], 3);
+    let resumed = api.admin(Method::POST, &format!("{base}/resume")).await;
+    assert_eq!(resumed.json["paused"], false);
+
+    // Work one batch under a lease: one record fails retryably and the
+    // repeater backs off; status shows it.
+    let now = now_millis();
+    let row = api.store.repeater("acme", "crm").await.unwrap().unwrap();
+    let lease = api
+        .store
+        .acquire_lease(row.id, "worker-a", now, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let claimed = api.store.claim(&lease, 10, now).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let outcome = RecordOutcome {
+        record_id: claimed[0].id,
+        state: RecordState::Retrying,
+        next_attempt_at: Some(now + 3_600_000),
+        attempt: Some(AttemptDraft {
+            started_at: now,
+            duration_ms: 12,
+            status: Some(503),
+            error: Some("HTTP 503".into()),
+            outcome: AttemptOutcome::Retry,
+            response_excerpt: Some(b"busy".to_vec()),
+        }),
+    };
+    let health = RepeaterHealth {
+        backoff_until: Some(now + 600_000),
+        backoff_step: 1,
+        last_error: Some("HTTP 503".into()),
+        last_success_at: None,
+    };
+    api.store
+        .finish_batch(&lease, &[outcome], Some(&health), false, now)
+        .await
+        .unwrap();
+    api.metrics.set_repeater_concurrency("acme", "crm", 4);
+
+    let status = api.admin(Method::GET, base).await;
+    assert_eq!(status.json["backoff"]["active"], true, "{}", status.text);
+    assert_eq!(status.json["backoff"]["step"], 1);
+    assert_eq!(status.json["lease"]["holder"], "worker-a");
+    assert_eq!(status.json["lease"]["expired"], false);
+    assert_eq!(status.json["last_error"], "HTTP 503");
+    assert_eq!(status.json["backlog"]["retrying"], 1);
+    assert_eq!(status.json["backlog"]["pending"], 2);
+    assert_eq!(status.json["concurrency"], 4);
+
+    // The record shows its attempt.
+    let record = api
+        .admin(
+            Method::GET,
+            &format!("/v1/domains/acme/records/{}", claimed[0].id),
+        )
+        .await;
+    assert_eq!(record.json["state"], "retrying");
+    assert_eq!(record.json["attempts"][0]["status"], 503);
+    assert_eq!(record.json["attempts"][0]["outcome"], "retry");
+    assert_eq!(record.json["attempts"][0]["response_excerpt"], "busy");
+
+    api.store.release_lease(&lease).await.unwrap();
+    let requeued = api.admin(Method::POST, &format!("{base}/requeue")).await;
+    assert_eq!(requeued.status, StatusCode::OK, "{requeued:?}");
+    assert_eq!(requeued.json["requeued"], 1);
+    let status = api.admin(Method::GET, base).await;
+    assert_eq!(status.json["backlog"]["pending"], 3);
+    assert_eq!(status.json["backoff"]["active"], false);
+
+    for action in ["pause", "resume", "requeue"] {
+        let answer = api
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/acme/repeaters/ghost/{action}"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{action}");
+        assert_eq!(answer.code(), "not_found");
+    }
+}
+
+#[tokio::test]
+async fn records_are_filtered_paginated_resent_and_cancelled() {
+    let api = TestApi::new().await;
+    api.put_repeater("acme", "crm", &[]).await;
+    api.put_repeater("acme", "audit", &[]).await;
+    let events: Vec<Value> = (0..5).map(|i| json!({"type": "t", "payload": i})).collect();
+    let batch = api
+        .admin_json(
+            Method::POST,
+            "/v1/domains/acme/events/batch",
+            json!({"events": events}),
+        )
+        .await;
+    assert_eq!(batch.status, StatusCode::ACCEPTED);
+
+    // Pages of 3 over the 10 records.
+    let mut seen = Vec::new();
+    let mut after: Option<i64> = None;
+    loop {
+        let path = match after {
+            Some(a) => format!("/v1/domains/acme/records?limit=3&after={a}"),
+            None => "/v1/domains/acme/records?limit=3".to_string(),
+        };
+        let page = api.admin(Method::GET, &path).await;
+        assert_eq!(page.status, StatusCode::OK, "{page:?}");
+        let ids: Vec<i64> = page.json["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert!(ids.len() <= 3);
+        seen.extend(ids);
+        match page.json["next_after"].as_i64() {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 10);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+
+    let crm = api
+        .admin(Method::GET, "/v1/domains/acme/records?repeater=crm")
+        .await;
+    let crm_records = crm.json["records"].as_array().unwrap();
+    assert_eq!(crm_records.len(), 5);
+    assert!(crm_records.iter().all(|r| r["repeater"] == "crm"));
+    assert_eq!(crm.json["next_after"], Value::Null);
+
+    let id = crm_records[0]["id"].as_i64().unwrap();
+    let cancelled = api
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{id}/cancel"),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
+    assert_eq!(cancelled.json["state"], "cancelled");
+    let twice = api
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{id}/cancel"),
+        )
+        .await;
+    assert_eq!(twice.status, StatusCode::CONFLICT, "{twice:?}");
+    assert_eq!(twice.code(), "conflict");
+    let only_cancelled = api
+        .admin(Method::GET, "/v1/domains/acme/records?state=cancelled")
+        .await;
+    assert_eq!(only_cancelled.json["records"].as_array().unwrap().len(), 1);
+
+    let resent = api
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{id}/resend"),
+        )
+        .await;
+    assert_eq!(resent.status, StatusCode::OK, "{resent:?}");
+    assert_eq!(resent.json["state"], "pending");
+
+    // A record whose repeater was deleted cannot be resent: 409.
+    let audit_id = api
+        .admin(
+            Method::GET,
+            "/v1/domains/acme/records?repeater=audit&limit=1",
+        )
+        .await
+        .json["records"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let deleted = api
+        .admin(Method::DELETE, "/v1/domains/acme/repeaters/audit")
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let orphan = api
+        .admin(Method::GET, &format!("/v1/domains/acme/records/{audit_id}"))
+        .await;
+    assert_eq!(orphan.json["state"], "cancelled", "{orphan:?}");
+    let resend = api
+        .admin(
+            Method::POST,
+            &format!("/v1/domains/acme/records/{audit_id}/resend"),
+        )
+        .await;
+    assert_eq!(resend.status, StatusCode::CONFLICT, "{resend:?}");
+    assert_eq!(resend.code(), "conflict");
+
+    // Another domain's record is not found here.
+    let elsewhere = api
+        .admin(Method::GET, &format!("/v1/domains/globex/records/{id}"))
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    for action in ["resend", "cancel"] {
+        let answer = api
+            .admin(
+                Method::POST,
+                &format!("/v1/domains/acme/records/999999/{action}"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{action}");
+    }
+    for bad in [
+        "/v1/domains/acme/records?limit=0",
+        "/v1/domains/acme/records?limit=1001",
+        "/v1/domains/acme/records?limit=ten",
+        "/v1/domains/acme/records?state=done",
+        "/v1/domains/acme/records?repeater=Bad_Name",
+        "/v1/domains/acme/records?colour=red",
+    ] {
+        let answer = api.admin(Method::GET, bad).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}: {answer:?}");
+        assert_eq!(answer.code(), "invalid_query", "{bad}");
+    }
+    let bad_id = api.admin(Method::GET, "/v1/domains/acme/records/abc").await;
+    assert_eq!(bad_id.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_id.code(), "invalid_path");
+}
+
+#[tokio::test]
+async fn plugins_are_listed_and_uploaded() {
+    let api = TestApi::new().await;
+    let listed = api.admin(Method::GET, "/v1/plugins").await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let names: Vec<&str> = listed.json["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fhir-r4", "form-xml", "json-forward"]);
+
+    let mut component = vec![0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+    component.extend_from_slice(&[0u8; 64]);
+    let put = |body: Vec<u8>, content_type: Option<&'static str>, name: &'static str| {
+        let api = &api;
+        async move {
+            api.send(
+                Method::PUT,
+                &format!("/v1/plugins/{name}"),
+                Some(ADMIN),
+                content_type,
+                body,
+            )
+            .await
+        }
+    };
+    let created = put(component.clone(), Some("application/wasm"), "mine").await;
+    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+    assert_eq!(created.json["name"], "mine");
+    assert_eq!(created.json["sha256"].as_str().unwrap().len(), 64);
+    let replaced = put(component.clone(), Some("application/octet-stream"), "mine").await;
+    assert_eq!(replaced.status, StatusCode::OK);
+
+    // Usable by a repeater once installed.
+    let answer = api
+        .admin_json(
+            Method::PUT,
+            "/v1/domains/acme/repeaters/custom",
+            json!({"url": "http://127.0.0.1:9/", "plugin": "mine"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+
+    let not_wasm = put(b"hello".to_vec(), Some("application/wasm"), "other").await;
+    assert_eq!(not_wasm.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let builtin = put(component.clone(), Some("application/wasm"), "json-forward").await;
+    assert_eq!(builtin.status, StatusCode::CONFLICT);
+    let wrong_type = put(component.clone(), Some("application/json"), "other").await;
+    assert_eq!(wrong_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let empty = put(Vec::new(), Some("application/wasm"), "other").await;
+    assert_eq!(empty.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let bad_name = put(component.clone(), Some("application/wasm"), "Bad_Name").await;
+    assert_eq!(bad_name.status, StatusCode::BAD_REQUEST);
+
+    // Uploads have their own, larger limit than ingest bodies.
+    let limits = ApiLimits {
+        max_body_bytes: 16,
+        max_plugin_bytes: 1024,
+        ..ApiLimits::default()
+    };
+    let small = TestApi::with(api_support::auth(), limits).await;
+    let fits = small
+        .send(
+            Method::PUT,
+            "/v1/plugins/mine",
+            Some(ADMIN),
+            Some("application/wasm"),
+            component.clone(),
+        )
+        .await;
+    assert_eq!(fits.status, StatusCode::CREATED, "{fits:?}");
+    let mut too_big = component.clone();
+    too_big.resize(2048, 0);
+    let answer = small
+        .send(
+            Method::PUT,
+            "/v1/plugins/big",
+            Some(ADMIN),
+            Some("application/wasm"),
+            too_big,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{answer:?}");
+    assert!(answer.message().contains("1024"));
+}
+
+#[tokio::test]
+async fn plugin_routes_without_a_catalogue_say_so() {
+    let api = TestApi::new().await;
+    let mut state = api.state.clone();
+    state.plugins = None;
+    let request = axum::http::Request::get("/v1/plugins")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    use tower::ServiceExt;
+    let response = repeaterd::api::router(state)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let api = TestApi::new().await;
+    let health = api
+        .send(Method::GET, "/healthz", None, None, Body::empty())
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.json["status"], "ok");
+    let ready = api
+        .send(Method::GET, "/readyz", None, None, Body::empty())
+        .await;
+    assert_eq!(ready.status, StatusCode::OK, "{ready:?}");
+
+    api.put_repeater("acme", "crm", &[]).await;
+    api.post_event("acme", json!({"type": "t", "payload": 1}))
+        .await;
+    let bad = api.post_event("acme", json!({"type": 1})).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    api.metrics.lease_acquired();
+    let metrics = api.admin(Method::GET, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    for expected in [
+        "repeaterd_backlog_records{domain=\"acme\",state=\"pending\"} 1",
+        "repeaterd_events_ingested_total{domain=\"acme\"} 1",
+        "repeaterd_records_created_total{domain=\"acme\"} 1",
+        "repeaterd_ingest_refused_total 1",
+        "repeaterd_leases_acquired_total 1",
+    ] {
+        assert!(
+            metrics.text.contains(expected),
+            "missing {expected} in\n{}",
+            metrics.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn readiness_fails_with_503_when_the_database_is_gone() {
+    let api = TestApi::new().await;
+    // A real store failure: another connection drops every table, so the
+    // store's next queries fail inside SQLite.
+    let path = api.dir.as_ref().unwrap().path().join("repeaterd.db");
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("PRAGMA foreign_keys = OFF")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let tables: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert!(tables.iter().any(|(t,)| t == "repeaters"), "{tables:?}");
+        for (table,) in tables {
+            sqlx::query(&format!("DROP TABLE \"{table}\""))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    let ready = api
+        .send(Method::GET, "/readyz", None, None, Body::empty())
+        .await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{ready:?}");
+    assert_eq!(ready.code(), "unavailable");
+    // An ingest now fails inside the store: 500 JSON, without database detail.
+    let ingest = api
+        .post_event("acme", json!({"type": "t", "payload": 1}))
+        .await;
+    assert_eq!(
+        ingest.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{ingest:?}"
+    );
+    assert_eq!(ingest.code(), "internal");
+    assert!(
+        !ingest.message().contains("no such table"),
+        "{}",
+        ingest.message()
+    );
+    // Metrics still answer; the failed backlog refresh is counted.
+    let metrics = api.admin(Method::GET, "/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics
+            .text
+            .contains("repeaterd_backlog_refresh_errors_total 1"),
+        "{}",
+        metrics.text
+    );
+    // Health does not depend on the store.
+    let health = api
+        .send(Method::GET, "/healthz", None, None, Body::empty())
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_are_json_errors() {
+    let api = TestApi::new().await;
+    let unknown = api.admin(Method::GET, "/v2/nothing").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.code(), "not_found");
+    let domain_unknown = api.admin(Method::GET, "/v1/domains/acme/nothing").await;
+    assert_eq!(domain_unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(domain_unknown.code(), "not_found");
+    let wrong = api.admin(Method::DELETE, "/v1/domains/acme/events").await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED, "{wrong:?}");
+    assert_eq!(wrong.code(), "method_not_allowed");
+    let wrong_top = api.admin(Method::POST, "/healthz").await;
+    assert_eq!(wrong_top.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_top.code(), "method_not_allowed");
+}
+
+#[tokio::test]
+async fn the_api_serves_over_a_real_socket() {
+    let api = TestApi::new().await;
+    api.put_repeater("acme", "crm", &[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let router = repeaterd::api::router(api.state.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let base = format!("http://{address}");
+
+    let answer = client
+        .post(format!("{base}/v1/domains/acme/events"))
+        .bearer_auth(ACME)
+        .json(&json!({"type": "t", "payload": {"over": "tcp"}, "id": "tcp-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["event_id"], "tcp-1");
+    assert_eq!(body["records"][0]["repeater"], "crm");
+
+    let refused = client
+        .get(format!("{base}/v1/domains/globex/records"))
+        .bearer_auth(ACME)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    // A declared Content-Length over the limit is refused before the body
+    // is read.
+    let huge = client
+        .post(format!("{base}/v1/domains/acme/events"))
+        .bearer_auth(ACME)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let body: Value = huge.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large");
+    server.abort();
+}

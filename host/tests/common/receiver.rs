@@ -1,0 +1,268 @@
+//! A real HTTP receiver on 127.0.0.1 for end-to-end tests: it records every
+//! request it gets (path, headers, body, arrival time) and answers from a
+//! programmable script, so a test can say "503 twice then 200" or "always
+//! 400" and then look at exactly what arrived.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// When it arrived, relative to the receiver's start.
+    pub at: Duration,
+}
+
+impl Received {
+    /// A header's value as text, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    /// The record id the plugin put in the idempotency header.
+    pub fn record_id(&self) -> Option<String> {
+        self.header("idempotency-key")
+    }
+
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("receiver got a JSON body")
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answer with this status, these headers and this body.
+    Status(u16, Vec<(String, String)>, String),
+}
+
+impl Reply {
+    pub fn status(code: u16) -> Reply {
+        Reply::Status(code, Vec::new(), String::new())
+    }
+}
+
+/// Decides the reply from the request and how many earlier requests carried
+/// the same record id.
+pub type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
+
+struct Shared {
+    started: Instant,
+    log: Mutex<Vec<Received>>,
+    script: Mutex<Script>,
+    /// While false, requests wait before being answered (a slow receiver).
+    open: watch::Receiver<bool>,
+}
+
+/// A running receiver; dropped with the test's runtime.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    gate: watch::Sender<bool>,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers every request with `200`.
+    pub async fn start() -> Receiver {
+        Receiver::with_script(Arc::new(|_, _| Reply::status(200))).await
+    }
+
+    /// Starts a receiver answering from `script`.
+    pub async fn with_script(script: Script) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let (gate, open) = watch::channel(true);
+        let shared = Arc::new(Shared {
+            started: Instant::now(),
+            log: Mutex::new(Vec::new()),
+            script: Mutex::new(script),
+            open,
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, shared, gate }
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:4711`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replaces the script.
+    pub fn set_script(&self, script: Script) {
+        *self.shared.script.lock().unwrap() = script;
+    }
+
+    /// Holds (false) or releases (true) requests.
+    pub fn set_open(&self, open: bool) {
+        let _ = self.gate.send(open);
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        self.shared.log.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests arrived, failing after `limit`.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receiver got {} requests, expected {n} within {limit:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `done` holds for the requests received, failing after `limit`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.received();
+            if done(&got) {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receiver: {what} did not happen within {limit:?} ({} requests so far)",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let received = Received {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+        at: shared.started.elapsed(),
+    };
+    let mut open = shared.open.clone();
+    let _ = open.wait_for(|open| *open).await;
+    let seen = {
+        let mut log = shared.log.lock().unwrap();
+        let id = received.record_id();
+        let seen = log
+            .iter()
+            .filter(|r| id.is_some() && r.record_id() == id)
+            .count();
+        log.push(received.clone());
+        seen
+    };
+    let script = shared.script.lock().unwrap().clone();
+    match script(&received, seen) {
+        Reply::Status(code, headers, body) => {
+            let mut response = (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            )
+                .into_response();
+            for (name, value) in headers {
+                response.headers_mut().insert(
+                    axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            response
+        }
+    }
+}
+
+/// A TCP endpoint that accepts connections and closes them at once without
+/// answering: a dead endpoint that still lets a test count how often it was
+/// tried.
+pub struct ResettingEndpoint {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    arrivals: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl ResettingEndpoint {
+    pub async fn start() -> ResettingEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind endpoint");
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let (count, log) = (connections.clone(), arrivals.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                log.lock().unwrap().push(started.elapsed());
+                // Reset rather than a graceful close: the client sees an
+                // error. A zero linger never blocks on drop.
+                #[allow(deprecated)]
+                let _ = stream.set_linger(Some(Duration::ZERO));
+                drop(stream);
+            }
+        });
+        ResettingEndpoint {
+            addr,
+            connections,
+            arrivals,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// When each connection arrived.
+    pub fn arrivals(&self) -> Vec<Duration> {
+        self.arrivals.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,331 @@
+//! The dispatcher in-process, with a real SQLite store, the real
+//! `json-forward` plugin and a real receiver on 127.0.0.1: records ingested
+//! into the store reach the receiver, retries and rejections end in the
+//! right states, and shutdown releases every lease.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Receiver, Reply};
+use repeaterd::config::DispatchConfig;
+use repeaterd::dispatch::credentials::Credentials;
+use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher};
+use repeaterd::model::{NewEvent, RecordState, RepeaterSpec, now_millis};
+use repeaterd::outbound::{AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource};
+use repeaterd::plugin::{PluginEngine, PluginLimits, PluginRegistry};
+use repeaterd::store::{RecordQuery, Store};
+use repeaterd::telemetry::Metrics;
+use tokio::sync::watch;
+
+struct Harness {
+    store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(specs: &[RepeaterSpec], dispatch: DispatchConfig) -> Harness {
+    start_with(specs, dispatch, |_| async {}).await
+}
+
+/// Opens a fresh store, stores `specs`, runs `before` (to queue work), then
+/// starts the dispatcher.
+async fn start_with<F, Fut>(specs: &[RepeaterSpec], dispatch: DispatchConfig, before: F) -> Harness
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    start_on(store, dir, specs, dispatch, before).await
+}
+
+async fn start_on<F, Fut>(
+    store: Arc<dyn Store>,
+    dir: tempfile::TempDir,
+    specs: &[RepeaterSpec],
+    dispatch: DispatchConfig,
+    before: F,
+) -> Harness
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for spec in specs {
+        store.upsert_repeater(spec, now_millis()).await.unwrap();
+    }
+    before(store.clone()).await;
+    // Compiled plugins are cached across tests: compiling in a debug build
+    // takes seconds, loading a cached artefact milliseconds.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    let engine = PluginEngine::with_cache_dir(PluginLimits::default(), &cache).unwrap();
+    let registry = PluginRegistry::new(engine, None);
+    registry
+        .load_builtins(repeaterd::plugin::BUILTIN_PLUGINS)
+        .await
+        .unwrap();
+    let outbound = Outbound::new(OutboundConfig {
+        allow: vec!["127.0.0.1/32".parse().unwrap()],
+        ..OutboundConfig::default()
+    })
+    .unwrap();
+    let secrets: Arc<dyn SecretSource> = Arc::new(EnvSecrets);
+    let (shutdown, stop) = watch::channel(false);
+    let (_config_tx, config) = watch::channel(Arc::new(dispatch.clone()));
+    let deps = DispatchDeps {
+        store: store.clone(),
+        plugins: registry,
+        outbound: outbound.clone(),
+        credentials: Credentials {
+            auth: Authenticator::new(outbound.clone(), secrets.clone(), AuthConfig::default()),
+            secrets,
+        },
+        metrics: Arc::new(Metrics::new()),
+        settings: DispatchSettings {
+            holder: DispatchSettings::holder_name(),
+            max_inflight: dispatch.max_inflight,
+            batch_size: dispatch.batch_size,
+            default_concurrency: dispatch.concurrency,
+            lease_ttl_ms: 5_000,
+            max_sleep: Duration::from_secs(1),
+            busy_poll_ms: 50,
+            batch_budget: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            retention: None,
+        },
+        config,
+    };
+    let task = Dispatcher::new(deps).spawn(stop);
+    Harness {
+        store,
+        shutdown,
+        task,
+        _dir: dir,
+    }
+}
+
+/// Dispatch defaults with test-sized timings.
+fn fast() -> DispatchConfig {
+    DispatchConfig {
+        max_inflight: 32,
+        retry_schedule: vec![Duration::from_millis(100)],
+        backoff_min: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
+        max_attempts: 10,
+        ..DispatchConfig::default()
+    }
+}
+
+fn spec(domain: &str, name: &str, url: &str) -> RepeaterSpec {
+    serde_json::from_value(serde_json::json!({
+        "domain": domain, "name": name, "url": url, "plugin": "json-forward",
+        "plugin_config": {"envelope": true}
+    }))
+    .unwrap()
+}
+
+fn event(n: u32) -> NewEvent {
+    NewEvent {
+        id: None,
+        event_type: "t".into(),
+        content_type: "application/json".into(),
+        payload: format!("{{\"n\":{n}}}").into_bytes(),
+        ordering_key: None,
+    }
+}
+
+async fn wait_states(store: &dyn Store, domain: &str, want: RecordState, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = store
+            .records(
+                domain,
+                &RecordQuery {
+                    state: Some(want),
+                    limit: 10_000,
+                    ..RecordQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        if rows.len() >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} records of {domain} reached {want}",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingested_records_are_delivered_and_marked_succeeded() {
+    let receiver = Receiver::start().await;
+    let h = start(&[spec("acme", "crm", &receiver.url())], fast()).await;
+    let events: Vec<NewEvent> = (0..50).map(event).collect();
+    h.store.ingest("acme", &events, now_millis()).await.unwrap();
+    wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 50).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 50);
+    let mut ns: Vec<i64> = got.iter().map(|r| r.json()["data"]["n"].as_i64().unwrap()).collect();
+    ns.sort();
+    assert_eq!(ns, (0..50).collect::<Vec<_>>());
+
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), h.task)
+        .await
+        .expect("the dispatcher stops after shutdown")
+        .unwrap();
+    let row = h.store.repeater("acme", "crm").await.unwrap().unwrap();
+    assert!(row.last_success_at.is_some());
+    assert_eq!(row.backoff_step, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_retry_and_rejections_stop() {
+    let receiver = Receiver::with_script(Arc::new(|r, seen| {
+        let n = r.json()["data"]["n"].as_i64().unwrap();
+        match n {
+            0 if seen < 2 => Reply::status(503),
+            1 => Reply::status(422),
+            _ => Reply::status(200),
+        }
+    }))
+    .await;
+    let h = start(&[spec("acme", "crm", &receiver.url())], fast()).await;
+    h.store
+        .ingest("acme", &[event(0), event(1)], now_millis())
+        .await
+        .unwrap();
+    wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 1).await;
+    wait_states(h.store.as_ref(), "acme", RecordState::Rejected, 1).await;
+    let rows = h
+        .store
+        .records("acme", &RecordQuery { limit: 10, ..RecordQuery::default() })
+        .await
+        .unwrap();
+    let first = rows.iter().find(|r| r.state == RecordState::Succeeded).unwrap();
+    let (_, attempts) = h.store.record("acme", first.id).await.unwrap().unwrap();
+    let statuses: Vec<_> = attempts.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [Some(503), Some(503), Some(200)]);
+    let _ = h.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
+    let endpoint = common::ResettingEndpoint::start().await;
+    let dispatch = DispatchConfig {
+        concurrency: 4,
+        max_attempts: 1000,
+        backoff_min: Duration::from_millis(200),
+        backoff_max: Duration::from_millis(1600),
+        ..fast()
+    };
+    let h = start_with(&[spec("acme", "dead", &endpoint.url())], dispatch, |store| async move {
+        let events: Vec<NewEvent> = (0..300).map(event).collect();
+        store.ingest("acme", &events, now_millis()).await.unwrap();
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let arrivals = endpoint.arrivals();
+    let mut batches = usize::from(!arrivals.is_empty());
+    for pair in arrivals.windows(2) {
+        if pair[1] - pair[0] > Duration::from_millis(100) {
+            batches += 1;
+        }
+    }
+    // 0, >=160, >=480, >=1120, >=2400 ms: at most 5 batches in 2.5 s.
+    println!("dead endpoint: {batches} batches, {} connections", arrivals.len());
+    assert!((3..=5).contains(&batches), "{batches} batches: {arrivals:?}");
+    assert!(arrivals.len() <= 5 * 4, "{} connections", arrivals.len());
+    let row = h.store.repeater("acme", "dead").await.unwrap().unwrap();
+    assert!(row.backoff_step >= 2, "backoff step {}", row.backoff_step);
+    assert!(row.backoff_until.is_some());
+    assert!(row.last_error.is_some());
+    let _ = h.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_domains_go_first_while_a_big_domain_floods() {
+    let receiver = Receiver::start().await;
+    let mut specs: Vec<RepeaterSpec> = (0..5)
+        .map(|i| spec("big", &format!("sink-{i}"), &format!("{}/big", receiver.url())))
+        .collect();
+    for i in 0..10 {
+        specs.push(spec(&format!("small-{i}"), "sink", &format!("{}/small", receiver.url())));
+    }
+    let dispatch = DispatchConfig {
+        max_inflight: 8,
+        concurrency: 4,
+        ..fast()
+    };
+    let h = start_with(&specs, dispatch, |store| async move {
+        let flood: Vec<NewEvent> = (0..1000).map(event).collect();
+        store.ingest("big", &flood, now_millis()).await.unwrap();
+        for i in 0..10 {
+            let events: Vec<NewEvent> = (0..10).map(event).collect();
+            store.ingest(&format!("small-{i}"), &events, now_millis()).await.unwrap();
+        }
+    })
+    .await;
+    let got = receiver
+        .wait_until("small domains delivered", Duration::from_secs(60), |got| {
+            got.iter().filter(|r| r.path == "/small").count() >= 100
+        })
+        .await;
+    let last_small = got.iter().rposition(|r| r.path == "/small").unwrap();
+    let big_before = got[..last_small].iter().filter(|r| r.path == "/big").count();
+    println!("fairness: {big_before} flood records before the last small one");
+    // Eleven domains share 8 slots round-robin: the small ones need three
+    // turns each, the big one gets about one turn in eleven meanwhile.
+    assert!(big_before <= 100, "{big_before} flood records went first");
+    let _ = h.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
+    let receiver = Receiver::start().await;
+    let url = common::fresh_pg_database("two_dispatchers").await;
+    let mut specs = Vec::new();
+    for d in 0..4 {
+        for r in 0..2 {
+            specs.push(spec(&format!("d{d}"), &format!("r{r}"), &receiver.url()));
+        }
+    }
+    let open = || async {
+        repeaterd::store::open(Some(&url), std::path::Path::new("unused"))
+            .await
+            .unwrap()
+    };
+    let a = start_on(open().await, tempfile::tempdir().unwrap(), &specs, fast(), |_| async {}).await;
+    let b = start_on(open().await, tempfile::tempdir().unwrap(), &specs, fast(), |_| async {}).await;
+    let t0 = std::time::Instant::now();
+    for d in 0..4 {
+        let events: Vec<NewEvent> = (0..250).map(event).collect();
+        let via = if d % 2 == 0 { &a } else { &b };
+        via.store.ingest(&format!("d{d}"), &events, now_millis()).await.unwrap();
+    }
+    receiver
+        .wait_until("2000 records delivered", Duration::from_secs(60), |got| got.len() >= 2000)
+        .await;
+    println!("two dispatchers: 2000 records in {:?}", t0.elapsed());
+    let all = receiver.received();
+    for w in all.windows(2).take(300) { if w[1].at - w[0].at > Duration::from_millis(20) { println!("gap {:?} at {:?}", w[1].at - w[0].at, w[0].at); } }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.received();
+    let mut ids: Vec<String> = got.iter().filter_map(|r| r.record_id()).collect();
+    ids.sort();
+    let total = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), 2000);
+    assert_eq!(total, 2000, "some records were sent twice");
+    let _ = a.shutdown.send(true);
+    let _ = b.shutdown.send(true);
+}

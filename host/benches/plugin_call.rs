@@ -1,2 +1,106 @@
-//! Plugin call cost (filled in below).
-fn main() {}
+//! Cost of one plugin call pair as the dispatcher makes it: `build` then
+//! `classify` of the built-in json-forward plugin on a 1 KiB JSON payload,
+//! each in a fresh instance. Prints the median also as one JSON line:
+//! `{"scenario":"plugin_call","median_ns":...}`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use repeaterd::plugin::types::{BuildOutcome, Event, Reply, RequestSummary, Response};
+use repeaterd::plugin::{CallContext, LoadedPlugin, PluginEngine, PluginLimits};
+
+fn payload_1kib() -> Vec<u8> {
+    let mut items = Vec::new();
+    let mut size = 0;
+    let mut i = 0;
+    while size < 1000 {
+        let item = format!(
+            r#"{{"sku":"SKU-{i:05}","qty":{},"price":"{}.99"}}"#,
+            i % 7 + 1,
+            i * 3
+        );
+        size += item.len() + 1;
+        items.push(item);
+        i += 1;
+    }
+    let payload = format!(r#"{{"order":"o-12345","items":[{}]}}"#, items.join(","));
+    payload.into_bytes()
+}
+
+fn event() -> Event {
+    Event {
+        id: "evt-1".to_owned(),
+        domain: "acme".to_owned(),
+        repeater: "crm".to_owned(),
+        event_type: "order.created".to_owned(),
+        content_type: "application/json".to_owned(),
+        payload: payload_1kib(),
+        attempt: 1,
+        registered_at: 1_763_900_000_000,
+        ordering_key: None,
+        record_id: "rec-1".to_owned(),
+    }
+}
+
+async fn call_pair(plugin: &LoadedPlugin, ctx: &CallContext, event: &Event) {
+    let outcome = plugin.build(ctx, event, "{}").await.expect("build");
+    let BuildOutcome::Send(request) = outcome else {
+        panic!("json-forward did not send: {outcome:?}");
+    };
+    let summary = RequestSummary {
+        method: request.method,
+        url: "https://crm.example/hooks".to_owned(),
+        headers: request.headers,
+        body_size: request.body.len() as u64,
+    };
+    let reply = Reply::Response(Response {
+        status: 200,
+        headers: Vec::new(),
+        body_excerpt: Vec::new(),
+    });
+    plugin
+        .classify(ctx, &summary, &reply, "{}")
+        .await
+        .expect("classify");
+}
+
+fn plugin_call(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let engine = PluginEngine::new(PluginLimits::default()).unwrap();
+    let bytes = repeaterd::plugin::builtin("json-forward").expect("json-forward is built in");
+    let plugin = runtime
+        .block_on(engine.load("json-forward", Arc::from(bytes)))
+        .unwrap();
+    let ctx = CallContext::new("acme", "crm");
+    let event = event();
+    assert!(event.payload.len() >= 1024 && event.payload.len() < 1200);
+
+    c.bench_function("plugin_call/json-forward build+classify 1KiB", |b| {
+        b.iter(|| runtime.block_on(call_pair(&plugin, &ctx, &event)))
+    });
+
+    // Criterion's own report has the full distribution; this is the
+    // comparable one-line figure.
+    let mut samples: Vec<Duration> = (0..2000)
+        .map(|_| {
+            let started = Instant::now();
+            runtime.block_on(call_pair(&plugin, &ctx, &event));
+            started.elapsed()
+        })
+        .collect();
+    samples.sort();
+    let median = samples[samples.len() / 2];
+    println!(
+        "{{\"scenario\":\"plugin_call\",\"median_ns\":{},\"p99_ns\":{},\"payload_bytes\":{}}}",
+        median.as_nanos(),
+        samples[samples.len() * 99 / 100].as_nanos(),
+        event.payload.len()
+    );
+}
+
+criterion_group!(benches, plugin_call);
+criterion_main!(benches);

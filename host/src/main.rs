@@ -28,6 +28,9 @@ enum Command {
     /// Inspect and act on repeaters through a running daemon's API.
     #[command(subcommand)]
     Repeaters(cli::admin::RepeatersCommand),
+    /// Work with plugins: dry-run one or check a component.
+    #[command(subcommand)]
+    Plugin(cli::plugin::PluginCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig(args) => cli::daemon::check_config(args),
         Command::Records(command) => cli::admin::records(command),
         Command::Repeaters(command) => cli::admin::repeaters(command),
+        Command::Plugin(command) => cli::plugin::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -809,6 +809,9 @@ async fn health_readiness_and_metrics_answer() {
         "repeaterd_records_created_total{domain=\"acme\"} 1",
         "repeaterd_ingest_refused_total 1",
         "repeaterd_leases_acquired_total 1",
+        "repeaterd_api_requests_total{method=\"POST\",route=\"/v1/domains/{domain}/events\",status=\"202\"} 1",
+        "repeaterd_api_requests_total{method=\"POST\",route=\"/v1/domains/{domain}/events\",status=\"400\"} 1",
+        "repeaterd_api_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
     ] {
         assert!(
             metrics.text.contains(expected),
@@ -948,4 +951,59 @@ async fn the_api_serves_over_a_real_socket() {
     let body: Value = huge.json().await.unwrap();
     assert_eq!(body["error"]["code"], "body_too_large");
     server.abort();
+}
+
+#[tokio::test]
+async fn payloads_are_stored_byte_for_byte_as_posted() {
+    let api = TestApi::new().await;
+    api.put_repeater("acme", "crm", &[]).await;
+    let payload =
+        r#"{"zeta": 1, "alpha": 12345678901234567890123, "ratio": 1.10, "nested": [ true ,null ]}"#;
+    let body = format!(r#"{{"type": "t", "payload": {payload}, "id": "exact"}}"#);
+    let answer = api
+        .send(
+            Method::POST,
+            "/v1/domains/acme/events",
+            Some(ADMIN),
+            Some("application/json"),
+            body,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+    let batch = r#"{"events": [{"type": "t", "body": "a=1&b=2", "content_type": "application/x-www-form-urlencoded"}, {"type": "t", "payload": null}]}"#;
+    let answer = api
+        .send(
+            Method::POST,
+            "/v1/domains/acme/events/batch",
+            Some(ADMIN),
+            Some("application/json"),
+            batch,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
+
+    let now = now_millis();
+    let row = api.store.repeater("acme", "crm").await.unwrap().unwrap();
+    let lease = api
+        .store
+        .acquire_lease(row.id, "reader", now, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let claimed = api.store.claim(&lease, 10, now).await.unwrap();
+    let stored: Vec<(String, Vec<u8>)> = claimed
+        .into_iter()
+        .map(|record| (record.content_type, record.payload))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![
+            ("application/json".to_string(), payload.as_bytes().to_vec()),
+            (
+                "application/x-www-form-urlencoded".to_string(),
+                b"a=1&b=2".to_vec()
+            ),
+            ("application/json".to_string(), b"null".to_vec()),
+        ]
+    );
 }

@@ -11,9 +11,11 @@ use std::time::Duration;
 use common::{Receiver, Reply};
 use repeaterd::config::DispatchConfig;
 use repeaterd::dispatch::credentials::Credentials;
-use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher};
+use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
 use repeaterd::model::{NewEvent, RecordState, RepeaterSpec, now_millis};
-use repeaterd::outbound::{AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource};
+use repeaterd::outbound::{
+    AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource,
+};
 use repeaterd::plugin::{PluginEngine, PluginLimits, PluginRegistry};
 use repeaterd::store::{RecordQuery, Store};
 use repeaterd::telemetry::Metrics;
@@ -55,6 +57,22 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    start_full(store, dir, specs, dispatch, None, before).await
+}
+
+/// Like [`start_on`], with the retention purge on (`retention` old).
+async fn start_full<F, Fut>(
+    store: Arc<dyn Store>,
+    dir: tempfile::TempDir,
+    specs: &[RepeaterSpec],
+    dispatch: DispatchConfig,
+    retention: Option<Duration>,
+    before: F,
+) -> Harness
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     for spec in specs {
         store.upsert_repeater(spec, now_millis()).await.unwrap();
     }
@@ -90,12 +108,17 @@ where
             max_inflight: dispatch.max_inflight,
             batch_size: dispatch.batch_size,
             default_concurrency: dispatch.concurrency,
-            lease_ttl_ms: 5_000,
+            lease_ttl_ms: dispatch.lease_ttl.as_millis() as i64,
             max_sleep: Duration::from_secs(1),
             busy_poll_ms: 50,
             batch_budget: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            retention: None,
+            retention: retention.map(|retention| RetentionSettings {
+                retention,
+                batch: 7,
+                interval: Duration::from_millis(100),
+                pause: Duration::from_millis(1),
+            }),
         },
         config,
     };
@@ -117,6 +140,7 @@ fn fast() -> DispatchConfig {
         backoff_max: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
         max_attempts: 10,
+        lease_ttl: Duration::from_secs(5),
         ..DispatchConfig::default()
     }
 }
@@ -174,7 +198,10 @@ async fn ingested_records_are_delivered_and_marked_succeeded() {
     wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 50).await;
     let got = receiver.received();
     assert_eq!(got.len(), 50);
-    let mut ns: Vec<i64> = got.iter().map(|r| r.json()["data"]["n"].as_i64().unwrap()).collect();
+    let mut ns: Vec<i64> = got
+        .iter()
+        .map(|r| r.json()["data"]["n"].as_i64().unwrap())
+        .collect();
     ns.sort();
     assert_eq!(ns, (0..50).collect::<Vec<_>>());
 
@@ -208,10 +235,19 @@ async fn retryable_failures_retry_and_rejections_stop() {
     wait_states(h.store.as_ref(), "acme", RecordState::Rejected, 1).await;
     let rows = h
         .store
-        .records("acme", &RecordQuery { limit: 10, ..RecordQuery::default() })
+        .records(
+            "acme",
+            &RecordQuery {
+                limit: 10,
+                ..RecordQuery::default()
+            },
+        )
         .await
         .unwrap();
-    let first = rows.iter().find(|r| r.state == RecordState::Succeeded).unwrap();
+    let first = rows
+        .iter()
+        .find(|r| r.state == RecordState::Succeeded)
+        .unwrap();
     let (_, attempts) = h.store.record("acme", first.id).await.unwrap().unwrap();
     let statuses: Vec<_> = attempts.iter().map(|a| a.status).collect();
     assert_eq!(statuses, [Some(503), Some(503), Some(200)]);
@@ -228,10 +264,14 @@ async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
         backoff_max: Duration::from_millis(1600),
         ..fast()
     };
-    let h = start_with(&[spec("acme", "dead", &endpoint.url())], dispatch, |store| async move {
-        let events: Vec<NewEvent> = (0..300).map(event).collect();
-        store.ingest("acme", &events, now_millis()).await.unwrap();
-    })
+    let h = start_with(
+        &[spec("acme", "dead", &endpoint.url())],
+        dispatch,
+        |store| async move {
+            let events: Vec<NewEvent> = (0..300).map(event).collect();
+            store.ingest("acme", &events, now_millis()).await.unwrap();
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let arrivals = endpoint.arrivals();
@@ -242,8 +282,14 @@ async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
         }
     }
     // 0, >=160, >=480, >=1120, >=2400 ms: at most 5 batches in 2.5 s.
-    println!("dead endpoint: {batches} batches, {} connections", arrivals.len());
-    assert!((3..=5).contains(&batches), "{batches} batches: {arrivals:?}");
+    println!(
+        "dead endpoint: {batches} batches, {} connections",
+        arrivals.len()
+    );
+    assert!(
+        (3..=5).contains(&batches),
+        "{batches} batches: {arrivals:?}"
+    );
     assert!(arrivals.len() <= 5 * 4, "{} connections", arrivals.len());
     let row = h.store.repeater("acme", "dead").await.unwrap().unwrap();
     assert!(row.backoff_step >= 2, "backoff step {}", row.backoff_step);
@@ -256,10 +302,20 @@ async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
 async fn small_domains_go_first_while_a_big_domain_floods() {
     let receiver = Receiver::start().await;
     let mut specs: Vec<RepeaterSpec> = (0..5)
-        .map(|i| spec("big", &format!("sink-{i}"), &format!("{}/big", receiver.url())))
+        .map(|i| {
+            spec(
+                "big",
+                &format!("sink-{i}"),
+                &format!("{}/big", receiver.url()),
+            )
+        })
         .collect();
     for i in 0..10 {
-        specs.push(spec(&format!("small-{i}"), "sink", &format!("{}/small", receiver.url())));
+        specs.push(spec(
+            &format!("small-{i}"),
+            "sink",
+            &format!("{}/small", receiver.url()),
+        ));
     }
     let dispatch = DispatchConfig {
         max_inflight: 8,
@@ -271,7 +327,10 @@ async fn small_domains_go_first_while_a_big_domain_floods() {
         store.ingest("big", &flood, now_millis()).await.unwrap();
         for i in 0..10 {
             let events: Vec<NewEvent> = (0..10).map(event).collect();
-            store.ingest(&format!("small-{i}"), &events, now_millis()).await.unwrap();
+            store
+                .ingest(&format!("small-{i}"), &events, now_millis())
+                .await
+                .unwrap();
         }
     })
     .await;
@@ -281,7 +340,10 @@ async fn small_domains_go_first_while_a_big_domain_floods() {
         })
         .await;
     let last_small = got.iter().rposition(|r| r.path == "/small").unwrap();
-    let big_before = got[..last_small].iter().filter(|r| r.path == "/big").count();
+    let big_before = got[..last_small]
+        .iter()
+        .filter(|r| r.path == "/big")
+        .count();
     println!("fairness: {big_before} flood records before the last small one");
     // Eleven domains share 8 slots round-robin: the small ones need three
     // turns each, the big one gets about one turn in eleven meanwhile.
@@ -304,20 +366,37 @@ async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
             .await
             .unwrap()
     };
-    let a = start_on(open().await, tempfile::tempdir().unwrap(), &specs, fast(), |_| async {}).await;
-    let b = start_on(open().await, tempfile::tempdir().unwrap(), &specs, fast(), |_| async {}).await;
+    let a = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        fast(),
+        |_| async {},
+    )
+    .await;
+    let b = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        fast(),
+        |_| async {},
+    )
+    .await;
     let t0 = std::time::Instant::now();
     for d in 0..4 {
         let events: Vec<NewEvent> = (0..250).map(event).collect();
         let via = if d % 2 == 0 { &a } else { &b };
-        via.store.ingest(&format!("d{d}"), &events, now_millis()).await.unwrap();
+        via.store
+            .ingest(&format!("d{d}"), &events, now_millis())
+            .await
+            .unwrap();
     }
     receiver
-        .wait_until("2000 records delivered", Duration::from_secs(60), |got| got.len() >= 2000)
+        .wait_until("2000 records delivered", Duration::from_secs(60), |got| {
+            got.len() >= 2000
+        })
         .await;
     println!("two dispatchers: 2000 records in {:?}", t0.elapsed());
-    let all = receiver.received();
-    for w in all.windows(2).take(300) { if w[1].at - w[0].at > Duration::from_millis(20) { println!("gap {:?} at {:?}", w[1].at - w[0].at, w[0].at); } }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = receiver.received();
     let mut ids: Vec<String> = got.iter().filter_map(|r| r.record_id()).collect();
@@ -328,4 +407,98 @@ async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
     assert_eq!(total, 2000, "some records were sent twice");
     let _ = a.shutdown.send(true);
     let _ = b.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_batch_keeps_its_lease_so_a_peer_never_sends_its_records() {
+    // Two dispatchers on one PostgreSQL database, a lease of 600 ms and a
+    // receiver that holds every request for 2 s: without renewal the peer
+    // would take the lane over and send the same records again.
+    let receiver = Receiver::start().await;
+    receiver.set_open(false);
+    let url = common::fresh_pg_database("lease_renewal").await;
+    let specs = [spec("acme", "slow", &receiver.url())];
+    let dispatch = DispatchConfig {
+        lease_ttl: Duration::from_millis(600),
+        ..fast()
+    };
+    let open = || async {
+        repeaterd::store::open(Some(&url), std::path::Path::new("unused"))
+            .await
+            .unwrap()
+    };
+    let a = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        dispatch.clone(),
+        |store| async move {
+            let events: Vec<NewEvent> = (0..5).map(event).collect();
+            store.ingest("acme", &events, now_millis()).await.unwrap();
+        },
+    )
+    .await;
+    let b = start_on(
+        open().await,
+        tempfile::tempdir().unwrap(),
+        &specs,
+        dispatch,
+        |_| async {},
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    receiver.set_open(true);
+    wait_states(a.store.as_ref(), "acme", RecordState::Succeeded, 5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.count(), 5, "records were sent by both dispatchers");
+    let _ = a.shutdown.send(true);
+    let _ = b.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_finished_records_in_bounded_batches() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    let h = start_full(
+        store,
+        dir,
+        &[spec("acme", "crm", &receiver.url())],
+        fast(),
+        Some(Duration::from_millis(300)),
+        |store| async move {
+            let events: Vec<NewEvent> = (0..20).map(event).collect();
+            store.ingest("acme", &events, now_millis()).await.unwrap();
+        },
+    )
+    .await;
+    receiver.wait_for(20, Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = h
+            .store
+            .records(
+                "acme",
+                &RecordQuery {
+                    limit: 100,
+                    ..RecordQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} records left",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The repeater itself stays.
+    assert!(h.store.repeater("acme", "crm").await.unwrap().is_some());
+    let _ = h.shutdown.send(true);
 }

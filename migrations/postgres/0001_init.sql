@@ -10,6 +10,8 @@ CREATE TABLE repeaters (
     domain           TEXT    NOT NULL,
     name             TEXT    NOT NULL,
     spec             TEXT    NOT NULL,
+    -- 0 none, 1 fifo, 2 key: the claim and readiness rules differ by it.
+    ordering         SMALLINT NOT NULL DEFAULT 0,
     paused           BOOLEAN NOT NULL DEFAULT FALSE,
     backoff_until    BIGINT,
     backoff_step     INTEGER NOT NULL DEFAULT 0,
@@ -58,6 +60,9 @@ CREATE TABLE records (
 -- The ready set: the only index the scheduler's hot queries read. Queries
 -- spell the predicate literally (state IN (0, 1)) so the planner matches it.
 CREATE INDEX records_ready ON records (repeater_id, next_attempt_at, id) WHERE state IN (0, 1);
+-- Key ordering: is there an earlier unfinished record with the same key?
+CREATE INDEX records_ready_key ON records (repeater_id, ordering_key, id)
+    WHERE state IN (0, 1) AND ordering_key IS NOT NULL;
 -- Retention walks terminal records by age.
 CREATE INDEX records_terminal ON records (updated_at) WHERE state >= 2;
 -- Listing with keyset pagination by id.

@@ -81,36 +81,33 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// Parses a JSON body into `T`; errors name the field's path.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(json_error)?;
-    deserializer.end().map_err(|err| {
-        ApiError::bad_request("invalid_json", format!("malformed JSON body: {err}"))
-    })?;
-    Ok(value)
+    decode_object_at(bytes, "")
 }
 
-/// Decodes an already-parsed JSON value into `T`; errors name the field's path.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    decode_at(value, "")
-}
-
-/// Decodes a JSON object found at `at` (for example `events[3]`, or `""`
-/// for the whole body) into `T`. Anything but an object is refused, since
-/// serde would otherwise read a struct from an array.
-pub fn decode_at<T: DeserializeOwned>(value: serde_json::Value, at: &str) -> Result<T, ApiError> {
-    if !value.is_object() {
-        let what = if at.is_empty() { "the body" } else { at };
+/// Decodes JSON text found at `at` (for example `events[3]`, or `""` for
+/// the whole body) into `T`, naming the field's path in errors. An array is
+/// refused where a struct is expected, since serde would otherwise read a
+/// struct from an array's elements in order.
+pub fn decode_object_at<T: DeserializeOwned>(bytes: &[u8], at: &str) -> Result<T, ApiError> {
+    let what = if at.is_empty() { "the body" } else { at };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        // Report broken syntax as such before refusing the shape.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(malformed)?;
         return Err(ApiError::bad_request(
             "invalid_body",
-            format!(
-                "{what}: expected a JSON object, found {}",
-                json_kind(&value)
-            ),
+            format!("{what}: expected a JSON object, found an array"),
         ));
     }
-    serde_path_to_error::deserialize(value).map_err(|err| {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
+        if matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        ) {
+            return malformed(inner);
+        }
         let located = match (at.is_empty(), path == ".") {
             (true, true) => inner.to_string(),
             (true, false) => format!("{path}: {inner}"),
@@ -118,30 +115,26 @@ pub fn decode_at<T: DeserializeOwned>(value: serde_json::Value, at: &str) -> Res
             (false, false) => format!("{at}.{path}: {inner}"),
         };
         ApiError::bad_request("invalid_body", located)
+    })?;
+    deserializer.end().map_err(malformed)?;
+    Ok(value)
+}
+
+/// Decodes an already-parsed JSON value into `T`; errors name the field's path.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            ApiError::bad_request("invalid_body", inner.to_string())
+        } else {
+            ApiError::bad_request("invalid_body", format!("{path}: {inner}"))
+        }
     })
 }
 
-fn json_kind(value: &serde_json::Value) -> &'static str {
-    match value {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
-fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-    let path = err.path().to_string();
-    let inner = err.into_inner();
-    match inner.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-            ApiError::bad_request("invalid_json", format!("malformed JSON body: {inner}"))
-        }
-        _ if path == "." => ApiError::bad_request("invalid_body", inner.to_string()),
-        _ => ApiError::bad_request("invalid_body", format!("{path}: {inner}")),
-    }
+fn malformed(err: serde_json::Error) -> ApiError {
+    ApiError::bad_request("invalid_json", format!("malformed JSON body: {err}"))
 }
 
 #[cfg(test)]
@@ -178,17 +171,20 @@ mod tests {
 
     #[test]
     fn only_objects_decode_into_structs() {
-        let err = decode_at::<Inner>(serde_json::json!([1]), "events[2]").unwrap_err();
+        let err = decode_object_at::<Inner>(b" [1]", "events[2]").unwrap_err();
+        assert_eq!(err.code, "invalid_body");
         assert_eq!(
             err.message,
             "events[2]: expected a JSON object, found an array"
         );
-        let err = decode_at::<Inner>(serde_json::json!({"n": -1}), "events[2]").unwrap_err();
+        let err = decode_object_at::<Inner>(b"[1,", "").unwrap_err();
+        assert_eq!(err.code, "invalid_json");
+        let err = decode_object_at::<Inner>(br#"{"n": -1}"#, "events[2]").unwrap_err();
         assert!(
             err.message.starts_with("events[2].n: invalid value"),
             "{err}"
         );
-        let ok: Inner = decode_at(serde_json::json!({"n": 1}), "").unwrap();
+        let ok: Inner = decode_object_at(br#"{"n": 1}"#, "").unwrap();
         assert_eq!(ok.n, 1);
     }
 

@@ -14,11 +14,13 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::{ApiPath, decode_at, is_json_media_type, parse_json, path_slug, require_json};
+use super::extract::{
+    ApiPath, decode_object_at, is_json_media_type, parse_json, path_slug, require_json,
+};
 use crate::model::{NewEvent, now_millis};
 use crate::store::{Ingested, IngestedRecord};
 
@@ -32,9 +34,10 @@ pub struct EventInput {
     /// The event's type.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// A JSON payload (stored as its compact JSON text). `null` is a payload.
+    /// A JSON payload, stored byte for byte as posted (key order, number
+    /// spelling and spacing kept). `null` is a payload.
     #[serde(default, deserialize_with = "present")]
-    pub payload: Option<Value>,
+    pub payload: Option<Box<RawValue>>,
     /// A text payload; needs `content_type`.
     #[serde(default)]
     pub body: Option<String>,
@@ -50,8 +53,8 @@ pub struct EventInput {
 }
 
 /// Keeps an explicit `"payload": null` apart from a missing payload.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(deserializer).map(Some)
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// A batch as posted; each event is decoded on its own so errors can name
@@ -60,7 +63,7 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, 
 #[serde(deny_unknown_fields)]
 pub struct BatchInput {
     /// The events, at most the configured batch size.
-    pub events: Vec<Value>,
+    pub events: Vec<Box<RawValue>>,
 }
 
 /// The answer for one event.
@@ -144,7 +147,7 @@ pub fn to_new_event(input: EventInput, at: &str) -> Result<NewEvent, String> {
                     "{at}content_type: {content_type:?} does not describe a JSON payload; send a string in body instead"
                 ));
             }
-            (content_type, payload.to_string().into_bytes())
+            (content_type, payload.get().as_bytes().to_vec())
         }
         (None, Some(body)) => {
             let content_type = input
@@ -208,7 +211,7 @@ pub async fn post_event(
         require_json(&headers)?;
         let bytes =
             body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-        let input: EventInput = decode_at(parse_json::<Value>(&bytes)?, "")?;
+        let input: EventInput = parse_json(&bytes)?;
         let event = to_new_event(input, "").map_err(ApiError::invalid)?;
         let mut ingested = ingest_events(&state, &domain, vec![event]).await?;
         let first = ingested.pop().ok_or_else(|| {
@@ -241,7 +244,7 @@ pub async fn post_batch(
         require_json(&headers)?;
         let bytes =
             body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-        let input: BatchInput = decode_at(parse_json::<Value>(&bytes)?, "")?;
+        let input: BatchInput = parse_json(&bytes)?;
         if input.events.is_empty() {
             return Err(ApiError::invalid("events: the batch is empty"));
         }
@@ -255,7 +258,8 @@ pub async fn post_batch(
         let mut events = Vec::with_capacity(input.events.len());
         let mut seen_ids = std::collections::HashMap::new();
         for (index, event) in input.events.into_iter().enumerate() {
-            let event: EventInput = decode_at(event, &format!("events[{index}]"))?;
+            let event: EventInput =
+                decode_object_at(event.get().as_bytes(), &format!("events[{index}]"))?;
             let at = format!("events[{index}].");
             let event = to_new_event(event, &at).map_err(ApiError::invalid)?;
             if let Some(id) = &event.id
@@ -288,8 +292,10 @@ pub async fn post_batch(
 mod tests {
     use super::*;
 
+    use serde_json::Value;
+
     fn input(value: Value) -> EventInput {
-        serde_json::from_value(value).unwrap()
+        serde_json::from_str(&value.to_string()).unwrap()
     }
 
     #[test]
@@ -304,6 +310,17 @@ mod tests {
         let null =
             to_new_event(input(serde_json::json!({"type": "t", "payload": null})), "").unwrap();
         assert_eq!(null.payload, b"null");
+    }
+
+    #[test]
+    fn a_json_payload_keeps_its_exact_text() {
+        let text =
+            br#"{"type": "t", "payload": {"z": 1, "a": 12345678901234567890123, "f": 1.10}}"#;
+        let event = to_new_event(parse_json(text).unwrap(), "").unwrap();
+        assert_eq!(
+            event.payload,
+            br#"{"z": 1, "a": 12345678901234567890123, "f": 1.10}"#
+        );
     }
 
     #[test]

@@ -136,6 +136,30 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_request,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Middleware: counts every answer by method, route template and status
+/// (refusals by the token check included).
+async fn count_request(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = matched
+        .as_ref()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .api_request(&method, &route, response.status().as_u16());
+    response
 }

@@ -158,11 +158,9 @@ pub fn repeaters(command: RepeatersCommand) -> anyhow::Result<()> {
         RepeatersCommand::List { domain, api } => {
             (api, "GET", format!("/v1/domains/{domain}/repeaters"))
         }
-        RepeatersCommand::Show { domain, name, api } => (
-            api,
-            "GET",
-            format!("/v1/domains/{domain}/repeaters/{name}"),
-        ),
+        RepeatersCommand::Show { domain, name, api } => {
+            (api, "GET", format!("/v1/domains/{domain}/repeaters/{name}"))
+        }
         RepeatersCommand::Pause { domain, name, api } => (
             api,
             "POST",
@@ -190,8 +188,7 @@ fn call(api: &ApiArgs, method: &str, path: &str) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let url = format!("{}{path}", api.url.trim_end_matches('/'));
     let (status, body) = runtime.block_on(async {
-        let client: Client<_, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(&url)

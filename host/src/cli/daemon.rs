@@ -54,7 +54,11 @@ pub fn check_config(args: ConfigArg) -> anyhow::Result<()> {
             .or_default()
             .push(format!("{} ({} -> {})", spec.name, spec.plugin, spec.url));
     }
-    println!("  repeaters:     {} in {} domains", config.repeaters.len(), domains.len());
+    println!(
+        "  repeaters:     {} in {} domains",
+        config.repeaters.len(),
+        domains.len()
+    );
     for (domain, repeaters) in domains {
         println!("    {domain}:");
         for repeater in repeaters {

@@ -1,4 +1,6 @@
-//! The verbs of the `repeaterd` binary, one module each.
+//! The verbs of the `repeaterd` binary, one module per verb group. They sit
+//! at the binary's edge, so they report errors with `anyhow`.
 
 pub mod admin;
 pub mod daemon;
+pub mod plugin;

@@ -90,8 +90,11 @@ async fn attempt(
         .plugin
         .build(&ctx.call, &event, &ctx.plugin_config)
         .await;
-    ctx.metrics
-        .plugin_call(&plugin_name, PluginCall::Build, clock.elapsed().as_secs_f64());
+    ctx.metrics.plugin_call(
+        &plugin_name,
+        PluginCall::Build,
+        clock.elapsed().as_secs_f64(),
+    );
     let request = match built {
         Ok(BuildOutcome::Send(request)) => request,
         Ok(BuildOutcome::Skip) => return Verdict::Skip,
@@ -103,7 +106,8 @@ async fn attempt(
             };
         }
         Err(error) => {
-            ctx.metrics.plugin_failure(&plugin_name, plugin_error_kind(&error));
+            ctx.metrics
+                .plugin_failure(&plugin_name, plugin_error_kind(&error));
             return build_error_verdict(&error);
         }
     };
@@ -129,8 +133,15 @@ async fn attempt(
         Err(reason) => return Verdict::Reject(format!("plugin {plugin_name}: {reason}")),
     };
     let body = bytes::Bytes::from(request.body);
-    if let Err(reason) =
-        credentials::add(&ctx.credentials, &ctx.spec, record.id, started_at, &body, &mut headers).await
+    if let Err(reason) = credentials::add(
+        &ctx.credentials,
+        &ctx.spec,
+        record.id,
+        started_at,
+        &body,
+        &mut headers,
+    )
+    .await
     {
         report.repeater_fault = true;
         return Verdict::Retry {
@@ -182,8 +193,11 @@ async fn attempt(
         .plugin
         .classify(&ctx.call, &summary, &reply, &ctx.plugin_config)
         .await;
-    ctx.metrics
-        .plugin_call(&plugin_name, PluginCall::Classify, clock.elapsed().as_secs_f64());
+    ctx.metrics.plugin_call(
+        &plugin_name,
+        PluginCall::Classify,
+        clock.elapsed().as_secs_f64(),
+    );
     match classified {
         Ok(crate::plugin::types::Verdict::Success) => Verdict::Success,
         Ok(crate::plugin::types::Verdict::Reject(reason)) => Verdict::Reject(reason),
@@ -192,7 +206,8 @@ async fn attempt(
             after_ms: retry.after_seconds.map(|s| i64::from(s) * 1000),
         },
         Err(error) => {
-            ctx.metrics.plugin_failure(&plugin_name, plugin_error_kind(&error));
+            ctx.metrics
+                .plugin_failure(&plugin_name, plugin_error_kind(&error));
             default_verdict(&reply, &error)
         }
     }
@@ -274,8 +289,12 @@ fn header_map(headers: &[Header]) -> Result<http::HeaderMap, String> {
     for header in headers {
         let name = http::HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| format!("header name {:?} is not valid HTTP", header.name))?;
-        let value = http::HeaderValue::from_str(&header.value)
-            .map_err(|_| format!("header {:?} has a value that is not valid HTTP", header.name))?;
+        let value = http::HeaderValue::from_str(&header.value).map_err(|_| {
+            format!(
+                "header {:?} has a value that is not valid HTTP",
+                header.name
+            )
+        })?;
         map.append(name, value);
     }
     Ok(map)
@@ -323,14 +342,19 @@ mod tests {
             Verdict::Retry { .. }
         ));
         match default_verdict(&response(404), &trap()) {
-            Verdict::Reject(reason) => assert!(reason.contains("404") && reason.contains("trapped")),
+            Verdict::Reject(reason) => {
+                assert!(reason.contains("404") && reason.contains("trapped"))
+            }
             other => panic!("{other:?}"),
         }
         let transport = Reply::TransportError(TransportError {
             kind: TransportErrorKind::Connect,
             message: "connection refused".into(),
         });
-        assert!(matches!(default_verdict(&transport, &trap()), Verdict::Retry { .. }));
+        assert!(matches!(
+            default_verdict(&transport, &trap()),
+            Verdict::Retry { .. }
+        ));
     }
 
     #[test]
@@ -352,6 +376,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(build_error_verdict(&trap()), Verdict::Retry { .. }));
+        assert!(matches!(
+            build_error_verdict(&trap()),
+            Verdict::Retry { .. }
+        ));
     }
 }

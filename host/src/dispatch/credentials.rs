@@ -54,7 +54,12 @@ pub async fn add(
             body,
             headers,
         )
-        .map_err(|error| format!("signing for repeater {}/{}: {error}", spec.domain, spec.name))?;
+        .map_err(|error| {
+            format!(
+                "signing for repeater {}/{}: {error}",
+                spec.domain, spec.name
+            )
+        })?;
     }
     Ok(())
 }

@@ -268,7 +268,14 @@ mod tests {
             retry: &retry,
             backoff: &backoff,
         };
-        judge_batch(records, reports, step, &policy, NOW, &mut StdRng::seed_from_u64(1))
+        judge_batch(
+            records,
+            reports,
+            step,
+            &policy,
+            NOW,
+            &mut StdRng::seed_from_u64(1),
+        )
     }
 
     #[test]
@@ -319,7 +326,11 @@ mod tests {
         let states: Vec<_> = j.outcomes.iter().map(|o| o.state).collect();
         assert_eq!(
             states,
-            [RecordState::Rejected, RecordState::Empty, RecordState::Retrying]
+            [
+                RecordState::Rejected,
+                RecordState::Empty,
+                RecordState::Retrying
+            ]
         );
         let attempt = j.outcomes[0].attempt.as_ref().unwrap();
         assert_eq!(attempt.outcome, AttemptOutcome::Reject);
@@ -332,8 +343,17 @@ mod tests {
         let reports = [report(1, true, Some(500), retry("HTTP 500", None))];
         let j = judge(&records, &reports, 0);
         assert_eq!(j.outcomes[0].state, RecordState::Cancelled);
-        let error = j.outcomes[0].attempt.as_ref().unwrap().error.clone().unwrap();
-        assert!(error.contains("HTTP 500") && error.contains("3 attempts"), "{error}");
+        let error = j.outcomes[0]
+            .attempt
+            .as_ref()
+            .unwrap()
+            .error
+            .clone()
+            .unwrap();
+        assert!(
+            error.contains("HTTP 500") && error.contains("3 attempts"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -355,7 +375,12 @@ mod tests {
     #[test]
     fn missing_credentials_back_the_repeater_off_without_sending() {
         let records = [record(1, 0)];
-        let mut r = report(1, false, None, retry("signing: REPEATERD_KEY is not set", None));
+        let mut r = report(
+            1,
+            false,
+            None,
+            retry("signing: REPEATERD_KEY is not set", None),
+        );
         r.repeater_fault = true;
         let j = judge(&records, &[r], 0);
         assert_eq!(j.verdict, BatchVerdict::BackOff);

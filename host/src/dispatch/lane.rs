@@ -226,9 +226,7 @@ async fn run_window(
     // `answered`: the endpoint took or judged an attempt (success or reject).
     let (mut failed, mut answered) = (false, false);
     loop {
-        let stop = (failed && !answered)
-            || failed_in_a_row >= concurrency
-            || *shutdown.borrow();
+        let stop = (failed && !answered) || failed_in_a_row >= concurrency || *shutdown.borrow();
         while !stop && running.len() < concurrency {
             match pending.next() {
                 Some(record) => running.push(run_attempt(ctx, record)),

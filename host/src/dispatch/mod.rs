@@ -74,7 +74,11 @@ impl DispatchSettings {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".to_owned());
-        format!("{host}:{}:{}", std::process::id(), uuid::Uuid::now_v7().simple())
+        format!(
+            "{host}:{}:{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        )
     }
 }
 

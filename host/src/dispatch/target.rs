@@ -64,7 +64,9 @@ pub fn request_url(
 
     let mut url = format!("{scheme}://{authority}{full_path}");
     let base_query = uri.query().filter(|q| !q.is_empty());
-    let extra_query = query.map(|q| q.trim_start_matches('?')).filter(|q| !q.is_empty());
+    let extra_query = query
+        .map(|q| q.trim_start_matches('?'))
+        .filter(|q| !q.is_empty());
     if let Some(q) = extra_query {
         check_query(q)?;
     }
@@ -106,7 +108,9 @@ fn check_path(path: &str) -> Result<(), TargetError> {
         if decoded == "." || decoded == ".." {
             return Err(refuse("'.' and '..' segments are not allowed"));
         }
-        if segment.to_ascii_lowercase().contains("%2f") || segment.to_ascii_lowercase().contains("%5c") {
+        if segment.to_ascii_lowercase().contains("%2f")
+            || segment.to_ascii_lowercase().contains("%5c")
+        {
             return Err(refuse("encoded path separators are not allowed"));
         }
     }
@@ -160,7 +164,15 @@ mod tests {
 
     #[test]
     fn dot_segments_are_refused_even_encoded() {
-        for path in ["..", "a/../b", "./a", "%2e%2E/admin", "a/%2e", "a%2fb", "a\\b"] {
+        for path in [
+            "..",
+            "a/../b",
+            "./a",
+            "%2e%2E/admin",
+            "a/%2e",
+            "a%2fb",
+            "a\\b",
+        ] {
             let err = request_url("http://h/base", Some(path), None).unwrap_err();
             assert!(matches!(err, TargetError::BadPath { .. }), "{path}: {err}");
         }

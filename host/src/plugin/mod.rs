@@ -44,3 +44,16 @@ pub mod types {
         TransportError, TransportErrorKind, Verdict,
     };
 }
+
+/// The component bytes of the built-in plugin `name`.
+pub fn builtin(name: &str) -> Option<&'static [u8]> {
+    BUILTIN_PLUGINS
+        .iter()
+        .find(|(builtin, _)| *builtin == name)
+        .map(|(_, bytes)| *bytes)
+}
+
+/// Names of the built-in plugins, in the order they are embedded.
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTIN_PLUGINS.iter().map(|(name, _)| *name).collect()
+}

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::{AttemptOutcome, Millis, NewEvent, RepeaterSpec, check_slug};
+use crate::model::{AttemptOutcome, Millis, NewEvent, Ordering, RepeaterSpec, check_slug};
 
 use super::{
     AttemptDraft, Ingested, IngestedRecord, Lease, RecordOutcome, StoreError, StoreResult,
@@ -27,13 +27,18 @@ pub(crate) fn spec_json(spec: &RepeaterSpec) -> StoreResult<String> {
     check_domain(&spec.domain)?;
     check_slug("repeater", &spec.name).map_err(|err| StoreError::Invalid(err.to_string()))?;
     serde_json::to_string(spec).map_err(|err| {
-        StoreError::Invalid(format!("repeater {:?} spec cannot be stored: {err}", spec.name))
+        StoreError::Invalid(format!(
+            "repeater {:?} spec cannot be stored: {err}",
+            spec.name
+        ))
     })
 }
 
 fn check_text(index: usize, field: &str, value: &str, may_be_empty: bool) -> StoreResult<()> {
     if !may_be_empty && value.is_empty() {
-        return Err(StoreError::Invalid(format!("event {index}: {field} is empty")));
+        return Err(StoreError::Invalid(format!(
+            "event {index}: {field} is empty"
+        )));
     }
     if value.len() > MAX_KEY_BYTES {
         return Err(StoreError::Invalid(format!(
@@ -158,12 +163,15 @@ impl RecordUpdate {
 /// The error a record shows after an attempt: the attempt's own error, or
 /// the HTTP status of a failed response.
 fn attempt_error(attempt: &AttemptDraft) -> Option<String> {
-    attempt.error.clone().or_else(|| match (attempt.outcome, attempt.status) {
-        (AttemptOutcome::Retry | AttemptOutcome::Reject, Some(status)) => {
-            Some(format!("HTTP status {status}"))
-        }
-        _ => None,
-    })
+    attempt
+        .error
+        .clone()
+        .or_else(|| match (attempt.outcome, attempt.status) {
+            (AttemptOutcome::Retry | AttemptOutcome::Reject, Some(status)) => {
+                Some(format!("HTTP status {status}"))
+            }
+            _ => None,
+        })
 }
 
 /// A fresh random lease token.
@@ -176,5 +184,14 @@ pub(crate) fn lease_lost(lease: &Lease) -> StoreError {
     StoreError::LeaseLost {
         repeater_id: lease.repeater_id,
         epoch: lease.epoch,
+    }
+}
+
+/// The stored number of a repeater's ordering (`repeaters.ordering`).
+pub(crate) fn ordering_code(ordering: Ordering) -> i16 {
+    match ordering {
+        Ordering::None => 0,
+        Ordering::Fifo => 1,
+        Ordering::Key => 2,
     }
 }

@@ -320,7 +320,9 @@ pub trait Store: Send + Sync + 'static {
     async fn migrate(&self) -> StoreResult<()>;
 
     /// A signal notified when new work may be ready: after every ingest in
-    /// this process, and (PostgreSQL) when another process ingests.
+    /// this process, and (PostgreSQL) when another process ingests. Both
+    /// implementations also notify after resend, requeue, resume and the
+    /// release of a lease (a freed lane may still have due records).
     fn wake_signal(&self) -> Arc<tokio::sync::Notify>;
 
     // --- repeaters -------------------------------------------------------

@@ -4,10 +4,10 @@
 //! Lanes are leased with `FOR NO KEY UPDATE SKIP LOCKED`, so contenders skip a
 //! busy repeater instead of queueing behind it, and every lane write is
 //! fenced by the lease epoch. Transactions are short: none is held across a
-//! plugin call or an HTTP request. Ingest, resend, requeue, resume and lease
-//! release send `NOTIFY repeaterd_wake` with the domain as payload; a
-//! background task LISTENs and turns notifications from any process into
-//! this store's wake signal.
+//! plugin call or an HTTP request. After ingest, resend, requeue, resume and
+//! lease release a background task sends `NOTIFY repeaterd_wake` (coalesced,
+//! at most one per 20 ms); another LISTENs and turns notifications from any
+//! process into this store's wake signal.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -37,6 +37,8 @@ use crate::model::{Millis, NewEvent, RecordState, RepeaterSpec};
 pub const WAKE_CHANNEL: &str = "repeaterd_wake";
 /// Connections in the pool (the listener has its own).
 const POOL_CONNECTIONS: u32 = 10;
+/// Shortest time between two NOTIFYs from this process.
+const ANNOUNCE_WINDOW: Duration = Duration::from_millis(20);
 /// How long to wait before listening again after the connection failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
@@ -44,15 +46,18 @@ const LISTEN_RETRY: Duration = Duration::from_secs(1);
 pub struct PostgresStore {
     pool: PgPool,
     wake: Arc<Notify>,
-    _listening: Listening,
+    changes: Arc<Notify>,
+    _tasks: BackgroundTasks,
 }
 
-/// The background LISTEN task; it stops when the store is dropped.
-struct Listening(JoinHandle<()>);
+/// The LISTEN and NOTIFY tasks; they stop when the store is dropped.
+struct BackgroundTasks(Vec<JoinHandle<()>>);
 
-impl Drop for Listening {
+impl Drop for BackgroundTasks {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -69,12 +74,24 @@ impl PostgresStore {
         // Listen before returning, so a NOTIFY sent after `connect` is seen.
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(WAKE_CHANNEL).await?;
-        let task = tokio::spawn(listen(listener, Arc::downgrade(&wake)));
+        let changes = Arc::new(Notify::new());
+        let tasks = vec![
+            tokio::spawn(listen(listener, Arc::downgrade(&wake))),
+            tokio::spawn(announce(pool.clone(), changes.clone())),
+        ];
         Ok(PostgresStore {
             pool,
             wake,
-            _listening: Listening(task),
+            changes,
+            _tasks: BackgroundTasks(tasks),
         })
+    }
+
+    /// Something may have become ready: wake this process's scheduler at
+    /// once and let the other processes know.
+    fn changed(&self) {
+        self.wake.notify_one();
+        self.changes.notify_one();
     }
 
     /// A transaction; PostgreSQL's row locks and `ON CONFLICT` do the rest.
@@ -144,14 +161,16 @@ impl Store for PostgresStore {
         let json = input::spec_json(spec)?;
         let mut tx = self.write().await?;
         let raw: RepeaterRecordRaw = sqlx::query_as(&format!(
-            "INSERT INTO repeaters (domain, name, spec, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) \
-             ON CONFLICT (domain, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
+            "INSERT INTO repeaters (domain, name, spec, ordering, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (domain, name) DO UPDATE SET spec = excluded.spec, \
+             ordering = excluded.ordering, updated_at = excluded.updated_at \
              RETURNING {REPEATER_COLUMNS}"
         ))
         .bind(&spec.domain)
         .bind(&spec.name)
         .bind(&json)
+        .bind(input::ordering_code(spec.ordering))
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
@@ -246,12 +265,9 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if changed > 0 && !paused {
-            notify_wake(&mut tx, domain).await?;
-        }
         tx.commit().await?;
         if changed > 0 && !paused {
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(changed > 0)
     }
@@ -278,9 +294,8 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        notify_wake(&mut tx, domain).await?;
         tx.commit().await?;
-        self.wake.notify_one();
+        self.changed();
         Ok(moved)
     }
 
@@ -296,26 +311,31 @@ impl Store for PostgresStore {
         }
         let mut tx = self.write().await?;
         let answers = ingest_in(&mut tx, domain, events, &plan, now).await?;
-        if answers.iter().any(|a| a.created && !a.records.is_empty()) {
-            notify_wake(&mut tx, domain).await?;
-        }
         tx.commit().await?;
         if answers.iter().any(|a| a.created && !a.records.is_empty()) {
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(answers)
     }
 
     async fn ready_repeaters(&self, now: Millis) -> StoreResult<Vec<ReadyRepeater>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
             "SELECT p.id, p.domain, p.name FROM repeaters p \
              WHERE NOT p.paused \
                AND (p.backoff_until IS NULL OR p.backoff_until <= $1) \
                AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1) \
-               AND EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
-                           AND r.state IN (0, 1) AND r.next_attempt_at <= $1) \
+               AND CASE p.ordering \
+                   WHEN 1 THEN EXISTS (SELECT 1 FROM records r WHERE r.id = {head} \
+                                       AND r.next_attempt_at <= $1) \
+                   WHEN 2 THEN EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
+                                       AND r.state IN (0, 1) AND r.next_attempt_at <= $1 \
+                                       AND {KEY_HEAD}) \
+                   ELSE EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
+                                AND r.state IN (0, 1) AND r.next_attempt_at <= $1) \
+                   END \
              ORDER BY p.domain, p.name",
-        )
+            head = fifo_head("p.id"),
+        ))
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
@@ -328,14 +348,22 @@ impl Store for PostgresStore {
     async fn next_wakeup(&self, now: Millis) -> StoreResult<Option<Millis>> {
         // Per repeater: its earliest due record, pushed back by its backoff
         // and its lease; one index probe per repeater on the ready set.
-        let at: Option<i64> = sqlx::query_scalar(
+        // A fifo lane waits for its head record, a key lane for the heads
+        // of its keys (a scan of that lane's unfinished records).
+        let at: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT MIN(GREATEST(d.due, COALESCE(d.backoff_until, 0), COALESCE(d.lease_expires_at, 0))) \
              FROM (SELECT p.backoff_until, p.lease_expires_at, \
-                          (SELECT MIN(r.next_attempt_at) FROM records r \
-                           WHERE r.repeater_id = p.id AND r.state IN (0, 1)) AS due \
+                          CASE p.ordering \
+                          WHEN 1 THEN (SELECT r.next_attempt_at FROM records r WHERE r.id = {head}) \
+                          WHEN 2 THEN (SELECT MIN(r.next_attempt_at) FROM records r \
+                                       WHERE r.repeater_id = p.id AND r.state IN (0, 1) AND {KEY_HEAD}) \
+                          ELSE (SELECT MIN(r.next_attempt_at) FROM records r \
+                                WHERE r.repeater_id = p.id AND r.state IN (0, 1)) \
+                          END AS due \
                    FROM repeaters p WHERE NOT p.paused) d \
              WHERE d.due IS NOT NULL",
-        )
+            head = fifo_head("p.id"),
+        ))
         .fetch_one(&self.pool)
         .await?;
         Ok(at.map(|at| at.max(now)))
@@ -415,34 +443,34 @@ impl Store for PostgresStore {
         limit: u32,
         now: Millis,
     ) -> StoreResult<Vec<ClaimedRecord>> {
+        let ordering: Option<i16> = sqlx::query_scalar(
+            "SELECT ordering FROM repeaters WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
+        )
+        .bind(lease.repeater_id)
+        .bind(lease.epoch)
+        .bind(&lease.token)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(ordering) = ordering else {
+            return Err(lease_lost(lease));
+        };
+        let rule = match ordering {
+            // fifo: only the oldest unfinished record, and only when it is due.
+            1 => format!("r.id = {}", fifo_head("$1")),
+            // key: per key, only its oldest unfinished record.
+            2 => KEY_HEAD.to_owned(),
+            _ => "TRUE".to_owned(),
+        };
         let raws: Vec<ClaimedRecordRaw> = sqlx::query_as(&format!(
             "SELECT {CLAIM_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
-             WHERE r.repeater_id = $1 AND r.state IN (0, 1) AND r.next_attempt_at <= $2 \
-               AND EXISTS (SELECT 1 FROM repeaters p WHERE p.id = $1 \
-                           AND p.lease_epoch = $3 AND p.lease_token = $4) \
-             ORDER BY r.next_attempt_at, r.id LIMIT $5"
+             WHERE r.repeater_id = $1 AND r.state IN (0, 1) AND r.next_attempt_at <= $2 AND {rule} \
+             ORDER BY r.next_attempt_at, r.id LIMIT $3"
         ))
         .bind(lease.repeater_id)
         .bind(now)
-        .bind(lease.epoch)
-        .bind(&lease.token)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        if raws.is_empty() {
-            // Nothing due, or the lane is no longer ours: tell them apart.
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM repeaters WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
-            )
-            .bind(lease.repeater_id)
-            .bind(lease.epoch)
-            .bind(&lease.token)
-            .fetch_optional(&self.pool)
-            .await?;
-            if held.is_none() {
-                return Err(lease_lost(lease));
-            }
-        }
         Ok(raws.into_iter().map(ClaimedRecordRaw::decode).collect())
     }
 
@@ -457,7 +485,8 @@ impl Store for PostgresStore {
         let mut tx = self.write().await?;
         // The fence: this statement matches only while our epoch holds the
         // lane, and it carries the health and release writes with it.
-        let mut fence = QueryBuilder::<Postgres>::new("UPDATE repeaters SET lease_epoch = lease_epoch");
+        let mut fence =
+            QueryBuilder::<Postgres>::new("UPDATE repeaters SET lease_epoch = lease_epoch");
         if let Some(health) = health {
             fence
                 .push(", backoff_until = ")
@@ -543,13 +572,10 @@ impl Store for PostgresStore {
                 .push_bind(lease.repeater_id);
             query.build().execute(&mut *tx).await?;
         }
-        if release {
-            notify_wake(&mut tx, "").await?;
-        }
         tx.commit().await?;
         if release {
             // The lane is free again; the scheduler may want it back at once.
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(())
     }
@@ -566,12 +592,9 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if released > 0 {
-            notify_wake(&mut tx, "").await?;
-        }
         tx.commit().await?;
         if released > 0 {
-            self.wake.notify_one();
+            self.changed();
         }
         Ok(())
     }
@@ -656,9 +679,8 @@ impl Store for PostgresStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        notify_wake(&mut tx, domain).await?;
         tx.commit().await?;
-        self.wake.notify_one();
+        self.changed();
         Ok(true)
     }
 
@@ -705,7 +727,13 @@ impl Store for PostgresStore {
         event_ids.sort_unstable();
         event_ids.dedup();
         for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
-            delete_in(&mut tx, "DELETE FROM attempts WHERE record_id IN (", chunk, ")").await?;
+            delete_in(
+                &mut tx,
+                "DELETE FROM attempts WHERE record_id IN (",
+                chunk,
+                ")",
+            )
+            .await?;
             delete_in(&mut tx, "DELETE FROM records WHERE id IN (", chunk, ")").await?;
         }
         for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
@@ -721,6 +749,22 @@ impl Store for PostgresStore {
         Ok(record_ids.len() as u64)
     }
 }
+
+/// The id of the oldest unfinished record of `repeater`: two index lookups
+/// on `records_repeater_state` (a plain `ORDER BY id` would walk terminal
+/// records first).
+fn fifo_head(repeater: &str) -> String {
+    format!(
+        "LEAST((SELECT MIN(h.id) FROM records h WHERE h.repeater_id = {repeater} AND h.state = 0), \
+               (SELECT MIN(h.id) FROM records h WHERE h.repeater_id = {repeater} AND h.state = 1))"
+    )
+}
+
+/// True for a record `r` that has no earlier unfinished record with the same
+/// ordering key (records without a key are never held back).
+const KEY_HEAD: &str = "(r.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM records o \
+     WHERE o.repeater_id = r.repeater_id AND o.state IN (0, 1) \
+     AND o.ordering_key = r.ordering_key AND o.id < r.id))";
 
 /// Runs `head <ids> tail` with the ids as a bound list.
 async fn delete_in(
@@ -739,14 +783,23 @@ async fn delete_in(
     Ok(())
 }
 
-/// Sends a wake-up to every listening process when the transaction commits.
-async fn notify_wake(tx: &mut Transaction<'static, Postgres>, domain: &str) -> StoreResult<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(WAKE_CHANNEL)
-        .bind(domain)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// Tells other processes about local changes: one NOTIFY per change burst,
+/// at most one per [`ANNOUNCE_WINDOW`]. NOTIFY serialises committing
+/// transactions on a server-wide lock, so one per ingest would cap ingest
+/// throughput. No change goes unannounced: a change during a send or a
+/// window leaves a permit, which causes one more NOTIFY after the window.
+async fn announce(pool: PgPool, changes: Arc<Notify>) {
+    loop {
+        changes.notified().await;
+        if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(WAKE_CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %err, "announcing a change to other processes failed");
+        }
+        tokio::time::sleep(ANNOUNCE_WINDOW).await;
+    }
 }
 
 /// Turns notifications into wake-ups until the store is gone. A lost

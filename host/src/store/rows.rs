@@ -4,7 +4,9 @@
 
 use crate::model::{AttemptOutcome, RecordState, RepeaterSpec};
 
-use super::{AttemptRow, ClaimedRecord, LeaseInfo, RecordRow, RepeaterRow, StoreError, StoreResult};
+use super::{
+    AttemptRow, ClaimedRecord, LeaseInfo, RecordRow, RepeaterRow, StoreError, StoreResult,
+};
 
 /// Every column of `repeaters` that status needs.
 pub(crate) const REPEATER_COLUMNS: &str = "id, spec, paused, backoff_until, backoff_step, \
@@ -126,10 +128,11 @@ pub(crate) struct AttemptRowRaw {
 
 impl AttemptRowRaw {
     pub(crate) fn decode(self) -> StoreResult<AttemptRow> {
-        let outcome = AttemptOutcome::from_i16(self.outcome).ok_or_else(|| StoreError::Corrupt {
-            what: "attempts.outcome",
-            detail: format!("unknown outcome {}", self.outcome),
-        })?;
+        let outcome =
+            AttemptOutcome::from_i16(self.outcome).ok_or_else(|| StoreError::Corrupt {
+                what: "attempts.outcome",
+                detail: format!("unknown outcome {}", self.outcome),
+            })?;
         Ok(AttemptRow {
             id: self.id,
             record_id: self.record_id,

@@ -143,14 +143,16 @@ impl Store for SqliteStore {
         let json = input::spec_json(spec)?;
         let mut tx = self.write().await?;
         let raw: RepeaterRecordRaw = sqlx::query_as(&format!(
-            "INSERT INTO repeaters (domain, name, spec, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) \
-             ON CONFLICT (domain, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
+            "INSERT INTO repeaters (domain, name, spec, ordering, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (domain, name) DO UPDATE SET spec = excluded.spec, \
+             ordering = excluded.ordering, updated_at = excluded.updated_at \
              RETURNING {REPEATER_COLUMNS}"
         ))
         .bind(&spec.domain)
         .bind(&spec.name)
         .bind(&json)
+        .bind(input::ordering_code(spec.ordering))
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
@@ -299,15 +301,23 @@ impl Store for SqliteStore {
     }
 
     async fn ready_repeaters(&self, now: Millis) -> StoreResult<Vec<ReadyRepeater>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
             "SELECT p.id, p.domain, p.name FROM repeaters p \
              WHERE NOT p.paused \
                AND (p.backoff_until IS NULL OR p.backoff_until <= $1) \
                AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1) \
-               AND EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
-                           AND r.state IN (0, 1) AND r.next_attempt_at <= $1) \
+               AND CASE p.ordering \
+                   WHEN 1 THEN EXISTS (SELECT 1 FROM records r WHERE r.id = {head} \
+                                       AND r.next_attempt_at <= $1) \
+                   WHEN 2 THEN EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
+                                       AND r.state IN (0, 1) AND r.next_attempt_at <= $1 \
+                                       AND {KEY_HEAD}) \
+                   ELSE EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
+                                AND r.state IN (0, 1) AND r.next_attempt_at <= $1) \
+                   END \
              ORDER BY p.domain, p.name",
-        )
+            head = fifo_head("p.id"),
+        ))
         .bind(now)
         .fetch_all(&self.reader)
         .await?;
@@ -320,14 +330,22 @@ impl Store for SqliteStore {
     async fn next_wakeup(&self, now: Millis) -> StoreResult<Option<Millis>> {
         // Per repeater: its earliest due record, pushed back by its backoff
         // and its lease; one index probe per repeater on the ready set.
-        let at: Option<i64> = sqlx::query_scalar(
+        // A fifo lane waits for its head record, a key lane for the heads
+        // of its keys (a scan of that lane's unfinished records).
+        let at: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT MIN(max(d.due, COALESCE(d.backoff_until, 0), COALESCE(d.lease_expires_at, 0))) \
              FROM (SELECT p.backoff_until, p.lease_expires_at, \
-                          (SELECT MIN(r.next_attempt_at) FROM records r \
-                           WHERE r.repeater_id = p.id AND r.state IN (0, 1)) AS due \
+                          CASE p.ordering \
+                          WHEN 1 THEN (SELECT r.next_attempt_at FROM records r WHERE r.id = {head}) \
+                          WHEN 2 THEN (SELECT MIN(r.next_attempt_at) FROM records r \
+                                       WHERE r.repeater_id = p.id AND r.state IN (0, 1) AND {KEY_HEAD}) \
+                          ELSE (SELECT MIN(r.next_attempt_at) FROM records r \
+                                WHERE r.repeater_id = p.id AND r.state IN (0, 1)) \
+                          END AS due \
                    FROM repeaters p WHERE NOT p.paused) d \
              WHERE d.due IS NOT NULL",
-        )
+            head = fifo_head("p.id"),
+        ))
         .fetch_one(&self.reader)
         .await?;
         Ok(at.map(|at| at.max(now)))
@@ -405,34 +423,34 @@ impl Store for SqliteStore {
         limit: u32,
         now: Millis,
     ) -> StoreResult<Vec<ClaimedRecord>> {
+        let ordering: Option<i16> = sqlx::query_scalar(
+            "SELECT ordering FROM repeaters WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
+        )
+        .bind(lease.repeater_id)
+        .bind(lease.epoch)
+        .bind(&lease.token)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(ordering) = ordering else {
+            return Err(lease_lost(lease));
+        };
+        let rule = match ordering {
+            // fifo: only the oldest unfinished record, and only when it is due.
+            1 => format!("r.id = {}", fifo_head("$1")),
+            // key: per key, only its oldest unfinished record.
+            2 => KEY_HEAD.to_owned(),
+            _ => "TRUE".to_owned(),
+        };
         let raws: Vec<ClaimedRecordRaw> = sqlx::query_as(&format!(
             "SELECT {CLAIM_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
-             WHERE r.repeater_id = $1 AND r.state IN (0, 1) AND r.next_attempt_at <= $2 \
-               AND EXISTS (SELECT 1 FROM repeaters p WHERE p.id = $1 \
-                           AND p.lease_epoch = $3 AND p.lease_token = $4) \
-             ORDER BY r.next_attempt_at, r.id LIMIT $5"
+             WHERE r.repeater_id = $1 AND r.state IN (0, 1) AND r.next_attempt_at <= $2 AND {rule} \
+             ORDER BY r.next_attempt_at, r.id LIMIT $3"
         ))
         .bind(lease.repeater_id)
         .bind(now)
-        .bind(lease.epoch)
-        .bind(&lease.token)
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        if raws.is_empty() {
-            // Nothing due, or the lane is no longer ours: tell them apart.
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM repeaters WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
-            )
-            .bind(lease.repeater_id)
-            .bind(lease.epoch)
-            .bind(&lease.token)
-            .fetch_optional(&self.reader)
-            .await?;
-            if held.is_none() {
-                return Err(lease_lost(lease));
-            }
-        }
         Ok(raws.into_iter().map(ClaimedRecordRaw::decode).collect())
     }
 
@@ -447,7 +465,8 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         // The fence: this statement matches only while our epoch holds the
         // lane, and it carries the health and release writes with it.
-        let mut fence = QueryBuilder::<Sqlite>::new("UPDATE repeaters SET lease_epoch = lease_epoch");
+        let mut fence =
+            QueryBuilder::<Sqlite>::new("UPDATE repeaters SET lease_epoch = lease_epoch");
         if let Some(health) = health {
             fence
                 .push(", backoff_until = ")
@@ -688,7 +707,13 @@ impl Store for SqliteStore {
         event_ids.sort_unstable();
         event_ids.dedup();
         for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
-            delete_in(&mut tx, "DELETE FROM attempts WHERE record_id IN (", chunk, ")").await?;
+            delete_in(
+                &mut tx,
+                "DELETE FROM attempts WHERE record_id IN (",
+                chunk,
+                ")",
+            )
+            .await?;
             delete_in(&mut tx, "DELETE FROM records WHERE id IN (", chunk, ")").await?;
         }
         for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
@@ -704,6 +729,23 @@ impl Store for SqliteStore {
         Ok(record_ids.len() as u64)
     }
 }
+
+/// The id of the oldest unfinished record of `repeater`: two index lookups
+/// on `records_repeater_state` (a plain `ORDER BY id` would walk terminal
+/// records first). NULLs become a sentinel because SQLite's `min(a, b)` is
+/// NULL when either is.
+fn fifo_head(repeater: &str) -> String {
+    format!(
+        "min(COALESCE((SELECT MIN(h.id) FROM records h WHERE h.repeater_id = {repeater} AND h.state = 0), 9223372036854775807), \
+             COALESCE((SELECT MIN(h.id) FROM records h WHERE h.repeater_id = {repeater} AND h.state = 1), 9223372036854775807))"
+    )
+}
+
+/// True for a record `r` that has no earlier unfinished record with the same
+/// ordering key (records without a key are never held back).
+const KEY_HEAD: &str = "(r.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM records o \
+     WHERE o.repeater_id = r.repeater_id AND o.state IN (0, 1) \
+     AND o.ordering_key = r.ordering_key AND o.id < r.id))";
 
 /// Runs `head <ids> tail` with the ids as a bound list.
 async fn delete_in(

@@ -72,6 +72,13 @@ struct DomainLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RepeaterLabels {
     domain: String,
     repeater: String,
@@ -108,6 +115,7 @@ pub struct Metrics {
     events_ingested: Family<DomainLabel, Counter>,
     records_created: Family<DomainLabel, Counter>,
     ingest_refused: Counter,
+    api_requests: Family<ApiRequestLabels, Counter>,
     /// Serialises backlog refreshes so two scrapes do not interleave their
     /// clear-and-fill of the gauge.
     backlog_refresh: tokio::sync::Mutex<()>,
@@ -211,6 +219,12 @@ impl Metrics {
             "Ingest requests refused as invalid (4xx)",
             ingest_refused.clone(),
         );
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "HTTP API requests by method, route template and status",
+            api_requests.clone(),
+        );
         Metrics {
             registry,
             attempts,
@@ -227,6 +241,7 @@ impl Metrics {
             events_ingested,
             records_created,
             ingest_refused,
+            api_requests,
             backlog_refresh: tokio::sync::Mutex::new(()),
         }
     }
@@ -350,6 +365,29 @@ impl Metrics {
     /// An ingest request was refused as invalid.
     pub fn ingest_refused(&self) {
         self.ingest_refused.inc();
+    }
+
+    /// The API answered a request. `route` must be a route template (for
+    /// example `/v1/domains/{domain}/events`) or `unmatched`, never a raw
+    /// path; methods outside the standard ones count as `OTHER`.
+    pub fn api_request(&self, method: &http::Method, route: &str, status: u16) {
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::HEAD => "HEAD",
+            http::Method::POST => "POST",
+            http::Method::PUT => "PUT",
+            http::Method::DELETE => "DELETE",
+            http::Method::PATCH => "PATCH",
+            http::Method::OPTIONS => "OPTIONS",
+            _ => "OTHER",
+        };
+        self.api_requests
+            .get_or_create(&ApiRequestLabels {
+                method,
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
     }
 
     /// Replaces the backlog gauge with the store's current counts. On a

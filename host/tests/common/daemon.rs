@@ -36,7 +36,9 @@ pub async fn fresh_pg_database(test: &str) -> String {
     use sqlx::Connection;
     let base = std::env::var("REPEATERD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let (server, _) = base.rsplit_once('/').expect("REPEATERD_TEST_PG_URL has a database");
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("REPEATERD_TEST_PG_URL has a database");
     let admin_url = format!("{server}/postgres");
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
@@ -205,6 +207,9 @@ allow_private = ["127.0.0.1/32"]
 /// A running `repeaterd serve`.
 pub struct Daemon {
     pub base: String,
+    port: u16,
+    config_path: PathBuf,
+    backend: Backend,
     pub dir: PathBuf,
     child: Option<Child>,
     log_path: PathBuf,
@@ -261,6 +266,9 @@ impl Daemon {
             .expect("start repeaterd");
         let mut daemon = Daemon {
             base: format!("http://127.0.0.1:{port}"),
+            port,
+            config_path: config_path.clone(),
+            backend: backend.clone(),
             dir: dir.path().to_owned(),
             child: Some(child),
             log_path,
@@ -281,7 +289,10 @@ impl Daemon {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("repeaterd exited with {status} before answering:\n{}", self.log());
+                panic!(
+                    "repeaterd exited with {status} before answering:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -295,6 +306,26 @@ impl Daemon {
     /// What the daemon wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Rewrites the daemon's config file with `config` (same port and
+    /// database) and sends SIGHUP.
+    pub fn reload(&self, config: &TestConfig) {
+        let dir = self.config_path.parent().unwrap();
+        std::fs::write(
+            &self.config_path,
+            config.to_toml(dir, self.port, &self.backend),
+        )
+        .unwrap();
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("daemon runs");
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGHUP);
+        }
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it
@@ -331,7 +362,10 @@ impl Daemon {
             .expect("GET reaches repeaterd");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// POST JSON to a path under the API; returns status and JSON body.
@@ -344,13 +378,21 @@ impl Daemon {
             .expect("POST reaches repeaterd");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Posts one event; returns the 202 answer.
     pub async fn ingest(&self, domain: &str, event: Value) -> Value {
-        let (status, body) = self.post(&format!("/v1/domains/{domain}/events"), &event).await;
-        assert_eq!(status, 202, "ingest into {domain} answered {status}: {body}");
+        let (status, body) = self
+            .post(&format!("/v1/domains/{domain}/events"), &event)
+            .await;
+        assert_eq!(
+            status, 202,
+            "ingest into {domain} answered {status}: {body}"
+        );
         body
     }
 
@@ -372,13 +414,24 @@ impl Daemon {
 
     /// One record with its attempts.
     pub async fn record(&self, domain: &str, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/v1/domains/{domain}/records/{id}")).await;
-        assert_eq!(status, 200, "record {domain}/{id} answered {status}: {body}");
+        let (status, body) = self
+            .get(&format!("/v1/domains/{domain}/records/{id}"))
+            .await;
+        assert_eq!(
+            status, 200,
+            "record {domain}/{id} answered {status}: {body}"
+        );
         body
     }
 
     /// Waits until record `id` reaches `state`; returns the record.
-    pub async fn wait_record_state(&self, domain: &str, id: &str, state: &str, limit: Duration) -> Value {
+    pub async fn wait_record_state(
+        &self,
+        domain: &str,
+        id: &str,
+        state: &str,
+        limit: Duration,
+    ) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let record = self.record(domain, id).await;
@@ -397,7 +450,10 @@ impl Daemon {
     /// POST an admin action on a repeater (`pause`, `resume`, `requeue`).
     pub async fn repeater_action(&self, domain: &str, name: &str, action: &str) -> Value {
         let (status, body) = self
-            .post(&format!("/v1/domains/{domain}/repeaters/{name}/{action}"), &json!({}))
+            .post(
+                &format!("/v1/domains/{domain}/repeaters/{name}/{action}"),
+                &json!({}),
+            )
             .await;
         assert!(
             (200..300).contains(&status),
@@ -408,8 +464,11 @@ impl Daemon {
 
     /// POST an admin action on a record (`resend`, `cancel`); returns the status.
     pub async fn record_action(&self, domain: &str, id: &str, action: &str) -> (u16, Value) {
-        self.post(&format!("/v1/domains/{domain}/records/{id}/{action}"), &json!({}))
-            .await
+        self.post(
+            &format!("/v1/domains/{domain}/records/{id}/{action}"),
+            &json!({}),
+        )
+        .await
     }
 }
 

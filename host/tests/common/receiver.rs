@@ -87,7 +87,9 @@ impl Receiver {
 
     /// Starts a receiver answering from `script`.
     pub async fn with_script(script: Script) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let (gate, open) = watch::channel(true);
         let shared = Arc::new(Shared {
@@ -228,7 +230,9 @@ pub struct ResettingEndpoint {
 
 impl ResettingEndpoint {
     pub async fn start() -> ResettingEndpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind endpoint");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind endpoint");
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let arrivals = Arc::new(Mutex::new(Vec::new()));

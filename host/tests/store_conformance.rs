@@ -1,0 +1,1799 @@
+//! One conformance suite for every `Store`: each test body below runs against
+//! a fresh SQLite file and a fresh PostgreSQL database (set
+//! `REPEATERD_TEST_PG_URL`; default `postgres://postgres@127.0.0.1:5432/test`).
+//! A few tests at the end need two processes sharing one database and run on
+//! PostgreSQL only.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use repeaterd::model::{AttemptOutcome, NewEvent, Ordering, RecordState, RepeaterSpec};
+use repeaterd::store::postgres::PostgresStore;
+use repeaterd::store::{
+    AttemptDraft, Lease, RecordOutcome, RecordQuery, RepeaterHealth, Store, StoreError,
+};
+use sqlx::Connection;
+
+const T0: i64 = 1_700_000_000_000;
+const TTL: i64 = 30_000;
+
+// --- harness -------------------------------------------------------------
+
+/// A store under test and what must be cleaned up after it.
+struct Harness {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+    _database: Option<PgDatabase>,
+}
+
+async fn sqlite_harness() -> Harness {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = repeaterd::store::open(None, &dir.path().join("repeaterd.db"))
+        .await
+        .expect("open SQLite store");
+    Harness {
+        store,
+        _dir: Some(dir),
+        _database: None,
+    }
+}
+
+fn pg_url() -> String {
+    std::env::var("REPEATERD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (server, _) = base.rsplit_once('/').expect("database url has a path");
+    match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    }
+}
+
+/// A database made for one test and dropped after it (best effort).
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    async fn create() -> PgDatabase {
+        let url = pg_url();
+        let admin_url = with_database(&url, "postgres");
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "PostgreSQL at {admin_url} is unreachable ({err}); start it or set \
+                 REPEATERD_TEST_PG_URL to a reachable server, e.g. \
+                 postgres://postgres@127.0.0.1:5432/test"
+                )
+            });
+        let name = format!("repeaterd_t_{:016x}", rand::random::<u64>());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+        PgDatabase {
+            url: with_database(&url, &name),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn pg_harness() -> Harness {
+    let database = PgDatabase::create().await;
+    let store = repeaterd::store::open(Some(&database.url), std::path::Path::new("unused.db"))
+        .await
+        .expect("open PostgreSQL store");
+    Harness {
+        store,
+        _dir: None,
+        _database: Some(database),
+    }
+}
+
+/// Generates one test per body and backend.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let harness = super::sqlite_harness().await;
+                    super::$name(harness.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let harness = super::pg_harness().await;
+                    super::$name(harness.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ingest_makes_one_record_per_subscribed_repeater,
+    ingest_is_idempotent_by_event_id,
+    concurrent_ingests_of_one_id_create_records_once,
+    ingest_is_all_or_nothing,
+    ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
+    leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
+    finish_batch_with_a_stale_epoch_writes_nothing,
+    claim_returns_due_records_oldest_first_with_their_events,
+    outcomes_update_records_and_write_attempts,
+    resend_and_cancel_follow_the_record_rules,
+    requeue_and_pause_act_on_the_repeater,
+    delete_repeater_cancels_unfinished_records,
+    purge_terminal_deletes_only_old_terminal_records_in_batches,
+    next_wakeup_reports_the_earliest_due_time,
+    backlog_counts_records_by_state,
+    records_listing_filters_and_pages_by_id,
+    upsert_replaces_the_spec_and_keeps_the_status,
+    ingest_wakes_the_scheduler,
+    fifo_lanes_hold_the_line_behind_their_oldest_record,
+    key_lanes_keep_order_within_each_key,
+    ingest_and_batches_running_together_lose_nothing,
+);
+
+// --- fixtures ------------------------------------------------------------
+
+fn spec(domain: &str, name: &str, event_types: &[&str]) -> RepeaterSpec {
+    serde_json::from_value(serde_json::json!({
+        "domain": domain,
+        "name": name,
+        "url": "http://127.0.0.1:9/hook",
+        "plugin": "json-forward",
+        "event_types": event_types,
+    }))
+    .expect("valid spec")
+}
+
+fn event(id: Option<&str>, event_type: &str) -> NewEvent {
+    NewEvent {
+        id: id.map(str::to_owned),
+        event_type: event_type.to_owned(),
+        content_type: "application/json".to_owned(),
+        payload: format!("{{\"type\":\"{event_type}\"}}").into_bytes(),
+        ordering_key: None,
+    }
+}
+
+async fn lease(store: &Arc<dyn Store>, repeater_id: i64, now: i64) -> Lease {
+    store
+        .acquire_lease(repeater_id, "test-holder", now, TTL)
+        .await
+        .expect("acquire")
+        .expect("lease is free")
+}
+
+fn attempt(outcome: AttemptOutcome, status: Option<u16>, error: Option<&str>) -> AttemptDraft {
+    AttemptDraft {
+        started_at: T0 + 10,
+        duration_ms: 42,
+        status,
+        error: error.map(str::to_owned),
+        outcome,
+        response_excerpt: status.map(|s| format!("reply {s}").into_bytes()),
+    }
+}
+
+async fn state_of(store: &Arc<dyn Store>, domain: &str, id: i64) -> RecordState {
+    store
+        .record(domain, id)
+        .await
+        .expect("record")
+        .expect("record exists")
+        .0
+        .state
+}
+
+async fn all_records(store: &Arc<dyn Store>, domain: &str) -> Vec<repeaterd::store::RecordRow> {
+    store
+        .records(
+            domain,
+            &RecordQuery {
+                limit: 10_000,
+                ..RecordQuery::default()
+            },
+        )
+        .await
+        .expect("records")
+}
+
+// --- ingest --------------------------------------------------------------
+
+async fn ingest_makes_one_record_per_subscribed_repeater(store: Arc<dyn Store>) {
+    store
+        .upsert_repeater(&spec("acme", "all", &[]), T0)
+        .await
+        .unwrap();
+    store
+        .upsert_repeater(&spec("acme", "closer", &["case.closed"]), T0)
+        .await
+        .unwrap();
+    store
+        .upsert_repeater(&spec("other", "all", &[]), T0)
+        .await
+        .unwrap();
+
+    let answers = store
+        .ingest(
+            "acme",
+            &[
+                event(Some("e1"), "case.created"),
+                event(None, "case.closed"),
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].event_id, "e1");
+    assert!(answers[0].created && answers[1].created);
+    let names = |i: usize| -> Vec<String> {
+        answers[i]
+            .records
+            .iter()
+            .map(|r| r.repeater.clone())
+            .collect()
+    };
+    assert_eq!(names(0), vec!["all"]);
+    let mut second = names(1);
+    second.sort();
+    assert_eq!(second, vec!["all", "closer"]);
+    // A host-made id is a UUID.
+    assert!(uuid::Uuid::parse_str(&answers[1].event_id).is_ok());
+
+    let listed = all_records(&store, "acme").await;
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed
+            .iter()
+            .all(|r| r.state == RecordState::Pending && r.attempts == 0)
+    );
+    assert!(all_records(&store, "other").await.is_empty());
+}
+
+async fn ingest_is_idempotent_by_event_id(store: Arc<dyn Store>) {
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    store
+        .upsert_repeater(&spec("acme", "b", &[]), T0)
+        .await
+        .unwrap();
+    store
+        .upsert_repeater(&spec("beta", "a", &[]), T0)
+        .await
+        .unwrap();
+    let first = store
+        .ingest("acme", &[event(Some("x"), "t")], T0)
+        .await
+        .unwrap();
+    assert!(first[0].created);
+    assert_eq!(first[0].records.len(), 2);
+
+    // Same id again, even with another type and payload: the first answer.
+    let again = store
+        .ingest("acme", &[event(Some("x"), "other.type")], T0 + 5)
+        .await
+        .unwrap();
+    assert!(!again[0].created);
+    assert_eq!(again[0].records, first[0].records);
+    assert_eq!(all_records(&store, "acme").await.len(), 2);
+
+    // Within one batch, the second copy reports the first one's records.
+    let batch = store
+        .ingest("acme", &[event(Some("y"), "t"), event(Some("y"), "t")], T0)
+        .await
+        .unwrap();
+    assert!(batch[0].created);
+    assert!(!batch[1].created);
+    assert_eq!(batch[0].records, batch[1].records);
+    assert_eq!(all_records(&store, "acme").await.len(), 4);
+
+    // Ids are per domain.
+    let other = store
+        .ingest("beta", &[event(Some("x"), "t")], T0)
+        .await
+        .unwrap();
+    assert!(other[0].created);
+    assert_eq!(other[0].records.len(), 1);
+}
+
+async fn concurrent_ingests_of_one_id_create_records_once(store: Arc<dyn Store>) {
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    store
+        .upsert_repeater(&spec("acme", "b", &[]), T0)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every task sends the shared id, half of them inside a batch
+            // with ids of their own, in differing order.
+            let mut events = vec![event(Some("shared"), "t")];
+            if i % 2 == 0 {
+                events.push(event(Some(&format!("own-{i}")), "t"));
+                events.reverse();
+            }
+            store.ingest("acme", &events, T0).await
+        }));
+    }
+    let mut created = 0;
+    let mut answers = HashSet::new();
+    for task in tasks {
+        let result = task.await.unwrap().expect("concurrent ingest succeeds");
+        let shared = result.iter().find(|a| a.event_id == "shared").unwrap();
+        created += usize::from(shared.created);
+        let ids: Vec<i64> = shared.records.iter().map(|r| r.id).collect();
+        answers.insert(ids);
+    }
+    assert_eq!(created, 1, "exactly one ingest creates the event");
+    assert_eq!(answers.len(), 1, "every ingest reports the same records");
+    assert_eq!(answers.iter().next().unwrap().len(), 2);
+    // 2 records for the shared id, 2 for each of the 4 own ids.
+    assert_eq!(all_records(&store, "acme").await.len(), 2 + 4 * 2);
+}
+
+async fn ingest_is_all_or_nothing(store: Arc<dyn Store>) {
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let mut bad = event(Some("third"), "t");
+    bad.ordering_key = Some("k".repeat(300));
+    let result = store
+        .ingest(
+            "acme",
+            &[event(Some("first"), "t"), event(Some("second"), "t"), bad],
+            T0,
+        )
+        .await;
+    match result {
+        Err(StoreError::Invalid(message)) => assert!(message.contains("ordering key"), "{message}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert!(all_records(&store, "acme").await.is_empty());
+    // Nothing of the batch was kept: the first id is new again.
+    let retry = store
+        .ingest("acme", &[event(Some("first"), "t")], T0)
+        .await
+        .unwrap();
+    assert!(retry[0].created);
+
+    for (domain, event) in [
+        ("Not A Domain", event(Some("z"), "t")),
+        ("acme", event(Some(""), "t")),
+        ("acme", event(Some("z"), "")),
+    ] {
+        let result = store.ingest(domain, &[event], T0).await;
+        assert!(matches!(result, Err(StoreError::Invalid(_))), "{result:?}");
+    }
+    assert_eq!(all_records(&store, "acme").await.len(), 1);
+}
+
+// --- scheduling ----------------------------------------------------------
+
+async fn ready_repeaters_exclude_paused_backed_off_leased_and_not_due(store: Arc<dyn Store>) {
+    let mut ids = std::collections::HashMap::new();
+    for name in ["ok", "paused", "backed", "leased", "later", "idle"] {
+        let row = store
+            .upsert_repeater(&spec("acme", name, &[]), T0)
+            .await
+            .unwrap();
+        ids.insert(name, row.id);
+    }
+    // "idle" subscribes to nothing that will be sent.
+    store
+        .upsert_repeater(&spec("acme", "idle", &["never"]), T0)
+        .await
+        .unwrap();
+    store
+        .ingest("acme", &[event(Some("e"), "t")], T0)
+        .await
+        .unwrap();
+    store.set_paused("acme", "paused", true, T0).await.unwrap();
+
+    // "backed": a failed batch backs it off until T0 + 5000.
+    let backed = lease(&store, ids["backed"], T0).await;
+    store
+        .finish_batch(
+            &backed,
+            &[],
+            Some(&RepeaterHealth {
+                backoff_until: Some(T0 + 5_000),
+                backoff_step: 1,
+                last_error: Some("HTTP status 503".into()),
+                last_success_at: None,
+            }),
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+    // "later": its record is retrying, due at T0 + 10000.
+    let later = lease(&store, ids["later"], T0).await;
+    let claimed = store.claim(&later, 10, T0).await.unwrap();
+    let outcomes: Vec<RecordOutcome> = claimed
+        .iter()
+        .map(|r| RecordOutcome {
+            record_id: r.id,
+            state: RecordState::Retrying,
+            next_attempt_at: Some(T0 + 10_000),
+            attempt: Some(attempt(AttemptOutcome::Retry, Some(500), None)),
+        })
+        .collect();
+    store
+        .finish_batch(&later, &outcomes, None, true, T0)
+        .await
+        .unwrap();
+    // "leased": held until T0 + TTL.
+    lease(&store, ids["leased"], T0).await;
+
+    let names = |ready: Vec<repeaterd::store::ReadyRepeater>| -> Vec<String> {
+        ready.into_iter().map(|r| r.name).collect()
+    };
+    assert_eq!(
+        names(store.ready_repeaters(T0 + 1).await.unwrap()),
+        vec!["ok"]
+    );
+    assert_eq!(
+        names(store.ready_repeaters(T0 + 5_000).await.unwrap()),
+        vec!["backed", "ok"]
+    );
+    assert_eq!(
+        names(store.ready_repeaters(T0 + 10_000).await.unwrap()),
+        vec!["backed", "later", "ok"]
+    );
+    assert_eq!(
+        names(store.ready_repeaters(T0 + TTL).await.unwrap()),
+        vec!["backed", "later", "leased", "ok"]
+    );
+    store.set_paused("acme", "paused", false, T0).await.unwrap();
+    assert_eq!(
+        names(store.ready_repeaters(T0 + TTL).await.unwrap()),
+        vec!["backed", "later", "leased", "ok", "paused"]
+    );
+}
+
+async fn leases_bump_the_epoch_renew_and_are_taken_over_after_expiry(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let first = lease(&store, id, T0).await;
+    assert_eq!(first.expires_at, T0 + TTL);
+    let status = store
+        .repeater("acme", "a")
+        .await
+        .unwrap()
+        .unwrap()
+        .lease
+        .unwrap();
+    assert_eq!(status.holder, "test-holder");
+    assert_eq!(status.epoch, first.epoch);
+
+    // Held: nobody else gets it, not even at the last millisecond.
+    assert!(
+        store
+            .acquire_lease(id, "other", T0 + TTL - 1, TTL)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let renewed = store.renew_lease(&first, T0 + 20_000, TTL).await.unwrap();
+    assert_eq!(renewed.expires_at, T0 + 20_000 + TTL);
+    assert_eq!(renewed.epoch, first.epoch);
+    assert!(
+        store
+            .acquire_lease(id, "other", T0 + TTL + 1, TTL)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Expired: taken over with a higher epoch; the old holder is fenced out.
+    let takeover_at = T0 + 20_000 + TTL;
+    let second = store
+        .acquire_lease(id, "other", takeover_at, TTL)
+        .await
+        .unwrap()
+        .expect("expired lease is taken over");
+    assert!(second.epoch > first.epoch);
+    assert_ne!(second.token, first.token);
+    match store.renew_lease(&renewed, takeover_at, TTL).await {
+        Err(StoreError::LeaseLost { repeater_id, epoch }) => {
+            assert_eq!((repeater_id, epoch), (id, first.epoch));
+        }
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+    // Releasing a lost lease changes nothing.
+    store.release_lease(&renewed).await.unwrap();
+    assert!(
+        store
+            .acquire_lease(id, "third", takeover_at, TTL)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Releasing the held one frees the lane at once.
+    store.release_lease(&second).await.unwrap();
+    assert!(
+        store
+            .repeater("acme", "a")
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .is_none()
+    );
+    let third = lease(&store, id, takeover_at).await;
+    assert!(third.epoch > second.epoch);
+    assert!(matches!(
+        store.renew_lease(&second, takeover_at, TTL).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    assert!(matches!(
+        store.acquire_lease(id + 1000, "x", T0, TTL).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn finish_batch_with_a_stale_epoch_writes_nothing(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .ingest("acme", &[event(Some("e"), "t")], T0)
+        .await
+        .unwrap();
+    let stale = lease(&store, id, T0).await;
+    let claimed = store.claim(&stale, 10, T0).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let fresh = lease(&store, id, T0 + TTL).await;
+
+    let outcome = RecordOutcome {
+        record_id: claimed[0].id,
+        state: RecordState::Succeeded,
+        next_attempt_at: None,
+        attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+    };
+    let health = RepeaterHealth {
+        backoff_until: Some(T0 + 99_999),
+        backoff_step: 3,
+        last_error: Some("stale".into()),
+        last_success_at: Some(T0),
+    };
+    let result = store
+        .finish_batch(
+            &stale,
+            std::slice::from_ref(&outcome),
+            Some(&health),
+            true,
+            T0 + TTL,
+        )
+        .await;
+    assert!(
+        matches!(result, Err(StoreError::LeaseLost { .. })),
+        "{result:?}"
+    );
+    let (row, attempts) = store.record("acme", claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(row.state, RecordState::Pending);
+    assert_eq!(row.attempts, 0);
+    assert!(attempts.is_empty());
+    let repeater = store.repeater("acme", "a").await.unwrap().unwrap();
+    assert_eq!(repeater.backoff_step, 0);
+    assert_eq!(repeater.last_error, None);
+    assert_eq!(repeater.lease.unwrap().epoch, fresh.epoch);
+
+    // The new holder reads the same record again and its write lands.
+    let again = store.claim(&fresh, 10, T0 + TTL).await.unwrap();
+    assert_eq!(again[0].id, claimed[0].id);
+    store
+        .finish_batch(&fresh, &[outcome], None, true, T0 + TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        state_of(&store, "acme", claimed[0].id).await,
+        RecordState::Succeeded
+    );
+    // A claim under a lost lease says so.
+    assert!(matches!(
+        store.claim(&stale, 10, T0 + TTL).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
+async fn claim_returns_due_records_oldest_first_with_their_events(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let mut keyed = event(Some("e0"), "case.created");
+    keyed.ordering_key = Some("case-7".into());
+    keyed.payload = b"\x00binary\xff".to_vec();
+    keyed.content_type = "application/octet-stream".into();
+    store.ingest("acme", &[keyed], T0).await.unwrap();
+    store
+        .ingest("acme", &[event(Some("e1"), "t")], T0 + 1)
+        .await
+        .unwrap();
+    store
+        .ingest("acme", &[event(Some("e2"), "t")], T0 + 2)
+        .await
+        .unwrap();
+    store
+        .ingest("acme", &[event(Some("e3"), "t")], T0 + 50)
+        .await
+        .unwrap();
+
+    let held = lease(&store, id, T0 + 10).await;
+    let claimed = store.claim(&held, 2, T0 + 10).await.unwrap();
+    let keys: Vec<&str> = claimed.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(keys, vec!["e0", "e1"]);
+    let first = &claimed[0];
+    assert_eq!(first.payload, b"\x00binary\xff");
+    assert_eq!(first.content_type, "application/octet-stream");
+    assert_eq!(first.event_type, "case.created");
+    assert_eq!(first.ordering_key.as_deref(), Some("case-7"));
+    assert_eq!(first.registered_at, T0);
+    assert_eq!(first.age_origin, T0);
+    assert_eq!(first.attempts, 0);
+
+    // Claiming marks nothing: the same records come back; e3 is not yet due.
+    let all = store.claim(&held, 10, T0 + 10).await.unwrap();
+    let keys: Vec<&str> = all.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(keys, vec!["e0", "e1", "e2"]);
+
+    // A retry pushed into the future goes behind records due earlier.
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: all[0].id,
+                state: RecordState::Retrying,
+                next_attempt_at: Some(T0 + 60),
+                attempt: Some(attempt(
+                    AttemptOutcome::Retry,
+                    None,
+                    Some("connection refused"),
+                )),
+            }],
+            None,
+            false,
+            T0 + 10,
+        )
+        .await
+        .unwrap();
+    let later = store.claim(&held, 10, T0 + 100).await.unwrap();
+    let keys: Vec<&str> = later.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(keys, vec!["e1", "e2", "e3", "e0"]);
+    assert_eq!(later[3].attempts, 1);
+}
+
+async fn outcomes_update_records_and_write_attempts(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let events: Vec<NewEvent> = (0..5).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    let held = lease(&store, id, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    let now = T0 + 100;
+    let outcomes = vec![
+        RecordOutcome {
+            record_id: claimed[0].id,
+            state: RecordState::Succeeded,
+            next_attempt_at: None,
+            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+        },
+        RecordOutcome {
+            record_id: claimed[1].id,
+            state: RecordState::Retrying,
+            next_attempt_at: Some(now + 5_000),
+            attempt: Some(attempt(AttemptOutcome::Retry, Some(503), None)),
+        },
+        RecordOutcome {
+            record_id: claimed[2].id,
+            state: RecordState::Rejected,
+            next_attempt_at: None,
+            attempt: Some(attempt(
+                AttemptOutcome::Reject,
+                None,
+                Some("plugin rejected: no email"),
+            )),
+        },
+        RecordOutcome {
+            record_id: claimed[3].id,
+            state: RecordState::Empty,
+            next_attempt_at: None,
+            attempt: Some(attempt(AttemptOutcome::Skip, None, None)),
+        },
+        // A skipped turn: not an attempt, the record stays due.
+        RecordOutcome {
+            record_id: claimed[4].id,
+            state: RecordState::Pending,
+            next_attempt_at: Some(now + 1),
+            attempt: None,
+        },
+    ];
+    let health = RepeaterHealth {
+        backoff_until: None,
+        backoff_step: 0,
+        last_error: None,
+        last_success_at: Some(now),
+    };
+    store
+        .finish_batch(&held, &outcomes, Some(&health), true, now)
+        .await
+        .unwrap();
+
+    let (row, attempts) = store.record("acme", claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.state, row.attempts, row.next_attempt_at),
+        (RecordState::Succeeded, 1, None)
+    );
+    assert_eq!(row.updated_at, now);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status, Some(200));
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Success);
+    assert_eq!(attempts[0].duration_ms, 42);
+    assert_eq!(attempts[0].started_at, T0 + 10);
+    assert_eq!(attempts[0].response_excerpt.as_deref(), Some("reply 200"));
+
+    let (row, attempts) = store.record("acme", claimed[1].id).await.unwrap().unwrap();
+    assert_eq!(row.state, RecordState::Retrying);
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.next_attempt_at, Some(now + 5_000));
+    assert_eq!(row.last_error.as_deref(), Some("HTTP status 503"));
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Retry);
+
+    let (row, attempts) = store.record("acme", claimed[2].id).await.unwrap().unwrap();
+    assert_eq!(row.state, RecordState::Rejected);
+    assert_eq!(row.last_error.as_deref(), Some("plugin rejected: no email"));
+    assert_eq!(
+        attempts[0].error.as_deref(),
+        Some("plugin rejected: no email")
+    );
+    assert_eq!(attempts[0].status, None);
+
+    assert_eq!(
+        state_of(&store, "acme", claimed[3].id).await,
+        RecordState::Empty
+    );
+    let (row, attempts) = store.record("acme", claimed[4].id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (RecordState::Pending, 0));
+    assert_eq!(row.next_attempt_at, Some(now + 1));
+    assert!(attempts.is_empty());
+
+    let repeater = store.repeater("acme", "a").await.unwrap().unwrap();
+    assert_eq!(repeater.last_success_at, Some(now));
+    assert!(repeater.lease.is_none(), "release = true frees the lane");
+
+    // A second attempt of the retrying record is appended, oldest first.
+    let held = lease(&store, id, now + 5_000).await;
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: claimed[1].id,
+                state: RecordState::Cancelled,
+                next_attempt_at: None,
+                attempt: Some(attempt(AttemptOutcome::Retry, None, Some("timed out"))),
+            }],
+            Some(&RepeaterHealth {
+                backoff_until: Some(now + 35_000),
+                backoff_step: 1,
+                last_error: Some("timed out".into()),
+                last_success_at: None,
+            }),
+            false,
+            now + 5_000,
+        )
+        .await
+        .unwrap();
+    let (row, attempts) = store.record("acme", claimed[1].id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (RecordState::Cancelled, 2));
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts[0].id < attempts[1].id);
+    assert_eq!(attempts[1].error.as_deref(), Some("timed out"));
+    let repeater = store.repeater("acme", "a").await.unwrap().unwrap();
+    assert_eq!(repeater.backoff_until, Some(now + 35_000));
+    assert_eq!(repeater.backoff_step, 1);
+    assert_eq!(repeater.last_error.as_deref(), Some("timed out"));
+    assert_eq!(
+        repeater.last_success_at,
+        Some(now),
+        "kept when the batch had none"
+    );
+    assert!(repeater.lease.is_some(), "release = false keeps the lane");
+}
+
+// --- records -------------------------------------------------------------
+
+async fn resend_and_cancel_follow_the_record_rules(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .ingest(
+            "acme",
+            &[event(Some("e0"), "t"), event(Some("e1"), "t")],
+            T0,
+        )
+        .await
+        .unwrap();
+    let held = lease(&store, id, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: claimed[0].id,
+                state: RecordState::Succeeded,
+                next_attempt_at: None,
+                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+            }],
+            None,
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+
+    // Resend: back to pending, due now, count and age restart, history kept.
+    assert!(
+        store
+            .resend("acme", claimed[0].id, T0 + 1_000)
+            .await
+            .unwrap()
+    );
+    let (row, attempts) = store.record("acme", claimed[0].id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (RecordState::Pending, 0));
+    assert_eq!(row.next_attempt_at, Some(T0 + 1_000));
+    assert_eq!(attempts.len(), 1);
+    let held = lease(&store, id, T0 + 1_000).await;
+    let again = store.claim(&held, 10, T0 + 1_000).await.unwrap();
+    let resent = again.iter().find(|r| r.id == claimed[0].id).unwrap();
+    assert_eq!(resent.age_origin, T0 + 1_000);
+    store.release_lease(&held).await.unwrap();
+
+    // Cancel: only unfinished records; a second cancel is refused.
+    assert!(
+        store
+            .cancel("acme", claimed[1].id, T0 + 2_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        state_of(&store, "acme", claimed[1].id).await,
+        RecordState::Cancelled
+    );
+    assert!(matches!(
+        store.cancel("acme", claimed[1].id, T0 + 2_000).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Unknown ids, and ids of another domain, are not found.
+    assert!(!store.cancel("acme", 999_999, T0).await.unwrap());
+    assert!(!store.resend("acme", 999_999, T0).await.unwrap());
+    assert!(!store.resend("other", claimed[0].id, T0).await.unwrap());
+    assert!(
+        store
+            .record("other", claimed[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn requeue_and_pause_act_on_the_repeater(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let events: Vec<NewEvent> = (0..4).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    let held = lease(&store, id, T0).await;
+    let c = store.claim(&held, 10, T0).await.unwrap();
+    let outcome = |i: usize, state, next| RecordOutcome {
+        record_id: c[i].id,
+        state,
+        next_attempt_at: next,
+        attempt: Some(attempt(AttemptOutcome::Retry, Some(500), None)),
+    };
+    store
+        .finish_batch(
+            &held,
+            &[
+                outcome(0, RecordState::Retrying, Some(T0 + 60_000)),
+                outcome(1, RecordState::Cancelled, None),
+                outcome(2, RecordState::Succeeded, None),
+            ],
+            Some(&RepeaterHealth {
+                backoff_until: Some(T0 + 60_000),
+                backoff_step: 2,
+                last_error: Some("HTTP status 500".into()),
+                last_success_at: None,
+            }),
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(store.ready_repeaters(T0 + 1).await.unwrap().is_empty());
+
+    assert_eq!(store.requeue("acme", "a", T0 + 1).await.unwrap(), 2);
+    for i in [0, 1] {
+        let (row, _) = store.record("acme", c[i].id).await.unwrap().unwrap();
+        assert_eq!((row.state, row.attempts), (RecordState::Pending, 0));
+        assert_eq!(row.next_attempt_at, Some(T0 + 1));
+    }
+    assert_eq!(
+        state_of(&store, "acme", c[2].id).await,
+        RecordState::Succeeded
+    );
+    assert_eq!(
+        state_of(&store, "acme", c[3].id).await,
+        RecordState::Pending
+    );
+    let repeater = store.repeater("acme", "a").await.unwrap().unwrap();
+    assert_eq!((repeater.backoff_until, repeater.backoff_step), (None, 0));
+    assert_eq!(store.ready_repeaters(T0 + 1).await.unwrap().len(), 1);
+    assert!(matches!(
+        store.requeue("acme", "missing", T0).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Pause keeps records as they are and takes the repeater off the schedule.
+    assert!(store.set_paused("acme", "a", true, T0 + 2).await.unwrap());
+    assert!(store.repeater("acme", "a").await.unwrap().unwrap().paused);
+    assert!(store.ready_repeaters(T0 + 2).await.unwrap().is_empty());
+    assert_eq!(
+        state_of(&store, "acme", c[3].id).await,
+        RecordState::Pending
+    );
+    assert!(store.set_paused("acme", "a", false, T0 + 3).await.unwrap());
+    assert_eq!(store.ready_repeaters(T0 + 3).await.unwrap().len(), 1);
+    assert!(!store.set_paused("acme", "missing", true, T0).await.unwrap());
+}
+
+async fn delete_repeater_cancels_unfinished_records(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "gone", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .upsert_repeater(&spec("acme", "stays", &[]), T0)
+        .await
+        .unwrap();
+    store
+        .ingest(
+            "acme",
+            &[event(Some("e0"), "t"), event(Some("e1"), "t")],
+            T0,
+        )
+        .await
+        .unwrap();
+    let held = lease(&store, id, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: claimed[0].id,
+                state: RecordState::Succeeded,
+                next_attempt_at: None,
+                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+            }],
+            None,
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+
+    assert!(store.delete_repeater("acme", "gone", T0 + 1).await.unwrap());
+    assert!(store.repeater("acme", "gone").await.unwrap().is_none());
+    assert!(!store.delete_repeater("acme", "gone", T0 + 1).await.unwrap());
+    let (succeeded, _) = store.record("acme", claimed[0].id).await.unwrap().unwrap();
+    assert_eq!(succeeded.state, RecordState::Succeeded);
+    let (cancelled, _) = store.record("acme", claimed[1].id).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, RecordState::Cancelled);
+    assert_eq!(
+        cancelled.repeater, "gone",
+        "listing keeps the deleted repeater's name"
+    );
+    assert_eq!(cancelled.next_attempt_at, None);
+    assert!(matches!(
+        store.resend("acme", claimed[1].id, T0 + 2).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // The other repeater's records are untouched, and only it is ready.
+    let ready = store.ready_repeaters(T0 + 2).await.unwrap();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(ready[0].name, "stays");
+    assert_eq!(store.backlog(ready[0].id).await.unwrap().pending, 2);
+
+    // A new repeater of the same name starts empty.
+    let again = store
+        .upsert_repeater(&spec("acme", "gone", &[]), T0 + 3)
+        .await
+        .unwrap();
+    assert_ne!(again.id, id);
+    assert_eq!(store.backlog(again.id).await.unwrap(), Default::default());
+}
+
+async fn purge_terminal_deletes_only_old_terminal_records_in_batches(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let events: Vec<NewEvent> = (0..6).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    let held = lease(&store, id, T0).await;
+    let c = store.claim(&held, 10, T0).await.unwrap();
+    let done = |i: usize| RecordOutcome {
+        record_id: c[i].id,
+        state: RecordState::Succeeded,
+        next_attempt_at: None,
+        attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+    };
+    // Records 0-2 finish at T0 + 1000, record 3 at T0 + 9000; 4 retries; 5 waits.
+    store
+        .finish_batch(&held, &[done(0), done(1), done(2)], None, false, T0 + 1_000)
+        .await
+        .unwrap();
+    store
+        .finish_batch(&held, &[done(3)], None, false, T0 + 9_000)
+        .await
+        .unwrap();
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: c[4].id,
+                state: RecordState::Retrying,
+                next_attempt_at: Some(T0 + 99_000),
+                attempt: Some(attempt(AttemptOutcome::Retry, Some(500), None)),
+            }],
+            None,
+            true,
+            T0 + 1_000,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(store.purge_terminal(T0 + 5_000, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_terminal(T0 + 5_000, 2).await.unwrap(), 1);
+    assert_eq!(store.purge_terminal(T0 + 5_000, 2).await.unwrap(), 0);
+    for purged in &c[..3] {
+        assert!(store.record("acme", purged.id).await.unwrap().is_none());
+    }
+    let left: Vec<i64> = all_records(&store, "acme")
+        .await
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![c[3].id, c[4].id, c[5].id]);
+    let (_, attempts) = store.record("acme", c[4].id).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 1, "unfinished records keep their attempts");
+
+    // The purged events went with their records: their ids are new again,
+    // and new record ids never reuse purged ones.
+    let again = store
+        .ingest("acme", &[event(Some("e0"), "t")], T0 + 10_000)
+        .await
+        .unwrap();
+    assert!(again[0].created);
+    assert!(again[0].records[0].id > c[5].id);
+    let kept = store
+        .ingest("acme", &[event(Some("e3"), "t")], T0 + 10_000)
+        .await
+        .unwrap();
+    assert!(!kept[0].created);
+}
+
+async fn next_wakeup_reports_the_earliest_due_time(store: Arc<dyn Store>) {
+    assert_eq!(store.next_wakeup(T0).await.unwrap(), None);
+    let a = store
+        .upsert_repeater(&spec("acme", "a", &["t"]), T0)
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .upsert_repeater(&spec("acme", "b", &["only-b"]), T0)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(
+        store.next_wakeup(T0).await.unwrap(),
+        None,
+        "no records, nothing to wait for"
+    );
+    store
+        .ingest("acme", &[event(Some("e0"), "t")], T0)
+        .await
+        .unwrap();
+    store
+        .ingest("acme", &[event(Some("e1"), "only-b")], T0)
+        .await
+        .unwrap();
+
+    // a: retry at T0 + 7000.  b: backed off until T0 + 4000.
+    let held = lease(&store, a, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: claimed[0].id,
+                state: RecordState::Retrying,
+                next_attempt_at: Some(T0 + 7_000),
+                attempt: Some(attempt(AttemptOutcome::Retry, Some(500), None)),
+            }],
+            None,
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+    let held = lease(&store, b, T0).await;
+    store
+        .finish_batch(
+            &held,
+            &[],
+            Some(&RepeaterHealth {
+                backoff_until: Some(T0 + 4_000),
+                backoff_step: 1,
+                last_error: None,
+                last_success_at: None,
+            }),
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.next_wakeup(T0).await.unwrap(), Some(T0 + 4_000));
+    store.set_paused("acme", "b", true, T0).await.unwrap();
+    assert_eq!(store.next_wakeup(T0).await.unwrap(), Some(T0 + 7_000));
+    // A held lease delays its repeater until it expires.
+    lease(&store, a, T0).await;
+    assert_eq!(store.next_wakeup(T0).await.unwrap(), Some(T0 + TTL));
+    // Something already due reports "now", never a time in the past.
+    assert_eq!(
+        store.next_wakeup(T0 + 40_000).await.unwrap(),
+        Some(T0 + 40_000)
+    );
+}
+
+async fn backlog_counts_records_by_state(store: Arc<dyn Store>) {
+    let a = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .upsert_repeater(&spec("beta", "b", &[]), T0)
+        .await
+        .unwrap();
+    let events: Vec<NewEvent> = (0..3).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    store.ingest("beta", &events[..1], T0).await.unwrap();
+    let held = lease(&store, a, T0).await;
+    let c = store.claim(&held, 10, T0).await.unwrap();
+    store
+        .finish_batch(
+            &held,
+            &[
+                RecordOutcome {
+                    record_id: c[0].id,
+                    state: RecordState::Succeeded,
+                    next_attempt_at: None,
+                    attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+                },
+                RecordOutcome {
+                    record_id: c[1].id,
+                    state: RecordState::Retrying,
+                    next_attempt_at: Some(T0 + 5),
+                    attempt: Some(attempt(AttemptOutcome::Retry, Some(500), None)),
+                },
+            ],
+            None,
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+    let backlog = store.backlog(a).await.unwrap();
+    assert_eq!(
+        (
+            backlog.pending,
+            backlog.retrying,
+            backlog.succeeded,
+            backlog.cancelled
+        ),
+        (1, 1, 1, 0)
+    );
+    let by_domain = store.backlog_by_domain().await.unwrap();
+    assert_eq!(
+        by_domain,
+        vec![
+            ("acme".to_owned(), RecordState::Pending, 1),
+            ("acme".to_owned(), RecordState::Retrying, 1),
+            ("beta".to_owned(), RecordState::Pending, 1),
+        ]
+    );
+}
+
+async fn records_listing_filters_and_pages_by_id(store: Arc<dyn Store>) {
+    let a = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .upsert_repeater(&spec("acme", "b", &[]), T0)
+        .await
+        .unwrap();
+    let events: Vec<NewEvent> = (0..5).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    let held = lease(&store, a, T0).await;
+    let c = store.claim(&held, 1, T0).await.unwrap();
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: c[0].id,
+                state: RecordState::Rejected,
+                next_attempt_at: None,
+                attempt: Some(attempt(AttemptOutcome::Reject, Some(422), None)),
+            }],
+            None,
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+
+    let query = |repeater: Option<&str>, state, after, limit| RecordQuery {
+        repeater: repeater.map(str::to_owned),
+        state,
+        after,
+        limit,
+    };
+    // Pages of 4 over 10 records, in id order, without gaps or repeats.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .records("acme", &query(None, None, after, 4))
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 4);
+        after = Some(page.last().unwrap().id);
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    assert_eq!(seen.len(), 10);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    let of_a = store
+        .records("acme", &query(Some("a"), None, None, 100))
+        .await
+        .unwrap();
+    assert_eq!(of_a.len(), 5);
+    assert!(of_a.iter().all(|r| r.repeater == "a" && r.domain == "acme"));
+    let rejected = store
+        .records("acme", &query(None, Some(RecordState::Rejected), None, 100))
+        .await
+        .unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].id, c[0].id);
+    assert_eq!(rejected[0].event_id, "e0");
+    assert_eq!(rejected[0].event_type, "t");
+    assert_eq!(rejected[0].last_error.as_deref(), Some("HTTP status 422"));
+    let pending_b = store
+        .records(
+            "acme",
+            &query(Some("b"), Some(RecordState::Pending), None, 100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending_b.len(), 5);
+    assert!(
+        store
+            .records("acme", &query(Some("nope"), None, None, 100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .records("beta", &query(None, None, None, 100))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn upsert_replaces_the_spec_and_keeps_the_status(store: Arc<dyn Store>) {
+    let first = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    assert_eq!(first.created_at, T0);
+    store.set_paused("acme", "a", true, T0 + 1).await.unwrap();
+    let mut changed = spec("acme", "a", &["case.closed"]);
+    changed.url = "http://127.0.0.1:9/other".into();
+    let second = store.upsert_repeater(&changed, T0 + 2).await.unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.spec, changed);
+    assert!(second.paused);
+    assert_eq!((second.created_at, second.updated_at), (T0, T0 + 2));
+    let listed = store.repeaters(Some("acme")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].spec.url, "http://127.0.0.1:9/other");
+    store
+        .upsert_repeater(&spec("beta", "z", &[]), T0)
+        .await
+        .unwrap();
+    let everything: Vec<String> = store
+        .repeaters(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{}/{}", r.spec.domain, r.spec.name))
+        .collect();
+    assert_eq!(everything, vec!["acme/a", "beta/z"]);
+    assert!(matches!(
+        store
+            .upsert_repeater(&spec("acme", "Bad Name", &[]), T0)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+async fn ingest_wakes_the_scheduler(store: Arc<dyn Store>) {
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let wake = store.wake_signal();
+    let woken = wake.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    store
+        .ingest("acme", &[event(Some("e"), "t")], T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("ingest notifies the wake signal");
+}
+
+async fn ingest_and_batches_running_together_lose_nothing(store: Arc<dyn Store>) {
+    let a = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .upsert_repeater(&spec("acme", "b", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for batch in 0..10 {
+                    let events: Vec<NewEvent> = (0..5)
+                        .map(|i| event(Some(&format!("p{p}-b{batch}-{i}")), "t"))
+                        .collect();
+                    store.ingest("acme", &events, T0).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // Workers drain both lanes while the producers write, and stop once the
+    // producers are done and the lane is empty.
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let workers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|id| {
+            let store = store.clone();
+            let producing = producing.clone();
+            tokio::spawn(async move {
+                let mut delivered = 0;
+                loop {
+                    // Read the flag before claiming: an empty claim after the
+                    // producers finished means the lane is drained.
+                    let still_producing = producing.load(std::sync::atomic::Ordering::SeqCst);
+                    let held = lease(&store, id, T0).await;
+                    let claimed = store.claim(&held, 7, T0).await.unwrap();
+                    if claimed.is_empty() {
+                        store.release_lease(&held).await.unwrap();
+                        if !still_producing {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    delivered += claimed.len();
+                    let outcomes: Vec<RecordOutcome> = claimed
+                        .iter()
+                        .map(|r| RecordOutcome {
+                            record_id: r.id,
+                            state: RecordState::Succeeded,
+                            next_attempt_at: None,
+                            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+                        })
+                        .collect();
+                    store
+                        .finish_batch(&held, &outcomes, None, true, T0)
+                        .await
+                        .unwrap();
+                }
+                delivered
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    producing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut delivered = 0;
+    for worker in workers {
+        delivered += worker.await.unwrap();
+    }
+    assert_eq!(
+        delivered,
+        2 * 4 * 10 * 5,
+        "every record delivered exactly once"
+    );
+    for id in [a, b] {
+        let backlog = store.backlog(id).await.unwrap();
+        assert_eq!((backlog.pending, backlog.succeeded), (0, 200));
+    }
+}
+
+// --- ordering --------------------------------------------------------------
+
+fn ordered(name: &str, ordering: Ordering) -> RepeaterSpec {
+    RepeaterSpec {
+        ordering,
+        ..spec("acme", name, &[])
+    }
+}
+
+fn keyed(id: &str, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        ordering_key: key.map(str::to_owned),
+        ..event(Some(id), "t")
+    }
+}
+
+fn retry_at(record_id: i64, at: i64) -> RecordOutcome {
+    RecordOutcome {
+        record_id,
+        state: RecordState::Retrying,
+        next_attempt_at: Some(at),
+        attempt: Some(attempt(AttemptOutcome::Retry, Some(503), None)),
+    }
+}
+
+fn event_ids(claimed: &[repeaterd::store::ClaimedRecord]) -> Vec<&str> {
+    claimed.iter().map(|r| r.event_id.as_str()).collect()
+}
+
+async fn fifo_lanes_hold_the_line_behind_their_oldest_record(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&ordered("f", Ordering::Fifo), T0)
+        .await
+        .unwrap()
+        .id;
+    let events: Vec<NewEvent> = (0..3).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    let held = lease(&store, id, T0).await;
+    let head = store.claim(&held, 10, T0).await.unwrap();
+    assert_eq!(event_ids(&head), vec!["e0"], "one at a time, oldest first");
+
+    // The head retries later: nothing behind it may go first.
+    store
+        .finish_batch(&held, &[retry_at(head[0].id, T0 + 1_000)], None, true, T0)
+        .await
+        .unwrap();
+    assert!(store.ready_repeaters(T0 + 10).await.unwrap().is_empty());
+    assert_eq!(store.next_wakeup(T0 + 10).await.unwrap(), Some(T0 + 1_000));
+    let held = lease(&store, id, T0 + 10).await;
+    assert!(store.claim(&held, 10, T0 + 10).await.unwrap().is_empty());
+    assert_eq!(
+        event_ids(&store.claim(&held, 10, T0 + 1_000).await.unwrap()),
+        vec!["e0"]
+    );
+
+    // Once the head is done, the next one is the head.
+    store
+        .finish_batch(
+            &held,
+            &[RecordOutcome {
+                record_id: head[0].id,
+                state: RecordState::Succeeded,
+                next_attempt_at: None,
+                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+            }],
+            None,
+            false,
+            T0 + 1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        event_ids(&store.claim(&held, 10, T0 + 1_000).await.unwrap()),
+        vec!["e1"]
+    );
+}
+
+async fn key_lanes_keep_order_within_each_key(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&ordered("k", Ordering::Key), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .ingest(
+            "acme",
+            &[
+                keyed("a1", Some("a")),
+                keyed("a2", Some("a")),
+                keyed("b1", Some("b")),
+                keyed("n1", None),
+                keyed("n2", None),
+            ],
+            T0,
+        )
+        .await
+        .unwrap();
+    let held = lease(&store, id, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    assert_eq!(event_ids(&claimed), vec!["a1", "b1", "n1", "n2"]);
+
+    // Key "a" waits for its first record; "b" and unkeyed records go on.
+    store
+        .finish_batch(
+            &held,
+            &[retry_at(claimed[0].id, T0 + 1_000)],
+            None,
+            true,
+            T0,
+        )
+        .await
+        .unwrap();
+    let held = lease(&store, id, T0 + 10).await;
+    assert_eq!(
+        event_ids(&store.claim(&held, 10, T0 + 10).await.unwrap()),
+        vec!["b1", "n1", "n2"]
+    );
+    let done: Vec<RecordOutcome> = claimed[1..]
+        .iter()
+        .map(|r| RecordOutcome {
+            record_id: r.id,
+            state: RecordState::Succeeded,
+            next_attempt_at: None,
+            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+        })
+        .collect();
+    store
+        .finish_batch(&held, &done, None, true, T0 + 10)
+        .await
+        .unwrap();
+    // Only a2 is left due, behind a1: not ready until a1 is due.
+    assert!(store.ready_repeaters(T0 + 20).await.unwrap().is_empty());
+    assert_eq!(store.next_wakeup(T0 + 20).await.unwrap(), Some(T0 + 1_000));
+    assert_eq!(store.ready_repeaters(T0 + 1_000).await.unwrap().len(), 1);
+}
+
+// --- PostgreSQL: several processes on one database -------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_stores_racing_for_one_lease_exactly_one_wins() {
+    let harness = pg_harness().await;
+    let url = harness._database.as_ref().unwrap().url.clone();
+    let first: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let second: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let id = first
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let mut last_epoch = 0;
+    for round in 0..20 {
+        let now = T0 + round * 10 * TTL;
+        let (a, b) = tokio::join!(
+            first.acquire_lease(id, "first", now, TTL),
+            second.acquire_lease(id, "second", now, TTL)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            a.is_some() ^ b.is_some(),
+            "round {round}: exactly one wins ({a:?}, {b:?})"
+        );
+        let won = a.or(b).unwrap();
+        assert!(won.epoch > last_epoch);
+        last_epoch = won.epoch;
+        // Every other round the winner lets the lease expire instead of releasing.
+        if round % 2 == 0 {
+            first.release_lease(&won).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ingest_in_one_store_wakes_another() {
+    let harness = pg_harness().await;
+    let url = harness._database.as_ref().unwrap().url.clone();
+    let producer = PostgresStore::connect(&url).await.unwrap();
+    let scheduler = PostgresStore::connect(&url).await.unwrap();
+    producer
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let wake = scheduler.wake_signal();
+    let woken = wake.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    producer
+        .ingest("acme", &[event(Some("e"), "t")], T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), woken)
+        .await
+        .expect("a NOTIFY from another store wakes this one");
+}
+
+/// Backends of `database` waiting in LISTEN.
+async fn listeners(admin: &mut sqlx::PgConnection, database: &str) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(database)
+    .fetch_all(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wake_ups_survive_a_lost_listen_connection() {
+    let harness = pg_harness().await;
+    let database = harness._database.as_ref().unwrap();
+    let producer = PostgresStore::connect(&database.url).await.unwrap();
+    let scheduler = PostgresStore::connect(&database.url).await.unwrap();
+    producer
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&database.admin_url)
+        .await
+        .unwrap();
+    let before = listeners(&mut admin, &database.name).await;
+    // The harness's store, the producer and the scheduler each listen.
+    assert_eq!(before.len(), 3, "each store listens on its own connection");
+    for pid in &before {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    // Every listener comes back on a new connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = listeners(&mut admin, &database.name).await;
+        if now.len() == before.len() && now.iter().all(|pid| !before.contains(pid)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "listeners did not reconnect: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drain the wake-up the reconnect itself caused, then a fresh NOTIFY
+    // must still arrive.
+    let wake = scheduler.wake_signal();
+    let _ = tokio::time::timeout(Duration::from_millis(200), wake.notified()).await;
+    let woken = wake.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    producer
+        .ingest("acme", &[event(Some("e"), "t")], T0)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), woken)
+        .await
+        .expect("a NOTIFY after reconnecting wakes the store");
+}
+
+#[tokio::test]
+async fn open_chooses_the_backend_by_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let default_path = dir.path().join("default.db");
+    let named = dir.path().join("named.db");
+    let store = repeaterd::store::open(None, &default_path).await.unwrap();
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    assert!(default_path.exists());
+    let url = format!("sqlite://{}", named.display());
+    let store = repeaterd::store::open(Some(&url), &default_path)
+        .await
+        .unwrap();
+    assert!(store.repeaters(None).await.unwrap().is_empty());
+    assert!(named.exists());
+    for bad in ["mysql://localhost/x", "sqlite::memory:"] {
+        assert!(matches!(
+            repeaterd::store::open(Some(bad), &default_path).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}

@@ -352,13 +352,26 @@ async fn run(args: Args) -> i32 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    // Ctrl-C drops the run: daemons are killed and directories removed by
-    // their guards before the harness exits.
+    // Ctrl-C or SIGTERM (e.g. from `timeout`) drops the run: daemons are
+    // killed and directories and databases removed by their guards before
+    // the harness exits.
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                eprintln!("bench: cannot watch SIGTERM: {err}");
+                std::process::exit(2);
+            }
+        };
     let code = tokio::select! {
         code = run(args) => code,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("bench: interrupted");
             130
+        }
+        _ = terminate.recv() => {
+            eprintln!("bench: terminated");
+            143
         }
     };
     std::process::exit(code);

@@ -512,6 +512,13 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
     assert_eq!(record.json["attempts"][0]["status"], 503);
     assert_eq!(record.json["attempts"][0]["outcome"], "retry");
     assert_eq!(record.json["attempts"][0]["response_excerpt"], "busy");
+    assert_eq!(record.json["attempt_count"], 1);
+    assert_eq!(
+        record.text.matches("\"attempts\"").count(),
+        1,
+        "one `attempts` key: {}",
+        record.text
+    );
 
     api.store.release_lease(&lease).await.unwrap();
     let requeued = api.admin(Method::POST, &format!("{base}/requeue")).await;

@@ -40,14 +40,36 @@ pub struct RecordPage {
     pub next_after: Option<i64>,
 }
 
-/// A record with its attempts.
-#[derive(Debug, Serialize)]
+/// A record with its attempts. In JSON, the record's fields with `attempts`
+/// holding the attempt list (oldest first) instead of the record's count,
+/// and the count under `attempt_count`.
+#[derive(Debug)]
 pub struct RecordDetail {
     /// The record's fields.
-    #[serde(flatten)]
     pub record: RecordRow,
     /// Its attempts, oldest first.
     pub attempts: Vec<AttemptRow>,
+}
+
+impl Serialize for RecordDetail {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        // Flattening both would write the key `attempts` twice.
+        let record = serde_json::to_value(&self.record).map_err(S::Error::custom)?;
+        let serde_json::Value::Object(fields) = record else {
+            return Err(S::Error::custom("a record serialises to a JSON object"));
+        };
+        let mut map = serializer.serialize_map(Some(fields.len() + 1))?;
+        for (key, value) in &fields {
+            if key == "attempts" {
+                map.serialize_entry("attempt_count", value)?;
+            } else {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.serialize_entry("attempts", &self.attempts)?;
+        map.end()
+    }
 }
 
 fn query_error(message: String) -> ApiError {

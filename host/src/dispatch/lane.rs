@@ -33,7 +33,7 @@ use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError
 pub struct BatchDone {
     /// The repeater.
     pub repeater_id: i64,
-    /// Global in-flight slots this batch held (its concurrency).
+    /// Global in-flight slots this batch held (one per claimed record).
     pub reserved: u32,
     /// The repeater's limits as of this batch (they follow config reloads).
     pub limits: Option<EffectiveLimits>,
@@ -45,8 +45,6 @@ pub struct BatchDone {
     pub overloads: u32,
     /// True when the batch's results were written.
     pub written: bool,
-    /// True when the repeater may have more due records right now.
-    pub more: bool,
     /// How long the batch took, lease to write.
     pub elapsed: Duration,
 }
@@ -54,9 +52,9 @@ pub struct BatchDone {
 /// How much work one batch may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchGrant {
-    /// Most records to claim.
+    /// Most records to claim; the batch holds one global slot for each.
     pub records: u32,
-    /// Most requests in flight at once (global slots reserved for the batch).
+    /// Most requests open at once.
     pub concurrency: u32,
 }
 
@@ -72,13 +70,12 @@ pub async fn run_batch(
 ) -> BatchDone {
     let mut done = BatchDone {
         repeater_id: repeater.id,
-        reserved: grant.concurrency,
+        reserved: grant.records,
         limits: None,
         attempted: 0,
         successes: 0,
         overloads: 0,
         written: false,
-        more: false,
         elapsed: Duration::ZERO,
     };
     let clock = std::time::Instant::now();
@@ -146,7 +143,6 @@ async fn run_lane(
         release(deps, lease).await;
         return;
     }
-    done.more = records.len() as u32 >= take;
 
     let ctx = AttemptContext {
         plugin,
@@ -168,9 +164,6 @@ async fn run_lane(
     };
 
     done.attempted = reports.len();
-    if reports.len() < records.len() {
-        done.more = true;
-    }
     for report in &reports {
         if matches!(report.verdict, Verdict::Success) {
             done.successes += 1;

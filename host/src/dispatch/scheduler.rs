@@ -250,8 +250,10 @@ impl Scheduler {
                 self.taken.insert(repeater.id);
                 continue;
             };
-            let concurrency = lane.aimd.limit().min(free).max(1);
-            let mut records = self.deps.settings.batch_size.max(1);
+            // Every claimed record holds a slot until the batch's results are
+            // written, so a kill can resend at most `max_inflight` records
+            // (ADR 3), however large the batch.
+            let mut records = self.deps.settings.batch_size.max(1).min(free);
             // Paced repeaters and domains get as many records as their
             // pacers allow right now (at least one, or the turn is skipped).
             let domain = match &domain_pacer {
@@ -263,7 +265,7 @@ impl Scheduler {
                 None => None,
             };
             if lane.pacer.is_some() || domain.is_some() {
-                let mut want = records.min(concurrency);
+                let mut want = records.min(lane.aimd.limit().max(1));
                 if lane.pacer.is_some() {
                     want = want.min(lane.burst);
                 }
@@ -279,8 +281,9 @@ impl Scheduler {
                     }
                 }
             }
+            let concurrency = lane.aimd.limit().min(records).max(1);
             lane.busy = true;
-            self.inflight += concurrency;
+            self.inflight += records;
             self.deps.metrics.set_inflight(self.inflight as usize);
             self.held.insert(repeater.id, lease.clone());
             let shutdown = self

@@ -1,0 +1,125 @@
+//! Latency: ingest at a steady half of the measured maximum rate, in small
+//! batches sent every few milliseconds, and measure for each record the time
+//! from sending its ingest request to its first arrival at the receiver.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::throughput::{self, DOMAINS, REPEATERS_PER_DOMAIN, domain_names};
+use super::{Ctx, Fields, latencies_ms, prepare, put, repeaters_of};
+use crate::daemon::DaemonConfig;
+use crate::database::Backend;
+use crate::ingest::PostedBatch;
+use crate::payload::{self, BODY_BYTES};
+use crate::receiver::Receiver;
+use crate::stats::quantile;
+
+/// The target for p99.
+pub const P99_TARGET_MS: f64 = 50.0;
+
+/// How often the pacer looks at the clock.
+const TICK: Duration = Duration::from_millis(2);
+
+/// The latency scenario.
+pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(), String> {
+    let known = ctx
+        .max_rate
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(backend.as_str())
+        .copied();
+    let max_rate = match known {
+        Some(rate) => rate,
+        None => {
+            // Run alone: find the maximum with a smaller throughput run first.
+            fields.insert(
+                "max_rate_from".into(),
+                Value::from("probe run of 20000/divisor events"),
+            );
+            throughput::measure(ctx, backend, ctx.scaled(20_000), "latency-probe")
+                .await?
+                .deliveries_per_s
+        }
+    };
+    let delivery_rate = max_rate / 2.0;
+    let event_rate = delivery_rate / REPEATERS_PER_DOMAIN as f64;
+    let duration = if ctx.quick() {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(10)
+    };
+    put(fields, "max_deliveries_per_s", max_rate);
+    put(fields, "offered_deliveries_per_s", delivery_rate);
+
+    let (dir, db) = prepare(ctx, "latency", backend)?;
+    let domains = domain_names("lt");
+    let receiver = Receiver::start(&domains).await?;
+    let repeaters: Vec<_> = domains
+        .iter()
+        .flat_map(|domain| repeaters_of(&receiver, domain, REPEATERS_PER_DOMAIN))
+        .collect();
+    let config = DaemonConfig::new(&dir.path().join("state"), repeaters)?;
+    let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
+
+    // Pace by the clock: at each tick post the events that fell due since
+    // the last one, to the next domain in turn. Posts run concurrently so
+    // that a slow answer does not stall the pace.
+    let started = Instant::now();
+    let mut posted_events = 0u64;
+    let mut turn = 0usize;
+    let mut posts = Vec::new();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        let due = (started.elapsed().as_secs_f64() * event_rate) as u64;
+        let count = due.saturating_sub(posted_events).min(1000);
+        if count == 0 {
+            continue;
+        }
+        let domain = domains[turn % DOMAINS].clone();
+        turn += 1;
+        let body = payload::batch_body("lt", posted_events, count, BODY_BYTES);
+        posted_events += count;
+        let api = daemon.api().clone();
+        posts.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let records = api.ingest_batch(&domain, body).await?;
+            Ok::<_, String>(PostedBatch { sent, records })
+        }));
+    }
+    let paced_for = started.elapsed().as_secs_f64();
+    let mut batches = Vec::with_capacity(posts.len());
+    for post in posts {
+        batches.push(
+            post.await
+                .map_err(|err| format!("ingest task failed: {err}"))??,
+        );
+    }
+    let records: usize = batches.iter().map(|batch| batch.records.len()).sum();
+    fields.insert("events".into(), Value::from(posted_events));
+    fields.insert("records".into(), Value::from(records));
+    put(
+        fields,
+        "achieved_ingest_records_per_s",
+        records as f64 / paced_for,
+    );
+    receiver.wait_for(records, Duration::from_secs(120)).await?;
+    let (mut samples, missing) = latencies_ms(&batches, &receiver.arrival_times());
+    if missing > 0 {
+        return Err(format!("{missing} records were never delivered"));
+    }
+    daemon.sample_rss();
+    let peak = daemon.stop().await?;
+    let p50 = quantile(&mut samples, 0.50).unwrap_or(f64::NAN);
+    let p99 = quantile(&mut samples, 0.99).unwrap_or(f64::NAN);
+    let max = quantile(&mut samples, 1.0).unwrap_or(f64::NAN);
+    put(fields, "p50_ms", p50);
+    put(fields, "p99_ms", p99);
+    put(fields, "max_ms", max);
+    put(fields, "peak_rss_mb", peak);
+    fields.insert("target".into(), Value::from("p99_ms <= 50"));
+    fields.insert("met".into(), Value::from(p99 <= P99_TARGET_MS));
+    Ok(())
+}

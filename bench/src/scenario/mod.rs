@@ -1,0 +1,207 @@
+//! The scenarios and what they share: the run's settings ([`Ctx`]), each
+//! scenario's own directory and database, the repeater layout, and checks
+//! against the daemon's own view of its records.
+
+pub mod fairness;
+pub mod latency;
+pub mod scale;
+pub mod throughput;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::api::Api;
+use crate::daemon::{Daemon, DaemonConfig, RepeaterDef};
+use crate::database::{Backend, ScenarioDb};
+use crate::ingest::PostedBatch;
+use crate::receiver::Receiver;
+
+/// A scenario's output fields; the JSON line printed for it.
+pub type Fields = Map<String, Value>;
+
+/// Settings shared by every scenario of one harness run.
+pub struct Ctx {
+    /// The daemon binary.
+    pub repeaterd: PathBuf,
+    /// This run's working directory.
+    pub root: PathBuf,
+    /// Keep scenario directories after the run.
+    pub keep: bool,
+    /// PostgreSQL server (loopback only).
+    pub pg_url: String,
+    /// Counts are divided by this (10 with `--quick`).
+    pub divisor: u64,
+    /// Events of the throughput scenario, before the divisor.
+    pub events: u64,
+    /// Events per batch request.
+    pub batch: u64,
+    /// Concurrent ingest tasks.
+    pub ingest_tasks: usize,
+    /// Records per claim in the scale scenario.
+    pub claim_batch: u32,
+    /// The admin token given to the daemon.
+    pub token: String,
+    /// The measured ceiling, requests per second.
+    pub ceiling: Option<f64>,
+    /// Throughput measured per backend in this run, deliveries per second.
+    pub max_rate: Mutex<HashMap<&'static str, f64>>,
+}
+
+impl Ctx {
+    /// `count` scaled down by the run's divisor, at least 1.
+    pub fn scaled(&self, count: u64) -> u64 {
+        (count / self.divisor).max(1)
+    }
+
+    /// True for a `--quick` run.
+    pub fn quick(&self) -> bool {
+        self.divisor > 1
+    }
+
+    /// `rate` as a fraction of the ceiling, when the ceiling is known.
+    pub fn ratio_to_ceiling(&self, rate: f64) -> Value {
+        match self.ceiling {
+            Some(ceiling) if ceiling > 0.0 => Value::from(crate::stats::round3(rate / ceiling)),
+            _ => Value::Null,
+        }
+    }
+
+    /// Starts the daemon for a scenario, with its log and config in `dir`.
+    pub async fn start_daemon(
+        &self,
+        config: &DaemonConfig,
+        db: &ScenarioDb,
+        dir: &Path,
+    ) -> Result<(Daemon, Duration), String> {
+        Daemon::start(
+            &self.repeaterd,
+            config,
+            db,
+            dir,
+            &self.token,
+            Duration::from_secs(120),
+        )
+        .await
+    }
+}
+
+/// A scenario's working directory (config, log, SQLite file); removed
+/// when dropped unless the run keeps its files.
+pub struct ScenarioDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl ScenarioDir {
+    /// Creates `<root>/<label>`.
+    pub fn create(ctx: &Ctx, label: &str) -> Result<ScenarioDir, String> {
+        let path = ctx.root.join(label);
+        std::fs::create_dir_all(&path)
+            .map_err(|err| format!("cannot create {}: {err}", path.display()))?;
+        Ok(ScenarioDir {
+            path,
+            keep: ctx.keep,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScenarioDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A directory and a fresh database for one scenario run on `backend`.
+pub fn prepare(
+    ctx: &Ctx,
+    label: &str,
+    backend: Backend,
+) -> Result<(ScenarioDir, ScenarioDb), String> {
+    let label = format!("{label}-{}", backend.as_str());
+    let dir = ScenarioDir::create(ctx, &label)?;
+    let db = ScenarioDb::create(backend, dir.path(), &ctx.pg_url, &label)?;
+    Ok((dir, db))
+}
+
+/// Repeaters `r0..r{count-1}` of `domain`, all posting to the receiver.
+pub fn repeaters_of(receiver: &Receiver, domain: &str, count: usize) -> Vec<RepeaterDef> {
+    (0..count)
+        .map(|index| {
+            let name = format!("r{index}");
+            RepeaterDef {
+                url: receiver.url_for(domain, &name),
+                domain: domain.to_owned(),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Checks through the API that exactly `expected` records of `repeaters`
+/// ended `succeeded`.
+pub async fn verify_succeeded(
+    api: &Api,
+    repeaters: &[RepeaterDef],
+    expected: usize,
+) -> Result<(), String> {
+    let mut succeeded = 0i64;
+    for repeater in repeaters {
+        succeeded += api
+            .backlog_count(&repeater.domain, &repeater.name, "succeeded")
+            .await?;
+    }
+    if succeeded as usize == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "the daemon reports {succeeded} succeeded records, expected {expected}"
+        ))
+    }
+}
+
+/// Pauses or resumes every repeater in `repeaters`.
+pub async fn set_paused(api: &Api, repeaters: &[RepeaterDef], paused: bool) -> Result<(), String> {
+    for repeater in repeaters {
+        api.set_paused(&repeater.domain, &repeater.name, paused)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ingest→delivered latencies in milliseconds of every record of
+/// `batches`, from the moment its batch was sent to its first arrival.
+/// Records that never arrived are counted in the second value.
+pub fn latencies_ms(
+    batches: &[PostedBatch],
+    arrivals: &HashMap<u64, Instant>,
+) -> (Vec<f64>, usize) {
+    let mut samples = Vec::new();
+    let mut missing = 0;
+    for batch in batches {
+        for key in &batch.records {
+            match arrivals.get(key) {
+                Some(at) => {
+                    samples.push(at.saturating_duration_since(batch.sent).as_secs_f64() * 1000.0)
+                }
+                None => missing += 1,
+            }
+        }
+    }
+    (samples, missing)
+}
+
+/// Puts a number into the fields, rounded to three decimals.
+pub fn put(fields: &mut Fields, key: &str, value: f64) {
+    fields.insert(key.to_owned(), Value::from(crate::stats::round3(value)));
+}

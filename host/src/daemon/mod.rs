@@ -108,6 +108,9 @@ pub async fn serve_config(config: Config, reload_from: Option<&Path>) -> Result<
     let metrics = Arc::new(Metrics::new());
     let outbound = Outbound::new(OutboundConfig {
         allow: config.security.allow_private.clone(),
+        // Every request in flight may go to the same receiver; keep them all
+        // pooled so batches do not reopen connections.
+        pool_max_idle_per_host: (config.dispatch.max_inflight as usize).max(32),
         ..OutboundConfig::default()
     })?;
     let secrets = Arc::new(EnvSecrets);

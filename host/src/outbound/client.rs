@@ -56,7 +56,10 @@ impl Default for OutboundConfig {
         OutboundConfig {
             allow: Vec::new(),
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 32,
+            // As many as the default `dispatch.max_inflight`: many repeaters
+            // often share one receiver, and a smaller pool closes and reopens
+            // connections at every batch.
+            pool_max_idle_per_host: 256,
             connect_timeout: Duration::from_secs(10),
             user_agent: concat!("repeaterd/", env!("CARGO_PKG_VERSION")).to_owned(),
             extra_roots: Vec::new(),

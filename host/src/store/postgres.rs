@@ -66,8 +66,12 @@ impl PostgresStore {
     /// processes. Does not migrate; call [`Store::migrate`] or use
     /// [`super::open`].
     pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
+        // No ping before each use: a broken connection fails its statement,
+        // which the caller retries like any store error, and a ping per
+        // statement doubles the round trips of the dispatch loop.
         let pool = PgPoolOptions::new()
             .max_connections(POOL_CONNECTIONS)
+            .test_before_acquire(false)
             .connect(url)
             .await?;
         let wake = Arc::new(Notify::new());
@@ -114,30 +118,48 @@ impl PostgresStore {
     }
 
     /// Answers of events seen before: their records, by event id.
+    ///
+    /// Two indexed lookups with one array parameter each, rather than a join
+    /// with a list of parameters: the join's plan depended on the list's
+    /// length and on table statistics, and with a growing `records` table
+    /// PostgreSQL chose a sequential scan of it for every ingest batch. A
+    /// batch of new events (the common case) costs only the first lookup.
     async fn existing_records(
         tx: &mut Transaction<'static, Postgres>,
         domain: &str,
         keys: &[&str],
         into: &mut HashMap<String, Vec<IngestedRecord>>,
     ) -> StoreResult<()> {
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Postgres>::new(
-                "SELECT e.event_key, r.id, r.repeater_name FROM events e \
-                 LEFT JOIN records r ON r.event_id = e.id WHERE e.domain = ",
-            );
-            query.push_bind(domain).push(" AND e.event_key IN (");
-            let mut list = query.separated(", ");
-            for key in chunk {
-                list.push_bind(*key);
-            }
-            query.push(")");
-            let rows: Vec<(String, Option<i64>, Option<String>)> =
-                query.build_query_as().fetch_all(&mut **tx).await?;
-            for (key, id, repeater) in rows {
-                let list = into.entry(key).or_default();
-                if let (Some(id), Some(repeater)) = (id, repeater) {
-                    list.push(IngestedRecord { id, repeater });
-                }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let seen: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, event_key FROM events WHERE domain = $1 AND event_key = ANY($2)",
+        )
+        .bind(domain)
+        .bind(keys)
+        .fetch_all(&mut **tx)
+        .await?;
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = seen.iter().map(|(id, _)| *id).collect();
+        let mut key_of: HashMap<i64, String> = HashMap::with_capacity(seen.len());
+        for (id, key) in seen {
+            into.entry(key.clone()).or_default();
+            key_of.insert(id, key);
+        }
+        let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT event_id, id, repeater_name FROM records WHERE event_id = ANY($1) ORDER BY id",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for (event_id, id, repeater) in rows {
+            if let Some(key) = key_of.get(&event_id) {
+                into.entry(key.clone())
+                    .or_default()
+                    .push(IngestedRecord { id, repeater });
             }
         }
         Ok(())

@@ -58,8 +58,12 @@ impl SqliteStore {
             .foreign_keys(true);
         // One writer, kept open for the store's life: writes queue here
         // instead of fighting over the file lock.
+        // No ping before each use: a SQLite connection is a handle to a
+        // file, and the ping is one more hop to its worker thread per
+        // statement.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
@@ -67,6 +71,7 @@ impl SqliteStore {
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
+            .test_before_acquire(false)
             .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
         Ok(SqliteStore {

@@ -8,7 +8,7 @@
 //! memory under [`PEAK_RSS_LIMIT_MIB`]. Runs on SQLite.
 //!
 //! The throughput cost of the hostile repeaters is a measurement, not a
-//! test: see `host/examples/hostile_load.rs`.
+//! test: see `host/benches/hostile_load.rs`.
 
 mod common;
 mod reliability;

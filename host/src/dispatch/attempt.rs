@@ -12,7 +12,10 @@
 //!   cannot help. A trap, a CPU or memory limit hit or an engine failure is
 //!   retried on the record's schedule: those can be transient (a busy
 //!   machine, a plugin version fixed by hot reload) and `max_attempts`
-//!   bounds them.
+//!   bounds them. A CPU or memory limit hit and oversized output also
+//!   count against the repeater, like a failing endpoint: each one burns up
+//!   to a whole limit of host work, so a plugin that keeps hitting them is
+//!   backed off instead of starving the healthy repeaters.
 //! - In `classify`, the request has already been sent. The reply is then
 //!   judged by the host's default rules (2xx success; 408, 429, 5xx and
 //!   transport errors retry; other statuses reject), and the plugin's error
@@ -108,6 +111,7 @@ async fn attempt(
         Err(error) => {
             ctx.metrics
                 .plugin_failure(&plugin_name, plugin_error_kind(&error));
+            report.repeater_fault = counts_against_repeater(&error);
             return build_error_verdict(&error);
         }
     };
@@ -239,6 +243,24 @@ fn build_error_verdict(error: &PluginError) -> Verdict {
             after_ms: None,
         },
     }
+}
+
+/// True when a `build` failure counts against the repeater like a failing
+/// endpoint: it ran out of CPU time or memory, or returned output over a
+/// size limit. Each of these costs the host up to a whole limit of work
+/// (a CPU budget, a memory cap, a copy of an oversized body), and each is
+/// almost always the plugin version's doing rather than one payload's (the
+/// API caps events well below the plugin output caps). So a window of them
+/// ends the batch and, with nothing else in it, backs the repeater off. The
+/// record's own outcome does not change: oversized output still rejects it.
+/// A trap is cheap and often tied to one payload; it stays the record's alone.
+fn counts_against_repeater(error: &PluginError) -> bool {
+    matches!(
+        error,
+        PluginError::Timeout { .. }
+            | PluginError::MemoryLimit { .. }
+            | PluginError::OutputTooLarge { .. }
+    )
 }
 
 /// The host's own judgement of a reply, used when `classify` failed.
@@ -380,5 +402,35 @@ mod tests {
             build_error_verdict(&trap()),
             Verdict::Retry { .. }
         ));
+    }
+
+    #[test]
+    fn limit_hits_and_oversized_output_count_against_the_repeater() {
+        let timeout = PluginError::Timeout {
+            plugin: "p".into(),
+            call: "build",
+            limit: Duration::from_millis(100),
+        };
+        let memory = PluginError::MemoryLimit {
+            plugin: "p".into(),
+            call: "build",
+            requested: 1 << 30,
+            limit: 1 << 26,
+        };
+        let too_large = PluginError::OutputTooLarge {
+            plugin: "p".into(),
+            what: "request body",
+            size: 1 << 27,
+            limit: 1 << 20,
+        };
+        let invalid = PluginError::InvalidRequest {
+            plugin: "p".into(),
+            message: "path has ..".into(),
+        };
+        assert!(counts_against_repeater(&timeout));
+        assert!(counts_against_repeater(&memory));
+        assert!(counts_against_repeater(&too_large));
+        assert!(!counts_against_repeater(&trap()));
+        assert!(!counts_against_repeater(&invalid));
     }
 }

@@ -46,7 +46,8 @@ pub struct AttemptReport {
     /// True when the request timed out (an overload signal for AIMD).
     pub timed_out: bool,
     /// True when the failure is the repeater's, not the payload's, though
-    /// nothing was sent (its credentials could not be added): it backs the
+    /// nothing was sent (its credentials could not be added, its plugin ran
+    /// out of CPU time or memory or built oversized output): it backs the
     /// repeater off like a failed request.
     pub repeater_fault: bool,
     /// How it ended.
@@ -59,14 +60,25 @@ impl AttemptReport {
         self.sent && schedule::is_overload(self.status, self.timed_out)
     }
 
+    /// True when the attempt failed in a way that speaks against the
+    /// repeater rather than the payload: the endpoint failed retryably, or
+    /// the repeater itself was at fault (whatever became of the record).
+    pub fn blames_repeater(&self) -> bool {
+        match &self.verdict {
+            Verdict::Success | Verdict::Skip => false,
+            Verdict::Retry { .. } => self.sent || self.repeater_fault,
+            Verdict::Reject(_) => self.repeater_fault,
+        }
+    }
+
     fn health_result(&self) -> schedule::AttemptResult {
         match &self.verdict {
             Verdict::Success => schedule::AttemptResult::Success,
-            // A retry that never reached the endpoint (plugin error,
-            // retry-later) says nothing about the endpoint's health.
-            Verdict::Retry { .. } if self.sent || self.repeater_fault => {
-                schedule::AttemptResult::RetryableFailure
-            }
+            _ if self.blames_repeater() => schedule::AttemptResult::RetryableFailure,
+            // Anything else that failed blames the payload, or never
+            // reached the endpoint without being the repeater's fault (a
+            // plugin trap, retry-later): it says nothing about the
+            // repeater's health.
             Verdict::Retry { .. } | Verdict::Reject(_) => schedule::AttemptResult::Rejected,
             Verdict::Skip => schedule::AttemptResult::Empty,
         }
@@ -123,7 +135,9 @@ pub fn judge_batch(
         .max()
         .map(|ms| schedule::clamp_retry_after(ms, policy.backoff.max_retry_after_ms));
     let first_error = reports.iter().find_map(|r| match &r.verdict {
-        Verdict::Retry { reason, .. } if r.sent || r.repeater_fault => Some(reason.clone()),
+        Verdict::Retry { reason, .. } | Verdict::Reject(reason) if r.blames_repeater() => {
+            Some(reason.clone())
+        }
         _ => None,
     });
     let health = match verdict {
@@ -387,6 +401,29 @@ mod tests {
         let health = j.health.unwrap();
         assert!(health.last_error.unwrap().contains("REPEATERD_KEY"));
         assert_eq!(j.outcomes[0].state, RecordState::Retrying);
+    }
+
+    #[test]
+    fn a_rejection_that_is_the_repeaters_fault_backs_it_off() {
+        let records = [record(1, 0)];
+        let mut r = report(
+            1,
+            false,
+            None,
+            Verdict::Reject("plugin p: request body is 67108864 bytes".into()),
+        );
+        r.repeater_fault = true;
+        let j = judge(&records, &[r], 0);
+        assert_eq!(j.verdict, BatchVerdict::BackOff);
+        assert!(
+            j.health
+                .unwrap()
+                .last_error
+                .unwrap()
+                .contains("request body")
+        );
+        // The record's own outcome is unchanged.
+        assert_eq!(j.outcomes[0].state, RecordState::Rejected);
     }
 
     #[test]

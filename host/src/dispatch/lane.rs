@@ -229,9 +229,7 @@ async fn run_window(
         let Some(report) = running.next().await else {
             break;
         };
-        let endpoint_failed = matches!(report.verdict, Verdict::Retry { .. })
-            && (report.sent || report.repeater_fault);
-        if endpoint_failed {
+        if report.blames_repeater() {
             failed = true;
             failed_in_a_row += 1;
         } else if report.sent {

@@ -36,6 +36,8 @@ pub struct DaemonConfig {
     pub max_inflight: u32,
     /// Per-repeater concurrency ceiling.
     pub concurrency: u32,
+    /// `dispatch.batch_size`, or the daemon's default.
+    pub batch_size: Option<u32>,
     /// The compiled-plugin cache lives under this directory.
     pub state_dir: PathBuf,
     /// The repeaters.
@@ -50,6 +52,7 @@ impl DaemonConfig {
             listen: free_loopback_port()?,
             max_inflight: 512,
             concurrency: 64,
+            batch_size: None,
             state_dir: state_dir.to_path_buf(),
             repeaters,
         })
@@ -70,9 +73,13 @@ impl DaemonConfig {
         let _ = writeln!(toml, "[database]\n{}\n", db.config_line());
         let _ = writeln!(
             toml,
-            "[dispatch]\nmax_inflight = {}\nconcurrency = {}\n",
+            "[dispatch]\nmax_inflight = {}\nconcurrency = {}",
             self.max_inflight, self.concurrency
         );
+        if let Some(batch_size) = self.batch_size {
+            let _ = writeln!(toml, "batch_size = {batch_size}");
+        }
+        let _ = writeln!(toml);
         let cache = self.state_dir.join("plugin-cache");
         let _ = writeln!(
             toml,

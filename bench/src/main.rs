@@ -29,7 +29,7 @@ use clap::{Parser, ValueEnum};
 use serde_json::Value;
 
 use crate::database::Backend;
-use crate::scenario::{Ctx, Fields};
+use crate::scenario::{Ctx, DispatchTuning, Fields};
 
 /// Which scenarios to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,6 +105,15 @@ struct Args {
     /// `dispatch.batch_size`).
     #[arg(long, default_value_t = 50)]
     claim_batch: u32,
+    /// `dispatch.max_inflight` of the daemon under test.
+    #[arg(long, default_value_t = 512)]
+    max_inflight: u32,
+    /// `dispatch.concurrency` (per-repeater ceiling) of the daemon under test.
+    #[arg(long, default_value_t = 64)]
+    concurrency: u32,
+    /// `dispatch.batch_size` of the daemon under test [default: the daemon's].
+    #[arg(long)]
+    batch_size: Option<u32>,
     /// Time budget per scenario, seconds [default: per scenario].
     #[arg(long)]
     budget_seconds: Option<u64>,
@@ -319,6 +328,11 @@ async fn run(args: Args) -> i32 {
         batch: args.batch.clamp(1, 1000),
         ingest_tasks: args.ingest_tasks.max(1),
         claim_batch: args.claim_batch.max(1),
+        dispatch: DispatchTuning {
+            max_inflight: args.max_inflight.max(1),
+            concurrency: args.concurrency.max(1),
+            batch_size: args.batch_size.map(|n| n.max(1)),
+        },
         token: fresh_token(),
         ceiling,
         max_rate: Mutex::new(HashMap::new()),

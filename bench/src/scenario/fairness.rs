@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::{Ctx, Fields, latencies_ms, prepare, put, repeaters_of, set_paused};
 use crate::api::Api;
-use crate::daemon::{DaemonConfig, RepeaterDef};
+use crate::daemon::RepeaterDef;
 use crate::database::Backend;
 use crate::ingest::{IngestPlan, PostedBatch, ingest};
 use crate::payload::{self, BODY_BYTES};
@@ -104,7 +104,7 @@ async fn flood(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<f64, 
     for domain in &small {
         repeaters.extend(repeaters_of(&receiver, domain, 1));
     }
-    let config = DaemonConfig::new(&dir.path().join("state"), repeaters)?;
+    let config = ctx.daemon_config(&dir.path().join("state"), repeaters)?;
     let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
     let api = daemon.api().clone();
     let small_total = || {
@@ -196,7 +196,7 @@ async fn backlogged(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<
         .map(|(index, _)| plan_domains[index].1 as usize * (index % 5 + 1))
         .collect();
     let total: usize = demand.iter().sum();
-    let config = DaemonConfig::new(&dir.path().join("state"), repeaters.clone())?;
+    let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
     let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
     let api = daemon.api().clone();
     set_paused(&api, &repeaters, true).await?;

@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use super::throughput::{self, DOMAINS, REPEATERS_PER_DOMAIN, domain_names};
 use super::{Ctx, Fields, latencies_ms, prepare, put, repeaters_of};
-use crate::daemon::DaemonConfig;
 use crate::database::Backend;
 use crate::ingest::PostedBatch;
 use crate::payload::{self, BODY_BYTES};
@@ -59,7 +58,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
         .iter()
         .flat_map(|domain| repeaters_of(&receiver, domain, REPEATERS_PER_DOMAIN))
         .collect();
-    let config = DaemonConfig::new(&dir.path().join("state"), repeaters)?;
+    let config = ctx.daemon_config(&dir.path().join("state"), repeaters)?;
     let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
 
     // Pace by the clock: at each tick post the events that fell due since

@@ -23,6 +23,17 @@ use crate::receiver::Receiver;
 /// A scenario's output fields; the JSON line printed for it.
 pub type Fields = Map<String, Value>;
 
+/// `[dispatch]` settings of the daemon under test, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchTuning {
+    /// `dispatch.max_inflight`.
+    pub max_inflight: u32,
+    /// `dispatch.concurrency`.
+    pub concurrency: u32,
+    /// `dispatch.batch_size`, or the daemon's default.
+    pub batch_size: Option<u32>,
+}
+
 /// Settings shared by every scenario of one harness run.
 pub struct Ctx {
     /// The daemon binary.
@@ -43,6 +54,8 @@ pub struct Ctx {
     pub ingest_tasks: usize,
     /// Records per claim in the scale scenario.
     pub claim_batch: u32,
+    /// The `[dispatch]` settings every scenario's daemon runs with.
+    pub dispatch: DispatchTuning,
     /// The admin token given to the daemon.
     pub token: String,
     /// The measured ceiling, requests per second.
@@ -52,6 +65,20 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The daemon config of a scenario: `repeaters`, state under
+    /// `state_dir`, and this run's `[dispatch]` settings.
+    pub fn daemon_config(
+        &self,
+        state_dir: &std::path::Path,
+        repeaters: Vec<RepeaterDef>,
+    ) -> Result<DaemonConfig, String> {
+        let mut config = DaemonConfig::new(state_dir, repeaters)?;
+        config.max_inflight = self.dispatch.max_inflight;
+        config.concurrency = self.dispatch.concurrency;
+        config.batch_size = self.dispatch.batch_size;
+        Ok(config)
+    }
+
     /// `count` scaled down by the run's divisor, at least 1.
     pub fn scaled(&self, count: u64) -> u64 {
         (count / self.divisor).max(1)

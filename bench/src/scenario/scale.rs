@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use super::{Ctx, Fields, prepare, put, repeaters_of, set_paused};
 use crate::claim;
-use crate::daemon::DaemonConfig;
 use crate::database::Backend;
 use crate::ingest::{IngestPlan, ingest};
 use crate::receiver::Receiver;
@@ -42,7 +41,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
     let domains = vec!["scale".to_owned()];
     let receiver = Receiver::start(&domains).await?;
     let repeaters = repeaters_of(&receiver, "scale", 1);
-    let config = DaemonConfig::new(&dir.path().join("state"), repeaters.clone())?;
+    let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
     let mut peak = 0f64;
 
     // Fill to the small size, time a claim, restart, fill to the large

@@ -9,7 +9,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Ctx, Fields, prepare, put, repeaters_of, verify_succeeded};
-use crate::daemon::DaemonConfig;
 use crate::database::Backend;
 use crate::ingest::{IngestPlan, ingest};
 use crate::payload::BODY_BYTES;
@@ -60,7 +59,7 @@ pub async fn measure(
         .iter()
         .flat_map(|domain| repeaters_of(&receiver, domain, REPEATERS_PER_DOMAIN))
         .collect();
-    let config = DaemonConfig::new(&dir.path().join("state"), repeaters.clone())?;
+    let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
     let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
     let per_domain = events / DOMAINS as u64;
     let plan = IngestPlan {

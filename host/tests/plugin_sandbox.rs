@@ -6,21 +6,9 @@ mod plugin_fixtures;
 
 use std::time::{Duration, Instant};
 
-use plugin_fixtures::{ctx, engine, event, hostile, load_builtin, test_limits};
+use plugin_fixtures::{build_hostile, ctx, engine, event, hostile, load_builtin, test_limits};
 use repeaterd::plugin::types::BuildOutcome;
-use repeaterd::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginLimits};
-
-async fn build_hostile(plugin: &LoadedPlugin, mode: &str) -> Result<BuildOutcome, PluginError> {
-    let config = format!(r#"{{"mode":"{mode}"}}"#);
-    plugin.validate_config(&ctx(), &config).await?;
-    plugin
-        .build(
-            &ctx(),
-            &event("order.created", "application/json", br#"{"n":1}"#),
-            &config,
-        )
-        .await
-}
+use repeaterd::plugin::{PluginEngine, PluginError, PluginLimits};
 
 /// After a hostile call, a json-forward call on the same engine still works.
 async fn engine_still_serves(engine: &PluginEngine) {
@@ -198,43 +186,4 @@ async fn a_component_that_is_not_a_plugin_is_refused_at_load() {
         .await
         .unwrap_err();
     assert!(matches!(error, PluginError::Compile { .. }), "{error}");
-}
-
-/// Collects formatted tracing output in memory.
-#[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn plugin_stderr_reaches_tracing_with_the_repeater_name() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    // Output is flushed on the calling thread, which this guard covers.
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let engine = engine();
-    let plugin = engine.load("hostile", hostile()).await.unwrap();
-    build_hostile(&plugin, "trap").await.unwrap_err();
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let line = text
-        .lines()
-        .find(|line| line.contains("trapping on purpose"))
-        .unwrap_or_else(|| panic!("the panic message was not logged: {text}"));
-    assert!(line.contains("repeater=\"acme/crm\""), "{line}");
-    assert!(line.contains("plugin=\"hostile\""), "{line}");
-    assert!(line.contains("stderr"), "{line}");
 }

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use repeaterd::plugin::types::{Event, Method, Reply, RequestSummary, Response};
-use repeaterd::plugin::{CallContext, LoadedPlugin, PluginEngine, PluginLimits};
+use repeaterd::plugin::types::{BuildOutcome, Event, Method, Reply, RequestSummary, Response};
+use repeaterd::plugin::{CallContext, LoadedPlugin, PluginEngine, PluginError, PluginLimits};
 
 /// Limits of the tests: the defaults, with a pool small enough that many
 /// test engines fit in one process.
@@ -76,4 +76,17 @@ pub fn response(status: u16) -> Reply {
         headers: Vec::new(),
         body_excerpt: Vec::new(),
     })
+}
+
+/// Validates `{"mode": mode}` and runs the hostile plugin's `build` once.
+pub async fn build_hostile(plugin: &LoadedPlugin, mode: &str) -> Result<BuildOutcome, PluginError> {
+    let config = format!(r#"{{"mode":"{mode}"}}"#);
+    plugin.validate_config(&ctx(), &config).await?;
+    plugin
+        .build(
+            &ctx(),
+            &event("order.created", "application/json", br#"{"n":1}"#),
+            &config,
+        )
+        .await
 }

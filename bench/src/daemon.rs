@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::api::Api;
 use crate::database::ScenarioDb;
+use crate::scenario::DispatchTuning;
 
 /// Environment variable through which the daemon gets its admin token.
 pub const TOKEN_ENV: &str = "REPEATERD_BENCH_ADMIN_TOKEN";
@@ -32,12 +33,8 @@ pub struct RepeaterDef {
 pub struct DaemonConfig {
     /// API listen address (127.0.0.1, a free port).
     pub listen: SocketAddr,
-    /// Global in-flight cap (`dispatch.max_inflight`).
-    pub max_inflight: u32,
-    /// Per-repeater concurrency ceiling.
-    pub concurrency: u32,
-    /// `dispatch.batch_size`, or the daemon's default.
-    pub batch_size: Option<u32>,
+    /// The `[dispatch]` settings.
+    pub dispatch: DispatchTuning,
     /// The compiled-plugin cache lives under this directory.
     pub state_dir: PathBuf,
     /// The repeaters.
@@ -45,14 +42,16 @@ pub struct DaemonConfig {
 }
 
 impl DaemonConfig {
-    /// A config for `repeaters`, listening on a free loopback port, with
-    /// generous limits so that the daemon, not the config, sets the pace.
-    pub fn new(state_dir: &Path, repeaters: Vec<RepeaterDef>) -> Result<DaemonConfig, String> {
+    /// A config for `repeaters` with `dispatch`, listening on a free
+    /// loopback port.
+    pub fn new(
+        state_dir: &Path,
+        repeaters: Vec<RepeaterDef>,
+        dispatch: DispatchTuning,
+    ) -> Result<DaemonConfig, String> {
         Ok(DaemonConfig {
             listen: free_loopback_port()?,
-            max_inflight: 512,
-            concurrency: 64,
-            batch_size: None,
+            dispatch,
             state_dir: state_dir.to_path_buf(),
             repeaters,
         })
@@ -74,9 +73,9 @@ impl DaemonConfig {
         let _ = writeln!(
             toml,
             "[dispatch]\nmax_inflight = {}\nconcurrency = {}",
-            self.max_inflight, self.concurrency
+            self.dispatch.max_inflight, self.dispatch.concurrency
         );
-        if let Some(batch_size) = self.batch_size {
+        if let Some(batch_size) = self.dispatch.batch_size {
             let _ = writeln!(toml, "batch_size = {batch_size}");
         }
         let _ = writeln!(toml);

@@ -105,7 +105,8 @@ struct Args {
     /// `dispatch.batch_size`).
     #[arg(long, default_value_t = 50)]
     claim_batch: u32,
-    /// `dispatch.max_inflight` of the daemon under test.
+    /// `dispatch.max_inflight` of the daemon under test: generous, so that
+    /// the daemon, not the config, sets the pace.
     #[arg(long, default_value_t = 512)]
     max_inflight: u32,
     /// `dispatch.concurrency` (per-repeater ceiling) of the daemon under test.

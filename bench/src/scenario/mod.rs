@@ -72,11 +72,7 @@ impl Ctx {
         state_dir: &std::path::Path,
         repeaters: Vec<RepeaterDef>,
     ) -> Result<DaemonConfig, String> {
-        let mut config = DaemonConfig::new(state_dir, repeaters)?;
-        config.max_inflight = self.dispatch.max_inflight;
-        config.concurrency = self.dispatch.concurrency;
-        config.batch_size = self.dispatch.batch_size;
-        Ok(config)
+        DaemonConfig::new(state_dir, repeaters, self.dispatch)
     }
 
     /// `count` scaled down by the run's divisor, at least 1.

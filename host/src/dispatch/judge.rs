@@ -251,6 +251,15 @@ mod tests {
         }
     }
 
+    /// An attempt that sent nothing and failed through the repeater's own
+    /// fault (its credentials, its plugin's limits).
+    fn repeaters_fault(id: i64, verdict: Verdict) -> AttemptReport {
+        AttemptReport {
+            repeater_fault: true,
+            ..report(id, false, None, verdict)
+        }
+    }
+
     fn retry(reason: &str, after_ms: Option<i64>) -> Verdict {
         Verdict::Retry {
             reason: reason.into(),
@@ -389,13 +398,7 @@ mod tests {
     #[test]
     fn missing_credentials_back_the_repeater_off_without_sending() {
         let records = [record(1, 0)];
-        let mut r = report(
-            1,
-            false,
-            None,
-            retry("signing: REPEATERD_KEY is not set", None),
-        );
-        r.repeater_fault = true;
+        let r = repeaters_fault(1, retry("signing: REPEATERD_KEY is not set", None));
         let j = judge(&records, &[r], 0);
         assert_eq!(j.verdict, BatchVerdict::BackOff);
         let health = j.health.unwrap();
@@ -406,13 +409,10 @@ mod tests {
     #[test]
     fn a_rejection_that_is_the_repeaters_fault_backs_it_off() {
         let records = [record(1, 0)];
-        let mut r = report(
+        let r = repeaters_fault(
             1,
-            false,
-            None,
             Verdict::Reject("plugin p: request body is 67108864 bytes".into()),
         );
-        r.repeater_fault = true;
         let j = judge(&records, &[r], 0);
         assert_eq!(j.verdict, BatchVerdict::BackOff);
         assert!(

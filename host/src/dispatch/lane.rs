@@ -4,9 +4,10 @@
 //! the results and write them in one `finish_batch` fenced by the lease
 //! epoch, releasing the lease.
 //!
-//! A batch stops starting attempts early when the endpoint fails a whole
-//! window of attempts in a row (so a dead endpoint costs one window of
-//! requests per backoff step, not one per claimed record) and when the
+//! A batch stops starting attempts early when the endpoint, or the
+//! repeater's own plugin or credentials, fail a whole window of attempts in
+//! a row (so a dead endpoint or a looping plugin costs one window of
+//! attempts per backoff step, not one per claimed record) and when the
 //! daemon shuts down. Records claimed but not attempted are left as they
 //! were: still due, no attempt counted.
 //!
@@ -202,10 +203,12 @@ async fn run_lane(
 }
 
 /// Runs attempts of `records` with at most `concurrency` in flight, in
-/// claim order. Stops starting new ones while the endpoint has failed and
-/// answered nothing yet (a dead endpoint gets one window of probes,
-/// then the repeater backs off), after `concurrency` endpoint failures in a
-/// row, or when shutdown begins; attempts already started finish.
+/// claim order. Stops starting new ones while an attempt has failed in a
+/// way that blames the repeater ([`AttemptReport::blames_repeater`]) and the
+/// endpoint answered nothing yet (a dead endpoint or broken plugin gets one
+/// window of probes, then the repeater backs off), after `concurrency` such
+/// failures in a row, or when shutdown begins; attempts already started
+/// finish.
 async fn run_window(
     ctx: &AttemptContext,
     records: &[crate::store::ClaimedRecord],

@@ -173,18 +173,18 @@ async fn survives_sigkill_under_load(backend: Backend) {
     assert_eq!(unkeyed, 0, "requests without an idempotency key");
 
     // Duplicates, and which kill each one follows: a copy is charged to the
-    // kill that ended the window in which the record was first received.
+    // kill that ended the window in which the record's previous copy was
+    // received, because that copy was in flight at that kill. A record in
+    // flight at kill 2 whose resend is again in flight at kill 3 is charged
+    // once to each kill, not twice to kill 2.
     let duplicates = log.len() - per_record.len();
-    let mut first_window: HashMap<String, usize> = HashMap::new();
+    let mut last_window: HashMap<String, usize> = HashMap::new();
     let mut per_kill = vec![0usize; KILLS + 1];
     for (index, request) in log.iter().enumerate() {
         let id = request.record_id().unwrap();
         let window = marks.iter().take_while(|&&mark| mark <= index).count();
-        match first_window.get(&id) {
-            None => {
-                first_window.insert(id, window);
-            }
-            Some(&first) => per_kill[first] += 1,
+        if let Some(previous) = last_window.insert(id, window) {
+            per_kill[previous] += 1;
         }
     }
     println!(

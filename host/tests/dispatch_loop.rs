@@ -357,6 +357,83 @@ async fn small_domains_go_first_while_a_big_domain_floods() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_gives_back_the_slots_of_records_it_did_not_claim() {
+    // One slot per claimed record is held until a batch ends. A batch is
+    // granted `batch_size` slots before its claim; one that finds a single
+    // record due must give the other slots back at once, or a hung endpoint
+    // with one record would hold every slot of the process.
+    let hung = Receiver::start().await;
+    hung.set_open(false);
+    let quick = Receiver::start().await;
+    let specs = [
+        spec("hung", "sink", &hung.url()),
+        spec("quick", "sink", &quick.url()),
+    ];
+    let dispatch = DispatchConfig {
+        max_inflight: 10,
+        batch_size: 10,
+        timeout: Duration::from_secs(20),
+        ..fast()
+    };
+    let h = start_with(&specs, dispatch, |store| async move {
+        store
+            .ingest("hung", &[event(0)], now_millis())
+            .await
+            .unwrap();
+    })
+    .await;
+    // The hung receiver logs a request only once it answers: wait for the
+    // hung repeater's lease instead, then for its request to be on the wire.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h
+        .store
+        .repeater("hung", "sink")
+        .await
+        .unwrap()
+        .unwrap()
+        .lease
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung batch never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let events: Vec<NewEvent> = (1..=10).map(event).collect();
+    h.store
+        .ingest("quick", &events, now_millis())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    quick.wait_for(10, Duration::from_secs(10)).await;
+    println!(
+        "slots: 10 records delivered {:?} after ingest beside a hung batch",
+        started.elapsed()
+    );
+    // The hung request is still open: the quick records got slots it had
+    // given back, not slots freed by its end.
+    let hung_record = h
+        .store
+        .records(
+            "hung",
+            &RecordQuery {
+                limit: 10,
+                ..RecordQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(hung_record[0].state, RecordState::Pending);
+    assert_eq!(hung.count(), 0, "the hung request was answered");
+    hung.set_open(true);
+    hung.wait_for(1, Duration::from_secs(10)).await;
+    let _ = h.shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
     let receiver = Receiver::start().await;
     let url = common::fresh_pg_database("two_dispatchers").await;

@@ -34,7 +34,10 @@ use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError
 pub struct BatchDone {
     /// The repeater.
     pub repeater_id: i64,
-    /// Global in-flight slots this batch held (one per claimed record).
+    /// Global in-flight slots this batch still held when it ended: one per
+    /// claimed record, or the whole grant when it claimed nothing. Slots
+    /// granted beyond what the claim found were given back through
+    /// [`SlotReturn`] as soon as the claim answered.
     pub reserved: u32,
     /// The repeater's limits as of this batch (they follow config reloads).
     pub limits: Option<EffectiveLimits>,
@@ -48,6 +51,27 @@ pub struct BatchDone {
     pub written: bool,
     /// How long the batch took, lease to write.
     pub elapsed: Duration,
+}
+
+/// Gives in-flight slots back to the scheduler loop before a batch ends.
+/// A grant is sized before the claim, from `batch_size` and the free slots;
+/// a lane with fewer records due would otherwise keep the slots of records
+/// it never claimed until its last attempt, and starve the other ready
+/// repeaters of slots.
+#[derive(Debug, Clone)]
+pub struct SlotReturn(tokio::sync::mpsc::UnboundedSender<u32>);
+
+impl SlotReturn {
+    /// A handle that sends returned slot counts to `to`.
+    pub fn new(to: tokio::sync::mpsc::UnboundedSender<u32>) -> Self {
+        Self(to)
+    }
+
+    fn give_back(&self, slots: u32) {
+        // The loop has stopped listening only when it is shutting down,
+        // and then the count no longer matters.
+        let _ = self.0.send(slots);
+    }
 }
 
 /// How much work one batch may do.
@@ -67,6 +91,7 @@ pub async fn run_batch(
     repeater: ReadyRepeater,
     lease: Lease,
     grant: BatchGrant,
+    slots: SlotReturn,
     shutdown: watch::Receiver<bool>,
 ) -> BatchDone {
     let mut done = BatchDone {
@@ -80,7 +105,7 @@ pub async fn run_batch(
         elapsed: Duration::ZERO,
     };
     let clock = std::time::Instant::now();
-    run_lane(&deps, &repeater, &lease, grant, shutdown, &mut done).await;
+    run_lane(&deps, &repeater, &lease, grant, &slots, shutdown, &mut done).await;
     done.elapsed = clock.elapsed();
     done
 }
@@ -90,6 +115,7 @@ async fn run_lane(
     repeater: &ReadyRepeater,
     lease: &Lease,
     grant: BatchGrant,
+    slots: &SlotReturn,
     shutdown: watch::Receiver<bool>,
     done: &mut BatchDone,
 ) {
@@ -143,6 +169,11 @@ async fn run_lane(
     if records.is_empty() {
         release(deps, lease).await;
         return;
+    }
+    let unclaimed = take.saturating_sub(records.len() as u32);
+    if unclaimed > 0 {
+        slots.give_back(unclaimed);
+        done.reserved -= unclaimed;
     }
 
     let ctx = AttemptContext {

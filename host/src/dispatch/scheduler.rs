@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::dispatch::lane::{BatchDone, BatchGrant, run_batch};
+use crate::dispatch::lane::{BatchDone, BatchGrant, SlotReturn, run_batch};
 use crate::dispatch::{DispatchDeps, limits_of};
 use crate::model::{Millis, now_millis};
 use crate::schedule::{Aimd, Eligibility, FairQueue, RatePacer};
@@ -67,6 +67,10 @@ pub(crate) struct Scheduler {
     taken: HashSet<i64>,
     inflight: u32,
     batches: JoinSet<BatchDone>,
+    /// Slots running batches give back after claiming fewer records than
+    /// they were granted.
+    returned: mpsc::UnboundedReceiver<u32>,
+    returns: SlotReturn,
     /// Leases of running batches, released if shutdown has to abort them.
     held: HashMap<i64, Lease>,
     /// Rate pacers of whole domains, when `dispatch.domain_rate_per_second` is set.
@@ -77,6 +81,7 @@ pub(crate) struct Scheduler {
 
 impl Scheduler {
     pub(crate) fn new(deps: Arc<DispatchDeps>) -> Scheduler {
+        let (give_back, returned) = mpsc::unbounded_channel();
         Scheduler {
             deps,
             fair: FairQueue::new(),
@@ -84,6 +89,8 @@ impl Scheduler {
             taken: HashSet::new(),
             inflight: 0,
             batches: JoinSet::new(),
+            returned,
+            returns: SlotReturn::new(give_back),
             held: HashMap::new(),
             domain_pacers: HashMap::new(),
             shutdown: None,
@@ -123,6 +130,14 @@ impl Scheduler {
                         self.joined(joined);
                     }
                     true
+                }
+                Some(slots) = self.returned.recv() => {
+                    self.give_back(slots);
+                    while let Ok(slots) = self.returned.try_recv() {
+                        self.give_back(slots);
+                    }
+                    // The ready set is as fresh as before: only hand out.
+                    false
                 }
                 _ = sleep => true,
                 _ = shutdown.changed() => false,
@@ -298,6 +313,7 @@ impl Scheduler {
                     records,
                     concurrency,
                 },
+                self.returns.clone(),
                 shutdown,
             ));
         }
@@ -318,6 +334,11 @@ impl Scheduler {
     /// most the safety-net cap, and at once if work is ready but slots are full.
     async fn sleep_deadline(&self, paced_until: Option<Millis>) -> Duration {
         let cap = self.deps.settings.max_sleep;
+        if self.inflight >= self.deps.settings.max_inflight.max(1) {
+            // Nothing can be handed out before a slot comes back, and a
+            // slot coming back wakes the loop: no need to ask the store.
+            return cap;
+        }
         let now = now_millis();
         let mut until = match self.deps.store.next_wakeup(now).await {
             Ok(Some(at)) => Some(at),
@@ -338,6 +359,11 @@ impl Scheduler {
             Some(_) => Duration::from_millis(self.deps.settings.busy_poll_ms).min(cap),
             None => cap,
         }
+    }
+
+    fn give_back(&mut self, slots: u32) {
+        self.inflight = self.inflight.saturating_sub(slots);
+        self.deps.metrics.set_inflight(self.inflight as usize);
     }
 
     fn joined(&mut self, joined: Result<BatchDone, tokio::task::JoinError>) {

@@ -379,6 +379,51 @@ async fn concurrent_ingests_of_one_id_create_records_once(store: Arc<dyn Store>)
     assert_eq!(all_records(&store, "acme").await.len(), 2 + 4 * 2);
 }
 
+/// SQLite commits concurrent ingests in groups, one transaction each. A
+/// job that fails in the database (here: its domain's repeater row is
+/// corrupt) must fail alone, not take the jobs it was grouped with along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failing_ingest_does_not_fail_the_ingests_grouped_with_it() {
+    let harness = sqlite_harness().await;
+    let store = harness.store.clone();
+    for domain in ["good", "bad"] {
+        store
+            .upsert_repeater(&spec(domain, "a", &[]), T0)
+            .await
+            .unwrap();
+    }
+    let path = harness._dir.as_ref().unwrap().path().join("repeaterd.db");
+    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE repeaters SET spec = 'not json' WHERE domain = 'bad'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            let domain = if i % 2 == 0 { "good" } else { "bad" };
+            tokio::spawn(async move {
+                let events = [event(Some(&format!("e-{i}")), "t")];
+                (domain, store.ingest(domain, &events, T0).await)
+            })
+        })
+        .collect();
+    for task in tasks {
+        match task.await.unwrap() {
+            ("good", result) => assert!(result.expect("a good ingest succeeds")[0].created),
+            (_, result) => assert!(
+                matches!(result, Err(StoreError::Corrupt { .. })),
+                "an ingest into the corrupt domain: {result:?}"
+            ),
+        }
+    }
+    assert_eq!(all_records(&store, "good").await.len(), 20);
+}
+
 async fn ingest_is_all_or_nothing(store: Arc<dyn Store>) {
     store
         .upsert_repeater(&spec("acme", "a", &[]), T0)

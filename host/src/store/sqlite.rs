@@ -2,10 +2,18 @@
 //!
 //! All writes go through a single writer connection, each in `BEGIN
 //! IMMEDIATE` so a transaction takes the write lock up front instead of
-//! failing to upgrade a read lock halfway. Reads use a small pool of
+//! failing to upgrade a read lock halfway. Lease writes are one statement
+//! each, which is its own transaction and takes the write lock at its start:
+//! one trip to the writer instead of three. Reads use a small pool of
 //! read-only connections and never open long transactions, so WAL
 //! checkpoints keep up. The file runs in WAL mode with `synchronous=NORMAL`:
 //! a power cut may lose the last commits, a process crash loses nothing.
+//!
+//! Ingests are committed in groups: one writer task takes every ingest
+//! waiting for the write lock into one transaction. Many producers posting
+//! a few events each would otherwise cost a transaction apiece, fill the
+//! writer's queue and starve the dispatch writes (leases, batch results)
+//! queued behind them.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -17,7 +25,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::input::{
     self, IngestPlan, ROWS_PER_STATEMENT, RecordUpdate, Subscriber, lease_lost, new_token,
@@ -37,12 +45,19 @@ use crate::model::{Millis, NewEvent, RecordState, RepeaterSpec};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections: enough for the API and the scheduler side by side.
 const READ_CONNECTIONS: u32 = 4;
+/// Most events one group commit of ingests takes: enough to absorb a burst
+/// of small posts, small enough that a group holds the write lock for
+/// milliseconds, not seconds.
+const GROUP_EVENTS: usize = 2_000;
+/// Ingests waiting for the writer task before posting waits for room.
+const INGEST_QUEUE: usize = 1_024;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     wake: Arc<Notify>,
+    ingests: mpsc::Sender<IngestJob>,
 }
 
 impl SqliteStore {
@@ -74,10 +89,15 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
+        let wake = Arc::new(Notify::new());
+        let (ingests, jobs) = mpsc::channel(INGEST_QUEUE);
+        // The task ends when the store, the only sender, is dropped.
+        tokio::spawn(group_commit(writer.clone(), wake.clone(), jobs));
         Ok(SqliteStore {
             writer,
             reader,
-            wake: Arc::new(Notify::new()),
+            wake,
+            ingests,
         })
     }
 
@@ -296,13 +316,18 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write().await?;
-        let answers = ingest_in(&mut tx, domain, events, &plan, now).await?;
-        tx.commit().await?;
-        if answers.iter().any(|a| a.created && !a.records.is_empty()) {
-            self.wake.notify_one();
-        }
-        Ok(answers)
+        let (reply, answer) = oneshot::channel();
+        let job = IngestJob {
+            domain: domain.to_owned(),
+            events: events.to_vec(),
+            plan,
+            now,
+            reply,
+        };
+        // The writer task stops only with a closed pool or a panic.
+        let gone = || StoreError::Database(sqlx::Error::PoolClosed);
+        self.ingests.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn ready_repeaters(&self, now: Millis) -> StoreResult<Vec<ReadyRepeater>> {
@@ -365,8 +390,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<Lease>> {
         let token = new_token();
         let expires_at = now.saturating_add(ttl_ms);
-        let mut tx = self.write().await?;
-        let epoch: Option<i64> = sqlx::query_scalar(
+        let epochs: Vec<i64> = sqlx::query_scalar(
             "UPDATE repeaters SET lease_epoch = lease_epoch + 1, lease_token = $1, \
              lease_holder = $2, lease_expires_at = $3 \
              WHERE id = $4 AND (lease_expires_at IS NULL OR lease_expires_at <= $5) \
@@ -377,19 +401,20 @@ impl Store for SqliteStore {
         .bind(expires_at)
         .bind(repeater_id)
         .bind(now)
-        .fetch_optional(&mut *tx)
+        // Stepped to the end, so the statement has finished (and committed)
+        // before the connection goes back to the pool.
+        .fetch_all(&self.writer)
         .await?;
-        let Some(epoch) = epoch else {
+        let Some(&epoch) = epochs.first() else {
             let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM repeaters WHERE id = $1")
                 .bind(repeater_id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.reader)
                 .await?;
             return match exists {
                 Some(_) => Ok(None),
                 None => Err(StoreError::NotFound(format!("repeater {repeater_id}"))),
             };
         };
-        tx.commit().await?;
         Ok(Some(Lease {
             repeater_id,
             epoch,
@@ -400,7 +425,6 @@ impl Store for SqliteStore {
 
     async fn renew_lease(&self, lease: &Lease, now: Millis, ttl_ms: i64) -> StoreResult<Lease> {
         let expires_at = now.saturating_add(ttl_ms);
-        let mut tx = self.write().await?;
         let renewed = sqlx::query(
             "UPDATE repeaters SET lease_expires_at = $1 \
              WHERE id = $2 AND lease_epoch = $3 AND lease_token = $4",
@@ -409,13 +433,12 @@ impl Store for SqliteStore {
         .bind(lease.repeater_id)
         .bind(lease.epoch)
         .bind(&lease.token)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?
         .rows_affected();
         if renewed != 1 {
             return Err(lease_lost(lease));
         }
-        tx.commit().await?;
         Ok(Lease {
             expires_at,
             ..lease.clone()
@@ -566,7 +589,6 @@ impl Store for SqliteStore {
     }
 
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
-        let mut tx = self.write().await?;
         let released = sqlx::query(
             "UPDATE repeaters SET lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
              WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
@@ -574,10 +596,9 @@ impl Store for SqliteStore {
         .bind(lease.repeater_id)
         .bind(lease.epoch)
         .bind(&lease.token)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?
         .rows_affected();
-        tx.commit().await?;
         if released > 0 {
             self.wake.notify_one();
         }
@@ -767,6 +788,76 @@ async fn delete_in(
     query.push(tail);
     query.build().execute(&mut **tx).await?;
     Ok(())
+}
+
+/// One ingest call waiting for the group-commit writer.
+struct IngestJob {
+    domain: String,
+    events: Vec<NewEvent>,
+    plan: IngestPlan,
+    now: Millis,
+    reply: oneshot::Sender<StoreResult<Vec<Ingested>>>,
+}
+
+/// The writer task of ingests: takes the first waiting job and every other
+/// one already queued (up to [`GROUP_EVENTS`] events) into one transaction.
+/// Each job sees the jobs before it in the group, exactly as if they had
+/// committed one by one, so a repeated event id inside a group is answered
+/// as a repeat. If the group fails, each of its jobs is tried again in a
+/// transaction of its own, so one bad job cannot fail its neighbours.
+/// A job whose caller went away is still committed: its producer may post
+/// again, and the event ids make that a repeat.
+async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Receiver<IngestJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut taken = first.events.len();
+        let mut group = vec![first];
+        while taken < GROUP_EVENTS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    taken += job.events.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let results = match commit_group(&writer, &group).await {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(error) if group.len() == 1 => vec![Err(error)],
+            Err(error) => {
+                tracing::debug!(%error, jobs = group.len(), "group ingest failed; committing its jobs one by one");
+                let mut results = Vec::with_capacity(group.len());
+                for job in &group {
+                    let alone = commit_group(&writer, std::slice::from_ref(job)).await;
+                    results.push(alone.map(|mut answers| answers.remove(0)));
+                }
+                results
+            }
+        };
+        let created = results.iter().any(|result| {
+            result
+                .as_ref()
+                .is_ok_and(|answers| answers.iter().any(|a| a.created && !a.records.is_empty()))
+        });
+        if created {
+            wake.notify_one();
+        }
+        for (job, result) in group.into_iter().zip(results) {
+            // A caller that went away no longer needs its answer.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Runs `jobs` in one write transaction: their answers in order, or the
+/// first error with nothing written.
+async fn commit_group(writer: &SqlitePool, jobs: &[IngestJob]) -> StoreResult<Vec<Vec<Ingested>>> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut answers = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        answers.push(ingest_in(&mut tx, &job.domain, &job.events, &job.plan, job.now).await?);
+    }
+    tx.commit().await?;
+    Ok(answers)
 }
 
 /// The body of [`Store::ingest`], inside the caller's write transaction.

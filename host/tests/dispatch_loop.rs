@@ -17,7 +17,7 @@ use repeaterd::outbound::{
     AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource,
 };
 use repeaterd::plugin::{PluginEngine, PluginLimits, PluginRegistry};
-use repeaterd::store::{RecordQuery, Store};
+use repeaterd::store::{RecordQuery, RecordRow, Store};
 use repeaterd::telemetry::Metrics;
 use tokio::sync::watch;
 
@@ -168,6 +168,20 @@ fn event(n: u32) -> NewEvent {
     }
 }
 
+/// Every record of `domain` (the tests keep far fewer than the limit).
+async fn records_of(store: &dyn Store, domain: &str) -> Vec<RecordRow> {
+    store
+        .records(
+            domain,
+            &RecordQuery {
+                limit: 10_000,
+                ..RecordQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
 async fn wait_states(store: &dyn Store, domain: &str, want: RecordState, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -238,17 +252,7 @@ async fn retryable_failures_retry_and_rejections_stop() {
         .unwrap();
     wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 1).await;
     wait_states(h.store.as_ref(), "acme", RecordState::Rejected, 1).await;
-    let rows = h
-        .store
-        .records(
-            "acme",
-            &RecordQuery {
-                limit: 10,
-                ..RecordQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let rows = records_of(h.store.as_ref(), "acme").await;
     let first = rows
         .iter()
         .find(|r| r.state == RecordState::Succeeded)
@@ -415,17 +419,7 @@ async fn a_batch_gives_back_the_slots_of_records_it_did_not_claim() {
     );
     // The hung request is still open: the quick records got slots it had
     // given back, not slots freed by its end.
-    let hung_record = h
-        .store
-        .records(
-            "hung",
-            &RecordQuery {
-                limit: 10,
-                ..RecordQuery::default()
-            },
-        )
-        .await
-        .unwrap();
+    let hung_record = records_of(h.store.as_ref(), "hung").await;
     assert_eq!(hung_record[0].state, RecordState::Pending);
     assert_eq!(hung.count(), 0, "the hung request was answered");
     hung.set_open(true);
@@ -559,17 +553,7 @@ async fn retention_purges_finished_records_in_bounded_batches() {
     receiver.wait_for(20, Duration::from_secs(30)).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let left = h
-            .store
-            .records(
-                "acme",
-                &RecordQuery {
-                    limit: 100,
-                    ..RecordQuery::default()
-                },
-            )
-            .await
-            .unwrap();
+        let left = records_of(h.store.as_ref(), "acme").await;
         if left.is_empty() {
             break;
         }

@@ -1,8 +1,8 @@
 //! The scheduler loop: one per process. It keeps the set of ready repeaters
 //! in a [`FairQueue`], hands out batches while the process has free
 //! in-flight slots, and sleeps until something can change: an ingest (the
-//! store's wake signal), a batch finishing, the earliest due time, or a rate
-//! pacer freeing up. A 1 s cap on the sleep is the safety net for leases of
+//! store's wake signal), a batch finishing or giving back slots it did not
+//! need, the earliest due time, or a rate pacer freeing up. A 1 s cap on the sleep is the safety net for leases of
 //! crashed peers and for peers' retries becoming due.
 
 use std::collections::{HashMap, HashSet};
@@ -331,7 +331,9 @@ impl Scheduler {
     }
 
     /// How long to sleep: until the earliest due time or paced repeater, at
-    /// most the safety-net cap, and at once if work is ready but slots are full.
+    /// most the safety-net cap; the cap while every slot is taken (a slot
+    /// coming back wakes the loop), and a short poll when work is due but
+    /// was not handed out here.
     async fn sleep_deadline(&self, paced_until: Option<Millis>) -> Duration {
         let cap = self.deps.settings.max_sleep;
         if self.inflight >= self.deps.settings.max_inflight.max(1) {
@@ -361,6 +363,8 @@ impl Scheduler {
         }
     }
 
+    /// Frees in-flight slots: a batch's unclaimed grant, or what it still
+    /// held when it ended.
     fn give_back(&mut self, slots: u32) {
         self.inflight = self.inflight.saturating_sub(slots);
         self.deps.metrics.set_inflight(self.inflight as usize);
@@ -379,8 +383,7 @@ impl Scheduler {
             let over_budget = done.elapsed > self.deps.settings.batch_budget;
             self.fair.record_batch(done.repeater_id, over_budget);
         }
-        self.inflight = self.inflight.saturating_sub(done.reserved);
-        self.deps.metrics.set_inflight(self.inflight as usize);
+        self.give_back(done.reserved);
         self.held.remove(&done.repeater_id);
         if let Some(lane) = self.lanes.get_mut(&done.repeater_id) {
             lane.busy = false;

@@ -101,9 +101,9 @@ impl SqliteStore {
         })
     }
 
-    /// A write transaction holding the write lock from its first statement.
+    /// [`begin_write`] on this store's writer.
     async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        begin_write(&self.writer).await
     }
 
     async fn repeater_id(
@@ -790,6 +790,11 @@ async fn delete_in(
     Ok(())
 }
 
+/// A write transaction holding the write lock from its first statement.
+async fn begin_write(writer: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
+    Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
+}
+
 /// One ingest call waiting for the group-commit writer.
 struct IngestJob {
     domain: String,
@@ -851,7 +856,7 @@ async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Rec
 /// Runs `jobs` in one write transaction: their answers in order, or the
 /// first error with nothing written.
 async fn commit_group(writer: &SqlitePool, jobs: &[IngestJob]) -> StoreResult<Vec<Vec<Ingested>>> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = begin_write(writer).await?;
     let mut answers = Vec::with_capacity(jobs.len());
     for job in jobs {
         answers.push(ingest_in(&mut tx, &job.domain, &job.events, &job.plan, job.now).await?);

@@ -4,7 +4,7 @@
 //! A few tests at the end need two processes sharing one database and run on
 //! PostgreSQL only.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,6 +153,7 @@ conformance!(
     ingest_makes_one_record_per_subscribed_repeater,
     ingest_is_idempotent_by_event_id,
     concurrent_ingests_of_one_id_create_records_once,
+    concurrent_ingests_keep_event_ids_and_subscribers_per_domain,
     ingest_is_all_or_nothing,
     ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
     leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
@@ -377,6 +378,82 @@ async fn concurrent_ingests_of_one_id_create_records_once(store: Arc<dyn Store>)
     assert_eq!(answers.iter().next().unwrap().len(), 2);
     // 2 records for the shared id, 2 for each of the 4 own ids.
     assert_eq!(all_records(&store, "acme").await.len(), 2 + 4 * 2);
+}
+
+/// Posts to several domains at once (which SQLite commits together in one
+/// group): the same event id in two domains is two events, each domain's
+/// records go to its own subscribed repeaters, and every post of an id gets
+/// the answer of the one that created it.
+async fn concurrent_ingests_keep_event_ids_and_subscribers_per_domain(store: Arc<dyn Store>) {
+    for (domain, name, types) in [
+        ("acme", "a", &[][..]),
+        ("acme", "b", &["t"][..]),
+        ("acme", "only-x", &["x"][..]),
+        ("beta", "c", &[][..]),
+    ] {
+        store
+            .upsert_repeater(&spec(domain, name, types), T0)
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let domain = if i % 2 == 0 { "acme" } else { "beta" };
+            let events = [
+                event(Some("shared"), "t"),
+                event(Some(&format!("own-{i}")), "t"),
+            ];
+            (domain, store.ingest(domain, &events, T0).await)
+        }));
+    }
+    let mut created: HashMap<&str, usize> = HashMap::new();
+    let mut answers: HashMap<&str, HashSet<Vec<i64>>> = HashMap::new();
+    for task in tasks {
+        let (domain, result) = task.await.unwrap();
+        let result = result.expect("concurrent ingest succeeds");
+        assert_eq!(result.len(), 2);
+        for answer in &result {
+            let mut repeaters: Vec<&str> =
+                answer.records.iter().map(|r| r.repeater.as_str()).collect();
+            repeaters.sort_unstable();
+            let expected: &[&str] = if domain == "acme" {
+                &["a", "b"]
+            } else {
+                &["c"]
+            };
+            assert_eq!(repeaters, expected, "{domain}/{}", answer.event_id);
+        }
+        let shared = result.iter().find(|a| a.event_id == "shared").unwrap();
+        *created.entry(domain).or_default() += usize::from(shared.created);
+        answers
+            .entry(domain)
+            .or_default()
+            .insert(shared.records.iter().map(|r| r.id).collect());
+        let own = result.iter().find(|a| a.event_id != "shared").unwrap();
+        assert!(own.created, "{domain}/{} is new", own.event_id);
+    }
+    assert_eq!(created["acme"], 1, "one post creates acme's shared event");
+    assert_eq!(created["beta"], 1, "one post creates beta's shared event");
+    for domain in ["acme", "beta"] {
+        assert_eq!(
+            answers[domain].len(),
+            1,
+            "{domain}: every post reports the same records"
+        );
+    }
+    let acme: HashSet<i64> = answers["acme"].iter().flatten().copied().collect();
+    assert!(
+        answers["beta"]
+            .iter()
+            .flatten()
+            .all(|id| !acme.contains(id)),
+        "the two domains' shared events have records of their own"
+    );
+    // acme: 2 records for shared and for each of 8 own ids; beta: 1 each.
+    assert_eq!(all_records(&store, "acme").await.len(), 2 + 8 * 2);
+    assert_eq!(all_records(&store, "beta").await.len(), 1 + 8);
 }
 
 /// SQLite commits concurrent ingests in groups, one transaction each. A

@@ -10,10 +10,12 @@
 //! a power cut may lose the last commits, a process crash loses nothing.
 //!
 //! Ingests are committed in groups: one writer task takes every ingest
-//! waiting for the write lock into one transaction. Many producers posting
-//! a few events each would otherwise cost a transaction apiece, fill the
-//! writer's queue and starve the dispatch writes (leases, batch results)
-//! queued behind them.
+//! waiting for the write lock into one transaction, and writes the whole
+//! group with the same four multi-row statements a single ingest uses.
+//! Many producers posting a few events each would otherwise cost a
+//! transaction and four statements apiece (each statement a trip to the
+//! connection's thread), fill the writer's queue and starve the dispatch
+//! writes (leases, batch results) queued behind them.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -118,36 +120,6 @@ impl SqliteStore {
                 .fetch_optional(&mut **tx)
                 .await?,
         )
-    }
-
-    /// Answers of events seen before: their records, by event id.
-    async fn existing_records(
-        tx: &mut Transaction<'static, Sqlite>,
-        domain: &str,
-        keys: &[&str],
-        into: &mut HashMap<String, Vec<IngestedRecord>>,
-    ) -> StoreResult<()> {
-        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "SELECT e.event_key, r.id, r.repeater_name FROM events e \
-                 LEFT JOIN records r ON r.event_id = e.id WHERE e.domain = ",
-            );
-            query.push_bind(domain).push(" AND e.event_key IN (");
-            let mut list = query.separated(", ");
-            for key in chunk {
-                list.push_bind(*key);
-            }
-            query.push(")");
-            let rows: Vec<(String, Option<i64>, Option<String>)> =
-                query.build_query_as().fetch_all(&mut **tx).await?;
-            for (key, id, repeater) in rows {
-                let list = into.entry(key).or_default();
-                if let (Some(id), Some(repeater)) = (id, repeater) {
-                    list.push(IngestedRecord { id, repeater });
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -857,104 +829,236 @@ async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Rec
 /// first error with nothing written.
 async fn commit_group(writer: &SqlitePool, jobs: &[IngestJob]) -> StoreResult<Vec<Vec<Ingested>>> {
     let mut tx = begin_write(writer).await?;
-    let mut answers = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        answers.push(ingest_in(&mut tx, &job.domain, &job.events, &job.plan, job.now).await?);
-    }
+    let answers = ingest_group(&mut tx, jobs).await?;
     tx.commit().await?;
     Ok(answers)
 }
 
-/// The body of [`Store::ingest`], inside the caller's write transaction.
-async fn ingest_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    domain: &str,
-    events: &[NewEvent],
-    plan: &IngestPlan,
-    now: Millis,
-) -> StoreResult<Vec<Ingested>> {
-    let subscribers = sqlx::query_as::<_, (i64, String, String)>(
-        "SELECT id, name, spec FROM repeaters WHERE domain = $1 ORDER BY name",
-    )
-    .bind(domain)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(Subscriber::decode)
-    .collect::<StoreResult<Vec<_>>>()?;
+/// An event of a group, by domain and event id.
+type EventRef<'a> = (&'a str, &'a str);
 
-    // Ids seen before answer with their first records and create nothing.
-    let keys: Vec<&str> = plan.firsts.iter().map(|&i| plan.keys[i].as_str()).collect();
-    let mut records: HashMap<String, Vec<IngestedRecord>> = HashMap::new();
-    SqliteStore::existing_records(tx, domain, &keys, &mut records).await?;
-    let fresh: Vec<usize> = plan
-        .firsts
+/// The body of a group commit, inside its write transaction: the same
+/// answers as committing `jobs` one after another, in four multi-row
+/// statements for the whole group (subscribers, events seen before, new
+/// events, new records) instead of four per job. Each statement is a trip
+/// to the writer's thread, and a group of small posts used to spend most
+/// of its time, and of the lease and batch writes queued behind it, on
+/// those trips.
+async fn ingest_group(
+    tx: &mut Transaction<'static, Sqlite>,
+    jobs: &[IngestJob],
+) -> StoreResult<Vec<Vec<Ingested>>> {
+    let subscribers = subscribers_of(tx, jobs).await?;
+
+    // Ids seen before answer with their first records and create nothing;
+    // so does an id an earlier job of the group creates.
+    let asked: Vec<EventRef> = jobs
         .iter()
-        .copied()
-        .filter(|&i| !records.contains_key(&plan.keys[i]))
+        .flat_map(|job| {
+            job.plan
+                .firsts
+                .iter()
+                .map(|&i| (job.domain.as_str(), job.plan.keys[i].as_str()))
+        })
         .collect();
+    let mut records = existing_records(tx, &asked).await?;
+    let mut fresh: Vec<(usize, usize)> = Vec::new();
+    let mut first_job: HashMap<EventRef, usize> = HashMap::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for &i in &job.plan.firsts {
+            let event = (job.domain.as_str(), job.plan.keys[i].as_str());
+            if !records.contains_key(&event) && !first_job.contains_key(&event) {
+                first_job.insert(event, j);
+                fresh.push((j, i));
+            }
+        }
+    }
 
     // The writer lock is held, so no other insert of these ids can race us.
-    let mut event_ids: HashMap<String, i64> = HashMap::with_capacity(fresh.len());
+    let mut event_ids: HashMap<EventRef, i64> = HashMap::with_capacity(fresh.len());
     for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (domain, event_key, event_type, content_type, payload, ordering_key, created_at) ",
         );
-        query.push_values(chunk, |mut row, &i| {
-            let event = &events[i];
-            row.push_bind(domain)
-                .push_bind(plan.keys[i].as_str())
+        query.push_values(chunk, |mut row, &(j, i)| {
+            let (job, event) = (&jobs[j], &jobs[j].events[i]);
+            row.push_bind(job.domain.as_str())
+                .push_bind(job.plan.keys[i].as_str())
                 .push_bind(event.event_type.as_str())
                 .push_bind(event.content_type.as_str())
                 .push_bind(event.payload.as_slice())
                 .push_bind(event.ordering_key.as_deref())
-                .push_bind(now);
+                .push_bind(job.now);
         });
-        query.push(" RETURNING id, event_key");
-        let rows: Vec<(i64, String)> = query.build_query_as().fetch_all(&mut **tx).await?;
-        event_ids.extend(rows.into_iter().map(|(id, key)| (key, id)));
+        query.push(" RETURNING id");
+        // RETURNING gives rows in the order inserted.
+        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut **tx).await?;
+        if ids.len() != chunk.len() {
+            return Err(StoreError::Corrupt {
+                what: "events",
+                detail: format!(
+                    "{} events inserted, {} ids returned",
+                    chunk.len(),
+                    ids.len()
+                ),
+            });
+        }
+        for (&(j, i), id) in chunk.iter().zip(ids) {
+            event_ids.insert((jobs[j].domain.as_str(), jobs[j].plan.keys[i].as_str()), id);
+        }
     }
 
     // One record per subscribed repeater of each new event.
-    let mut wanted: Vec<(i64, &Subscriber, usize)> = Vec::new();
-    for &i in &fresh {
-        let event_id = event_ids[&plan.keys[i]];
-        for subscriber in subscribers.iter().filter(|s| s.takes(&events[i])) {
-            wanted.push((event_id, subscriber, i));
+    let no_subscribers = Vec::new();
+    let mut wanted: Vec<(i64, &Subscriber, usize, usize)> = Vec::new();
+    for &(j, i) in &fresh {
+        let job = &jobs[j];
+        let event_id = event_ids[&(job.domain.as_str(), job.plan.keys[i].as_str())];
+        let of_domain = subscribers
+            .get(job.domain.as_str())
+            .unwrap_or(&no_subscribers);
+        for subscriber in of_domain.iter().filter(|s| s.takes(&job.events[i])) {
+            wanted.push((event_id, subscriber, j, i));
         }
     }
-    let key_of: HashMap<i64, &str> = fresh
-        .iter()
-        .map(|&i| (event_ids[&plan.keys[i]], plan.keys[i].as_str()))
-        .collect();
     for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO records (event_id, repeater_id, repeater_name, domain, state, attempts, \
              age_origin, next_attempt_at, created_at, updated_at, ordering_key) ",
         );
-        query.push_values(chunk, |mut row, (event_id, subscriber, i)| {
-            row.push_bind(*event_id)
+        query.push_values(chunk, |mut row, &(event_id, subscriber, j, i)| {
+            let job = &jobs[j];
+            row.push_bind(event_id)
                 .push_bind(subscriber.id)
                 .push_bind(subscriber.name.as_str())
-                .push_bind(domain)
+                .push_bind(job.domain.as_str())
                 .push_bind(RecordState::Pending.as_i16())
                 .push_bind(0_i32)
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(now)
-                .push_bind(events[*i].ordering_key.as_deref());
+                .push_bind(job.now)
+                .push_bind(job.now)
+                .push_bind(job.now)
+                .push_bind(job.now)
+                .push_bind(job.events[i].ordering_key.as_deref());
         });
-        query.push(" RETURNING id, event_id, repeater_name");
-        let rows: Vec<(i64, i64, String)> = query.build_query_as().fetch_all(&mut **tx).await?;
-        for (id, event_id, repeater) in rows {
-            let key = key_of[&event_id];
+        query.push(" RETURNING id");
+        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut **tx).await?;
+        if ids.len() != chunk.len() {
+            return Err(StoreError::Corrupt {
+                what: "records",
+                detail: format!(
+                    "{} records inserted, {} ids returned",
+                    chunk.len(),
+                    ids.len()
+                ),
+            });
+        }
+        for (&(_, subscriber, j, i), id) in chunk.iter().zip(ids) {
             records
-                .entry(key.to_owned())
+                .entry((jobs[j].domain.as_str(), jobs[j].plan.keys[i].as_str()))
                 .or_default()
-                .push(IngestedRecord { id, repeater });
+                .push(IngestedRecord {
+                    id,
+                    repeater: subscriber.name.clone(),
+                });
         }
     }
-    let created: HashSet<String> = event_ids.into_keys().collect();
-    Ok(input::answers(plan, &created, records))
+
+    // Each job's answers, as if it had committed alone after the ones before.
+    Ok(jobs
+        .iter()
+        .enumerate()
+        .map(|(j, job)| {
+            let mut created = HashSet::new();
+            let mut of_job: HashMap<String, Vec<IngestedRecord>> = HashMap::new();
+            for &i in &job.plan.firsts {
+                let key = job.plan.keys[i].as_str();
+                let event = (job.domain.as_str(), key);
+                if first_job.get(&event) == Some(&j) {
+                    created.insert(key.to_owned());
+                }
+                if let Some(list) = records.get(&event) {
+                    of_job.insert(key.to_owned(), list.clone());
+                }
+            }
+            input::answers(&job.plan, &created, of_job)
+        })
+        .collect())
+}
+
+/// The repeaters of every domain the group posts to, by domain.
+async fn subscribers_of<'a>(
+    tx: &mut Transaction<'static, Sqlite>,
+    jobs: &'a [IngestJob],
+) -> StoreResult<HashMap<&'a str, Vec<Subscriber>>> {
+    let mut domains: Vec<&str> = jobs.iter().map(|job| job.domain.as_str()).collect();
+    domains.sort_unstable();
+    domains.dedup();
+    let mut by_domain: HashMap<&str, Vec<Subscriber>> = HashMap::with_capacity(domains.len());
+    for chunk in domains.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT domain, id, name, spec FROM repeaters WHERE domain IN (",
+        );
+        let mut list = query.separated(", ");
+        for domain in chunk {
+            list.push_bind(*domain);
+        }
+        query.push(") ORDER BY domain, name");
+        let rows: Vec<(String, i64, String, String)> =
+            query.build_query_as().fetch_all(&mut **tx).await?;
+        for (domain, id, name, spec) in rows {
+            let Ok(at) = chunk.binary_search(&domain.as_str()) else {
+                continue;
+            };
+            by_domain
+                .entry(chunk[at])
+                .or_default()
+                .push(Subscriber::decode((id, name, spec))?);
+        }
+    }
+    Ok(by_domain)
+}
+
+/// The events of `asked` stored before, each with its records (an event
+/// whose repeaters were all deleted has none).
+async fn existing_records<'a>(
+    tx: &mut Transaction<'static, Sqlite>,
+    asked: &[EventRef<'a>],
+) -> StoreResult<HashMap<EventRef<'a>, Vec<IngestedRecord>>> {
+    // Each event once: a repeated one would list its records twice. Keyed
+    // so a returned row's text finds it; the value keeps the caller's
+    // borrow for the answer.
+    let mut wanted: HashMap<(&str, &str), EventRef<'a>> = HashMap::with_capacity(asked.len());
+    let mut unique = Vec::with_capacity(asked.len());
+    for &event in asked {
+        if wanted.insert(event, event).is_none() {
+            unique.push(event);
+        }
+    }
+    let mut found: HashMap<EventRef<'a>, Vec<IngestedRecord>> = HashMap::new();
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        // CROSS JOIN keeps the asked ids as the outer loop, so each is one
+        // probe of the (domain, event_key) index; a row-value `IN` would
+        // scan every event.
+        let mut query = QueryBuilder::<Sqlite>::new("WITH v (domain, event_key) AS (");
+        query.push_values(chunk, |mut row, (domain, key)| {
+            row.push_bind(*domain).push_bind(*key);
+        });
+        query.push(
+            ") SELECT e.domain, e.event_key, r.id, r.repeater_name FROM v \
+             CROSS JOIN events e ON e.domain = v.domain AND e.event_key = v.event_key \
+             LEFT JOIN records r ON r.event_id = e.id",
+        );
+        let rows: Vec<(String, String, Option<i64>, Option<String>)> =
+            query.build_query_as().fetch_all(&mut **tx).await?;
+        for (domain, key, id, repeater) in rows {
+            let Some(&event) = wanted.get(&(domain.as_str(), key.as_str())) else {
+                continue;
+            };
+            let list = found.entry(event).or_default();
+            if let (Some(id), Some(repeater)) = (id, repeater) {
+                list.push(IngestedRecord { id, repeater });
+            }
+        }
+    }
+    Ok(found)
 }

@@ -890,19 +890,7 @@ async fn ingest_group(
                 .push_bind(event.ordering_key.as_deref())
                 .push_bind(job.now);
         });
-        query.push(" RETURNING id");
-        // RETURNING gives rows in the order inserted.
-        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut **tx).await?;
-        if ids.len() != chunk.len() {
-            return Err(StoreError::Corrupt {
-                what: "events",
-                detail: format!(
-                    "{} events inserted, {} ids returned",
-                    chunk.len(),
-                    ids.len()
-                ),
-            });
-        }
+        let ids = inserted_ids(tx, query, chunk.len(), "events").await?;
         for (&(j, i), id) in chunk.iter().zip(ids) {
             event_ids.insert((jobs[j].domain.as_str(), jobs[j].plan.keys[i].as_str()), id);
         }
@@ -940,18 +928,7 @@ async fn ingest_group(
                 .push_bind(job.now)
                 .push_bind(job.events[i].ordering_key.as_deref());
         });
-        query.push(" RETURNING id");
-        let ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut **tx).await?;
-        if ids.len() != chunk.len() {
-            return Err(StoreError::Corrupt {
-                what: "records",
-                detail: format!(
-                    "{} records inserted, {} ids returned",
-                    chunk.len(),
-                    ids.len()
-                ),
-            });
-        }
+        let ids = inserted_ids(tx, query, chunk.len(), "records").await?;
         for (&(_, subscriber, j, i), id) in chunk.iter().zip(ids) {
             records
                 .entry((jobs[j].domain.as_str(), jobs[j].plan.keys[i].as_str()))
@@ -983,6 +960,25 @@ async fn ingest_group(
             input::answers(&job.plan, &created, of_job)
         })
         .collect())
+}
+
+/// Runs a multi-row `INSERT` of `rows` rows into `table` and returns the
+/// new ids in the order the rows were given (`RETURNING` keeps it).
+async fn inserted_ids(
+    tx: &mut Transaction<'static, Sqlite>,
+    mut insert: QueryBuilder<'_, Sqlite>,
+    rows: usize,
+    table: &'static str,
+) -> StoreResult<Vec<i64>> {
+    insert.push(" RETURNING id");
+    let ids: Vec<i64> = insert.build_query_scalar().fetch_all(&mut **tx).await?;
+    if ids.len() != rows {
+        return Err(StoreError::Corrupt {
+            what: table,
+            detail: format!("{rows} {table} inserted, {} ids returned", ids.len()),
+        });
+    }
+    Ok(ids)
 }
 
 /// The repeaters of every domain the group posts to, by domain.

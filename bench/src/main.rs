@@ -118,6 +118,11 @@ struct Args {
     /// Time budget per scenario, seconds [default: per scenario].
     #[arg(long)]
     budget_seconds: Option<u64>,
+    /// Maximum rate (deliveries/s) the latency scenario offers half of,
+    /// instead of the rate measured in this run: compares binaries at the
+    /// same offered load.
+    #[arg(long)]
+    latency_max_rate: Option<f64>,
 }
 
 /// Deletes the run's directory when the harness ends, unless kept.
@@ -337,6 +342,7 @@ async fn run(args: Args) -> i32 {
         token: fresh_token(),
         ceiling,
         max_rate: Mutex::new(HashMap::new()),
+        latency_max_rate: args.latency_max_rate.filter(|rate| *rate > 0.0),
     };
     let backends: Vec<Backend> = match args.db {
         DbChoice::Sqlite => vec![Backend::Sqlite],

@@ -28,7 +28,10 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
         .unwrap_or_else(|poison| poison.into_inner())
         .get(backend.as_str())
         .copied();
-    let max_rate = match known {
+    if ctx.latency_max_rate.is_some() {
+        fields.insert("max_rate_from".into(), Value::from("--latency-max-rate"));
+    }
+    let max_rate = match ctx.latency_max_rate.or(known) {
         Some(rate) => rate,
         None => {
             // Run alone: find the maximum with a smaller throughput run first.

@@ -62,6 +62,8 @@ pub struct Ctx {
     pub ceiling: Option<f64>,
     /// Throughput measured per backend in this run, deliveries per second.
     pub max_rate: Mutex<HashMap<&'static str, f64>>,
+    /// A maximum rate given on the command line for the latency scenario.
+    pub latency_max_rate: Option<f64>,
 }
 
 impl Ctx {

@@ -17,6 +17,10 @@ use sqlx::Connection;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
+/// The lease holder the tests take leases as.
+const HOLDER: &str = "test-holder";
+/// A holder that holds no lease: sees every held lease as taken.
+const OTHER: &str = "other-holder";
 
 // --- harness -------------------------------------------------------------
 
@@ -158,6 +162,7 @@ conformance!(
     ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
     leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
     finish_batch_with_a_stale_epoch_writes_nothing,
+    concurrent_batch_results_are_fenced_each_by_its_own_lease,
     claim_returns_due_records_oldest_first_with_their_events,
     outcomes_update_records_and_write_attempts,
     resend_and_cancel_follow_the_record_rules,
@@ -199,7 +204,7 @@ fn event(id: Option<&str>, event_type: &str) -> NewEvent {
 
 async fn lease(store: &Arc<dyn Store>, repeater_id: i64, now: i64) -> Lease {
     store
-        .acquire_lease(repeater_id, "test-holder", now, TTL)
+        .acquire_lease(repeater_id, HOLDER, now, TTL)
         .await
         .expect("acquire")
         .expect("lease is free")
@@ -600,24 +605,30 @@ async fn ready_repeaters_exclude_paused_backed_off_leased_and_not_due(store: Arc
         ready.into_iter().map(|r| r.name).collect()
     };
     assert_eq!(
-        names(store.ready_repeaters(T0 + 1).await.unwrap()),
+        names(store.ready_repeaters(T0 + 1, OTHER).await.unwrap()),
         vec!["ok"]
     );
+    // The holder of a lease still sees its lane as ready (a lease kept
+    // between batches).
     assert_eq!(
-        names(store.ready_repeaters(T0 + 5_000).await.unwrap()),
+        names(store.ready_repeaters(T0 + 1, HOLDER).await.unwrap()),
+        vec!["leased", "ok"]
+    );
+    assert_eq!(
+        names(store.ready_repeaters(T0 + 5_000, OTHER).await.unwrap()),
         vec!["backed", "ok"]
     );
     assert_eq!(
-        names(store.ready_repeaters(T0 + 10_000).await.unwrap()),
+        names(store.ready_repeaters(T0 + 10_000, OTHER).await.unwrap()),
         vec!["backed", "later", "ok"]
     );
     assert_eq!(
-        names(store.ready_repeaters(T0 + TTL).await.unwrap()),
+        names(store.ready_repeaters(T0 + TTL, OTHER).await.unwrap()),
         vec!["backed", "later", "leased", "ok"]
     );
     store.set_paused("acme", "paused", false, T0).await.unwrap();
     assert_eq!(
-        names(store.ready_repeaters(T0 + TTL).await.unwrap()),
+        names(store.ready_repeaters(T0 + TTL, OTHER).await.unwrap()),
         vec!["backed", "later", "leased", "ok", "paused"]
     );
 }
@@ -705,6 +716,121 @@ async fn leases_bump_the_epoch_renew_and_are_taken_over_after_expiry(store: Arc<
         store.acquire_lease(id + 1000, "x", T0, TTL).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// Many batches finishing at once (SQLite writes them in one transaction):
+/// each is fenced by its own lease, a lost one writes nothing and does not
+/// stop the others, each writes its own health, and a lease kept after
+/// its results (`release` false) still holds for the lane's next claim.
+async fn concurrent_batch_results_are_fenced_each_by_its_own_lease(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let name = format!("r{i}");
+        ids.push(
+            store
+                .upsert_repeater(&spec("acme", &name, &[]), T0)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for e in ["e0", "e1", "e2"] {
+        store
+            .ingest("acme", &[event(Some(e), "t")], T0)
+            .await
+            .unwrap();
+    }
+    let mut leases = Vec::new();
+    let mut claims = Vec::new();
+    for &id in &ids {
+        let held = lease(&store, id, T0).await;
+        let claimed = store.claim(&held, 10, T0).await.unwrap();
+        assert_eq!(claimed.len(), 3);
+        leases.push(held);
+        claims.push(claimed);
+    }
+    // r0..r2 lose their lanes to a new holder before they write.
+    let now = T0 + TTL;
+    let mut fresh = Vec::new();
+    for &id in &ids[..3] {
+        fresh.push(lease(&store, id, now).await);
+    }
+    let done = |records: &[repeaterd::store::ClaimedRecord]| -> Vec<RecordOutcome> {
+        (records.iter())
+            .map(|r| RecordOutcome {
+                record_id: r.id,
+                state: RecordState::Succeeded,
+                next_attempt_at: None,
+                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+            })
+            .collect()
+    };
+    let health = |i: usize| RepeaterHealth {
+        backoff_until: None,
+        backoff_step: 0,
+        last_error: Some(format!("note of r{i}")),
+        last_success_at: Some(now),
+    };
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        // r4 writes its results in two parts at once under one kept lease.
+        let parts: Vec<Vec<RecordOutcome>> = if i == 4 {
+            vec![done(&claims[i][..1]), done(&claims[i][1..])]
+        } else {
+            vec![done(&claims[i])]
+        };
+        for outcomes in parts {
+            let (store, held) = (store.clone(), leases[i].clone());
+            let health = (i % 2 == 0).then(|| health(i));
+            // Odd lanes and r4 keep their leases.
+            let release = i % 2 == 0 && i != 4;
+            tasks.push(tokio::spawn(async move {
+                let result = store
+                    .finish_batch(&held, &outcomes, health.as_ref(), release, now)
+                    .await;
+                (i, result)
+            }));
+        }
+    }
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        if i < 3 {
+            assert!(
+                matches!(result, Err(StoreError::LeaseLost { .. })),
+                "r{i}: {result:?}"
+            );
+        } else {
+            result.unwrap_or_else(|error| panic!("r{i} writes its results: {error}"));
+        }
+    }
+    for i in 0..8 {
+        let name = format!("r{i}");
+        let row = store.repeater("acme", &name).await.unwrap().unwrap();
+        for record in &claims[i] {
+            let (record, attempts) = store.record("acme", record.id).await.unwrap().unwrap();
+            if i < 3 {
+                assert_eq!(record.state, RecordState::Pending, "{name}");
+                assert!(attempts.is_empty(), "{name}");
+            } else {
+                assert_eq!(record.state, RecordState::Succeeded, "{name}");
+                assert_eq!(attempts.len(), 1, "{name}");
+            }
+        }
+        let wrote_health = i >= 3 && i % 2 == 0;
+        let note = wrote_health.then(|| format!("note of r{i}"));
+        assert_eq!(row.last_error, note, "{name}");
+        let lease = row.lease.as_ref();
+        match i {
+            0..3 => assert_eq!(lease.map(|l| l.epoch), Some(fresh[i].epoch), "{name}"),
+            3..=5 | 7 => {
+                assert_eq!(lease.map(|l| l.epoch), Some(leases[i].epoch), "{name} kept");
+                // The kept lease still fences the lane's next claim.
+                let again = store.claim(&leases[i], 10, now).await.unwrap();
+                assert!(again.is_empty(), "{name}: everything was delivered");
+            }
+            _ => assert!(lease.is_none(), "{name} released"),
+        }
+    }
 }
 
 async fn finish_batch_with_a_stale_epoch_writes_nothing(store: Arc<dyn Store>) {
@@ -1097,7 +1223,13 @@ async fn requeue_and_pause_act_on_the_repeater(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    assert!(store.ready_repeaters(T0 + 1).await.unwrap().is_empty());
+    assert!(
+        store
+            .ready_repeaters(T0 + 1, OTHER)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     assert_eq!(store.requeue("acme", "a", T0 + 1).await.unwrap(), 2);
     for i in [0, 1] {
@@ -1115,7 +1247,7 @@ async fn requeue_and_pause_act_on_the_repeater(store: Arc<dyn Store>) {
     );
     let repeater = store.repeater("acme", "a").await.unwrap().unwrap();
     assert_eq!((repeater.backoff_until, repeater.backoff_step), (None, 0));
-    assert_eq!(store.ready_repeaters(T0 + 1).await.unwrap().len(), 1);
+    assert_eq!(store.ready_repeaters(T0 + 1, OTHER).await.unwrap().len(), 1);
     assert!(matches!(
         store.requeue("acme", "missing", T0).await,
         Err(StoreError::NotFound(_))
@@ -1124,13 +1256,19 @@ async fn requeue_and_pause_act_on_the_repeater(store: Arc<dyn Store>) {
     // Pause keeps records as they are and takes the repeater off the schedule.
     assert!(store.set_paused("acme", "a", true, T0 + 2).await.unwrap());
     assert!(store.repeater("acme", "a").await.unwrap().unwrap().paused);
-    assert!(store.ready_repeaters(T0 + 2).await.unwrap().is_empty());
+    assert!(
+        store
+            .ready_repeaters(T0 + 2, OTHER)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         state_of(&store, "acme", c[3].id).await,
         RecordState::Pending
     );
     assert!(store.set_paused("acme", "a", false, T0 + 3).await.unwrap());
-    assert_eq!(store.ready_repeaters(T0 + 3).await.unwrap().len(), 1);
+    assert_eq!(store.ready_repeaters(T0 + 3, OTHER).await.unwrap().len(), 1);
     assert!(!store.set_paused("acme", "missing", true, T0).await.unwrap());
 }
 
@@ -1187,7 +1325,7 @@ async fn delete_repeater_cancels_unfinished_records(store: Arc<dyn Store>) {
         Err(StoreError::Invalid(_))
     ));
     // The other repeater's records are untouched, and only it is ready.
-    let ready = store.ready_repeaters(T0 + 2).await.unwrap();
+    let ready = store.ready_repeaters(T0 + 2, OTHER).await.unwrap();
     assert_eq!(ready.len(), 1);
     assert_eq!(ready[0].name, "stays");
     assert_eq!(store.backlog(ready[0].id).await.unwrap().pending, 2);
@@ -1273,7 +1411,7 @@ async fn purge_terminal_deletes_only_old_terminal_records_in_batches(store: Arc<
 }
 
 async fn next_wakeup_reports_the_earliest_due_time(store: Arc<dyn Store>) {
-    assert_eq!(store.next_wakeup(T0).await.unwrap(), None);
+    assert_eq!(store.next_wakeup(T0, OTHER).await.unwrap(), None);
     let a = store
         .upsert_repeater(&spec("acme", "a", &["t"]), T0)
         .await
@@ -1285,7 +1423,7 @@ async fn next_wakeup_reports_the_earliest_due_time(store: Arc<dyn Store>) {
         .unwrap()
         .id;
     assert_eq!(
-        store.next_wakeup(T0).await.unwrap(),
+        store.next_wakeup(T0, OTHER).await.unwrap(),
         None,
         "no records, nothing to wait for"
     );
@@ -1332,15 +1470,26 @@ async fn next_wakeup_reports_the_earliest_due_time(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    assert_eq!(store.next_wakeup(T0).await.unwrap(), Some(T0 + 4_000));
+    assert_eq!(
+        store.next_wakeup(T0, OTHER).await.unwrap(),
+        Some(T0 + 4_000)
+    );
     store.set_paused("acme", "b", true, T0).await.unwrap();
-    assert_eq!(store.next_wakeup(T0).await.unwrap(), Some(T0 + 7_000));
+    assert_eq!(
+        store.next_wakeup(T0, OTHER).await.unwrap(),
+        Some(T0 + 7_000)
+    );
     // A held lease delays its repeater until it expires.
     lease(&store, a, T0).await;
-    assert_eq!(store.next_wakeup(T0).await.unwrap(), Some(T0 + TTL));
+    assert_eq!(store.next_wakeup(T0, OTHER).await.unwrap(), Some(T0 + TTL));
+    // ... except for its own holder.
+    assert_eq!(
+        store.next_wakeup(T0, HOLDER).await.unwrap(),
+        Some(T0 + 7_000)
+    );
     // Something already due reports "now", never a time in the past.
     assert_eq!(
-        store.next_wakeup(T0 + 40_000).await.unwrap(),
+        store.next_wakeup(T0 + 40_000, OTHER).await.unwrap(),
         Some(T0 + 40_000)
     );
 }
@@ -1684,8 +1833,17 @@ async fn fifo_lanes_hold_the_line_behind_their_oldest_record(store: Arc<dyn Stor
         .finish_batch(&held, &[retry_at(head[0].id, T0 + 1_000)], None, true, T0)
         .await
         .unwrap();
-    assert!(store.ready_repeaters(T0 + 10).await.unwrap().is_empty());
-    assert_eq!(store.next_wakeup(T0 + 10).await.unwrap(), Some(T0 + 1_000));
+    assert!(
+        store
+            .ready_repeaters(T0 + 10, OTHER)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_wakeup(T0 + 10, OTHER).await.unwrap(),
+        Some(T0 + 1_000)
+    );
     let held = lease(&store, id, T0 + 10).await;
     assert!(store.claim(&held, 10, T0 + 10).await.unwrap().is_empty());
     assert_eq!(
@@ -1769,9 +1927,25 @@ async fn key_lanes_keep_order_within_each_key(store: Arc<dyn Store>) {
         .await
         .unwrap();
     // Only a2 is left due, behind a1: not ready until a1 is due.
-    assert!(store.ready_repeaters(T0 + 20).await.unwrap().is_empty());
-    assert_eq!(store.next_wakeup(T0 + 20).await.unwrap(), Some(T0 + 1_000));
-    assert_eq!(store.ready_repeaters(T0 + 1_000).await.unwrap().len(), 1);
+    assert!(
+        store
+            .ready_repeaters(T0 + 20, OTHER)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_wakeup(T0 + 20, OTHER).await.unwrap(),
+        Some(T0 + 1_000)
+    );
+    assert_eq!(
+        store
+            .ready_repeaters(T0 + 1_000, OTHER)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 // --- PostgreSQL: several processes on one database -------------------------

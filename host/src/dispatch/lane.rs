@@ -1,8 +1,9 @@
-//! One batch of one repeater, run under its lease: read the repeater, pick
-//! its plugin, claim up to a batch of due records, run their attempts with
+//! One batch of one repeater, run under its lease: claim up to a batch of
+//! due records with the repeater's row, pick its plugin, run their attempts with
 //! at most the granted concurrency while a timer renews the lease, judge
 //! the results and write them in one `finish_batch` fenced by the lease
-//! epoch, releasing the lease.
+//! epoch. The lease is released with the results, or kept for the lane's
+//! next batch when the loop asked for that (ADR 5).
 //!
 //! A batch stops starting attempts early when the endpoint, or the
 //! repeater's own plugin or credentials, fail a whole window of attempts in
@@ -41,6 +42,8 @@ pub struct BatchDone {
     pub reserved: u32,
     /// The repeater's limits as of this batch (they follow config reloads).
     pub limits: Option<EffectiveLimits>,
+    /// Records the claim found.
+    pub claimed: u32,
     /// Records attempted.
     pub attempted: usize,
     /// Attempts that succeeded.
@@ -51,6 +54,10 @@ pub struct BatchDone {
     pub written: bool,
     /// How long the batch took, lease to write.
     pub elapsed: Duration,
+    /// The lease, still held, when the grant asked to keep it and the
+    /// results were written under it; the loop reuses it for the lane's
+    /// next batch.
+    pub lease: Option<Lease>,
 }
 
 /// Gives in-flight slots back to the scheduler loop before a batch ends.
@@ -81,6 +88,8 @@ pub struct BatchGrant {
     pub records: u32,
     /// Most requests open at once.
     pub concurrency: u32,
+    /// Keep the lease after writing the results instead of releasing it.
+    pub keep_lease: bool,
 }
 
 /// Runs one batch of `repeater` under `lease` within `grant`. Never panics
@@ -98,11 +107,13 @@ pub async fn run_batch(
         repeater_id: repeater.id,
         reserved: grant.records,
         limits: None,
+        claimed: 0,
         attempted: 0,
         successes: 0,
         overloads: 0,
         written: false,
         elapsed: Duration::ZERO,
+        lease: None,
     };
     let clock = std::time::Instant::now();
     run_lane(&deps, &repeater, &lease, grant, &slots, shutdown, &mut done).await;
@@ -119,19 +130,26 @@ async fn run_lane(
     shutdown: watch::Receiver<bool>,
     done: &mut BatchDone,
 ) {
-    let row = match deps.store.repeater(&repeater.domain, &repeater.name).await {
-        Ok(Some(row)) if !row.paused && row.id == repeater.id => row,
-        Ok(_) => {
-            // Deleted, replaced or paused since it was found ready.
-            release(deps, lease).await;
+    // The claim reads the repeater's row too, under the lease's fence: one
+    // trip to the store less per batch than reading it first.
+    let take = grant.records.max(1);
+    let (row, records) = match deps.store.claim_lane(lease, take, now_millis()).await {
+        Ok(claim) => claim,
+        Err(StoreError::LeaseLost { .. }) => {
+            // Deleted (or taken over) since it was found ready.
             return;
         }
         Err(error) => {
-            tracing::warn!(repeater = %label(repeater), %error, "cannot read repeater; releasing its lease");
+            tracing::warn!(repeater = %label(repeater), %error, "claim failed; releasing the lease");
             release(deps, lease).await;
             return;
         }
     };
+    done.claimed = records.len() as u32;
+    if row.paused {
+        release(deps, lease).await;
+        return;
+    }
     let limits = limits_of(deps, &row.spec);
     done.limits = Some(limits.clone());
 
@@ -151,26 +169,17 @@ async fn run_lane(
                 last_error: Some(error.to_string()),
                 last_success_at: row.last_success_at,
             };
-            finish(deps, repeater, lease, &[], Some(&health), done).await;
+            finish(deps, repeater, lease, &[], Some(&health), true, done).await;
             return;
         }
     };
 
     let concurrency = grant.concurrency.clamp(1, limits.concurrency.max(1)) as usize;
-    let take = grant.records.max(1);
-    let records = match deps.store.claim(lease, take, now_millis()).await {
-        Ok(records) => records,
-        Err(error) => {
-            tracing::warn!(repeater = %label(repeater), %error, "claim failed; releasing the lease");
-            release(deps, lease).await;
-            return;
-        }
-    };
     if records.is_empty() {
         release(deps, lease).await;
         return;
     }
-    let unclaimed = take.saturating_sub(records.len() as u32);
+    let unclaimed = take.saturating_sub(done.claimed);
     if unclaimed > 0 {
         slots.give_back(unclaimed);
         done.reserved -= unclaimed;
@@ -188,7 +197,7 @@ async fn run_lane(
         metrics: deps.metrics.clone(),
     };
     let attempts = run_window(&ctx, &records, concurrency, shutdown);
-    let Some(reports) = with_renewal(deps, lease, attempts).await else {
+    let Some((reports, lease)) = with_renewal(deps, lease, attempts).await else {
         // The lease was taken over while the batch ran: drop the results.
         deps.metrics.lease_lost();
         tracing::warn!(repeater = %label(repeater), epoch = lease.epoch, "lease lost while a batch ran; its results are dropped");
@@ -219,15 +228,26 @@ async fn run_lane(
         now,
         &mut rand::rng(),
     );
+    // A backed-off lane is not ready again before its backoff ends: let
+    // its lease go with the results.
+    let keep = grant.keep_lease
+        && judgement
+            .health
+            .as_ref()
+            .is_none_or(|h| h.backoff_until.is_none());
     finish(
         deps,
         repeater,
-        lease,
+        &lease,
         &judgement.outcomes,
         judgement.health.as_ref(),
+        !keep,
         done,
     )
     .await;
+    if keep && done.written {
+        done.lease = Some(lease);
+    }
     if done.written {
         count_outcomes(deps, &repeater.domain, &reports, &judgement.outcomes);
     }
@@ -287,13 +307,14 @@ fn plugin_for(deps: &DispatchDeps, row: &RepeaterRow) -> Result<Arc<LoadedPlugin
     }
 }
 
-/// Awaits `work` while renewing the lease every third of its TTL. `None`
-/// when the lease was lost.
+/// Awaits `work` while renewing the lease every third of its TTL. Returns
+/// the result with the lease as last renewed; `None` when the lease was
+/// lost.
 async fn with_renewal<T>(
     deps: &DispatchDeps,
     lease: &Lease,
     work: impl std::future::Future<Output = T>,
-) -> Option<T> {
+) -> Option<(T, Lease)> {
     let ttl = deps.settings.lease_ttl_ms.max(300);
     let period = Duration::from_millis((ttl / 3) as u64);
     let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -301,7 +322,7 @@ async fn with_renewal<T>(
     tokio::pin!(work);
     loop {
         tokio::select! {
-            result = &mut work => return Some(result),
+            result = &mut work => return Some((result, held)),
             _ = renewals.tick() => {
                 match deps.store.renew_lease(&held, now_millis(), ttl).await {
                     Ok(renewed) => held = renewed,
@@ -323,11 +344,12 @@ async fn finish(
     lease: &Lease,
     outcomes: &[crate::store::RecordOutcome],
     health: Option<&RepeaterHealth>,
+    release_lease: bool,
     done: &mut BatchDone,
 ) {
     match deps
         .store
-        .finish_batch(lease, outcomes, health, true, now_millis())
+        .finish_batch(lease, outcomes, health, release_lease, now_millis())
         .await
     {
         Ok(()) => done.written = true,

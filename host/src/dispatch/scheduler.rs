@@ -2,8 +2,16 @@
 //! in a [`FairQueue`], hands out batches while the process has free
 //! in-flight slots, and sleeps until something can change: an ingest (the
 //! store's wake signal), a batch finishing or giving back slots it did not
-//! need, the earliest due time, or a rate pacer freeing up. A 1 s cap on the sleep is the safety net for leases of
-//! crashed peers and for peers' retries becoming due.
+//! need, the earliest due time, or a rate pacer freeing up. A 1 s cap on the
+//! sleep is the safety net for leases of crashed peers and for peers'
+//! retries becoming due.
+//!
+//! A lane's lease is kept between its batches while the lane stays ready
+//! (ADR 5): the next batch starts without a lease write, and still waits
+//! for its turn in the fair queue. A kept lease is renewed when half its
+//! TTL has passed, given up with the batch that ends a TTL of holding (so
+//! peers sharing a PostgreSQL database get their chance at the lane), and
+//! released as soon as a refresh finds its lane with nothing due.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +24,7 @@ use crate::dispatch::lane::{BatchDone, BatchGrant, SlotReturn, run_batch};
 use crate::dispatch::{DispatchDeps, limits_of};
 use crate::model::{Millis, now_millis};
 use crate::schedule::{Aimd, Eligibility, FairQueue, RatePacer};
-use crate::store::{Lease, ReadyRepeater};
+use crate::store::{Lease, ReadyRepeater, StoreError};
 
 /// Takes up to `want` requests' worth from the repeater's and the domain's
 /// pacers together: the most both allow now, at least one. `None` (nothing
@@ -45,6 +53,14 @@ fn take_paced(
     None
 }
 
+/// A lease this process holds, with when it was first taken.
+#[derive(Debug, Clone)]
+struct Held {
+    lease: Lease,
+    /// When the lease was acquired; renewals keep this.
+    since: Millis,
+}
+
 /// In-process state of one repeater.
 struct LaneState {
     domain: String,
@@ -56,7 +72,13 @@ struct LaneState {
     burst: u32,
     /// A batch of this repeater runs in this process.
     busy: bool,
+    /// Most records to grant the lane's next batch: twice what its last
+    /// claim found, between [`MIN_GRANT`] and `dispatch.batch_size`.
+    grant: u32,
 }
+
+/// The smallest grant a lane's batch gets, whatever its last claim found.
+const MIN_GRANT: u32 = 4;
 
 /// The loop's state.
 pub(crate) struct Scheduler {
@@ -72,7 +94,9 @@ pub(crate) struct Scheduler {
     returned: mpsc::UnboundedReceiver<u32>,
     returns: SlotReturn,
     /// Leases of running batches, released if shutdown has to abort them.
-    held: HashMap<i64, Lease>,
+    held: HashMap<i64, Held>,
+    /// Leases kept between a lane's batches, by repeater.
+    kept: HashMap<i64, Held>,
     /// Rate pacers of whole domains, when `dispatch.domain_rate_per_second` is set.
     domain_pacers: HashMap<String, RatePacer>,
     /// Told to running batches so they stop starting attempts.
@@ -92,6 +116,7 @@ impl Scheduler {
             returned,
             returns: SlotReturn::new(give_back),
             held: HashMap::new(),
+            kept: HashMap::new(),
             domain_pacers: HashMap::new(),
             shutdown: None,
         }
@@ -149,7 +174,8 @@ impl Scheduler {
     /// Reads the ready repeaters into the fair queue.
     async fn refresh(&mut self) {
         self.taken.clear();
-        match self.deps.store.ready_repeaters(now_millis()).await {
+        let holder = &self.deps.settings.holder;
+        match self.deps.store.ready_repeaters(now_millis(), holder).await {
             Ok(ready) => {
                 for repeater in &ready {
                     if !self.lanes.contains_key(&repeater.id) {
@@ -157,6 +183,18 @@ impl Scheduler {
                     }
                 }
                 self.fair.set_ready(&ready);
+                // A kept lease whose lane has nothing due (drained, paused,
+                // deleted) goes back at once.
+                let ready: HashSet<i64> = ready.iter().map(|r| r.id).collect();
+                let idle: Vec<i64> = (self.kept.keys())
+                    .filter(|id| !ready.contains(id))
+                    .copied()
+                    .collect();
+                for id in idle {
+                    if let Some(kept) = self.kept.remove(&id) {
+                        self.release(&kept.lease).await;
+                    }
+                }
             }
             Err(error) => tracing::warn!(%error, "cannot read ready repeaters"),
         }
@@ -183,6 +221,7 @@ impl Scheduler {
                         pacer,
                         burst: limits.burst,
                         busy: false,
+                        grant: u32::MAX,
                     },
                 );
                 return;
@@ -198,6 +237,7 @@ impl Scheduler {
                 pacer: None,
                 burst: u32::MAX,
                 busy: false,
+                grant: u32::MAX,
             },
         );
     }
@@ -234,41 +274,26 @@ impl Scheduler {
                 }
             });
             let Some(repeater) = picked else { break };
-
-            let lease = match self
-                .deps
-                .store
-                .acquire_lease(
-                    repeater.id,
-                    &self.deps.settings.holder,
-                    now,
-                    self.deps.settings.lease_ttl_ms,
-                )
-                .await
-            {
-                Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    self.taken.insert(repeater.id);
-                    continue;
-                }
-                Err(error) => {
-                    tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot acquire lease");
-                    self.taken.insert(repeater.id);
-                    continue;
-                }
+            let Some(held) = self.lease_for(&repeater, now).await else {
+                self.taken.insert(repeater.id);
+                continue;
             };
-            self.deps.metrics.lease_acquired();
+            let lease = held.lease.clone();
 
             let free = max - self.inflight;
             let Some(lane) = self.lanes.get_mut(&repeater.id) else {
-                let _ = self.deps.store.release_lease(&lease).await;
+                self.release(&lease).await;
                 self.taken.insert(repeater.id);
                 continue;
             };
             // Every claimed record holds a slot until the batch's results are
             // written, so a kill can resend at most `max_inflight` records
-            // (ADR 3), however large the batch.
-            let mut records = self.deps.settings.batch_size.max(1).min(free);
+            // (ADR 3), however large the batch. Slots are held from here
+            // until the claim answers: a lane that found few records due
+            // last time gets a grant near that, so slots do not sit idle
+            // under claims that will give most of them back.
+            let batch_size = self.deps.settings.batch_size.max(1);
+            let mut records = batch_size.min(free).min(lane.grant);
             // Paced repeaters and domains get as many records as their
             // pacers allow right now (at least one, or the turn is skipped).
             let domain = match &domain_pacer {
@@ -290,17 +315,21 @@ impl Scheduler {
                 match take_paced(lane.pacer.as_mut(), domain, now, want) {
                     Some(n) => records = n,
                     None => {
-                        let _ = self.deps.store.release_lease(&lease).await;
+                        // Paced out for now: keep the lease for the turn
+                        // the pacer allows.
+                        self.kept.insert(repeater.id, held);
                         self.taken.insert(repeater.id);
                         continue;
                     }
                 }
             }
             let concurrency = lane.aimd.limit().min(records).max(1);
+            // Held for a whole TTL: let it go with this batch's results.
+            let keep_lease = now < held.since.saturating_add(self.deps.settings.lease_ttl_ms);
             lane.busy = true;
             self.inflight += records;
             self.deps.metrics.set_inflight(self.inflight as usize);
-            self.held.insert(repeater.id, lease.clone());
+            self.held.insert(repeater.id, held);
             let shutdown = self
                 .shutdown
                 .clone()
@@ -312,12 +341,66 @@ impl Scheduler {
                 BatchGrant {
                     records,
                     concurrency,
+                    keep_lease,
                 },
                 self.returns.clone(),
                 shutdown,
             ));
         }
         self.paced_until(now_millis())
+    }
+
+    /// The lease for a batch of `repeater`: the one kept from the lane's
+    /// last batch (renewed once half its TTL has passed), or a new one.
+    /// `None` when another holder has the lane or the store failed.
+    async fn lease_for(&mut self, repeater: &ReadyRepeater, now: Millis) -> Option<Held> {
+        let ttl = self.deps.settings.lease_ttl_ms;
+        if let Some(kept) = self.kept.remove(&repeater.id) {
+            if kept.lease.expires_at.saturating_sub(now) >= ttl / 2 {
+                return Some(kept);
+            }
+            match self.deps.store.renew_lease(&kept.lease, now, ttl).await {
+                Ok(lease) => {
+                    return Some(Held {
+                        lease,
+                        since: kept.since,
+                    });
+                }
+                // Expired and taken over: compete for the lane below.
+                Err(StoreError::LeaseLost { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot renew a kept lease");
+                    return None;
+                }
+            }
+        }
+        let holder = &self.deps.settings.holder;
+        match self
+            .deps
+            .store
+            .acquire_lease(repeater.id, holder, now, ttl)
+            .await
+        {
+            Ok(Some(lease)) => {
+                self.deps.metrics.lease_acquired();
+                Some(Held { lease, since: now })
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot acquire lease");
+                None
+            }
+        }
+    }
+
+    /// Gives a lease up; a failure only leaves it to expire.
+    async fn release(&self, lease: &Lease) {
+        match self.deps.store.release_lease(lease).await {
+            Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
+            Err(error) => {
+                tracing::warn!(repeater_id = lease.repeater_id, %error, "releasing a lease failed; it will expire");
+            }
+        }
     }
 
     /// The earliest time a rate-limited repeater or domain frees up.
@@ -342,7 +425,8 @@ impl Scheduler {
             return cap;
         }
         let now = now_millis();
-        let mut until = match self.deps.store.next_wakeup(now).await {
+        let holder = &self.deps.settings.holder;
+        let mut until = match self.deps.store.next_wakeup(now, holder).await {
             Ok(Some(at)) => Some(at),
             Ok(None) => None,
             Err(error) => {
@@ -384,9 +468,14 @@ impl Scheduler {
             self.fair.record_batch(done.repeater_id, over_budget);
         }
         self.give_back(done.reserved);
-        self.held.remove(&done.repeater_id);
+        let held = self.held.remove(&done.repeater_id);
+        if let (Some(lease), Some(held)) = (done.lease, held) {
+            let since = held.since;
+            self.kept.insert(done.repeater_id, Held { lease, since });
+        }
         if let Some(lane) = self.lanes.get_mut(&done.repeater_id) {
             lane.busy = false;
+            lane.grant = done.claimed.saturating_mul(2).max(MIN_GRANT);
             if let Some(limits) = &done.limits {
                 lane.aimd.set_ceiling(limits.concurrency);
                 lane.burst = limits.burst;
@@ -429,8 +518,14 @@ impl Scheduler {
                 }
             }
         }
-        for (_, lease) in self.held.drain() {
-            let _ = self.deps.store.release_lease(&lease).await;
+        let held: Vec<Held> = self
+            .held
+            .drain()
+            .chain(self.kept.drain())
+            .map(|(_, h)| h)
+            .collect();
+        for held in held {
+            self.release(&held.lease).await;
         }
     }
 }

@@ -366,12 +366,15 @@ pub trait Store: Send + Sync + 'static {
 
     // --- scheduling ------------------------------------------------------
 
-    /// Repeaters that are not paused, not backed off, not leased (or whose
-    /// lease expired) and have at least one record due at `now`.
-    async fn ready_repeaters(&self, now: Millis) -> StoreResult<Vec<ReadyRepeater>>;
+    /// Repeaters that are not paused, not backed off, not leased by another
+    /// holder than `holder` (or whose lease expired) and have at least one
+    /// record due at `now`. A lease `holder` itself keeps between batches
+    /// does not hide its lane from it.
+    async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>>;
     /// The earliest time something becomes due (a record's next attempt or
-    /// a backoff or lease ending), for the scheduler's sleep.
-    async fn next_wakeup(&self, now: Millis) -> StoreResult<Option<Millis>>;
+    /// a backoff or another holder's lease ending), for the scheduler's
+    /// sleep. Leases of `holder` delay nothing.
+    async fn next_wakeup(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>>;
     /// Takes the repeater's lease if it is free or expired. `None` when
     /// another holder has it.
     async fn acquire_lease(
@@ -390,7 +393,18 @@ pub trait Store: Send + Sync + 'static {
         lease: &Lease,
         limit: u32,
         now: Millis,
-    ) -> StoreResult<Vec<ClaimedRecord>>;
+    ) -> StoreResult<Vec<ClaimedRecord>> {
+        Ok(self.claim_lane(lease, limit, now).await?.1)
+    }
+    /// [`Store::claim`], with the leased repeater's row as it is now (its
+    /// spec, pause and health), read under the same fence: a batch needs
+    /// both and gets them in two statements.
+    async fn claim_lane(
+        &self,
+        lease: &Lease,
+        limit: u32,
+        now: Millis,
+    ) -> StoreResult<(RepeaterRow, Vec<ClaimedRecord>)>;
     /// Writes a batch's outcomes and attempts, and the repeater's health
     /// when given, in one transaction fenced by the lease; releases the lease
     /// when `release` is true. Fails with [`StoreError::LeaseLost`] (and

@@ -31,7 +31,7 @@ use super::{
     RecordOutcome, RecordQuery, RecordRow, RepeaterHealth, RepeaterRow, Store, StoreError,
     StoreResult,
 };
-use crate::model::{Millis, NewEvent, RecordState, RepeaterSpec};
+use crate::model::{Millis, NewEvent, Ordering, RecordState, RepeaterSpec};
 
 /// The channel that carries wake-ups between processes.
 pub const WAKE_CHANNEL: &str = "repeaterd_wake";
@@ -340,12 +340,12 @@ impl Store for PostgresStore {
         Ok(answers)
     }
 
-    async fn ready_repeaters(&self, now: Millis) -> StoreResult<Vec<ReadyRepeater>> {
+    async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>> {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
             "SELECT p.id, p.domain, p.name FROM repeaters p \
              WHERE NOT p.paused \
                AND (p.backoff_until IS NULL OR p.backoff_until <= $1) \
-               AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1) \
+               AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1 OR p.lease_holder = $2) \
                AND CASE p.ordering \
                    WHEN 1 THEN EXISTS (SELECT 1 FROM records r WHERE r.id = {head} \
                                        AND r.next_attempt_at <= $1) \
@@ -359,6 +359,7 @@ impl Store for PostgresStore {
             head = fifo_head("p.id"),
         ))
         .bind(now)
+        .bind(holder)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -367,14 +368,17 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    async fn next_wakeup(&self, now: Millis) -> StoreResult<Option<Millis>> {
+    async fn next_wakeup(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {
         // Per repeater: its earliest due record, pushed back by its backoff
-        // and its lease; one index probe per repeater on the ready set.
+        // and another holder's lease; one index probe per repeater on the
+        // ready set.
         // A fifo lane waits for its head record, a key lane for the heads
         // of its keys (a scan of that lane's unfinished records).
         let at: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT MIN(GREATEST(d.due, COALESCE(d.backoff_until, 0), COALESCE(d.lease_expires_at, 0))) \
-             FROM (SELECT p.backoff_until, p.lease_expires_at, \
+             FROM (SELECT p.backoff_until, \
+                          CASE WHEN p.lease_holder = $1 THEN NULL ELSE p.lease_expires_at END \
+                              AS lease_expires_at, \
                           CASE p.ordering \
                           WHEN 1 THEN (SELECT r.next_attempt_at FROM records r WHERE r.id = {head}) \
                           WHEN 2 THEN (SELECT MIN(r.next_attempt_at) FROM records r \
@@ -386,6 +390,7 @@ impl Store for PostgresStore {
              WHERE d.due IS NOT NULL",
             head = fifo_head("p.id"),
         ))
+        .bind(holder)
         .fetch_one(&self.pool)
         .await?;
         Ok(at.map(|at| at.max(now)))
@@ -459,29 +464,30 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn claim(
+    async fn claim_lane(
         &self,
         lease: &Lease,
         limit: u32,
         now: Millis,
-    ) -> StoreResult<Vec<ClaimedRecord>> {
-        let ordering: Option<i16> = sqlx::query_scalar(
-            "SELECT ordering FROM repeaters WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
-        )
+    ) -> StoreResult<(RepeaterRow, Vec<ClaimedRecord>)> {
+        let raw: Option<RepeaterRecordRaw> = sqlx::query_as(&format!(
+            "SELECT {REPEATER_COLUMNS} FROM repeaters \
+             WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3"
+        ))
         .bind(lease.repeater_id)
         .bind(lease.epoch)
         .bind(&lease.token)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(ordering) = ordering else {
+        let Some(row) = raw.map(RepeaterRecordRaw::decode).transpose()? else {
             return Err(lease_lost(lease));
         };
-        let rule = match ordering {
+        let rule = match row.spec.ordering {
             // fifo: only the oldest unfinished record, and only when it is due.
-            1 => format!("r.id = {}", fifo_head("$1")),
+            Ordering::Fifo => format!("r.id = {}", fifo_head("$1")),
             // key: per key, only its oldest unfinished record.
-            2 => KEY_HEAD.to_owned(),
-            _ => "TRUE".to_owned(),
+            Ordering::Key => KEY_HEAD.to_owned(),
+            Ordering::None => "TRUE".to_owned(),
         };
         let raws: Vec<ClaimedRecordRaw> = sqlx::query_as(&format!(
             "SELECT {CLAIM_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
@@ -493,7 +499,10 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(raws.into_iter().map(ClaimedRecordRaw::decode).collect())
+        Ok((
+            row,
+            raws.into_iter().map(ClaimedRecordRaw::decode).collect(),
+        ))
     }
 
     async fn finish_batch(

@@ -37,11 +37,11 @@ use super::rows::{
     REPEATER_COLUMNS, RecordRowRaw, RepeaterRecordRaw, decode_state,
 };
 use super::{
-    AttemptRow, Backlog, ClaimedRecord, Ingested, IngestedRecord, Lease, ReadyRepeater,
-    RecordOutcome, RecordQuery, RecordRow, RepeaterHealth, RepeaterRow, Store, StoreError,
-    StoreResult,
+    AttemptDraft, AttemptRow, Backlog, ClaimedRecord, Ingested, IngestedRecord, Lease,
+    ReadyRepeater, RecordOutcome, RecordQuery, RecordRow, RepeaterHealth, RepeaterRow, Store,
+    StoreError, StoreResult,
 };
-use crate::model::{Millis, NewEvent, RecordState, RepeaterSpec};
+use crate::model::{Millis, NewEvent, Ordering, RecordState, RepeaterSpec};
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,15 +51,18 @@ const READ_CONNECTIONS: u32 = 4;
 /// of small posts, small enough that a group holds the write lock for
 /// milliseconds, not seconds.
 const GROUP_EVENTS: usize = 2_000;
-/// Ingests waiting for the writer task before posting waits for room.
-const INGEST_QUEUE: usize = 1_024;
+/// Most record outcomes one group commit of batch results takes.
+const GROUP_OUTCOMES: usize = 2_000;
+/// Ingests and batch results waiting for the writer task before a caller
+/// waits for room.
+const WRITE_QUEUE: usize = 1_024;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     wake: Arc<Notify>,
-    ingests: mpsc::Sender<IngestJob>,
+    jobs: mpsc::Sender<WriteJob>,
 }
 
 impl SqliteStore {
@@ -92,15 +95,27 @@ impl SqliteStore {
             .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
         let wake = Arc::new(Notify::new());
-        let (ingests, jobs) = mpsc::channel(INGEST_QUEUE);
+        let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
         // The task ends when the store, the only sender, is dropped.
-        tokio::spawn(group_commit(writer.clone(), wake.clone(), jobs));
+        tokio::spawn(group_commit(writer.clone(), wake.clone(), queue));
         Ok(SqliteStore {
             writer,
             reader,
             wake,
-            ingests,
+            jobs,
         })
+    }
+
+    /// Hands `job` to the writer task and waits for its answer.
+    async fn send<T>(
+        &self,
+        job: WriteJob,
+        answer: oneshot::Receiver<StoreResult<T>>,
+    ) -> StoreResult<T> {
+        // The writer task stops only with a closed pool or a panic.
+        let gone = || StoreError::Database(sqlx::Error::PoolClosed);
+        self.jobs.send(job).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// [`begin_write`] on this store's writer.
@@ -296,18 +311,15 @@ impl Store for SqliteStore {
             now,
             reply,
         };
-        // The writer task stops only with a closed pool or a panic.
-        let gone = || StoreError::Database(sqlx::Error::PoolClosed);
-        self.ingests.send(job).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.send(WriteJob::Ingest(job), answer).await
     }
 
-    async fn ready_repeaters(&self, now: Millis) -> StoreResult<Vec<ReadyRepeater>> {
+    async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>> {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
             "SELECT p.id, p.domain, p.name FROM repeaters p \
              WHERE NOT p.paused \
                AND (p.backoff_until IS NULL OR p.backoff_until <= $1) \
-               AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1) \
+               AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1 OR p.lease_holder = $2) \
                AND CASE p.ordering \
                    WHEN 1 THEN EXISTS (SELECT 1 FROM records r WHERE r.id = {head} \
                                        AND r.next_attempt_at <= $1) \
@@ -321,6 +333,7 @@ impl Store for SqliteStore {
             head = fifo_head("p.id"),
         ))
         .bind(now)
+        .bind(holder)
         .fetch_all(&self.reader)
         .await?;
         Ok(rows
@@ -329,14 +342,17 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn next_wakeup(&self, now: Millis) -> StoreResult<Option<Millis>> {
+    async fn next_wakeup(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {
         // Per repeater: its earliest due record, pushed back by its backoff
-        // and its lease; one index probe per repeater on the ready set.
+        // and another holder's lease; one index probe per repeater on the
+        // ready set.
         // A fifo lane waits for its head record, a key lane for the heads
         // of its keys (a scan of that lane's unfinished records).
         let at: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT MIN(max(d.due, COALESCE(d.backoff_until, 0), COALESCE(d.lease_expires_at, 0))) \
-             FROM (SELECT p.backoff_until, p.lease_expires_at, \
+             FROM (SELECT p.backoff_until, \
+                          CASE WHEN p.lease_holder = $1 THEN NULL ELSE p.lease_expires_at END \
+                              AS lease_expires_at, \
                           CASE p.ordering \
                           WHEN 1 THEN (SELECT r.next_attempt_at FROM records r WHERE r.id = {head}) \
                           WHEN 2 THEN (SELECT MIN(r.next_attempt_at) FROM records r \
@@ -348,6 +364,7 @@ impl Store for SqliteStore {
              WHERE d.due IS NOT NULL",
             head = fifo_head("p.id"),
         ))
+        .bind(holder)
         .fetch_one(&self.reader)
         .await?;
         Ok(at.map(|at| at.max(now)))
@@ -417,29 +434,30 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn claim(
+    async fn claim_lane(
         &self,
         lease: &Lease,
         limit: u32,
         now: Millis,
-    ) -> StoreResult<Vec<ClaimedRecord>> {
-        let ordering: Option<i16> = sqlx::query_scalar(
-            "SELECT ordering FROM repeaters WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
-        )
+    ) -> StoreResult<(RepeaterRow, Vec<ClaimedRecord>)> {
+        let raw: Option<RepeaterRecordRaw> = sqlx::query_as(&format!(
+            "SELECT {REPEATER_COLUMNS} FROM repeaters \
+             WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3"
+        ))
         .bind(lease.repeater_id)
         .bind(lease.epoch)
         .bind(&lease.token)
         .fetch_optional(&self.reader)
         .await?;
-        let Some(ordering) = ordering else {
+        let Some(row) = raw.map(RepeaterRecordRaw::decode).transpose()? else {
             return Err(lease_lost(lease));
         };
-        let rule = match ordering {
+        let rule = match row.spec.ordering {
             // fifo: only the oldest unfinished record, and only when it is due.
-            1 => format!("r.id = {}", fifo_head("$1")),
+            Ordering::Fifo => format!("r.id = {}", fifo_head("$1")),
             // key: per key, only its oldest unfinished record.
-            2 => KEY_HEAD.to_owned(),
-            _ => "TRUE".to_owned(),
+            Ordering::Key => KEY_HEAD.to_owned(),
+            Ordering::None => "TRUE".to_owned(),
         };
         let raws: Vec<ClaimedRecordRaw> = sqlx::query_as(&format!(
             "SELECT {CLAIM_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
@@ -451,7 +469,10 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.reader)
         .await?;
-        Ok(raws.into_iter().map(ClaimedRecordRaw::decode).collect())
+        Ok((
+            row,
+            raws.into_iter().map(ClaimedRecordRaw::decode).collect(),
+        ))
     }
 
     async fn finish_batch(
@@ -462,102 +483,21 @@ impl Store for SqliteStore {
         release: bool,
         now: Millis,
     ) -> StoreResult<()> {
-        let mut tx = self.write().await?;
-        // The fence: this statement matches only while our epoch holds the
-        // lane, and it carries the health and release writes with it.
-        let mut fence =
-            QueryBuilder::<Sqlite>::new("UPDATE repeaters SET lease_epoch = lease_epoch");
-        if let Some(health) = health {
-            fence
-                .push(", backoff_until = ")
-                .push_bind(health.backoff_until)
-                .push(", backoff_step = ")
-                .push_bind(i32::try_from(health.backoff_step).unwrap_or(i32::MAX))
-                .push(", last_error = COALESCE(")
-                .push_bind(health.last_error.as_deref())
-                .push(", last_error), last_success_at = COALESCE(")
-                .push_bind(health.last_success_at)
-                .push(", last_success_at), updated_at = ")
-                .push_bind(now);
-        }
-        if release {
-            fence.push(", lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL");
-        }
-        fence
-            .push(" WHERE id = ")
-            .push_bind(lease.repeater_id)
-            .push(" AND lease_epoch = ")
-            .push_bind(lease.epoch)
-            .push(" AND lease_token = ")
-            .push_bind(&lease.token);
-        if fence.build().execute(&mut *tx).await?.rows_affected() != 1 {
-            return Err(lease_lost(lease));
-        }
-
-        let updates: Vec<RecordUpdate> = outcomes
-            .iter()
-            .map(|outcome| RecordUpdate::from_outcome(outcome, now))
-            .collect();
-        for chunk in updates.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "WITH v (record_id, state, next_attempt_at, counted, error) AS (",
-            );
-            query.push_values(chunk, |mut row, update| {
-                row.push_bind(update.record_id)
-                    .push_bind(update.state)
-                    .push_bind(update.next_attempt_at)
-                    .push_bind(update.counted)
-                    .push_bind(update.error.as_deref());
-            });
-            query
-                .push(
-                    ") UPDATE records SET state = v.state, next_attempt_at = v.next_attempt_at, \
-                     attempts = records.attempts + v.counted, \
-                     last_error = CASE WHEN v.counted = 1 THEN v.error ELSE records.last_error END, \
-                     updated_at = ",
-                )
-                .push_bind(now)
-                .push(" FROM v WHERE records.id = v.record_id AND records.repeater_id = ")
-                .push_bind(lease.repeater_id);
-            query.build().execute(&mut *tx).await?;
-        }
-
-        let attempts: Vec<(i64, &super::AttemptDraft)> = outcomes
-            .iter()
-            .filter_map(|o| o.attempt.as_ref().map(|a| (o.record_id, a)))
-            .collect();
-        for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "WITH v (record_id, started_at, duration_ms, status, error, outcome, response_excerpt) AS (",
-            );
-            query.push_values(chunk, |mut row, (record_id, attempt)| {
-                row.push_bind(*record_id)
-                    .push_bind(attempt.started_at)
-                    .push_bind(attempt.duration_ms)
-                    .push_bind(attempt.status.map(i32::from))
-                    .push_bind(attempt.error.as_deref())
-                    .push_bind(attempt.outcome.as_i16())
-                    .push_bind(attempt.response_excerpt.as_deref());
-            });
-            // Only records of this lane get attempts: a stray id is skipped
-            // rather than failing the whole batch.
-            query
-                .push(
-                    ") INSERT INTO attempts \
-                     (record_id, started_at, duration_ms, status, error, outcome, response_excerpt) \
-                     SELECT v.record_id, v.started_at, v.duration_ms, v.status, v.error, v.outcome, \
-                     v.response_excerpt FROM v JOIN records r ON r.id = v.record_id \
-                     WHERE r.repeater_id = ",
-                )
-                .push_bind(lease.repeater_id);
-            query.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        if release {
-            // The lane is free again; the scheduler may want it back at once.
-            self.wake.notify_one();
-        }
-        Ok(())
+        let (reply, answer) = oneshot::channel();
+        let job = FinishJob {
+            lease: lease.clone(),
+            updates: (outcomes.iter())
+                .map(|outcome| RecordUpdate::from_outcome(outcome, now))
+                .collect(),
+            attempts: (outcomes.iter())
+                .filter_map(|o| o.attempt.clone().map(|a| (o.record_id, a)))
+                .collect(),
+            health: health.cloned(),
+            release,
+            now,
+            reply,
+        };
+        self.send(WriteJob::Finish(job), answer).await
     }
 
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
@@ -776,62 +716,287 @@ struct IngestJob {
     reply: oneshot::Sender<StoreResult<Vec<Ingested>>>,
 }
 
-/// The writer task of ingests: takes the first waiting job and every other
-/// one already queued (up to [`GROUP_EVENTS`] events) into one transaction.
-/// Each job sees the jobs before it in the group, exactly as if they had
-/// committed one by one, so a repeated event id inside a group is answered
-/// as a repeat. If the group fails, each of its jobs is tried again in a
-/// transaction of its own, so one bad job cannot fail its neighbours.
-/// A job whose caller went away is still committed: its producer may post
-/// again, and the event ids make that a repeat.
-async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Receiver<IngestJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut taken = first.events.len();
-        let mut group = vec![first];
-        while taken < GROUP_EVENTS {
+/// One batch's results waiting for the group-commit writer.
+struct FinishJob {
+    lease: Lease,
+    updates: Vec<RecordUpdate>,
+    attempts: Vec<(i64, AttemptDraft)>,
+    health: Option<RepeaterHealth>,
+    release: bool,
+    now: Millis,
+    reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// A write waiting for the writer task.
+enum WriteJob {
+    Ingest(IngestJob),
+    Finish(FinishJob),
+}
+
+/// The jobs of one group commit.
+#[derive(Default)]
+struct Group {
+    ingests: Vec<IngestJob>,
+    finishes: Vec<FinishJob>,
+    events: usize,
+    outcomes: usize,
+}
+
+impl Group {
+    fn is_full(&self) -> bool {
+        self.events >= GROUP_EVENTS || self.outcomes >= GROUP_OUTCOMES
+    }
+
+    /// Takes `job`, or hands it back when it must wait for the next group:
+    /// two results of one lane are never written by one statement.
+    fn take(&mut self, job: WriteJob) -> Option<WriteJob> {
+        match job {
+            WriteJob::Ingest(job) => {
+                self.events += job.events.len();
+                self.ingests.push(job);
+            }
+            WriteJob::Finish(job) => {
+                let lane = job.lease.repeater_id;
+                if self.finishes.iter().any(|f| f.lease.repeater_id == lane) {
+                    return Some(WriteJob::Finish(job));
+                }
+                self.outcomes += job.updates.len().max(1);
+                self.finishes.push(job);
+            }
+        }
+        None
+    }
+}
+
+/// What a group commit answers: each ingest's records, and for each batch
+/// result whether its lease still held (written) or not (nothing written).
+type GroupAnswers = (Vec<Vec<Ingested>>, Vec<bool>);
+
+/// The writer task: takes the first waiting job and every other one already
+/// queued (up to [`GROUP_EVENTS`] events and [`GROUP_OUTCOMES`] outcomes)
+/// into one transaction. Ingests and batch results queue here together, so
+/// under load each commit carries many of both, and the writer's cost per
+/// job falls as its queue grows instead of the queue growing.
+///
+/// Each ingest sees the ingests before it in the group, exactly as if they
+/// had committed one by one, so a repeated event id inside a group is
+/// answered as a repeat. Each batch result is fenced by its own lease: one
+/// whose lease was taken over writes nothing and is answered
+/// [`StoreError::LeaseLost`], the others are written. If the group fails,
+/// each of its jobs is tried again in a transaction of its own, so one bad
+/// job cannot fail its neighbours. A job whose caller went away is still
+/// committed: an ingest's producer may post again (the event ids make that
+/// a repeat), and a batch's requests were sent.
+async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Receiver<WriteJob>) {
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut group = Group::default();
+        group.take(first);
+        while !group.is_full() {
             match jobs.try_recv() {
                 Ok(job) => {
-                    taken += job.events.len();
-                    group.push(job);
+                    carried = group.take(job);
+                    if carried.is_some() {
+                        break;
+                    }
                 }
                 Err(_) => break,
             }
         }
-        let results = match commit_group(&writer, &group).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(error) if group.len() == 1 => vec![Err(error)],
+        let Group {
+            ingests, finishes, ..
+        } = group;
+        let (ingested, written) = match commit_group(&writer, &ingests, &finishes).await {
+            Ok((answers, held)) => (
+                answers.into_iter().map(Ok).collect(),
+                held.into_iter().map(Ok).collect(),
+            ),
+            Err(error) if ingests.len() + finishes.len() == 1 => match ingests.is_empty() {
+                true => (Vec::new(), vec![Err(error)]),
+                false => (vec![Err(error)], Vec::new()),
+            },
             Err(error) => {
-                tracing::debug!(%error, jobs = group.len(), "group ingest failed; committing its jobs one by one");
-                let mut results = Vec::with_capacity(group.len());
-                for job in &group {
-                    let alone = commit_group(&writer, std::slice::from_ref(job)).await;
-                    results.push(alone.map(|mut answers| answers.remove(0)));
+                tracing::debug!(%error, jobs = ingests.len() + finishes.len(), "group commit failed; committing its jobs one by one");
+                let mut ingested = Vec::with_capacity(ingests.len());
+                for job in &ingests {
+                    let alone = commit_group(&writer, std::slice::from_ref(job), &[]).await;
+                    ingested.push(alone.map(|(mut answers, _)| answers.remove(0)));
                 }
-                results
+                let mut written = Vec::with_capacity(finishes.len());
+                for job in &finishes {
+                    let alone = commit_group(&writer, &[], std::slice::from_ref(job)).await;
+                    written.push(alone.map(|(_, held)| held[0]));
+                }
+                (ingested, written)
             }
         };
-        let created = results.iter().any(|result| {
+        let created = ingested.iter().any(|result: &StoreResult<Vec<Ingested>>| {
             result
                 .as_ref()
                 .is_ok_and(|answers| answers.iter().any(|a| a.created && !a.records.is_empty()))
         });
-        if created {
+        let released = (finishes.iter().zip(&written))
+            .any(|(job, result)| job.release && matches!(result, Ok(true)));
+        if created || released {
+            // New records, or a lane free again: the scheduler may want it.
             wake.notify_one();
         }
-        for (job, result) in group.into_iter().zip(results) {
+        for (job, result) in ingests.into_iter().zip(ingested) {
             // A caller that went away no longer needs its answer.
             let _ = job.reply.send(result);
+        }
+        for (job, result) in finishes.into_iter().zip(written) {
+            let answer = match result {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(lease_lost(&job.lease)),
+                Err(error) => Err(error),
+            };
+            let _ = job.reply.send(answer);
         }
     }
 }
 
-/// Runs `jobs` in one write transaction: their answers in order, or the
-/// first error with nothing written.
-async fn commit_group(writer: &SqlitePool, jobs: &[IngestJob]) -> StoreResult<Vec<Vec<Ingested>>> {
+/// Runs `ingests` and `finishes` in one write transaction: the ingests'
+/// answers in order and whether each finish's lease held, or the first
+/// error with nothing written.
+async fn commit_group(
+    writer: &SqlitePool,
+    ingests: &[IngestJob],
+    finishes: &[FinishJob],
+) -> StoreResult<GroupAnswers> {
     let mut tx = begin_write(writer).await?;
-    let answers = ingest_group(&mut tx, jobs).await?;
+    let answers = if ingests.is_empty() {
+        Vec::new()
+    } else {
+        ingest_group(&mut tx, ingests).await?
+    };
+    let held = if finishes.is_empty() {
+        Vec::new()
+    } else {
+        finish_group(&mut tx, finishes).await?
+    };
     tx.commit().await?;
-    Ok(answers)
+    Ok((answers, held))
+}
+
+/// The results of several batches, inside the group's write transaction:
+/// whether each batch's lease still held. One statement fences every batch
+/// by its lease and writes its health and release; the records and
+/// attempts of the batches that held are then written with one multi-row
+/// statement each, whatever the number of batches.
+async fn finish_group(
+    tx: &mut Transaction<'static, Sqlite>,
+    jobs: &[FinishJob],
+) -> StoreResult<Vec<bool>> {
+    let mut held = HashSet::new();
+    for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+        let mut fence = QueryBuilder::<Sqlite>::new(
+            "WITH v (id, epoch, token, health, backoff_until, backoff_step, last_error, \
+             last_success_at, release, now) AS (",
+        );
+        fence.push_values(chunk, |mut row, job| {
+            let health = job.health.as_ref();
+            row.push_bind(job.lease.repeater_id)
+                .push_bind(job.lease.epoch)
+                .push_bind(&job.lease.token)
+                .push_bind(health.is_some())
+                .push_bind(health.and_then(|h| h.backoff_until))
+                .push_bind(health.map(|h| i32::try_from(h.backoff_step).unwrap_or(i32::MAX)))
+                .push_bind(health.and_then(|h| h.last_error.as_deref()))
+                .push_bind(health.and_then(|h| h.last_success_at))
+                .push_bind(job.release)
+                .push_bind(job.now);
+        });
+        // The fence: a row matches only while its batch's epoch holds the
+        // lane, and it carries that batch's health and release with it.
+        fence.push(
+            ") UPDATE repeaters SET \
+             backoff_until = CASE WHEN v.health THEN v.backoff_until ELSE repeaters.backoff_until END, \
+             backoff_step = CASE WHEN v.health THEN v.backoff_step ELSE repeaters.backoff_step END, \
+             last_error = CASE WHEN v.health THEN COALESCE(v.last_error, repeaters.last_error) \
+                          ELSE repeaters.last_error END, \
+             last_success_at = CASE WHEN v.health THEN COALESCE(v.last_success_at, repeaters.last_success_at) \
+                               ELSE repeaters.last_success_at END, \
+             updated_at = CASE WHEN v.health THEN v.now ELSE repeaters.updated_at END, \
+             lease_holder = CASE WHEN v.release THEN NULL ELSE repeaters.lease_holder END, \
+             lease_token = CASE WHEN v.release THEN NULL ELSE repeaters.lease_token END, \
+             lease_expires_at = CASE WHEN v.release THEN NULL ELSE repeaters.lease_expires_at END \
+             FROM v WHERE repeaters.id = v.id AND repeaters.lease_epoch = v.epoch \
+             AND repeaters.lease_token = v.token RETURNING repeaters.id",
+        );
+        let ids: Vec<i64> = fence.build_query_scalar().fetch_all(&mut **tx).await?;
+        held.extend(ids);
+    }
+    let written: Vec<&FinishJob> = (jobs.iter())
+        .filter(|job| held.contains(&job.lease.repeater_id))
+        .collect();
+
+    let updates: Vec<(i64, &RecordUpdate, Millis)> = (written.iter())
+        .flat_map(|job| (job.updates.iter()).map(|u| (job.lease.repeater_id, u, job.now)))
+        .collect();
+    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "WITH v (record_id, repeater_id, state, next_attempt_at, counted, error, now) AS (",
+        );
+        query.push_values(chunk, |mut row, (repeater_id, update, now)| {
+            row.push_bind(update.record_id)
+                .push_bind(*repeater_id)
+                .push_bind(update.state)
+                .push_bind(update.next_attempt_at)
+                .push_bind(update.counted)
+                .push_bind(update.error.as_deref())
+                .push_bind(*now);
+        });
+        // Only records of the batch's own lane change.
+        query.push(
+            ") UPDATE records SET state = v.state, next_attempt_at = v.next_attempt_at, \
+             attempts = records.attempts + v.counted, \
+             last_error = CASE WHEN v.counted = 1 THEN v.error ELSE records.last_error END, \
+             updated_at = v.now \
+             FROM v WHERE records.id = v.record_id AND records.repeater_id = v.repeater_id",
+        );
+        query.build().execute(&mut **tx).await?;
+    }
+
+    let attempts: Vec<(i64, &(i64, AttemptDraft))> = (written.iter())
+        .flat_map(|job| job.attempts.iter().map(|a| (job.lease.repeater_id, a)))
+        .collect();
+    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "WITH v (record_id, repeater_id, started_at, duration_ms, status, error, outcome, \
+             response_excerpt) AS (",
+        );
+        query.push_values(chunk, |mut row, (repeater_id, (record_id, attempt))| {
+            row.push_bind(*record_id)
+                .push_bind(*repeater_id)
+                .push_bind(attempt.started_at)
+                .push_bind(attempt.duration_ms)
+                .push_bind(attempt.status.map(i32::from))
+                .push_bind(attempt.error.as_deref())
+                .push_bind(attempt.outcome.as_i16())
+                .push_bind(attempt.response_excerpt.as_deref());
+        });
+        // Only records of the batch's own lane get attempts: a stray id is
+        // skipped rather than failing the whole batch.
+        query.push(
+            ") INSERT INTO attempts \
+             (record_id, started_at, duration_ms, status, error, outcome, response_excerpt) \
+             SELECT v.record_id, v.started_at, v.duration_ms, v.status, v.error, v.outcome, \
+             v.response_excerpt FROM v JOIN records r ON r.id = v.record_id \
+             WHERE r.repeater_id = v.repeater_id",
+        );
+        query.build().execute(&mut **tx).await?;
+    }
+    Ok((jobs.iter())
+        .map(|job| held.contains(&job.lease.repeater_id))
+        .collect())
 }
 
 /// An event of a group, by domain and event id.

@@ -11,7 +11,8 @@
 //! for its turn in the fair queue. A kept lease is renewed when half its
 //! TTL has passed, given up with the batch that ends a TTL of holding (so
 //! peers sharing a PostgreSQL database get their chance at the lane), and
-//! released as soon as a refresh finds its lane with nothing due.
+//! released once refreshes have found its lane with nothing due for
+//! [`IDLE_KEEP_MS`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -59,7 +60,21 @@ struct Held {
     lease: Lease,
     /// When the lease was acquired; renewals keep this.
     since: Millis,
+    /// Since when a refresh has found the lane with nothing due, while kept.
+    idle_since: Option<Millis>,
 }
+
+/// How long the store's next wake-up time is reused while batches run.
+/// Each batch finishing wakes the loop, and reading the wake-up time after
+/// every one cost the busy loop more than half its time; due times that
+/// finishing batches write (retries, seconds away) are seen this much
+/// later at most.
+const WAKEUP_REUSE_MS: Millis = 50;
+
+/// How long a kept lease outlives its lane having nothing due: a lane fed
+/// a trickle of records keeps its lease between them instead of paying a
+/// release and an acquire each time.
+const IDLE_KEEP_MS: Millis = 1_000;
 
 /// In-process state of one repeater.
 struct LaneState {
@@ -101,6 +116,8 @@ pub(crate) struct Scheduler {
     domain_pacers: HashMap<String, RatePacer>,
     /// Told to running batches so they stop starting attempts.
     shutdown: Option<watch::Receiver<bool>>,
+    /// The store's next wake-up time as last read, with when it was read.
+    wakeup: Option<(Millis, Option<Millis>)>,
 }
 
 impl Scheduler {
@@ -119,6 +136,7 @@ impl Scheduler {
             kept: HashMap::new(),
             domain_pacers: HashMap::new(),
             shutdown: None,
+            wakeup: None,
         }
     }
 
@@ -183,13 +201,21 @@ impl Scheduler {
                     }
                 }
                 self.fair.set_ready(&ready);
-                // A kept lease whose lane has nothing due (drained, paused,
-                // deleted) goes back at once.
+                // A kept lease whose lane has had nothing due (drained,
+                // paused, deleted) for IDLE_KEEP_MS goes back.
+                let now = now_millis();
                 let ready: HashSet<i64> = ready.iter().map(|r| r.id).collect();
-                let idle: Vec<i64> = (self.kept.keys())
-                    .filter(|id| !ready.contains(id))
-                    .copied()
-                    .collect();
+                let mut idle = Vec::new();
+                for (id, kept) in &mut self.kept {
+                    if ready.contains(id) {
+                        kept.idle_since = None;
+                        continue;
+                    }
+                    let since = *kept.idle_since.get_or_insert(now);
+                    if now - since >= IDLE_KEEP_MS {
+                        idle.push(*id);
+                    }
+                }
                 for id in idle {
                     if let Some(kept) = self.kept.remove(&id) {
                         self.release(&kept.lease).await;
@@ -364,6 +390,7 @@ impl Scheduler {
                     return Some(Held {
                         lease,
                         since: kept.since,
+                        idle_since: None,
                     });
                 }
                 // Expired and taken over: compete for the lane below.
@@ -383,7 +410,11 @@ impl Scheduler {
         {
             Ok(Some(lease)) => {
                 self.deps.metrics.lease_acquired();
-                Some(Held { lease, since: now })
+                Some(Held {
+                    lease,
+                    since: now,
+                    idle_since: None,
+                })
             }
             Ok(None) => None,
             Err(error) => {
@@ -417,7 +448,7 @@ impl Scheduler {
     /// most the safety-net cap; the cap while every slot is taken (a slot
     /// coming back wakes the loop), and a short poll when work is due but
     /// was not handed out here.
-    async fn sleep_deadline(&self, paced_until: Option<Millis>) -> Duration {
+    async fn sleep_deadline(&mut self, paced_until: Option<Millis>) -> Duration {
         let cap = self.deps.settings.max_sleep;
         if self.inflight >= self.deps.settings.max_inflight.max(1) {
             // Nothing can be handed out before a slot comes back, and a
@@ -425,13 +456,20 @@ impl Scheduler {
             return cap;
         }
         let now = now_millis();
-        let holder = &self.deps.settings.holder;
-        let mut until = match self.deps.store.next_wakeup(now, holder).await {
-            Ok(Some(at)) => Some(at),
-            Ok(None) => None,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the next wake-up time");
-                None
+        let mut until = match self.wakeup {
+            Some((read, at)) if !self.batches.is_empty() && now - read < WAKEUP_REUSE_MS => at,
+            _ => {
+                let holder = &self.deps.settings.holder;
+                match self.deps.store.next_wakeup(now, holder).await {
+                    Ok(at) => {
+                        self.wakeup = Some((now, at));
+                        at
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the next wake-up time");
+                        None
+                    }
+                }
             }
         };
         if let Some(paced) = paced_until {
@@ -470,8 +508,12 @@ impl Scheduler {
         self.give_back(done.reserved);
         let held = self.held.remove(&done.repeater_id);
         if let (Some(lease), Some(held)) = (done.lease, held) {
-            let since = held.since;
-            self.kept.insert(done.repeater_id, Held { lease, since });
+            let held = Held {
+                lease,
+                since: held.since,
+                idle_since: None,
+            };
+            self.kept.insert(done.repeater_id, held);
         }
         if let Some(lane) = self.lanes.get_mut(&done.repeater_id) {
             lane.busy = false;

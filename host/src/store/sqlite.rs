@@ -9,13 +9,15 @@
 //! checkpoints keep up. The file runs in WAL mode with `synchronous=NORMAL`:
 //! a power cut may lose the last commits, a process crash loses nothing.
 //!
-//! Ingests are committed in groups: one writer task takes every ingest
-//! waiting for the write lock into one transaction, and writes the whole
-//! group with the same four multi-row statements a single ingest uses.
-//! Many producers posting a few events each would otherwise cost a
-//! transaction and four statements apiece (each statement a trip to the
-//! connection's thread), fill the writer's queue and starve the dispatch
-//! writes (leases, batch results) queued behind them.
+//! Ingests and batch results are committed in groups: one writer task
+//! takes every ingest and every batch result waiting for the write lock
+//! into one transaction, and writes the whole group with a few multi-row
+//! statements (four for the ingests, three for the batch results). Many
+//! producers posting a few events each, and many lanes finishing batches
+//! of one or two records, would otherwise cost a transaction and several
+//! statements apiece (each statement a trip to the connection's thread)
+//! and fill the writer's queue; grouped, the writer's cost per job falls
+//! as its queue grows.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -1,8 +1,8 @@
 //! One batch of one repeater, run under its lease: claim up to a batch of
-//! due records with the repeater's row, pick its plugin, run their attempts with
-//! at most the granted concurrency while a timer renews the lease, judge
-//! the results and write them in one `finish_batch` fenced by the lease
-//! epoch. The lease is released with the results, or kept for the lane's
+//! due records with the repeater's row, pick its plugin, run their attempts
+//! with at most the granted concurrency while a timer renews the lease,
+//! judge the results and write them in one `finish_batch` fenced by the
+//! lease epoch. The lease is released with the results, or kept for the lane's
 //! next batch when the loop asked for that (ADR 5).
 //!
 //! A batch stops starting attempts early when the endpoint, or the

@@ -13,9 +13,10 @@
 //! - [`target`]: repeater URL + plugin path/query, refusing `..`.
 //! - [`retention`]: bounded purges of old terminal records.
 //!
-//! The lease is released after every batch: the repeater then takes its
-//! turn again behind the other ready repeaters, which keeps fairness across
-//! domains first at the cost of one lease write per batch.
+//! After every batch the repeater takes its turn again behind the other
+//! ready repeaters, which keeps fairness across domains first. Its lease is
+//! kept for its next batch while it stays ready (ADR 5), so a turn costs no
+//! lease write.
 
 pub mod attempt;
 pub mod credentials;

@@ -49,7 +49,7 @@ pub async fn median_claim_us(
     let mut samples = Vec::with_capacity(repetitions);
     let mut failure = None;
     for round in 0..WARM_UP + repetitions * ROUNDS {
-        if round > WARM_UP && (round - WARM_UP) % repetitions == 0 {
+        if round > WARM_UP && (round - WARM_UP).is_multiple_of(repetitions) {
             medians.extend(quantile(&mut samples, 0.5));
             samples.clear();
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

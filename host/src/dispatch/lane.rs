@@ -364,7 +364,8 @@ async fn finish(
     }
 }
 
-async fn release(deps: &DispatchDeps, lease: &Lease) {
+/// Gives a lease up; a failure only leaves it to expire.
+pub(crate) async fn release(deps: &DispatchDeps, lease: &Lease) {
     match deps.store.release_lease(lease).await {
         Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
         Err(error) => {

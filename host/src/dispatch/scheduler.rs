@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::dispatch::lane::{BatchDone, BatchGrant, SlotReturn, run_batch};
+use crate::dispatch::lane::{self, BatchDone, BatchGrant, SlotReturn, run_batch};
 use crate::dispatch::{DispatchDeps, limits_of};
 use crate::model::{Millis, now_millis};
 use crate::schedule::{Aimd, Eligibility, FairQueue, RatePacer};
@@ -218,7 +218,7 @@ impl Scheduler {
                 }
                 for id in idle {
                     if let Some(kept) = self.kept.remove(&id) {
-                        self.release(&kept.lease).await;
+                        lane::release(&self.deps, &kept.lease).await;
                     }
                 }
             }
@@ -308,7 +308,7 @@ impl Scheduler {
 
             let free = max - self.inflight;
             let Some(lane) = self.lanes.get_mut(&repeater.id) else {
-                self.release(&lease).await;
+                lane::release(&self.deps, &lease).await;
                 self.taken.insert(repeater.id);
                 continue;
             };
@@ -420,16 +420,6 @@ impl Scheduler {
             Err(error) => {
                 tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot acquire lease");
                 None
-            }
-        }
-    }
-
-    /// Gives a lease up; a failure only leaves it to expire.
-    async fn release(&self, lease: &Lease) {
-        match self.deps.store.release_lease(lease).await {
-            Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
-            Err(error) => {
-                tracing::warn!(repeater_id = lease.repeater_id, %error, "releasing a lease failed; it will expire");
             }
         }
     }
@@ -567,7 +557,7 @@ impl Scheduler {
             .map(|(_, h)| h)
             .collect();
         for held in held {
-            self.release(&held.lease).await;
+            lane::release(&self.deps, &held.lease).await;
         }
     }
 }

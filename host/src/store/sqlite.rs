@@ -820,10 +820,13 @@ async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Rec
                 answers.into_iter().map(Ok).collect(),
                 held.into_iter().map(Ok).collect(),
             ),
-            Err(error) if ingests.len() + finishes.len() == 1 => match ingests.is_empty() {
-                true => (Vec::new(), vec![Err(error)]),
-                false => (vec![Err(error)], Vec::new()),
-            },
+            Err(error) if ingests.len() + finishes.len() == 1 => {
+                if ingests.is_empty() {
+                    (Vec::new(), vec![Err(error)])
+                } else {
+                    (vec![Err(error)], Vec::new())
+                }
+            }
             Err(error) => {
                 tracing::debug!(%error, jobs = ingests.len() + finishes.len(), "group commit failed; committing its jobs one by one");
                 let mut ingested = Vec::with_capacity(ingests.len());

@@ -159,6 +159,7 @@ conformance!(
     concurrent_ingests_of_one_id_create_records_once,
     concurrent_ingests_keep_event_ids_and_subscribers_per_domain,
     ingest_is_all_or_nothing,
+    ingest_follows_repeater_changes_between_posts,
     ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
     leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
     finish_batch_with_a_stale_epoch_writes_nothing,
@@ -1270,6 +1271,54 @@ async fn requeue_and_pause_act_on_the_repeater(store: Arc<dyn Store>) {
     assert!(store.set_paused("acme", "a", false, T0 + 3).await.unwrap());
     assert_eq!(store.ready_repeaters(T0 + 3, OTHER).await.unwrap().len(), 1);
     assert!(!store.set_paused("acme", "missing", true, T0).await.unwrap());
+}
+
+/// Each post sees the repeaters as they are when it is stored: added,
+/// changed and deleted ones between two posts to one domain.
+async fn ingest_follows_repeater_changes_between_posts(store: Arc<dyn Store>) {
+    let repeaters_of = |answers: Vec<repeaterd::store::Ingested>| -> Vec<String> {
+        let mut names: Vec<String> = (answers.into_iter())
+            .flat_map(|answer| answer.records.into_iter().map(|r| r.repeater))
+            .collect();
+        names.sort();
+        names
+    };
+    let post = |id: &'static str, event_type: &'static str| {
+        let store = store.clone();
+        async move {
+            let answers = store
+                .ingest("acme", &[event(Some(id), event_type)], T0)
+                .await
+                .unwrap();
+            repeaters_of(answers)
+        }
+    };
+    assert!(post("e0", "t").await.is_empty(), "no repeater yet");
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    assert_eq!(post("e1", "t").await, ["a"]);
+    store
+        .upsert_repeater(&spec("acme", "b", &["x"]), T0)
+        .await
+        .unwrap();
+    assert_eq!(post("e2", "x").await, ["a", "b"]);
+    assert_eq!(post("e3", "y").await, ["a"]);
+    // A changed subscription counts from the next post.
+    store
+        .upsert_repeater(&spec("acme", "b", &[]), T0)
+        .await
+        .unwrap();
+    assert_eq!(post("e4", "y").await, ["a", "b"]);
+    assert!(store.delete_repeater("acme", "a", T0).await.unwrap());
+    assert_eq!(post("e5", "y").await, ["b"]);
+    // Another domain's repeaters are its own.
+    store
+        .upsert_repeater(&spec("other", "c", &[]), T0)
+        .await
+        .unwrap();
+    assert_eq!(post("e6", "y").await, ["b"]);
 }
 
 async fn delete_repeater_cancels_unfinished_records(store: Arc<dyn Store>) {

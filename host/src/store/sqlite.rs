@@ -12,7 +12,7 @@
 //! Ingests and batch results are committed in groups: one writer task
 //! takes every ingest and every batch result waiting for the write lock
 //! into one transaction, and writes the whole group with a few multi-row
-//! statements (four for the ingests, three for the batch results). Many
+//! statements (three for the ingests, three for the batch results). Many
 //! producers posting a few events each, and many lanes finishing batches
 //! of one or two records, would otherwise cost a transaction and several
 //! statements apiece (each statement a trip to the connection's thread)
@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,6 +66,9 @@ pub struct SqliteStore {
     reader: SqlitePool,
     wake: Arc<Notify>,
     jobs: mpsc::Sender<WriteJob>,
+    /// Bumped by every write that changes the repeaters table, so the
+    /// writer task knows its copy of the subscribers is out of date.
+    repeaters_changed: Arc<AtomicU64>,
 }
 
 impl SqliteStore {
@@ -99,12 +103,20 @@ impl SqliteStore {
         let wake = Arc::new(Notify::new());
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
         // The task ends when the store, the only sender, is dropped.
-        tokio::spawn(group_commit(writer.clone(), wake.clone(), queue));
+        let repeaters_changed = Arc::new(AtomicU64::new(0));
+        let subscribers = SubscriberCache::new(repeaters_changed.clone());
+        tokio::spawn(group_commit(
+            writer.clone(),
+            wake.clone(),
+            queue,
+            subscribers,
+        ));
         Ok(SqliteStore {
             writer,
             reader,
             wake,
             jobs,
+            repeaters_changed,
         })
     }
 
@@ -118,6 +130,14 @@ impl SqliteStore {
         let gone = || StoreError::Database(sqlx::Error::PoolClosed);
         self.jobs.send(job).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Marks the writer task's copy of the subscribers out of date. Called
+    /// inside the write transaction that changes the repeaters table: that
+    /// transaction holds the only writer connection, so the next group
+    /// commit starts after it committed and reads the new rows.
+    fn repeaters_changed(&self) {
+        self.repeaters_changed.fetch_add(1, AtomicOrdering::SeqCst);
     }
 
     /// [`begin_write`] on this store's writer.
@@ -170,6 +190,7 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
+        self.repeaters_changed();
         tx.commit().await?;
         raw.decode()
     }
@@ -191,6 +212,7 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        self.repeaters_changed();
         tx.commit().await?;
         Ok(true)
     }
@@ -789,7 +811,12 @@ type GroupAnswers = (Vec<Vec<Ingested>>, Vec<bool>);
 /// job cannot fail its neighbours. A job whose caller went away is still
 /// committed: an ingest's producer may post again (the event ids make that
 /// a repeat), and a batch's requests were sent.
-async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Receiver<WriteJob>) {
+async fn group_commit(
+    writer: SqlitePool,
+    wake: Arc<Notify>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    mut subscribers: SubscriberCache,
+) {
     let mut carried = None;
     loop {
         let first = match carried.take() {
@@ -815,7 +842,9 @@ async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Rec
         let Group {
             ingests, finishes, ..
         } = group;
-        let (ingested, written) = match commit_group(&writer, &ingests, &finishes).await {
+        let (ingested, written) = match commit_group(&writer, &mut subscribers, &ingests, &finishes)
+            .await
+        {
             Ok((answers, held)) => (
                 answers.into_iter().map(Ok).collect(),
                 held.into_iter().map(Ok).collect(),
@@ -831,12 +860,16 @@ async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Rec
                 tracing::debug!(%error, jobs = ingests.len() + finishes.len(), "group commit failed; committing its jobs one by one");
                 let mut ingested = Vec::with_capacity(ingests.len());
                 for job in &ingests {
-                    let alone = commit_group(&writer, std::slice::from_ref(job), &[]).await;
+                    let alone =
+                        commit_group(&writer, &mut subscribers, std::slice::from_ref(job), &[])
+                            .await;
                     ingested.push(alone.map(|(mut answers, _)| answers.remove(0)));
                 }
                 let mut written = Vec::with_capacity(finishes.len());
                 for job in &finishes {
-                    let alone = commit_group(&writer, &[], std::slice::from_ref(job)).await;
+                    let alone =
+                        commit_group(&writer, &mut subscribers, &[], std::slice::from_ref(job))
+                            .await;
                     written.push(alone.map(|(_, held)| held[0]));
                 }
                 (ingested, written)
@@ -873,6 +906,7 @@ async fn group_commit(writer: SqlitePool, wake: Arc<Notify>, mut jobs: mpsc::Rec
 /// error with nothing written.
 async fn commit_group(
     writer: &SqlitePool,
+    subscribers: &mut SubscriberCache,
     ingests: &[IngestJob],
     finishes: &[FinishJob],
 ) -> StoreResult<GroupAnswers> {
@@ -880,7 +914,7 @@ async fn commit_group(
     let answers = if ingests.is_empty() {
         Vec::new()
     } else {
-        ingest_group(&mut tx, ingests).await?
+        ingest_group(&mut tx, subscribers, ingests).await?
     };
     let held = if finishes.is_empty() {
         Vec::new()
@@ -1008,17 +1042,19 @@ async fn finish_group(
 type EventRef<'a> = (&'a str, &'a str);
 
 /// The body of a group commit, inside its write transaction: the same
-/// answers as committing `jobs` one after another, in four multi-row
-/// statements for the whole group (subscribers, events seen before, new
-/// events, new records) instead of four per job. Each statement is a trip
+/// answers as committing `jobs` one after another, in three multi-row
+/// statements for the whole group (events seen before, new events, new
+/// records; a fourth reads the repeaters of domains the writer task does
+/// not know yet) instead of four per job. Each statement is a trip
 /// to the writer's thread, and a group of small posts used to spend most
 /// of its time, and of the lease and batch writes queued behind it, on
 /// those trips.
 async fn ingest_group(
     tx: &mut Transaction<'static, Sqlite>,
+    subscribers: &mut SubscriberCache,
     jobs: &[IngestJob],
 ) -> StoreResult<Vec<Vec<Ingested>>> {
-    let subscribers = subscribers_of(tx, jobs).await?;
+    let subscribers = subscribers.of(tx, jobs).await?;
 
     // Ids seen before answer with their first records and create nothing;
     // so does an id an earlier job of the group creates.
@@ -1151,37 +1187,75 @@ async fn inserted_ids(
     Ok(ids)
 }
 
-/// The repeaters of every domain the group posts to, by domain.
-async fn subscribers_of<'a>(
-    tx: &mut Transaction<'static, Sqlite>,
-    jobs: &'a [IngestJob],
-) -> StoreResult<HashMap<&'a str, Vec<Subscriber>>> {
-    let mut domains: Vec<&str> = jobs.iter().map(|job| job.domain.as_str()).collect();
-    domains.sort_unstable();
-    domains.dedup();
-    let mut by_domain: HashMap<&str, Vec<Subscriber>> = HashMap::with_capacity(domains.len());
-    for chunk in domains.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "SELECT domain, id, name, spec FROM repeaters WHERE domain IN (",
-        );
-        let mut list = query.separated(", ");
-        for domain in chunk {
-            list.push_bind(*domain);
-        }
-        query.push(") ORDER BY domain, name");
-        let rows: Vec<(String, i64, String, String)> =
-            query.build_query_as().fetch_all(&mut **tx).await?;
-        for (domain, id, name, spec) in rows {
-            let Ok(at) = chunk.binary_search(&domain.as_str()) else {
-                continue;
-            };
-            by_domain
-                .entry(chunk[at])
-                .or_default()
-                .push(Subscriber::decode((id, name, spec))?);
+/// Most domains whose repeaters the writer task keeps; posts to ever new
+/// domain names cannot grow its copy without bound.
+const MAX_CACHED_DOMAINS: usize = 10_000;
+
+/// The writer task's copy of the repeaters of the domains it has written
+/// to, by domain. A group of small posts would otherwise spend one of its
+/// few statements, a trip to the writer's thread, reading the same rows
+/// again. Writes to the repeaters table bump `changed` inside their
+/// transaction, and the next group reads the rows afresh.
+struct SubscriberCache {
+    changed: Arc<AtomicU64>,
+    /// The `changed` count the copy was read at.
+    seen: u64,
+    by_domain: HashMap<String, Vec<Subscriber>>,
+}
+
+impl SubscriberCache {
+    fn new(changed: Arc<AtomicU64>) -> Self {
+        let seen = changed.load(AtomicOrdering::SeqCst);
+        Self {
+            changed,
+            seen,
+            by_domain: HashMap::new(),
         }
     }
-    Ok(by_domain)
+
+    /// The repeaters of every domain the group posts to, by domain; reads
+    /// the domains not known yet (or all, after a change to the table)
+    /// inside the group's transaction.
+    async fn of(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        jobs: &[IngestJob],
+    ) -> StoreResult<&HashMap<String, Vec<Subscriber>>> {
+        let now = self.changed.load(AtomicOrdering::SeqCst);
+        if now != self.seen || self.by_domain.len() > MAX_CACHED_DOMAINS {
+            self.by_domain.clear();
+            self.seen = now;
+        }
+        let mut missing: Vec<&str> = (jobs.iter())
+            .map(|job| job.domain.as_str())
+            .filter(|domain| !self.by_domain.contains_key(*domain))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for chunk in missing.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT domain, id, name, spec FROM repeaters WHERE domain IN (",
+            );
+            let mut list = query.separated(", ");
+            for domain in chunk {
+                list.push_bind(*domain);
+            }
+            query.push(") ORDER BY domain, name");
+            let rows: Vec<(String, i64, String, String)> =
+                query.build_query_as().fetch_all(&mut **tx).await?;
+            // A domain with no repeaters is known too: its events make no records.
+            let mut read: HashMap<String, Vec<Subscriber>> = (chunk.iter())
+                .map(|domain| ((*domain).to_owned(), Vec::new()))
+                .collect();
+            for (domain, id, name, spec) in rows {
+                if let Some(list) = read.get_mut(&domain) {
+                    list.push(Subscriber::decode((id, name, spec))?);
+                }
+            }
+            self.by_domain.extend(read);
+        }
+        Ok(&self.by_domain)
+    }
 }
 
 /// The events of `asked` stored before, each with its records (an event

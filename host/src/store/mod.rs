@@ -66,6 +66,9 @@ pub enum StoreError {
     /// The database said no (connection, query, constraint).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite writer's group commit failed (constraint, lock, I/O).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

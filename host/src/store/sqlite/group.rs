@@ -1,0 +1,694 @@
+//! The group-commit writer of the SQLite store: one task takes every ingest
+//! and every batch result waiting for the write lock into one transaction,
+//! and writes the whole group with a few multi-row statements.
+//!
+//! The group runs in one trip to the writer connection: the task locks the
+//! connection away from its driver thread and steps the group's statements
+//! itself, from `BEGIN IMMEDIATE` to `COMMIT`. Through the async driver each
+//! statement was a hand-off to the connection's thread and back, and on a
+//! busy machine each hand-off waited to be scheduled: a group of eight
+//! statements spent most of its time waiting, with the write lock held.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, TransactionBehavior, params_from_iter};
+use sqlx::SqlitePool;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::model::{Millis, NewEvent, RecordState};
+use crate::store::input::{
+    self, IngestPlan, ROWS_PER_STATEMENT, RecordUpdate, Subscriber, lease_lost,
+};
+use crate::store::{
+    AttemptDraft, Ingested, IngestedRecord, Lease, RepeaterHealth, StoreError, StoreResult,
+};
+
+/// Most events one group commit of ingests takes: enough to absorb a burst
+/// of small posts, small enough that a group holds the write lock for
+/// milliseconds, not seconds.
+const GROUP_EVENTS: usize = 2_000;
+/// Most record outcomes one group commit of batch results takes.
+const GROUP_OUTCOMES: usize = 2_000;
+/// Most domains whose repeaters the writer task keeps; posts to ever new
+/// domain names cannot grow its copy without bound.
+const MAX_CACHED_DOMAINS: usize = 10_000;
+/// Distinct statements a group keeps prepared: one per statement kind and
+/// row count it runs more than once (chunks of [`ROWS_PER_STATEMENT`]).
+const STATEMENT_CACHE: usize = 32;
+
+/// One ingest call waiting for the group-commit writer.
+pub(super) struct IngestJob {
+    pub domain: String,
+    pub events: Vec<NewEvent>,
+    pub plan: IngestPlan,
+    pub now: Millis,
+    pub reply: oneshot::Sender<StoreResult<Vec<Ingested>>>,
+}
+
+/// One batch's results waiting for the group-commit writer.
+pub(super) struct FinishJob {
+    pub lease: Lease,
+    pub updates: Vec<RecordUpdate>,
+    pub attempts: Vec<(i64, AttemptDraft)>,
+    pub health: Option<RepeaterHealth>,
+    pub release: bool,
+    pub now: Millis,
+    pub reply: oneshot::Sender<StoreResult<()>>,
+}
+
+/// A write waiting for the writer task.
+pub(super) enum WriteJob {
+    Ingest(IngestJob),
+    Finish(FinishJob),
+}
+
+/// The jobs of one group commit.
+#[derive(Default)]
+struct Group {
+    ingests: Vec<IngestJob>,
+    finishes: Vec<FinishJob>,
+    events: usize,
+    outcomes: usize,
+}
+
+impl Group {
+    fn is_full(&self) -> bool {
+        self.events >= GROUP_EVENTS || self.outcomes >= GROUP_OUTCOMES
+    }
+
+    /// Takes `job`, or hands it back when it must wait for the next group:
+    /// two results of one lane are never written by one statement.
+    fn take(&mut self, job: WriteJob) -> Option<WriteJob> {
+        match job {
+            WriteJob::Ingest(job) => {
+                self.events += job.events.len();
+                self.ingests.push(job);
+            }
+            WriteJob::Finish(job) => {
+                let lane = job.lease.repeater_id;
+                if self.finishes.iter().any(|f| f.lease.repeater_id == lane) {
+                    return Some(WriteJob::Finish(job));
+                }
+                self.outcomes += job.updates.len().max(1);
+                self.finishes.push(job);
+            }
+        }
+        None
+    }
+}
+
+/// What a group commit answers: each ingest's records, and for each batch
+/// result whether its lease still held (written) or not (nothing written).
+type GroupAnswers = (Vec<Vec<Ingested>>, Vec<bool>);
+
+/// The writer task: takes the first waiting job and every other one already
+/// queued (up to [`GROUP_EVENTS`] events and [`GROUP_OUTCOMES`] outcomes)
+/// into one transaction. Ingests and batch results queue here together, so
+/// under load each commit carries many of both, and the writer's cost per
+/// job falls as its queue grows instead of the queue growing.
+///
+/// Each ingest sees the ingests before it in the group, exactly as if they
+/// had committed one by one, so a repeated event id inside a group is
+/// answered as a repeat. Each batch result is fenced by its own lease: one
+/// whose lease was taken over writes nothing and is answered
+/// [`StoreError::LeaseLost`], the others are written. If the group fails,
+/// each of its jobs is tried again in a transaction of its own, so one bad
+/// job cannot fail its neighbours. A job whose caller went away is still
+/// committed: an ingest's producer may post again (the event ids make that
+/// a repeat), and a batch's requests were sent.
+pub(super) async fn group_commit(
+    writer: SqlitePool,
+    wake: Arc<Notify>,
+    mut jobs: mpsc::Receiver<WriteJob>,
+    mut subscribers: SubscriberCache,
+) {
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut group = Group::default();
+        group.take(first);
+        while !group.is_full() {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    carried = group.take(job);
+                    if carried.is_some() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let Group {
+            ingests, finishes, ..
+        } = group;
+        let (ingested, written) = match commit_group(&writer, &mut subscribers, &ingests, &finishes)
+            .await
+        {
+            Ok((answers, held)) => (
+                answers.into_iter().map(Ok).collect(),
+                held.into_iter().map(Ok).collect(),
+            ),
+            Err(error) if ingests.len() + finishes.len() == 1 => {
+                if ingests.is_empty() {
+                    (Vec::new(), vec![Err(error)])
+                } else {
+                    (vec![Err(error)], Vec::new())
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, jobs = ingests.len() + finishes.len(), "group commit failed; committing its jobs one by one");
+                let mut ingested = Vec::with_capacity(ingests.len());
+                for job in &ingests {
+                    let alone =
+                        commit_group(&writer, &mut subscribers, std::slice::from_ref(job), &[])
+                            .await;
+                    ingested.push(alone.map(|(mut answers, _)| answers.remove(0)));
+                }
+                let mut written = Vec::with_capacity(finishes.len());
+                for job in &finishes {
+                    let alone =
+                        commit_group(&writer, &mut subscribers, &[], std::slice::from_ref(job))
+                            .await;
+                    written.push(alone.map(|(_, held)| held[0]));
+                }
+                (ingested, written)
+            }
+        };
+        let created = ingested.iter().any(|result: &StoreResult<Vec<Ingested>>| {
+            result
+                .as_ref()
+                .is_ok_and(|answers| answers.iter().any(|a| a.created && !a.records.is_empty()))
+        });
+        let released = (finishes.iter().zip(&written))
+            .any(|(job, result)| job.release && matches!(result, Ok(true)));
+        if created || released {
+            // New records, or a lane free again: the scheduler may want it.
+            wake.notify_one();
+        }
+        for (job, result) in ingests.into_iter().zip(ingested) {
+            // A caller that went away no longer needs its answer.
+            let _ = job.reply.send(result);
+        }
+        for (job, result) in finishes.into_iter().zip(written) {
+            let answer = match result {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(lease_lost(&job.lease)),
+                Err(error) => Err(error),
+            };
+            let _ = job.reply.send(answer);
+        }
+    }
+}
+
+/// Runs `ingests` and `finishes` in one write transaction: the ingests'
+/// answers in order and whether each finish's lease held, or the first
+/// error with nothing written.
+///
+/// The writer connection is taken from its driver thread for the whole
+/// group, and the group runs here without an await: it holds the write
+/// lock for as long as the statements take, not for as long as this task
+/// waits to be scheduled after each one.
+async fn commit_group(
+    writer: &SqlitePool,
+    subscribers: &mut SubscriberCache,
+    ingests: &[IngestJob],
+    finishes: &[FinishJob],
+) -> StoreResult<GroupAnswers> {
+    let mut connection = writer.acquire().await?;
+    let mut locked = connection.lock_handle().await?;
+    let handle = locked.as_raw_handle();
+    // SAFETY: `locked` keeps the driver's thread off this connection until
+    // it drops, after `db`; `db` borrows the handle without owning it (it
+    // never closes it), and the group ends its transaction (commit, or
+    // roll back when dropped) before `db` goes.
+    let mut db = unsafe { Connection::from_handle(handle.as_ptr()) }?;
+    db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let answers = write_group(&mut db, subscribers, ingests, finishes);
+    drop(db);
+    drop(locked);
+    answers
+}
+
+/// The body of [`commit_group`], on the locked connection.
+fn write_group(
+    db: &mut Connection,
+    subscribers: &mut SubscriberCache,
+    ingests: &[IngestJob],
+    finishes: &[FinishJob],
+) -> StoreResult<GroupAnswers> {
+    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let answers = if ingests.is_empty() {
+        Vec::new()
+    } else {
+        ingest_group(&tx, subscribers, ingests)?
+    };
+    let held = if finishes.is_empty() {
+        Vec::new()
+    } else {
+        finish_group(&tx, finishes)?
+    };
+    tx.commit()?;
+    Ok((answers, held))
+}
+
+/// One bound value of a multi-row statement: text and blobs are borrowed
+/// from the job, not copied.
+type Bind<'a> = ToSqlOutput<'a>;
+
+fn int(value: impl Into<i64>) -> Bind<'static> {
+    ToSqlOutput::Owned(Value::Integer(value.into()))
+}
+
+fn opt_int(value: Option<impl Into<i64>>) -> Bind<'static> {
+    value.map_or(ToSqlOutput::Owned(Value::Null), int)
+}
+
+fn text(value: &str) -> Bind<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Text(value.as_bytes()))
+}
+
+fn opt_text(value: Option<&str>) -> Bind<'_> {
+    value.map_or(ToSqlOutput::Owned(Value::Null), text)
+}
+
+fn opt_blob(value: Option<&[u8]>) -> Bind<'_> {
+    value.map_or(ToSqlOutput::Owned(Value::Null), |bytes| {
+        ToSqlOutput::Borrowed(ValueRef::Blob(bytes))
+    })
+}
+
+/// `VALUES (?, ?), (?, ?)`: `rows` rows of `columns` parameters.
+fn values(rows: usize, columns: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!("VALUES {}", vec![row; rows].join(", "))
+}
+
+/// Runs `sql` with `binds` and returns the first column of each row.
+fn query_ids(db: &Connection, sql: &str, binds: &[Bind<'_>]) -> StoreResult<Vec<i64>> {
+    let mut statement = db.prepare_cached(sql)?;
+    let ids = statement
+        .query_map(params_from_iter(binds), |row| row.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ids)
+}
+
+/// The results of several batches, inside the group's write transaction:
+/// whether each batch's lease still held. One statement fences every batch
+/// by its lease and writes its health and release; the records and
+/// attempts of the batches that held are then written with one multi-row
+/// statement each, whatever the number of batches.
+fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
+    let mut held = HashSet::new();
+    for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+        // The fence: a row matches only while its batch's epoch holds the
+        // lane, and it carries that batch's health and release with it.
+        let sql = format!(
+            "WITH v (id, epoch, token, health, backoff_until, backoff_step, last_error, \
+             last_success_at, release, now) AS ({}) UPDATE repeaters SET \
+             backoff_until = CASE WHEN v.health THEN v.backoff_until ELSE repeaters.backoff_until END, \
+             backoff_step = CASE WHEN v.health THEN v.backoff_step ELSE repeaters.backoff_step END, \
+             last_error = CASE WHEN v.health THEN COALESCE(v.last_error, repeaters.last_error) \
+                          ELSE repeaters.last_error END, \
+             last_success_at = CASE WHEN v.health THEN COALESCE(v.last_success_at, repeaters.last_success_at) \
+                               ELSE repeaters.last_success_at END, \
+             updated_at = CASE WHEN v.health THEN v.now ELSE repeaters.updated_at END, \
+             lease_holder = CASE WHEN v.release THEN NULL ELSE repeaters.lease_holder END, \
+             lease_token = CASE WHEN v.release THEN NULL ELSE repeaters.lease_token END, \
+             lease_expires_at = CASE WHEN v.release THEN NULL ELSE repeaters.lease_expires_at END \
+             FROM v WHERE repeaters.id = v.id AND repeaters.lease_epoch = v.epoch \
+             AND repeaters.lease_token = v.token RETURNING repeaters.id",
+            values(chunk.len(), 10)
+        );
+        let mut binds = Vec::with_capacity(chunk.len() * 10);
+        for job in chunk {
+            let health = job.health.as_ref();
+            binds.extend([
+                int(job.lease.repeater_id),
+                int(job.lease.epoch),
+                text(&job.lease.token),
+                int(health.is_some()),
+                opt_int(health.and_then(|h| h.backoff_until)),
+                opt_int(health.map(|h| i32::try_from(h.backoff_step).unwrap_or(i32::MAX))),
+                opt_text(health.and_then(|h| h.last_error.as_deref())),
+                opt_int(health.and_then(|h| h.last_success_at)),
+                int(job.release),
+                int(job.now),
+            ]);
+        }
+        held.extend(query_ids(db, &sql, &binds)?);
+    }
+    let written: Vec<&FinishJob> = (jobs.iter())
+        .filter(|job| held.contains(&job.lease.repeater_id))
+        .collect();
+
+    let updates: Vec<(i64, &RecordUpdate, Millis)> = (written.iter())
+        .flat_map(|job| (job.updates.iter()).map(|u| (job.lease.repeater_id, u, job.now)))
+        .collect();
+    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+        // Only records of the batch's own lane change.
+        let sql = format!(
+            "WITH v (record_id, repeater_id, state, next_attempt_at, counted, error, now) AS ({}) \
+             UPDATE records SET state = v.state, next_attempt_at = v.next_attempt_at, \
+             attempts = records.attempts + v.counted, \
+             last_error = CASE WHEN v.counted = 1 THEN v.error ELSE records.last_error END, \
+             updated_at = v.now \
+             FROM v WHERE records.id = v.record_id AND records.repeater_id = v.repeater_id",
+            values(chunk.len(), 7)
+        );
+        let mut binds = Vec::with_capacity(chunk.len() * 7);
+        for (repeater_id, update, now) in chunk {
+            binds.extend([
+                int(update.record_id),
+                int(*repeater_id),
+                int(update.state),
+                opt_int(update.next_attempt_at),
+                int(update.counted),
+                opt_text(update.error.as_deref()),
+                int(*now),
+            ]);
+        }
+        db.prepare_cached(&sql)?.execute(params_from_iter(&binds))?;
+    }
+
+    let attempts: Vec<(i64, &(i64, AttemptDraft))> = (written.iter())
+        .flat_map(|job| job.attempts.iter().map(|a| (job.lease.repeater_id, a)))
+        .collect();
+    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+        // Only records of the batch's own lane get attempts: a stray id is
+        // skipped rather than failing the whole batch.
+        let sql = format!(
+            "WITH v (record_id, repeater_id, started_at, duration_ms, status, error, outcome, \
+             response_excerpt) AS ({}) INSERT INTO attempts \
+             (record_id, started_at, duration_ms, status, error, outcome, response_excerpt) \
+             SELECT v.record_id, v.started_at, v.duration_ms, v.status, v.error, v.outcome, \
+             v.response_excerpt FROM v JOIN records r ON r.id = v.record_id \
+             WHERE r.repeater_id = v.repeater_id",
+            values(chunk.len(), 8)
+        );
+        let mut binds = Vec::with_capacity(chunk.len() * 8);
+        for (repeater_id, (record_id, attempt)) in chunk {
+            binds.extend([
+                int(*record_id),
+                int(*repeater_id),
+                int(attempt.started_at),
+                int(attempt.duration_ms),
+                opt_int(attempt.status),
+                opt_text(attempt.error.as_deref()),
+                int(attempt.outcome.as_i16()),
+                opt_blob(attempt.response_excerpt.as_deref()),
+            ]);
+        }
+        db.prepare_cached(&sql)?.execute(params_from_iter(&binds))?;
+    }
+    Ok((jobs.iter())
+        .map(|job| held.contains(&job.lease.repeater_id))
+        .collect())
+}
+
+/// An event of a group, by domain and event id.
+type EventRef<'a> = (&'a str, &'a str);
+
+/// The body of a group commit's ingests, inside its write transaction: the
+/// same answers as committing `jobs` one after another, in three multi-row
+/// statements for the whole group (events seen before, new events, new
+/// records; a fourth reads the repeaters of domains the writer task does
+/// not know yet) instead of four per job.
+fn ingest_group(
+    db: &Connection,
+    subscribers: &mut SubscriberCache,
+    jobs: &[IngestJob],
+) -> StoreResult<Vec<Vec<Ingested>>> {
+    let subscribers = subscribers.of(db, jobs)?;
+
+    // Ids seen before answer with their first records and create nothing;
+    // so does an id an earlier job of the group creates.
+    let asked: Vec<EventRef> = jobs
+        .iter()
+        .flat_map(|job| {
+            job.plan
+                .firsts
+                .iter()
+                .map(|&i| (job.domain.as_str(), job.plan.keys[i].as_str()))
+        })
+        .collect();
+    let mut records = existing_records(db, &asked)?;
+    let mut fresh: Vec<(usize, usize)> = Vec::new();
+    let mut first_job: HashMap<EventRef, usize> = HashMap::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for &i in &job.plan.firsts {
+            let event = (job.domain.as_str(), job.plan.keys[i].as_str());
+            if !records.contains_key(&event) && !first_job.contains_key(&event) {
+                first_job.insert(event, j);
+                fresh.push((j, i));
+            }
+        }
+    }
+
+    // The writer lock is held, so no other insert of these ids can race us.
+    let mut event_ids: HashMap<EventRef, i64> = HashMap::with_capacity(fresh.len());
+    for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO events (domain, event_key, event_type, content_type, payload, \
+             ordering_key, created_at) {} RETURNING id",
+            values(chunk.len(), 7)
+        );
+        let mut binds = Vec::with_capacity(chunk.len() * 7);
+        for &(j, i) in chunk {
+            let (job, event) = (&jobs[j], &jobs[j].events[i]);
+            binds.extend([
+                text(&job.domain),
+                text(&job.plan.keys[i]),
+                text(&event.event_type),
+                text(&event.content_type),
+                ToSqlOutput::Borrowed(ValueRef::Blob(&event.payload)),
+                opt_text(event.ordering_key.as_deref()),
+                int(job.now),
+            ]);
+        }
+        let ids = inserted_ids(db, &sql, &binds, chunk.len(), "events")?;
+        for (&(j, i), id) in chunk.iter().zip(ids) {
+            event_ids.insert((jobs[j].domain.as_str(), jobs[j].plan.keys[i].as_str()), id);
+        }
+    }
+
+    // One record per subscribed repeater of each new event.
+    let no_subscribers = Vec::new();
+    let mut wanted: Vec<(i64, &Subscriber, usize, usize)> = Vec::new();
+    for &(j, i) in &fresh {
+        let job = &jobs[j];
+        let event_id = event_ids[&(job.domain.as_str(), job.plan.keys[i].as_str())];
+        let of_domain = subscribers
+            .get(job.domain.as_str())
+            .unwrap_or(&no_subscribers);
+        for subscriber in of_domain.iter().filter(|s| s.takes(&job.events[i])) {
+            wanted.push((event_id, subscriber, j, i));
+        }
+    }
+    for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO records (event_id, repeater_id, repeater_name, domain, state, attempts, \
+             age_origin, next_attempt_at, created_at, updated_at, ordering_key) {} RETURNING id",
+            values(chunk.len(), 11)
+        );
+        let mut binds = Vec::with_capacity(chunk.len() * 11);
+        for &(event_id, subscriber, j, i) in chunk {
+            let job = &jobs[j];
+            binds.extend([
+                int(event_id),
+                int(subscriber.id),
+                text(&subscriber.name),
+                text(&job.domain),
+                int(RecordState::Pending.as_i16()),
+                int(0),
+                int(job.now),
+                int(job.now),
+                int(job.now),
+                int(job.now),
+                opt_text(job.events[i].ordering_key.as_deref()),
+            ]);
+        }
+        let ids = inserted_ids(db, &sql, &binds, chunk.len(), "records")?;
+        for (&(_, subscriber, j, i), id) in chunk.iter().zip(ids) {
+            records
+                .entry((jobs[j].domain.as_str(), jobs[j].plan.keys[i].as_str()))
+                .or_default()
+                .push(IngestedRecord {
+                    id,
+                    repeater: subscriber.name.clone(),
+                });
+        }
+    }
+
+    // Each job's answers, as if it had committed alone after the ones before.
+    Ok(jobs
+        .iter()
+        .enumerate()
+        .map(|(j, job)| {
+            let mut created = HashSet::new();
+            let mut of_job: HashMap<String, Vec<IngestedRecord>> = HashMap::new();
+            for &i in &job.plan.firsts {
+                let key = job.plan.keys[i].as_str();
+                let event = (job.domain.as_str(), key);
+                if first_job.get(&event) == Some(&j) {
+                    created.insert(key.to_owned());
+                }
+                if let Some(list) = records.get(&event) {
+                    of_job.insert(key.to_owned(), list.clone());
+                }
+            }
+            input::answers(&job.plan, &created, of_job)
+        })
+        .collect())
+}
+
+/// Runs a multi-row `INSERT .. RETURNING id` of `rows` rows into `table`
+/// and returns the new ids in the order the rows were given (`RETURNING`
+/// keeps it).
+fn inserted_ids(
+    db: &Connection,
+    sql: &str,
+    binds: &[Bind<'_>],
+    rows: usize,
+    table: &'static str,
+) -> StoreResult<Vec<i64>> {
+    let ids = query_ids(db, sql, binds)?;
+    if ids.len() != rows {
+        return Err(StoreError::Corrupt {
+            what: table,
+            detail: format!("{rows} {table} inserted, {} ids returned", ids.len()),
+        });
+    }
+    Ok(ids)
+}
+
+/// The writer task's copy of the repeaters of the domains it has written
+/// to, by domain. A group of small posts would otherwise spend one of its
+/// few statements reading the same rows again. Writes to the repeaters
+/// table bump `changed` inside their transaction, and the next group reads
+/// the rows afresh.
+pub(super) struct SubscriberCache {
+    changed: Arc<AtomicU64>,
+    /// The `changed` count the copy was read at.
+    seen: u64,
+    by_domain: HashMap<String, Vec<Subscriber>>,
+}
+
+impl SubscriberCache {
+    pub(super) fn new(changed: Arc<AtomicU64>) -> Self {
+        let seen = changed.load(AtomicOrdering::SeqCst);
+        Self {
+            changed,
+            seen,
+            by_domain: HashMap::new(),
+        }
+    }
+
+    /// The repeaters of every domain the group posts to, by domain; reads
+    /// the domains not known yet (or all, after a change to the table)
+    /// inside the group's transaction.
+    fn of(
+        &mut self,
+        db: &Connection,
+        jobs: &[IngestJob],
+    ) -> StoreResult<&HashMap<String, Vec<Subscriber>>> {
+        let now = self.changed.load(AtomicOrdering::SeqCst);
+        if now != self.seen || self.by_domain.len() > MAX_CACHED_DOMAINS {
+            self.by_domain.clear();
+            self.seen = now;
+        }
+        let mut missing: Vec<&str> = (jobs.iter())
+            .map(|job| job.domain.as_str())
+            .filter(|domain| !self.by_domain.contains_key(*domain))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for chunk in missing.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT domain, id, name, spec FROM repeaters WHERE domain IN ({}) \
+                 ORDER BY domain, name",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut statement = db.prepare_cached(&sql)?;
+            let rows = statement
+                .query_map(params_from_iter(chunk), |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            // A domain with no repeaters is known too: its events make no records.
+            let mut read: HashMap<String, Vec<Subscriber>> = (chunk.iter())
+                .map(|domain| ((*domain).to_owned(), Vec::new()))
+                .collect();
+            for (domain, id, name, spec) in rows {
+                if let Some(list) = read.get_mut(&domain) {
+                    list.push(Subscriber::decode((id, name, spec))?);
+                }
+            }
+            self.by_domain.extend(read);
+        }
+        Ok(&self.by_domain)
+    }
+}
+
+/// The events of `asked` stored before, each with its records (an event
+/// whose repeaters were all deleted has none).
+fn existing_records<'a>(
+    db: &Connection,
+    asked: &[EventRef<'a>],
+) -> StoreResult<HashMap<EventRef<'a>, Vec<IngestedRecord>>> {
+    // Each event once: a repeated one would list its records twice. Keyed
+    // so a returned row's text finds it; the value keeps the caller's
+    // borrow for the answer.
+    let mut wanted: HashMap<(&str, &str), EventRef<'a>> = HashMap::with_capacity(asked.len());
+    let mut unique = Vec::with_capacity(asked.len());
+    for &event in asked {
+        if wanted.insert(event, event).is_none() {
+            unique.push(event);
+        }
+    }
+    let mut found: HashMap<EventRef<'a>, Vec<IngestedRecord>> = HashMap::new();
+    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+        // CROSS JOIN keeps the asked ids as the outer loop, so each is one
+        // probe of the (domain, event_key) index; a row-value `IN` would
+        // scan every event.
+        let sql = format!(
+            "WITH v (domain, event_key) AS ({}) \
+             SELECT e.domain, e.event_key, r.id, r.repeater_name FROM v \
+             CROSS JOIN events e ON e.domain = v.domain AND e.event_key = v.event_key \
+             LEFT JOIN records r ON r.event_id = e.id",
+            values(chunk.len(), 2)
+        );
+        let binds: Vec<Bind> = (chunk.iter())
+            .flat_map(|(domain, key)| [text(domain), text(key)])
+            .collect();
+        let mut statement = db.prepare_cached(&sql)?;
+        let mut rows = statement.query(params_from_iter(&binds))?;
+        while let Some(row) = rows.next()? {
+            let domain = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+            let key = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            let Some(&event) = wanted.get(&(domain, key)) else {
+                continue;
+            };
+            let list = found.entry(event).or_default();
+            let id: Option<i64> = row.get(2)?;
+            let repeater: Option<String> = row.get(3)?;
+            if let (Some(id), Some(repeater)) = (id, repeater) {
+                list.push(IngestedRecord { id, repeater });
+            }
+        }
+    }
+    Ok(found)
+}

@@ -507,6 +507,42 @@ async fn sqlite_a_failing_ingest_does_not_fail_the_ingests_grouped_with_it() {
     assert_eq!(all_records(&store, "good").await.len(), 20);
 }
 
+/// The SQLite writer checkpoints only past a large log, so that the copy
+/// into the database file runs beside it, not inside its commits. Without
+/// the background copy, a few hundred KiB of writes would stay in the log
+/// and the database file would not grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_copies_the_log_into_the_database_file_in_the_background() {
+    let harness = sqlite_harness().await;
+    let store = harness.store.clone();
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let path = harness._dir.as_ref().unwrap().path().join("repeaterd.db");
+    let size = || std::fs::metadata(&path).expect("database file").len();
+    let before = size();
+    let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(1_000)).into_bytes();
+    let events: Vec<NewEvent> = (0..400)
+        .map(|i| NewEvent {
+            payload: payload.clone(),
+            ..event(Some(&format!("e-{i}")), "t")
+        })
+        .collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+
+    // 400 KiB of payloads: the file must take most of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while size() < before + 300 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "database file still {} bytes (was {before}) 10 s after the ingest",
+            size()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn ingest_is_all_or_nothing(store: Arc<dyn Store>) {
     store
         .upsert_repeater(&spec("acme", "a", &[]), T0)

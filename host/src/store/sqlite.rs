@@ -50,6 +50,14 @@ use group::{FinishJob, IngestJob, SubscriberCache, WriteJob, group_commit};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read connections: enough for the API and the scheduler side by side.
 const READ_CONNECTIONS: u32 = 4;
+/// How often a connection of its own copies the write-ahead log into the
+/// database file, off the writer.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Log pages after which the writer's own commit checkpoints (SQLite's
+/// default is 1,000). The background copy rarely lets the log reach it, but
+/// it cannot reset the log while the writer keeps appending: this one
+/// does, so the log stays under about 40 MiB.
+const WRITER_CHECKPOINT_PAGES: &str = "10000";
 /// Ingests and batch results waiting for the writer task before a caller
 /// waits for room.
 const WRITE_QUEUE: usize = 1_024;
@@ -63,6 +71,8 @@ pub struct SqliteStore {
     /// Bumped by every write that changes the repeaters table, so the
     /// writer task knows its copy of the subscribers is out of date.
     repeaters_changed: Arc<AtomicU64>,
+    /// Dropped with the store, which stops the checkpoint task.
+    _checkpoints: oneshot::Sender<()>,
 }
 
 impl SqliteStore {
@@ -87,8 +97,23 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .connect_with((options.clone()).pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES))
+            .await?;
+        // SQLite's own checkpoint runs inside the commit that crosses its
+        // threshold, on the thread that runs the commit: the group commit's
+        // tokio worker. With the default threshold, several times a second
+        // at full load, it copied and synced 4 MiB of log there, and the
+        // writer and that worker's tasks waited. A connection of its own
+        // copies the log in the background instead.
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(options.clone())
             .await?;
+        let (stop_checkpoints, stopped) = oneshot::channel();
+        tokio::spawn(checkpoints(checkpointer, stopped));
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .test_before_acquire(false)
@@ -111,6 +136,7 @@ impl SqliteStore {
             wake,
             jobs,
             repeaters_changed,
+            _checkpoints: stop_checkpoints,
         })
     }
 
@@ -702,6 +728,26 @@ fn fifo_head(repeater: &str) -> String {
 const KEY_HEAD: &str = "(r.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM records o \
      WHERE o.repeater_id = r.repeater_id AND o.state IN (0, 1) \
      AND o.ordering_key = r.ordering_key AND o.id < r.id))";
+
+/// Copies the write-ahead log into the database file every
+/// [`CHECKPOINT_EVERY`] until `stop` ends (its sender, held by the store,
+/// is dropped). Passive: a checkpoint copies what it can without waiting
+/// for the writer or a reader, and the writer goes on appending meanwhile.
+async fn checkpoints(pool: SqlitePool, mut stop: oneshot::Receiver<()>) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = every.tick() => {
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                    tracing::warn!(%error, "WAL checkpoint failed; trying again at the next tick");
+                }
+            }
+        }
+    }
+    pool.close().await;
+}
 
 /// Runs `head <ids> tail` with the ids as a bound list.
 async fn delete_in(

@@ -543,6 +543,63 @@ async fn sqlite_copies_the_log_into_the_database_file_in_the_background() {
     }
 }
 
+/// One process owns a SQLite file: a second store on it is refused with
+/// the file named, and the file is free again once the first store is gone.
+#[tokio::test]
+async fn sqlite_a_second_store_on_one_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repeaterd.db");
+    let first = repeaterd::store::open(None, &path).await.unwrap();
+    match repeaterd::store::open(None, &path).await {
+        Err(error @ StoreError::InUse { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("repeaterd.db"), "{message}");
+            assert!(message.contains("another repeaterd process"), "{message}");
+        }
+        other => panic!("a second store on the file: {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    repeaterd::store::open(None, &path)
+        .await
+        .expect("the file is free once its store is dropped");
+}
+
+/// A lease left in a SQLite file belongs to a process that has ended (only
+/// one opens the file at a time): reopening frees it at once, not after its
+/// TTL, and the old lease's results are still refused.
+#[tokio::test]
+async fn sqlite_reopening_frees_the_leases_left_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repeaterd.db");
+    let store = repeaterd::store::open(None, &path).await.unwrap();
+    let row = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let old = lease(&store, row.id, T0).await;
+    assert!(
+        store
+            .acquire_lease(row.id, OTHER, T0 + 1, TTL)
+            .await
+            .unwrap()
+            .is_none(),
+        "held while its store is open"
+    );
+    drop(store);
+
+    let store = repeaterd::store::open(None, &path).await.unwrap();
+    let new = store
+        .acquire_lease(row.id, OTHER, T0 + 1, TTL)
+        .await
+        .unwrap()
+        .expect("the lease left in the file is free at once");
+    assert!(new.epoch > old.epoch);
+    assert!(matches!(
+        store.renew_lease(&old, T0 + 2, TTL).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
 async fn ingest_is_all_or_nothing(store: Arc<dyn Store>) {
     store
         .upsert_repeater(&spec("acme", "a", &[]), T0)

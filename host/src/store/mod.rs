@@ -69,6 +69,14 @@ pub enum StoreError {
     /// The SQLite writer's group commit failed (constraint, lock, I/O).
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Another process has the SQLite file open as its store.
+    #[error("{path} is in use by another repeaterd process (it holds the lock on {lock})")]
+    InUse {
+        /// The database file.
+        path: String,
+        /// The lock file beside it.
+        lock: String,
+    },
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

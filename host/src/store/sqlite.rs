@@ -73,12 +73,16 @@ pub struct SqliteStore {
     repeaters_changed: Arc<AtomicU64>,
     /// Dropped with the store, which stops the checkpoint task.
     _checkpoints: oneshot::Sender<()>,
+    /// The lock file, locked for the store's life: one process owns the
+    /// database file.
+    _owner: std::fs::File,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`. Does not
     /// migrate; call [`Store::migrate`] or use [`super::open`].
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let owner = own_file(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -119,6 +123,7 @@ impl SqliteStore {
             .test_before_acquire(false)
             .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
+        free_leases_of_the_last_owner(&writer).await?;
         let wake = Arc::new(Notify::new());
         let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
         // The task ends when the store, the only sender, is dropped.
@@ -137,6 +142,7 @@ impl SqliteStore {
             jobs,
             repeaters_changed,
             _checkpoints: stop_checkpoints,
+            _owner: owner,
         })
     }
 
@@ -728,6 +734,62 @@ fn fifo_head(repeater: &str) -> String {
 const KEY_HEAD: &str = "(r.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM records o \
      WHERE o.repeater_id = r.repeater_id AND o.state IN (0, 1) \
      AND o.ordering_key = r.ordering_key AND o.id < r.id))";
+
+/// Locks `<path>.lock` for this process, or says which file is in use. The
+/// kernel drops the lock when the process ends, however it ends. A file of
+/// its own, because closing any descriptor of the database file itself
+/// would drop SQLite's own locks on it.
+fn own_file(path: &Path) -> StoreResult<std::fs::File> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = std::path::PathBuf::from(lock);
+    let cannot = |error: std::io::Error| {
+        StoreError::Invalid(format!("cannot lock {}: {error}", lock.display()))
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(cannot)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: path.display().to_string(),
+            lock: lock.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(cannot(error)),
+    }
+}
+
+/// Frees every lease stored in the file. Only one process at a time opens
+/// it ([`own_file`]), so a lease found at opening belongs to a process that
+/// has ended: its lanes can start at once instead of after the lease's TTL.
+/// The epochs stay, so a result written under one of those leases would
+/// still be refused. A file not migrated yet has nothing to free.
+async fn free_leases_of_the_last_owner(writer: &SqlitePool) -> StoreResult<()> {
+    let migrated: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'repeaters'",
+    )
+    .fetch_optional(writer)
+    .await?;
+    if migrated.is_some() {
+        let freed = sqlx::query(
+            "UPDATE repeaters SET lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE lease_holder IS NOT NULL",
+        )
+        .execute(writer)
+        .await?
+        .rows_affected();
+        if freed > 0 {
+            tracing::info!(
+                leases = freed,
+                "freed the leases of the process that used the database before"
+            );
+        }
+    }
+    Ok(())
+}
 
 /// Copies the write-ahead log into the database file every
 /// [`CHECKPOINT_EVERY`] until `stop` ends (its sender, held by the store,

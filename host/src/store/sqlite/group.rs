@@ -280,10 +280,12 @@ fn opt_text(value: Option<&str>) -> Bind<'_> {
     value.map_or(ToSqlOutput::Owned(Value::Null), text)
 }
 
+fn blob(value: &[u8]) -> Bind<'_> {
+    ToSqlOutput::Borrowed(ValueRef::Blob(value))
+}
+
 fn opt_blob(value: Option<&[u8]>) -> Bind<'_> {
-    value.map_or(ToSqlOutput::Owned(Value::Null), |bytes| {
-        ToSqlOutput::Borrowed(ValueRef::Blob(bytes))
-    })
+    value.map_or(ToSqlOutput::Owned(Value::Null), blob)
 }
 
 /// `VALUES (?, ?), (?, ?)`: `rows` rows of `columns` parameters.
@@ -469,7 +471,7 @@ fn ingest_group(
                 text(&job.plan.keys[i]),
                 text(&event.event_type),
                 text(&event.content_type),
-                ToSqlOutput::Borrowed(ValueRef::Blob(&event.payload)),
+                blob(&event.payload),
                 opt_text(event.ordering_key.as_deref()),
                 int(job.now),
             ]);

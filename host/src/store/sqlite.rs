@@ -1,8 +1,10 @@
 //! The embedded store: one SQLite file, owned by one daemon process.
 //!
-//! All writes go through a single writer connection, each in `BEGIN
-//! IMMEDIATE` so a transaction takes the write lock up front instead of
-//! failing to upgrade a read lock halfway. Lease writes are one statement
+//! Writes go through two connections: the group-commit writer task's own
+//! (ingests and batch results) and a one-connection writer pool for the
+//! rest; SQLite's write lock orders them. Each write transaction is `BEGIN
+//! IMMEDIATE`, so it takes the write lock up front instead of failing to
+//! upgrade a read lock halfway. Lease writes are one statement
 //! each, which is its own transaction and takes the write lock at its start:
 //! one trip to the writer instead of three. Reads use a small pool of
 //! read-only connections and never open long transactions, so WAL
@@ -12,12 +14,13 @@
 //! Ingests and batch results are committed in groups: one writer task
 //! takes every ingest and every batch result waiting for the write lock
 //! into one transaction, and writes the whole group with a few multi-row
-//! statements (three for the ingests, three for the batch results). Many
+//! statements (one per table, in runs of a few fixed sizes). Many
 //! producers posting a few events each, and many lanes finishing batches
 //! of one or two records, would otherwise cost a transaction and several
 //! statements apiece and fill the writer's queue; grouped, the writer's
-//! cost per job falls as its queue grows. The group runs on the writer
-//! connection taken from its driver thread, in one trip (see [`group`]).
+//! cost per job falls as its queue grows. The group runs in one trip on the
+//! task's own connection, whose prepared statements live as long as the
+//! store (see [`group`], ADR 7).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -129,12 +132,8 @@ impl SqliteStore {
         // The task ends when the store, the only sender, is dropped.
         let repeaters_changed = Arc::new(AtomicU64::new(0));
         let subscribers = SubscriberCache::new(repeaters_changed.clone());
-        tokio::spawn(group_commit(
-            writer.clone(),
-            wake.clone(),
-            queue,
-            subscribers,
-        ));
+        let group_writer = group::open_writer(path)?;
+        tokio::spawn(group_commit(group_writer, wake.clone(), queue, subscribers));
         Ok(SqliteStore {
             writer,
             reader,
@@ -160,8 +159,8 @@ impl SqliteStore {
 
     /// Marks the writer task's copy of the subscribers out of date. Called
     /// inside the write transaction that changes the repeaters table: that
-    /// transaction holds the only writer connection, so the next group
-    /// commit starts after it committed and reads the new rows.
+    /// transaction holds the write lock, so the next group commit starts
+    /// after it committed and reads the new rows.
     fn repeaters_changed(&self) {
         self.repeaters_changed.fetch_add(1, AtomicOrdering::SeqCst);
     }

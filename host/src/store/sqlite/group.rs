@@ -2,26 +2,26 @@
 //! and every batch result waiting for the write lock into one transaction,
 //! and writes the whole group with a few multi-row statements.
 //!
-//! The group runs in one trip to the writer connection: the task locks the
-//! connection away from its driver thread and steps the group's statements
-//! itself, from `BEGIN IMMEDIATE` to `COMMIT`. Through the async driver each
-//! statement was a hand-off to the connection's thread and back, and on a
-//! busy machine each hand-off waited to be scheduled: a group of eight
+//! The group runs in one trip on the task's own connection: the task steps
+//! the group's statements itself, from `BEGIN IMMEDIATE` to `COMMIT`, and
+//! keeps them prepared from one group to the next. Through the async driver
+//! each statement was a hand-off to the connection's thread and back, and
+//! on a busy machine each hand-off waited to be scheduled: a group of eight
 //! statements spent most of its time waiting, with the write lock held.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, TransactionBehavior, params_from_iter};
-use sqlx::SqlitePool;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params_from_iter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::{BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES};
 use crate::model::{Millis, NewEvent, RecordState};
-use crate::store::input::{
-    self, IngestPlan, ROWS_PER_STATEMENT, RecordUpdate, Subscriber, lease_lost,
-};
+use crate::store::input::{self, IngestPlan, RecordUpdate, Subscriber, lease_lost};
 use crate::store::{
     AttemptDraft, Ingested, IngestedRecord, Lease, RepeaterHealth, StoreError, StoreResult,
 };
@@ -35,9 +35,13 @@ const GROUP_OUTCOMES: usize = 2_000;
 /// Most domains whose repeaters the writer task keeps; posts to ever new
 /// domain names cannot grow its copy without bound.
 const MAX_CACHED_DOMAINS: usize = 10_000;
-/// Distinct statements a group keeps prepared: one per statement kind and
-/// row count it runs more than once (chunks of [`ROWS_PER_STATEMENT`]).
-const STATEMENT_CACHE: usize = 32;
+/// Most rows of one multi-row statement of a group. A group's rows run in
+/// statements of a power-of-two number of rows up to this, so each kind of
+/// statement has at most nine texts and the writer prepares each once.
+const MOST_ROWS: usize = 256;
+/// Distinct statements a group keeps prepared: each kind of statement at
+/// each row count [`runs`] gives.
+const STATEMENT_CACHE: usize = 80;
 
 /// One ingest call waiting for the group-commit writer.
 pub(super) struct IngestJob {
@@ -120,7 +124,7 @@ type GroupAnswers = (Vec<Vec<Ingested>>, Vec<bool>);
 /// committed: an ingest's producer may post again (the event ids make that
 /// a repeat), and a batch's requests were sent.
 pub(super) async fn group_commit(
-    writer: SqlitePool,
+    mut writer: Connection,
     wake: Arc<Notify>,
     mut jobs: mpsc::Receiver<WriteJob>,
     mut subscribers: SubscriberCache,
@@ -150,8 +154,13 @@ pub(super) async fn group_commit(
         let Group {
             ingests, finishes, ..
         } = group;
-        let (ingested, written) = match commit_group(&writer, &mut subscribers, &ingests, &finishes)
-            .await
+        let (ingested, written) = match commit_group(
+            &mut writer,
+            &mut subscribers,
+            &ingests,
+            &finishes,
+        )
+        .await
         {
             Ok((answers, held)) => (
                 answers.into_iter().map(Ok).collect(),
@@ -168,16 +177,24 @@ pub(super) async fn group_commit(
                 tracing::debug!(%error, jobs = ingests.len() + finishes.len(), "group commit failed; committing its jobs one by one");
                 let mut ingested = Vec::with_capacity(ingests.len());
                 for job in &ingests {
-                    let alone =
-                        commit_group(&writer, &mut subscribers, std::slice::from_ref(job), &[])
-                            .await;
+                    let alone = commit_group(
+                        &mut writer,
+                        &mut subscribers,
+                        std::slice::from_ref(job),
+                        &[],
+                    )
+                    .await;
                     ingested.push(alone.map(|(mut answers, _)| answers.remove(0)));
                 }
                 let mut written = Vec::with_capacity(finishes.len());
                 for job in &finishes {
-                    let alone =
-                        commit_group(&writer, &mut subscribers, &[], std::slice::from_ref(job))
-                            .await;
+                    let alone = commit_group(
+                        &mut writer,
+                        &mut subscribers,
+                        &[],
+                        std::slice::from_ref(job),
+                    )
+                    .await;
                     written.push(alone.map(|(_, held)| held[0]));
                 }
                 (ingested, written)
@@ -209,43 +226,72 @@ pub(super) async fn group_commit(
     }
 }
 
+/// Opens the writer task's own connection to the database file at `path`.
+///
+/// The task keeps it for the store's life, and with it every statement it
+/// has prepared: a group's statements are parsed and planned once per
+/// daemon, not once per group. (Borrowing the pool's writer connection for
+/// each group meant a fresh statement cache each time, and preparing the
+/// statements cost about as much as running them.) The other writes (leases,
+/// repeaters, admin actions) keep the pool's writer; SQLite's write lock
+/// orders the two, and [`commit_group`] waits for that lock without
+/// blocking its thread.
+pub(super) fn open_writer(path: &Path) -> StoreResult<Connection> {
+    let db = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // A busy lock answers at once; `commit_group` waits for it with a timer.
+    db.busy_timeout(Duration::ZERO)?;
+    db.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
+    ))?;
+    db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(db)
+}
+
 /// Runs `ingests` and `finishes` in one write transaction: the ingests'
 /// answers in order and whether each finish's lease held, or the first
 /// error with nothing written.
 ///
-/// The writer connection is taken from its driver thread for the whole
-/// group, and the group runs here without an await: it holds the write
-/// lock for as long as the statements take, not for as long as this task
-/// waits to be scheduled after each one.
+/// While another connection holds the write lock, waits for it with a
+/// timer (1 ms, doubling to 16 ms, [`BUSY_TIMEOUT`] in all) so this thread
+/// goes on running other tasks. Once the lock is taken the group runs
+/// without an await: it holds the lock for as long as the statements take,
+/// not for as long as this task waits to be scheduled after each one.
 async fn commit_group(
-    writer: &SqlitePool,
-    subscribers: &mut SubscriberCache,
-    ingests: &[IngestJob],
-    finishes: &[FinishJob],
-) -> StoreResult<GroupAnswers> {
-    let mut connection = writer.acquire().await?;
-    let mut locked = connection.lock_handle().await?;
-    let handle = locked.as_raw_handle();
-    // SAFETY: `locked` keeps the driver's thread off this connection until
-    // it drops, after `db`; `db` borrows the handle without owning it (it
-    // never closes it), and the group ends its transaction (commit, or
-    // roll back when dropped) before `db` goes.
-    let mut db = unsafe { Connection::from_handle(handle.as_ptr()) }?;
-    db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    let answers = write_group(&mut db, subscribers, ingests, finishes);
-    drop(db);
-    drop(locked);
-    answers
-}
-
-/// The body of [`commit_group`], on the locked connection.
-fn write_group(
     db: &mut Connection,
     subscribers: &mut SubscriberCache,
     ingests: &[IngestJob],
     finishes: &[FinishJob],
 ) -> StoreResult<GroupAnswers> {
-    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match db.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => return write_group(tx, subscribers, ingests, finishes),
+            Err(error) if is_busy(&error) && tokio::time::Instant::now() < deadline => {}
+            Err(error) => return Err(error.into()),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(16));
+    }
+}
+
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(failure, _)
+        if failure.code == rusqlite::ErrorCode::DatabaseBusy)
+}
+
+/// The body of [`commit_group`], in its transaction `tx` (rolled back if
+/// dropped uncommitted).
+fn write_group(
+    tx: Transaction<'_>,
+    subscribers: &mut SubscriberCache,
+    ingests: &[IngestJob],
+    finishes: &[FinishJob],
+) -> StoreResult<GroupAnswers> {
     let answers = if ingests.is_empty() {
         Vec::new()
     } else {
@@ -288,6 +334,25 @@ fn opt_blob(value: Option<&[u8]>) -> Bind<'_> {
     value.map_or(ToSqlOutput::Owned(Value::Null), blob)
 }
 
+/// `items` in runs of [`MOST_ROWS`], then of the powers of two that make up
+/// the rest (95 rows run as 64, 16, 8, 4, 2 and 1). A statement's text
+/// names its row count, and an ever new count is an ever new statement to
+/// parse and plan: profiled under load, preparing the group's statements
+/// took about as long as running them.
+fn runs<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = rest.len().min(MOST_ROWS);
+        let len = 1 << len.ilog2();
+        let (run, after) = rest.split_at(len);
+        rest = after;
+        Some(run)
+    })
+}
+
 /// `VALUES (?, ?), (?, ?)`: `rows` rows of `columns` parameters.
 fn values(rows: usize, columns: usize) -> String {
     let row = format!("({})", vec!["?"; columns].join(", "));
@@ -310,7 +375,7 @@ fn query_ids(db: &Connection, sql: &str, binds: &[Bind<'_>]) -> StoreResult<Vec<
 /// statement each, whatever the number of batches.
 fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
     let mut held = HashSet::new();
-    for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+    for chunk in runs(jobs) {
         // The fence: a row matches only while its batch's epoch holds the
         // lane, and it carries that batch's health and release with it.
         let sql = format!(
@@ -355,7 +420,7 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
     let updates: Vec<(i64, &RecordUpdate, Millis)> = (written.iter())
         .flat_map(|job| (job.updates.iter()).map(|u| (job.lease.repeater_id, u, job.now)))
         .collect();
-    for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+    for chunk in runs(&updates) {
         // Only records of the batch's own lane change.
         let sql = format!(
             "WITH v (record_id, repeater_id, state, next_attempt_at, counted, error, now) AS ({}) \
@@ -384,7 +449,7 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
     let attempts: Vec<(i64, &(i64, AttemptDraft))> = (written.iter())
         .flat_map(|job| job.attempts.iter().map(|a| (job.lease.repeater_id, a)))
         .collect();
-    for chunk in attempts.chunks(ROWS_PER_STATEMENT) {
+    for chunk in runs(&attempts) {
         // Only records of the batch's own lane get attempts: a stray id is
         // skipped rather than failing the whole batch.
         let sql = format!(
@@ -457,7 +522,7 @@ fn ingest_group(
 
     // The writer lock is held, so no other insert of these ids can race us.
     let mut event_ids: HashMap<EventRef, i64> = HashMap::with_capacity(fresh.len());
-    for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
+    for chunk in runs(&fresh) {
         let sql = format!(
             "INSERT INTO events (domain, event_key, event_type, content_type, payload, \
              ordering_key, created_at) {} RETURNING id",
@@ -495,7 +560,7 @@ fn ingest_group(
             wanted.push((event_id, subscriber, j, i));
         }
     }
-    for chunk in wanted.chunks(ROWS_PER_STATEMENT) {
+    for chunk in runs(&wanted) {
         let sql = format!(
             "INSERT INTO records (event_id, repeater_id, repeater_name, domain, state, attempts, \
              age_origin, next_attempt_at, created_at, updated_at, ordering_key) {} RETURNING id",
@@ -613,7 +678,7 @@ impl SubscriberCache {
             .collect();
         missing.sort_unstable();
         missing.dedup();
-        for chunk in missing.chunks(ROWS_PER_STATEMENT) {
+        for chunk in runs(&missing) {
             let sql = format!(
                 "SELECT domain, id, name, spec FROM repeaters WHERE domain IN ({}) \
                  ORDER BY domain, name",
@@ -662,7 +727,7 @@ fn existing_records<'a>(
         }
     }
     let mut found: HashMap<EventRef<'a>, Vec<IngestedRecord>> = HashMap::new();
-    for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+    for chunk in runs(&unique) {
         // CROSS JOIN keeps the asked ids as the outer loop, so each is one
         // probe of the (domain, event_key) index; a row-value `IN` would
         // scan every event.
@@ -693,4 +758,26 @@ fn existing_records<'a>(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_every_item_in_order_with_few_distinct_lengths() {
+        let mut lengths = HashSet::new();
+        for total in 0..=1_100usize {
+            let items: Vec<usize> = (0..total).collect();
+            let runs: Vec<&[usize]> = runs(&items).collect();
+            assert_eq!(runs.concat(), items, "{total} items");
+            for run in &runs {
+                assert!(run.len().is_power_of_two() && run.len() <= MOST_ROWS);
+                lengths.insert(run.len());
+            }
+        }
+        assert_eq!(lengths.len(), MOST_ROWS.ilog2() as usize + 1);
+        let ninety_five: Vec<usize> = runs(&[0u8; 95]).map(<[u8]>::len).collect();
+        assert_eq!(ninety_five, [64, 16, 8, 4, 2, 1]);
+    }
 }

@@ -543,6 +543,45 @@ async fn sqlite_copies_the_log_into_the_database_file_in_the_background() {
     }
 }
 
+/// Group commits have a connection of their own beside the writer pool's:
+/// a group that finds the write lock held by another connection waits for
+/// it (on a timer) instead of failing, and commits once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_an_ingest_waits_for_a_write_lock_held_elsewhere() {
+    let harness = sqlite_harness().await;
+    let store = harness.store.clone();
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let path = harness._dir.as_ref().unwrap().path().join("repeaterd.db");
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("a second connection to the file");
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .expect("the write lock");
+
+    let ingest = tokio::spawn({
+        let store = store.clone();
+        async move { store.ingest("acme", &[event(Some("e-1"), "t")], T0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !ingest.is_finished(),
+        "the ingest finished while another connection held the write lock: {:?}",
+        ingest.await.unwrap().map(|_| ())
+    );
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let answers = ingest
+        .await
+        .unwrap()
+        .expect("the ingest commits once the lock is free");
+    assert_eq!(answers.len(), 1);
+    assert_eq!(all_records(&store, "acme").await.len(), 1);
+}
+
 /// One process owns a SQLite file: a second store on it is refused with
 /// the file named, and the file is free again once the first store is gone.
 #[tokio::test]

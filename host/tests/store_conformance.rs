@@ -31,9 +31,23 @@ struct Harness {
     _database: Option<PgDatabase>,
 }
 
+/// The file name of the harness's SQLite store in its directory.
+const SQLITE_FILE: &str = "repeaterd.db";
+
+impl Harness {
+    /// The SQLite file of a [`sqlite_harness`].
+    fn sqlite_path(&self) -> std::path::PathBuf {
+        let dir = self
+            ._dir
+            .as_ref()
+            .expect("a SQLite harness has a directory");
+        dir.path().join(SQLITE_FILE)
+    }
+}
+
 async fn sqlite_harness() -> Harness {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = repeaterd::store::open(None, &dir.path().join("repeaterd.db"))
+    let store = repeaterd::store::open(None, &dir.path().join(SQLITE_FILE))
         .await
         .expect("open SQLite store");
     Harness {
@@ -475,7 +489,7 @@ async fn sqlite_a_failing_ingest_does_not_fail_the_ingests_grouped_with_it() {
             .await
             .unwrap();
     }
-    let path = harness._dir.as_ref().unwrap().path().join("repeaterd.db");
+    let path = harness.sqlite_path();
     let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .unwrap();
@@ -519,7 +533,7 @@ async fn sqlite_copies_the_log_into_the_database_file_in_the_background() {
         .upsert_repeater(&spec("acme", "a", &[]), T0)
         .await
         .unwrap();
-    let path = harness._dir.as_ref().unwrap().path().join("repeaterd.db");
+    let path = harness.sqlite_path();
     let size = || std::fs::metadata(&path).expect("database file").len();
     let before = size();
     let payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(1_000)).into_bytes();
@@ -554,7 +568,7 @@ async fn sqlite_an_ingest_waits_for_a_write_lock_held_elsewhere() {
         .upsert_repeater(&spec("acme", "a", &[]), T0)
         .await
         .unwrap();
-    let path = harness._dir.as_ref().unwrap().path().join("repeaterd.db");
+    let path = harness.sqlite_path();
     let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .expect("a second connection to the file");

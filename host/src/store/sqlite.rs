@@ -28,9 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -61,6 +59,23 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// it cannot reset the log while the writer keeps appending: this one
 /// does, so the log stays under about 40 MiB.
 const WRITER_CHECKPOINT_PAGES: &str = "10000";
+/// Settings every connection to the file runs with, the pools' and the
+/// group writer's alike, applied in this order when it opens.
+///
+/// - WAL with `synchronous=NORMAL`: readers never block the writer, and a
+///   process crash loses nothing (a power cut may lose the last commits).
+/// - Foreign keys enforced.
+/// - Temporary storage in memory. A multi-row statement inside a larger
+///   transaction keeps the pages it changes in a statement journal, so it
+///   can be undone alone; on disk that journal is a new temporary file in
+///   nearly every group commit (an `open`, writes and an `unlink`), which
+///   cost about 6 % of the daemon's CPU in the latency scenario.
+const CONNECTION_PRAGMAS: [(&str, &str); 4] = [
+    ("journal_mode", "WAL"),
+    ("synchronous", "NORMAL"),
+    ("foreign_keys", "ON"),
+    ("temp_store", "MEMORY"),
+];
 /// Ingests and batch results waiting for the writer task before a caller
 /// waits for room.
 const WRITE_QUEUE: usize = 1_024;
@@ -86,13 +101,13 @@ impl SqliteStore {
     /// migrate; call [`Store::migrate`] or use [`super::open`].
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
         let owner = own_file(path)?;
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+        let options = (CONNECTION_PRAGMAS.iter()).fold(
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .busy_timeout(BUSY_TIMEOUT),
+            |options, (name, value)| options.pragma(*name, *value),
+        );
         // One writer, kept open for the store's life: writes queue here
         // instead of fighting over the file lock.
         // No ping before each use: a SQLite connection is a handle to a

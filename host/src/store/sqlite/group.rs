@@ -19,7 +19,7 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params_from_iter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES};
+use super::{BUSY_TIMEOUT, CONNECTION_PRAGMAS, WRITER_CHECKPOINT_PAGES};
 use crate::model::{Millis, NewEvent, RecordState};
 use crate::store::input::{self, IngestPlan, RecordUpdate, Subscriber, lease_lost};
 use crate::store::{
@@ -243,10 +243,10 @@ pub(super) fn open_writer(path: &Path) -> StoreResult<Connection> {
     )?;
     // A busy lock answers at once; `commit_group` waits for it with a timer.
     db.busy_timeout(Duration::ZERO)?;
-    db.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-         PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES};"
-    ))?;
+    for (name, value) in CONNECTION_PRAGMAS {
+        db.pragma_update(None, name, value)?;
+    }
+    db.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
     db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(db)
 }
@@ -779,5 +779,31 @@ mod tests {
         assert_eq!(lengths.len(), MOST_ROWS.ilog2() as usize + 1);
         let ninety_five: Vec<usize> = runs(&[0u8; 95]).map(<[u8]>::len).collect();
         assert_eq!(ninety_five, [64, 16, 8, 4, 2, 1]);
+    }
+
+    #[test]
+    fn the_writer_connection_runs_with_the_shared_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.db");
+        drop(Connection::open(&path).unwrap());
+        let db = open_writer(&path).unwrap();
+        let read = |name: &str| -> String {
+            db.query_row(&format!("PRAGMA {name}"), [], |row| {
+                row.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|value| match value {
+                rusqlite::types::Value::Integer(n) => n.to_string(),
+                rusqlite::types::Value::Text(text) => text,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
+        };
+        assert_eq!(read("journal_mode"), "wal");
+        // NORMAL is 1; FULL, SQLite's default, is 2.
+        assert_eq!(read("synchronous"), "1");
+        assert_eq!(read("foreign_keys"), "1");
+        // MEMORY is 2; the default, 0, keeps statement journals in files.
+        assert_eq!(read("temp_store"), "2");
+        assert_eq!(read("wal_autocheckpoint"), WRITER_CHECKPOINT_PAGES);
     }
 }

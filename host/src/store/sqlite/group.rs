@@ -788,15 +788,11 @@ mod tests {
         drop(Connection::open(&path).unwrap());
         let db = open_writer(&path).unwrap();
         let read = |name: &str| -> String {
-            db.query_row(&format!("PRAGMA {name}"), [], |row| {
-                row.get::<_, rusqlite::types::Value>(0)
-            })
-            .map(|value| match value {
-                rusqlite::types::Value::Integer(n) => n.to_string(),
-                rusqlite::types::Value::Text(text) => text,
+            match db.pragma_query_value(None, name, |row| row.get(0)).unwrap() {
+                Value::Integer(n) => n.to_string(),
+                Value::Text(text) => text,
                 other => format!("{other:?}"),
-            })
-            .unwrap()
+            }
         };
         assert_eq!(read("journal_mode"), "wal");
         // NORMAL is 1; FULL, SQLite's default, is 2.

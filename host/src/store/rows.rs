@@ -30,6 +30,25 @@ pub(crate) struct RepeaterRecordRaw {
 }
 
 impl RepeaterRecordRaw {
+    /// Reads a row of [`REPEATER_COLUMNS`] stepped by rusqlite (the SQLite
+    /// store's own connections).
+    pub(crate) fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get("id")?,
+            spec: row.get("spec")?,
+            paused: row.get("paused")?,
+            backoff_until: row.get("backoff_until")?,
+            backoff_step: row.get("backoff_step")?,
+            lease_holder: row.get("lease_holder")?,
+            lease_epoch: row.get("lease_epoch")?,
+            lease_expires_at: row.get("lease_expires_at")?,
+            last_error: row.get("last_error")?,
+            last_success_at: row.get("last_success_at")?,
+            created_at: row.get("created_at")?,
+            updated_at: row.get("updated_at")?,
+        })
+    }
+
     pub(crate) fn decode(self) -> StoreResult<RepeaterRow> {
         let spec = decode_spec(&self.spec)?;
         let lease = match (self.lease_holder, self.lease_expires_at) {
@@ -167,6 +186,21 @@ pub(crate) struct ClaimedRecordRaw {
 }
 
 impl ClaimedRecordRaw {
+    /// Reads a row of [`CLAIM_COLUMNS`] stepped by rusqlite.
+    pub(crate) fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get("id")?,
+            attempts: row.get("attempts")?,
+            age_origin: row.get("age_origin")?,
+            event_key: row.get("event_key")?,
+            event_type: row.get("event_type")?,
+            content_type: row.get("content_type")?,
+            payload: row.get("payload")?,
+            ordering_key: row.get("ordering_key")?,
+            created_at: row.get("created_at")?,
+        })
+    }
+
     pub(crate) fn decode(self) -> ClaimedRecord {
         ClaimedRecord {
             id: self.id,

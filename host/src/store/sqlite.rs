@@ -6,9 +6,11 @@
 //! IMMEDIATE`, so it takes the write lock up front instead of failing to
 //! upgrade a read lock halfway. Lease writes are one statement
 //! each, which is its own transaction and takes the write lock at its start:
-//! one trip to the writer instead of three. Reads use a small pool of
-//! read-only connections and never open long transactions, so WAL
-//! checkpoints keep up. The file runs in WAL mode with `synchronous=NORMAL`:
+//! one trip to the writer instead of three. Reads use read-only
+//! connections and never open long transactions, so WAL checkpoints keep
+//! up: the scheduler's reads (ready set, wake-up time, claims) step their
+//! own connections in place (see [`reads`]), the API's reads go through a
+//! small pool. The file runs in WAL mode with `synchronous=NORMAL`:
 //! a power cut may lose the last commits, a process crash loses nothing.
 //!
 //! Ingests and batch results are committed in groups: one writer task
@@ -34,18 +36,20 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::input::{self, ROWS_PER_STATEMENT, RecordUpdate, lease_lost, new_token};
 use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRowRaw, CLAIM_COLUMNS, ClaimedRecordRaw, RECORD_COLUMNS,
-    REPEATER_COLUMNS, RecordRowRaw, RepeaterRecordRaw, decode_state,
+    ATTEMPT_COLUMNS, AttemptRowRaw, RECORD_COLUMNS, REPEATER_COLUMNS, RecordRowRaw,
+    RepeaterRecordRaw, decode_state,
 };
 use super::{
     AttemptRow, Backlog, ClaimedRecord, Ingested, Lease, ReadyRepeater, RecordOutcome, RecordQuery,
     RecordRow, RepeaterHealth, RepeaterRow, Store, StoreError, StoreResult,
 };
-use crate::model::{Millis, NewEvent, Ordering, RecordState, RepeaterSpec};
+use crate::model::{Millis, NewEvent, RecordState, RepeaterSpec};
 
 mod group;
+mod reads;
 
 use group::{FinishJob, IngestJob, SubscriberCache, WriteJob, group_commit};
+use reads::LaneReads;
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -84,6 +88,8 @@ const WRITE_QUEUE: usize = 1_024;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The scheduler's reads: the ready set, wake-up times and claims.
+    lane_reads: LaneReads,
     wake: Arc<Notify>,
     jobs: mpsc::Sender<WriteJob>,
     /// Bumped by every write that changes the repeaters table, so the
@@ -148,10 +154,12 @@ impl SqliteStore {
         let repeaters_changed = Arc::new(AtomicU64::new(0));
         let subscribers = SubscriberCache::new(repeaters_changed.clone());
         let group_writer = group::open_writer(path)?;
+        let lane_reads = LaneReads::open(path)?;
         tokio::spawn(group_commit(group_writer, wake.clone(), queue, subscribers));
         Ok(SqliteStore {
             writer,
             reader,
+            lane_reads,
             wake,
             jobs,
             repeaters_changed,
@@ -379,59 +387,11 @@ impl Store for SqliteStore {
     }
 
     async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
-            "SELECT p.id, p.domain, p.name FROM repeaters p \
-             WHERE NOT p.paused \
-               AND (p.backoff_until IS NULL OR p.backoff_until <= $1) \
-               AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1 OR p.lease_holder = $2) \
-               AND CASE p.ordering \
-                   WHEN 1 THEN EXISTS (SELECT 1 FROM records r WHERE r.id = {head} \
-                                       AND r.next_attempt_at <= $1) \
-                   WHEN 2 THEN EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
-                                       AND r.state IN (0, 1) AND r.next_attempt_at <= $1 \
-                                       AND {KEY_HEAD}) \
-                   ELSE EXISTS (SELECT 1 FROM records r WHERE r.repeater_id = p.id \
-                                AND r.state IN (0, 1) AND r.next_attempt_at <= $1) \
-                   END \
-             ORDER BY p.domain, p.name",
-            head = fifo_head("p.id"),
-        ))
-        .bind(now)
-        .bind(holder)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, domain, name)| ReadyRepeater { id, domain, name })
-            .collect())
+        self.lane_reads.ready_repeaters(now, holder)
     }
 
     async fn next_wakeup(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {
-        // Per repeater: its earliest due record, pushed back by its backoff
-        // and another holder's lease; one index probe per repeater on the
-        // ready set.
-        // A fifo lane waits for its head record, a key lane for the heads
-        // of its keys (a scan of that lane's unfinished records).
-        let at: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(max(d.due, COALESCE(d.backoff_until, 0), COALESCE(d.lease_expires_at, 0))) \
-             FROM (SELECT p.backoff_until, \
-                          CASE WHEN p.lease_holder = $1 THEN NULL ELSE p.lease_expires_at END \
-                              AS lease_expires_at, \
-                          CASE p.ordering \
-                          WHEN 1 THEN (SELECT r.next_attempt_at FROM records r WHERE r.id = {head}) \
-                          WHEN 2 THEN (SELECT MIN(r.next_attempt_at) FROM records r \
-                                       WHERE r.repeater_id = p.id AND r.state IN (0, 1) AND {KEY_HEAD}) \
-                          ELSE (SELECT MIN(r.next_attempt_at) FROM records r \
-                                WHERE r.repeater_id = p.id AND r.state IN (0, 1)) \
-                          END AS due \
-                   FROM repeaters p WHERE NOT p.paused) d \
-             WHERE d.due IS NOT NULL",
-            head = fifo_head("p.id"),
-        ))
-        .bind(holder)
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(at.map(|at| at.max(now)))
+        self.lane_reads.next_wakeup(now, holder)
     }
 
     async fn acquire_lease(
@@ -504,39 +464,7 @@ impl Store for SqliteStore {
         limit: u32,
         now: Millis,
     ) -> StoreResult<(RepeaterRow, Vec<ClaimedRecord>)> {
-        let raw: Option<RepeaterRecordRaw> = sqlx::query_as(&format!(
-            "SELECT {REPEATER_COLUMNS} FROM repeaters \
-             WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3"
-        ))
-        .bind(lease.repeater_id)
-        .bind(lease.epoch)
-        .bind(&lease.token)
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some(row) = raw.map(RepeaterRecordRaw::decode).transpose()? else {
-            return Err(lease_lost(lease));
-        };
-        let rule = match row.spec.ordering {
-            // fifo: only the oldest unfinished record, and only when it is due.
-            Ordering::Fifo => format!("r.id = {}", fifo_head("$1")),
-            // key: per key, only its oldest unfinished record.
-            Ordering::Key => KEY_HEAD.to_owned(),
-            Ordering::None => "TRUE".to_owned(),
-        };
-        let raws: Vec<ClaimedRecordRaw> = sqlx::query_as(&format!(
-            "SELECT {CLAIM_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
-             WHERE r.repeater_id = $1 AND r.state IN (0, 1) AND r.next_attempt_at <= $2 AND {rule} \
-             ORDER BY r.next_attempt_at, r.id LIMIT $3"
-        ))
-        .bind(lease.repeater_id)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        Ok((
-            row,
-            raws.into_iter().map(ClaimedRecordRaw::decode).collect(),
-        ))
+        self.lane_reads.claim_lane(lease, limit, now)
     }
 
     async fn finish_batch(
@@ -731,23 +659,6 @@ impl Store for SqliteStore {
         Ok(record_ids.len() as u64)
     }
 }
-
-/// The id of the oldest unfinished record of `repeater`: two index lookups
-/// on `records_repeater_state` (a plain `ORDER BY id` would walk terminal
-/// records first). NULLs become a sentinel because SQLite's `min(a, b)` is
-/// NULL when either is.
-fn fifo_head(repeater: &str) -> String {
-    format!(
-        "min(COALESCE((SELECT MIN(h.id) FROM records h WHERE h.repeater_id = {repeater} AND h.state = 0), 9223372036854775807), \
-             COALESCE((SELECT MIN(h.id) FROM records h WHERE h.repeater_id = {repeater} AND h.state = 1), 9223372036854775807))"
-    )
-}
-
-/// True for a record `r` that has no earlier unfinished record with the same
-/// ordering key (records without a key are never held back).
-const KEY_HEAD: &str = "(r.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM records o \
-     WHERE o.repeater_id = r.repeater_id AND o.state IN (0, 1) \
-     AND o.ordering_key = r.ordering_key AND o.id < r.id))";
 
 /// Locks `<path>.lock` for this process, or says which file is in use. The
 /// kernel drops the lock when the process ends, however it ends. A file of

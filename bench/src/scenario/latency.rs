@@ -2,6 +2,7 @@
 //! batches sent every few milliseconds, and measure for each record the time
 //! from sending its ingest request to its first arrival at the receiver.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -108,10 +109,15 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
         records as f64 / paced_for,
     );
     receiver.wait_for(records, Duration::from_secs(120)).await?;
-    let (mut samples, missing) = latencies_ms(&batches, &receiver.arrival_times());
+    let arrivals = receiver.arrival_times();
+    let (mut samples, missing) = latencies_ms(&batches, &arrivals);
     if missing > 0 {
         return Err(format!("{missing} records were never delivered"));
     }
+    fields.insert(
+        "p99_ms_each_second".into(),
+        Value::from(p99_each_second(&batches, &arrivals, started)),
+    );
     daemon.sample_rss();
     let peak = daemon.stop().await?;
     let p50 = quantile(&mut samples, 0.50).unwrap_or(f64::NAN);
@@ -124,4 +130,28 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
     fields.insert("target".into(), Value::from("p99_ms <= 50"));
     fields.insert("met".into(), Value::from(p99 <= P99_TARGET_MS));
     Ok(())
+}
+
+/// The p99 of the records posted in each second of the paced run, in
+/// order: shows whether the tail comes from the daemon warming up (the
+/// first second alone) or from stalls spread over the run.
+fn p99_each_second(
+    batches: &[PostedBatch],
+    arrivals: &HashMap<u64, Instant>,
+    started: Instant,
+) -> Vec<f64> {
+    let mut seconds: Vec<Vec<f64>> = Vec::new();
+    for batch in batches {
+        let second = batch.sent.saturating_duration_since(started).as_secs() as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Vec::new);
+        }
+        let samples = latencies_ms(std::slice::from_ref(batch), arrivals).0;
+        seconds[second].extend(samples);
+    }
+    seconds
+        .iter_mut()
+        .filter_map(|samples| quantile(samples, 0.99))
+        .map(crate::stats::round3)
+        .collect()
 }

@@ -44,6 +44,11 @@ pub struct BatchDone {
     pub limits: Option<EffectiveLimits>,
     /// Records the claim found.
     pub claimed: u32,
+    /// The claim found every record it asked for and the results were
+    /// written with the lane still running (not backed off): the lane may
+    /// well have more records due. When false, the loop takes the lane out
+    /// of its ready set until it next reads that set from the store.
+    pub more_due: bool,
     /// Records attempted.
     pub attempted: usize,
     /// Attempts that succeeded.
@@ -108,6 +113,7 @@ pub async fn run_batch(
         reserved: grant.records,
         limits: None,
         claimed: 0,
+        more_due: false,
         attempted: 0,
         successes: 0,
         overloads: 0,
@@ -248,6 +254,8 @@ async fn run_lane(
     if keep && done.written {
         done.lease = Some(lease);
     }
+    let backed_off = (judgement.health.as_ref()).is_some_and(|h| h.backoff_until.is_some());
+    done.more_due = done.written && !backed_off && done.claimed >= take;
     if done.written {
         count_outcomes(deps, &repeater.domain, &reports, &judgement.outcomes);
     }

@@ -30,6 +30,13 @@ use crate::store::{
 /// of small posts, small enough that a group holds the write lock for
 /// milliseconds, not seconds.
 const GROUP_EVENTS: usize = 2_000;
+/// Least time between the starts of two group commits while jobs keep
+/// coming: a busy writer waits out the rest of it before committing a
+/// small group, so the next jobs join that group. Each commit writes every
+/// page it changed to the log, and under a steady load of small ingests
+/// and batch results the same pages (index leaves, the repeaters' rows)
+/// were written again in every commit.
+const GROUP_SPACING: Duration = Duration::from_millis(1);
 /// Most record outcomes one group commit of batch results takes.
 const GROUP_OUTCOMES: usize = 2_000;
 /// Most domains whose repeaters the writer task keeps; posts to ever new
@@ -83,6 +90,18 @@ impl Group {
         self.events >= GROUP_EVENTS || self.outcomes >= GROUP_OUTCOMES
     }
 
+    /// Takes the jobs already queued until the group is full; hands back
+    /// the first one that must wait for the next group.
+    fn take_queued(&mut self, jobs: &mut mpsc::Receiver<WriteJob>) -> Option<WriteJob> {
+        while !self.is_full() {
+            let job = jobs.try_recv().ok()?;
+            if let Some(carried) = self.take(job) {
+                return Some(carried);
+            }
+        }
+        None
+    }
+
     /// Takes `job`, or hands it back when it must wait for the next group:
     /// two results of one lane are never written by one statement.
     fn take(&mut self, job: WriteJob) -> Option<WriteJob> {
@@ -130,6 +149,7 @@ pub(super) async fn group_commit(
     mut subscribers: SubscriberCache,
 ) {
     let mut carried = None;
+    let mut last_commit: Option<std::time::Instant> = None;
     loop {
         let first = match carried.take() {
             Some(job) => job,
@@ -140,20 +160,22 @@ pub(super) async fn group_commit(
         };
         let mut group = Group::default();
         group.take(first);
-        while !group.is_full() {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    carried = group.take(job);
-                    if carried.is_some() {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
+        carried = group.take_queued(&mut jobs);
+        // A writer that committed less than GROUP_SPACING ago is busy: wait
+        // out the rest of that spacing, so jobs arriving meanwhile share this
+        // commit instead of each paying one.
+        if let Some(last) = last_commit
+            && carried.is_none()
+            && !group.is_full()
+            && last.elapsed() < GROUP_SPACING
+        {
+            tokio::time::sleep_until((last + GROUP_SPACING).into()).await;
+            carried = group.take_queued(&mut jobs);
         }
         let Group {
             ingests, finishes, ..
         } = group;
+        last_commit = Some(std::time::Instant::now());
         let (ingested, written) = match commit_group(
             &mut writer,
             &mut subscribers,

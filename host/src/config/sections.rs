@@ -124,7 +124,8 @@ pub struct DatabaseConfig {
     /// Most PostgreSQL connections. Default 10.
     #[serde(deserialize_with = "nonzero")]
     pub max_connections: u32,
-    /// SQLite read connections (there is always exactly one writer). Default 4.
+    /// SQLite read connections: the API's pool, and as many kept for the
+    /// scheduler's reads (there is always exactly one writer). Default 4.
     #[serde(deserialize_with = "nonzero")]
     pub sqlite_read_connections: u32,
 }

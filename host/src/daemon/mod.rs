@@ -79,9 +79,14 @@ pub async fn serve(config_path: &Path) -> Result<(), DaemonError> {
 /// (`repeaterd migrate`).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, DaemonError> {
     let url = config.database.postgres_url()?;
-    let store = store::open(
+    let pools = store::PoolSizes {
+        postgres: config.database.max_connections,
+        sqlite_readers: config.database.sqlite_read_connections,
+    };
+    let store = store::open_with(
         url.as_ref().map(|secret| secret.expose()),
         &config.database.sqlite_path,
+        pools,
     )
     .await?;
     Ok(store)

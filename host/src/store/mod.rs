@@ -26,13 +26,41 @@ pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+/// How many connections a store opens to its database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizes {
+    /// Most PostgreSQL connections in the pool.
+    pub postgres: u32,
+    /// SQLite read-only connections: the API's pool, and most kept for the
+    /// scheduler's reads. Writes always go through the one writer.
+    pub sqlite_readers: u32,
+}
+
+impl Default for PoolSizes {
+    fn default() -> PoolSizes {
+        PoolSizes {
+            postgres: postgres::POOL_CONNECTIONS,
+            sqlite_readers: sqlite::READ_CONNECTIONS,
+        }
+    }
+}
+
+/// [`open_with`] with the default pool sizes.
+pub async fn open(database_url: Option<&str>, sqlite_path: &Path) -> StoreResult<Arc<dyn Store>> {
+    open_with(database_url, sqlite_path, PoolSizes::default()).await
+}
+
 /// Opens the configured store and applies its migrations: PostgreSQL when
 /// `database_url` starts with `postgres://` or `postgresql://`, otherwise a
 /// SQLite file (`sqlite_path`, or the path of a `sqlite:` URL).
-pub async fn open(database_url: Option<&str>, sqlite_path: &Path) -> StoreResult<Arc<dyn Store>> {
+pub async fn open_with(
+    database_url: Option<&str>,
+    sqlite_path: &Path,
+    pools: PoolSizes,
+) -> StoreResult<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match database_url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Arc::new(postgres::PostgresStore::connect(url).await?)
+            Arc::new(postgres::PostgresStore::connect_with(url, pools.postgres).await?)
         }
         Some(url) if url.starts_with("sqlite:") => {
             let path = url.trim_start_matches("sqlite:");
@@ -43,18 +71,19 @@ pub async fn open(database_url: Option<&str>, sqlite_path: &Path) -> StoreResult
                 )));
             }
             let path = path.split('?').next().unwrap_or(path);
-            if path.is_empty() {
-                Arc::new(sqlite::SqliteStore::open(sqlite_path).await?)
+            let path = if path.is_empty() {
+                sqlite_path
             } else {
-                Arc::new(sqlite::SqliteStore::open(Path::new(path)).await?)
-            }
+                Path::new(path)
+            };
+            Arc::new(sqlite::SqliteStore::open_with(path, pools.sqlite_readers).await?)
         }
         Some(url) => {
             return Err(StoreError::Invalid(format!(
                 "database url {url:?}: expected postgres://, postgresql:// or sqlite:"
             )));
         }
-        None => Arc::new(sqlite::SqliteStore::open(sqlite_path).await?),
+        None => Arc::new(sqlite::SqliteStore::open_with(sqlite_path, pools.sqlite_readers).await?),
     };
     store.migrate().await?;
     Ok(store)

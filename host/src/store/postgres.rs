@@ -36,7 +36,7 @@ use crate::model::{Millis, NewEvent, Ordering, RecordState, RepeaterSpec};
 /// The channel that carries wake-ups between processes.
 pub const WAKE_CHANNEL: &str = "repeaterd_wake";
 /// Connections in the pool (the listener has its own).
-const POOL_CONNECTIONS: u32 = 10;
+pub(crate) const POOL_CONNECTIONS: u32 = 10;
 /// Shortest time between two NOTIFYs from this process.
 const ANNOUNCE_WINDOW: Duration = Duration::from_millis(20);
 /// How long to wait before listening again after the connection failed.
@@ -62,15 +62,20 @@ impl Drop for BackgroundTasks {
 }
 
 impl PostgresStore {
-    /// Connects a pool to `url` and starts listening for wake-ups from other
-    /// processes. Does not migrate; call [`Store::migrate`] or use
-    /// [`super::open`].
+    /// [`PostgresStore::connect_with`] with the default pool size.
     pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
+        Self::connect_with(url, POOL_CONNECTIONS).await
+    }
+
+    /// Connects a pool of at most `connections` to `url` and starts
+    /// listening for wake-ups from other processes. Does not migrate; call
+    /// [`Store::migrate`] or use [`super::open`].
+    pub async fn connect_with(url: &str, connections: u32) -> StoreResult<PostgresStore> {
         // No ping before each use: a broken connection fails its statement,
         // which the caller retries like any store error, and a ping per
         // statement doubles the round trips of the dispatch loop.
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_CONNECTIONS)
+            .max_connections(connections.max(1))
             .test_before_acquire(false)
             .connect(url)
             .await?;

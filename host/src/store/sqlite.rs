@@ -53,8 +53,9 @@ use reads::LaneReads;
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read connections: enough for the API and the scheduler side by side.
-const READ_CONNECTIONS: u32 = 4;
+/// Read connections by default: enough for the API and the scheduler
+/// side by side.
+pub(crate) const READ_CONNECTIONS: u32 = 4;
 /// How often a connection of its own copies the write-ahead log into the
 /// database file, off the writer.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -103,9 +104,17 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file at `path`. Does not
-    /// migrate; call [`Store::migrate`] or use [`super::open`].
+    /// [`SqliteStore::open_with`] with the default number of readers.
     pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with(path, READ_CONNECTIONS).await
+    }
+
+    /// Opens (creating if needed) the database file at `path`, with up to
+    /// `readers` read-only connections for the API and as many kept for the
+    /// scheduler's reads. Does not migrate; call [`Store::migrate`] or use
+    /// [`super::open`].
+    pub async fn open_with(path: &Path, readers: u32) -> StoreResult<SqliteStore> {
+        let readers = readers.max(1);
         let owner = own_file(path)?;
         let options = (CONNECTION_PRAGMAS.iter()).fold(
             SqliteConnectOptions::new()
@@ -143,7 +152,7 @@ impl SqliteStore {
         let (stop_checkpoints, stopped) = oneshot::channel();
         tokio::spawn(checkpoints(checkpointer, stopped));
         let reader = SqlitePoolOptions::new()
-            .max_connections(READ_CONNECTIONS)
+            .max_connections(readers)
             .test_before_acquire(false)
             .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
@@ -154,7 +163,7 @@ impl SqliteStore {
         let repeaters_changed = Arc::new(AtomicU64::new(0));
         let subscribers = SubscriberCache::new(repeaters_changed.clone());
         let group_writer = group::open_writer(path)?;
-        let lane_reads = LaneReads::open(path)?;
+        let lane_reads = LaneReads::open(path, readers as usize)?;
         tokio::spawn(group_commit(group_writer, wake.clone(), queue, subscribers));
         Ok(SqliteStore {
             writer,
@@ -756,4 +765,28 @@ async fn delete_in(
 /// A write transaction holding the write lock from its first statement.
 async fn begin_write(writer: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
     Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_configured_number_of_readers_sizes_both_read_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(&dir.path().join("readers.db"), 2)
+            .await
+            .unwrap();
+        assert_eq!(store.reader.options().get_max_connections(), 2);
+        assert_eq!(store.lane_reads.keep(), 2);
+        drop(store);
+        let store = SqliteStore::open(&dir.path().join("default.db"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.reader.options().get_max_connections(),
+            READ_CONNECTIONS
+        );
+        assert_eq!(store.lane_reads.keep(), READ_CONNECTIONS as usize);
+    }
 }

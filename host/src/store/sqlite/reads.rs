@@ -21,18 +21,17 @@ use crate::store::input::lease_lost;
 use crate::store::rows::{CLAIM_COLUMNS, ClaimedRecordRaw, REPEATER_COLUMNS, RepeaterRecordRaw};
 use crate::store::{ClaimedRecord, Lease, ReadyRepeater, RepeaterRow, StoreResult};
 
-/// Idle connections kept between reads: one per thread that reads at once
-/// (the scheduler loop and the batches on the runtime's workers).
-const IDLE_CONNECTIONS: usize = 4;
 /// Statements each connection keeps prepared: the ready set, the wake-up
 /// time, the repeater row and a claim per ordering.
 const STATEMENT_CACHE: usize = 8;
 
 /// Read-only connections to one database file, opened as needed and kept
-/// (up to [`IDLE_CONNECTIONS`]) for the store's life.
+/// (up to `keep`: one per thread that reads at once, the scheduler loop and
+/// the batches on the runtime's workers) for the store's life.
 pub(super) struct LaneReads {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    keep: usize,
     sql: Texts,
 }
 
@@ -48,13 +47,20 @@ struct Texts {
 impl LaneReads {
     /// Opens the first connection to `path` (which must exist), so a file
     /// that cannot be read fails the store's opening, not its first claim.
-    pub(super) fn open(path: &Path) -> StoreResult<LaneReads> {
+    pub(super) fn open(path: &Path, keep: usize) -> StoreResult<LaneReads> {
         let first = open_reader(path)?;
         Ok(LaneReads {
             path: path.to_owned(),
             idle: Mutex::new(vec![first]),
+            keep: keep.max(1),
             sql: Texts::new(),
         })
+    }
+
+    /// Most connections kept idle between reads.
+    #[cfg(test)]
+    pub(super) fn keep(&self) -> usize {
+        self.keep
     }
 
     /// Runs `read` on an idle connection, or on a new one when every one is
@@ -67,7 +73,7 @@ impl LaneReads {
         };
         let result = read(&db);
         let mut idle = self.lock();
-        if idle.len() < IDLE_CONNECTIONS {
+        if idle.len() < self.keep {
             idle.push(db);
         }
         result

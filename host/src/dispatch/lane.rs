@@ -236,11 +236,8 @@ async fn run_lane(
     );
     // A backed-off lane is not ready again before its backoff ends: let
     // its lease go with the results.
-    let keep = grant.keep_lease
-        && judgement
-            .health
-            .as_ref()
-            .is_none_or(|h| h.backoff_until.is_none());
+    let backed_off = (judgement.health.as_ref()).is_some_and(|h| h.backoff_until.is_some());
+    let keep = grant.keep_lease && !backed_off;
     finish(
         deps,
         repeater,
@@ -254,7 +251,6 @@ async fn run_lane(
     if keep && done.written {
         done.lease = Some(lease);
     }
-    let backed_off = (judgement.health.as_ref()).is_some_and(|h| h.backoff_until.is_some());
     done.more_due = done.written && !backed_off && done.claimed >= take;
     if done.written {
         count_outcomes(deps, &repeater.domain, &reports, &judgement.outcomes);

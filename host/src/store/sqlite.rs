@@ -669,6 +669,29 @@ impl Store for SqliteStore {
     }
 }
 
+/// A connection of the store's own to the file at `path` (not one of the
+/// pools'), stepped with rusqlite: opened with `flags`, waiting up to
+/// `busy_timeout` for another connection's lock, with
+/// [`CONNECTION_PRAGMAS`] applied and room for `statements` prepared
+/// statements.
+fn open_own(
+    path: &Path,
+    flags: rusqlite::OpenFlags,
+    busy_timeout: Duration,
+    statements: usize,
+) -> StoreResult<rusqlite::Connection> {
+    let db = rusqlite::Connection::open_with_flags(
+        path,
+        flags | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    db.busy_timeout(busy_timeout)?;
+    for (name, value) in CONNECTION_PRAGMAS {
+        db.pragma_update(None, name, value)?;
+    }
+    db.set_prepared_statement_cache_capacity(statements);
+    Ok(db)
+}
+
 /// Locks `<path>.lock` for this process, or says which file is in use. The
 /// kernel drops the lock when the process ends, however it ends. A file of
 /// its own, because closing any descriptor of the database file itself

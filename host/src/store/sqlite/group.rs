@@ -19,7 +19,7 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params_from_iter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{BUSY_TIMEOUT, CONNECTION_PRAGMAS, WRITER_CHECKPOINT_PAGES};
+use super::{BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES, open_own};
 use crate::model::{Millis, NewEvent, RecordState};
 use crate::store::input::{self, IngestPlan, RecordUpdate, Subscriber, lease_lost};
 use crate::store::{
@@ -259,17 +259,14 @@ pub(super) async fn group_commit(
 /// orders the two, and [`commit_group`] waits for that lock without
 /// blocking its thread.
 pub(super) fn open_writer(path: &Path) -> StoreResult<Connection> {
-    let db = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
     // A busy lock answers at once; `commit_group` waits for it with a timer.
-    db.busy_timeout(Duration::ZERO)?;
-    for (name, value) in CONNECTION_PRAGMAS {
-        db.pragma_update(None, name, value)?;
-    }
+    let db = open_own(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
+        Duration::ZERO,
+        STATEMENT_CACHE,
+    )?;
     db.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
-    db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(db)
 }
 

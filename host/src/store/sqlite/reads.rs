@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{BUSY_TIMEOUT, CONNECTION_PRAGMAS};
+use super::{BUSY_TIMEOUT, open_own};
 use crate::model::{Millis, Ordering};
 use crate::store::input::lease_lost;
 use crate::store::rows::{CLAIM_COLUMNS, ClaimedRecordRaw, REPEATER_COLUMNS, RepeaterRecordRaw};
@@ -238,14 +238,10 @@ const KEY_HEAD: &str = "(r.ordering_key IS NULL OR NOT EXISTS (SELECT 1 FROM rec
 
 /// A read-only connection to `path` with the store's settings.
 fn open_reader(path: &Path) -> StoreResult<Connection> {
-    let db = Connection::open_with_flags(
+    open_own(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    db.busy_timeout(BUSY_TIMEOUT)?;
-    for (name, value) in CONNECTION_PRAGMAS {
-        db.pragma_update(None, name, value)?;
-    }
-    db.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    Ok(db)
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+        BUSY_TIMEOUT,
+        STATEMENT_CACHE,
+    )
 }

@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 /// The daemon allocates and frees many small blocks per delivery (plugin
 /// stores, request and reply headers, rows). Under glibc's allocator those
 /// calls took about 15 % of the daemon's CPU at full load; mimalloc's
-/// per-thread free lists serve the same calls at a fraction of that.
+/// per-thread free lists serve the same calls at a fraction of that. It is
+/// built without transparent huge pages (`no_thp`): asking for them tripled
+/// the idle daemon's resident memory (40 MB under glibc, 143 MB with huge
+/// pages, 61 MB without).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 /// calls took about 15 % of the daemon's CPU at full load; mimalloc's
 /// per-thread free lists serve the same calls at a fraction of that. It is
 /// built without transparent huge pages (`no_thp`): asking for them tripled
-/// the idle daemon's resident memory (40 MB under glibc, 143 MB with huge
-/// pages, 61 MB without).
+/// the idle daemon's resident memory (40 MB under glibc, up to 143 MB with
+/// huge pages, 61 MB without).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -137,10 +137,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
         quantile(&mut warm_samples, 0.99).unwrap_or(f64::NAN),
     );
     let mut samples = latencies_ms(&batches, &arrivals).0;
-    fields.insert(
-        "measured_records".into(),
-        Value::from(samples.len() as u64),
-    );
+    fields.insert("measured_records".into(), Value::from(samples.len() as u64));
     fields.insert(
         "p99_ms_each_second".into(),
         Value::from(p99_each_second(&batches, &arrivals, started)),

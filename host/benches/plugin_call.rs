@@ -10,6 +10,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use repeaterd::plugin::types::{BuildOutcome, Event, Reply, RequestSummary, Response};
 use repeaterd::plugin::{CallContext, LoadedPlugin, PluginEngine, PluginLimits};
 
+/// The daemon's allocator (see `src/main.rs`), so the figure is the cost
+/// the daemon pays.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn payload_1kib() -> Vec<u8> {
     let mut items = Vec::new();
     let mut size = 0;

@@ -123,20 +123,20 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
     );
     receiver.wait_for(records, Duration::from_secs(120)).await?;
     let arrivals = receiver.arrival_times();
+    let (warm, batches): (Vec<_>, Vec<_>) =
+        batches.into_iter().partition(|batch| batch.sent < started);
+    let (mut warm_samples, warm_missing) = latencies_ms(&warm, &arrivals);
+    let (mut samples, measured_missing) = latencies_ms(&batches, &arrivals);
     // Every record must arrive, the warm-up's included.
-    let missing = latencies_ms(&batches, &arrivals).1;
+    let missing = warm_missing + measured_missing;
     if missing > 0 {
         return Err(format!("{missing} records were never delivered"));
     }
-    let (warm, batches): (Vec<_>, Vec<_>) =
-        batches.into_iter().partition(|batch| batch.sent < started);
-    let mut warm_samples = latencies_ms(&warm, &arrivals).0;
     put(
         fields,
         "warmup_p99_ms",
         quantile(&mut warm_samples, 0.99).unwrap_or(f64::NAN),
     );
-    let mut samples = latencies_ms(&batches, &arrivals).0;
     fields.insert("measured_records".into(), Value::from(samples.len() as u64));
     fields.insert(
         "p99_ms_each_second".into(),

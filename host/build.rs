@@ -9,7 +9,7 @@
 //! host build and breaks a wasm one.
 //!
 //! The components are copied into `OUT_DIR`, checked (component magic and
-//! the `repeater:plugin/plugin@0.1.0` export), and described by
+//! the `repeater:plugin/plugin@0.1.1` export), and described by
 //! `OUT_DIR/builtin_plugins.rs`, which defines `BUILTIN_PLUGINS` (name and
 //! bytes of each plugin shipped in the binary) and `HOSTILE_PLUGIN_PATH`
 //! (the misbehaving test fixture, for tests only; never embedded).
@@ -33,7 +33,7 @@ const BUILTIN_PLUGINS: [&str; 3] = ["json-forward", "form-xml", "fhir-r4"];
 const HOSTILE_PLUGIN: &str = "hostile";
 
 /// The interface every plugin must export, with the WIT package version.
-const PLUGIN_EXPORT: &str = "repeater:plugin/plugin@0.1.0";
+const PLUGIN_EXPORT: &str = "repeater:plugin/plugin@0.1.1";
 
 /// Environment variables of the outer build that must not reach the nested
 /// one: compiler flags and wrappers meant for the host target (clippy sets

@@ -28,7 +28,7 @@ fn builtin_plugins_are_components_exporting_the_plugin_interface() {
             "{name} is not a component"
         );
         assert!(
-            contains(bytes, b"repeater:plugin/plugin@0.1.0"),
+            contains(bytes, b"repeater:plugin/plugin@0.1.1"),
             "{name} does not name the plugin interface"
         );
     }

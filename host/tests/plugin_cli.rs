@@ -144,8 +144,12 @@ fn plugin_check_prints_world_version_sha_and_size() {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("repeater:plugin/plugin@0.1.0"), "{stdout}");
-    assert!(stdout.contains("package version: 0.1.0"), "{stdout}");
+    assert!(stdout.contains("repeater:plugin/plugin@0.1.1"), "{stdout}");
+    assert!(stdout.contains("package version: 0.1.1"), "{stdout}");
+    assert!(
+        stdout.contains("replies judged by: the plugin's own classify"),
+        "{stdout}"
+    );
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     assert!(stdout.contains(&format!("sha256: {sha}")), "{stdout}");
     assert!(
@@ -165,5 +169,38 @@ fn plugin_check_refuses_a_file_that_is_not_a_component() {
     assert!(
         stderr.contains("plugin broken: cannot compile component"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn plugin_check_names_the_version_a_plugin_was_built_for_and_its_reply_rules() {
+    let output = repeaterd(&["plugin", "check", "json-forward"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("package version: 0.1.1"), "{stdout}");
+    assert!(
+        stdout.contains("replies judged by: default rules, applied by the host"),
+        "{stdout}"
+    );
+
+    // A plugin built against 0.1.0, before the `classification` interface.
+    let old = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/plugin_fixtures/json-forward-0.1.0.wasm"
+    );
+    let output = repeaterd(&["plugin", "check", old]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("exports repeater:plugin/plugin@0.1.0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("package version: 0.1.0 (host speaks repeater:plugin/plugin@0.1.1)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("replies judged by: the plugin's own classify"),
+        "{stdout}"
     );
 }

@@ -1,5 +1,5 @@
 //! Runs the components built from `plugins/` in wasmtime, through the WIT
-//! exports, to prove the SDK's glue speaks the `repeater:plugin@0.1.0`
+//! exports, to prove the SDK's glue speaks the `repeater:plugin@0.1.1`
 //! contract: values cross the boundary intact, the `log` import is called,
 //! and a plugin trap surfaces as an error of the call.
 //!
@@ -16,8 +16,9 @@ use wasmtime::component::{Component, Instance, Linker, ResourceTable, Val};
 use wasmtime::{Config, Engine, OptLevel, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-const PLUGIN_INTERFACE: &str = "repeater:plugin/plugin@0.1.0";
-const LOG_INTERFACE: &str = "repeater:plugin/log@0.1.0";
+const PLUGIN_INTERFACE: &str = "repeater:plugin/plugin@0.1.1";
+const CLASSIFICATION_INTERFACE: &str = "repeater:plugin/classification@0.1.1";
+const LOG_INTERFACE: &str = "repeater:plugin/log@0.1.1";
 
 struct State {
     wasi: WasiCtx,
@@ -133,10 +134,19 @@ fn load(name: &str, bytes: &[u8]) -> Loaded {
 
 impl Loaded {
     fn call(&mut self, function: &str, params: &[Val]) -> wasmtime::Result<Val> {
+        self.call_in(PLUGIN_INTERFACE, function, params)
+    }
+
+    fn call_in(
+        &mut self,
+        interface: &str,
+        function: &str,
+        params: &[Val],
+    ) -> wasmtime::Result<Val> {
         let interface = self
             .instance
-            .get_export_index(&mut self.store, None, PLUGIN_INTERFACE)
-            .expect("the plugin interface is exported");
+            .get_export_index(&mut self.store, None, interface)
+            .unwrap_or_else(|| panic!("{interface} is exported"));
         let index = self
             .instance
             .get_export_index(&mut self.store, Some(&interface), function)
@@ -315,6 +325,20 @@ fn classify_honours_retry_after_through_the_component() {
         &Val::Option(Some(Box::new(Val::U32(17))))
     );
     assert_eq!(field(&retry, "reason"), &string("HTTP 429: slow down"));
+}
+
+#[test]
+fn plugins_declare_the_rules_their_replies_are_judged_by() {
+    let rules = |name: &str| {
+        load(name, builtin(name))
+            .call_in(CLASSIFICATION_INTERFACE, "rules", &[])
+            .expect("rules returns")
+    };
+    // Both leave classify at the SDK's default and say so.
+    assert_eq!(rules("json-forward"), Val::Enum("default-rules".into()));
+    assert_eq!(rules("form-xml"), Val::Enum("default-rules".into()));
+    // fhir-r4 reads OperationOutcome bodies in a classify of its own.
+    assert_eq!(rules("fhir-r4"), Val::Enum("own-rules".into()));
 }
 
 #[test]

@@ -11,7 +11,9 @@ use clap::{Args, Subcommand};
 use repeaterd::plugin::types::{
     BuildOutcome, Event, Header, Method, Reply, Request, RequestSummary, Response, Verdict,
 };
-use repeaterd::plugin::{CallContext, LoadedPlugin, PLUGIN_INTERFACE, PluginEngine, PluginLimits};
+use repeaterd::plugin::{
+    CallContext, ClassifyRules, LoadedPlugin, PLUGIN_INTERFACE, PluginEngine, PluginLimits,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -116,12 +118,18 @@ async fn load(engine: &PluginEngine, plugin: &str) -> anyhow::Result<LoadedPlugi
 async fn check_plugin(plugin: &str) -> anyhow::Result<()> {
     let engine = PluginEngine::new(cli_limits())?;
     let loaded = load(&engine, plugin).await?;
-    let package_version = PLUGIN_INTERFACE
+    let interface = loaded.interface();
+    let package_version = interface
         .rsplit_once('@')
         .map_or("unknown", |(_, version)| version);
+    let rules = match loaded.classify_rules() {
+        ClassifyRules::Default => "default rules, applied by the host (no classify call)",
+        ClassifyRules::Own => "the plugin's own classify",
+    };
     println!("plugin: {}", loaded.name());
-    println!("world: repeater:plugin/repeater (exports {PLUGIN_INTERFACE})");
-    println!("package version: {package_version}");
+    println!("world: repeater:plugin/repeater (exports {interface})");
+    println!("package version: {package_version} (host speaks {PLUGIN_INTERFACE})");
+    println!("replies judged by: {rules}");
     println!("sha256: {}", loaded.version());
     println!("size: {} bytes", loaded.size());
     Ok(())

@@ -16,10 +16,13 @@
 //!   count against the repeater, like a failing endpoint: each one burns up
 //!   to a whole limit of host work, so a plugin that keeps hitting them is
 //!   backed off instead of starving the healthy repeaters.
+//! - A plugin that declared the default reply rules is judged by them in
+//!   the host, with no `classify` call (see `LoadedPlugin::classify`).
 //! - In `classify`, the request has already been sent. The reply is then
-//!   judged by the host's default rules (2xx success; 408, 429, 5xx and
-//!   transport errors retry; other statuses reject), and the plugin's error
-//!   is kept with the attempt.
+//!   judged by the default rules (the SDK's `default_classify`: 2xx
+//!   success; 408, 409, 425, 429, 5xx and transport errors retry, honouring
+//!   `Retry-After`; other statuses reject), and the plugin's error is kept
+//!   with the attempt's reason.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +34,11 @@ use crate::model::{Millis, RepeaterSpec, now_millis};
 use crate::outbound::{self, Outbound, OutboundRequest};
 use crate::plugin::types::{
     BuildOutcome, Event, Header, Method, Reply, RequestSummary, Response, TransportError,
-    TransportErrorKind,
+    TransportErrorKind, Verdict as PluginVerdict,
 };
-use crate::plugin::{CallContext, LoadedPlugin, PluginError};
+use crate::plugin::{
+    CallContext, ClassifyRules, LoadedPlugin, PluginError, judge_by_default_rules,
+};
 use crate::store::ClaimedRecord;
 use crate::telemetry::{Metrics, PluginCall};
 
@@ -197,18 +202,17 @@ async fn attempt(
         .plugin
         .classify(&ctx.call, &summary, &reply, &ctx.plugin_config)
         .await;
-    ctx.metrics.plugin_call(
-        &plugin_name,
-        PluginCall::Classify,
-        clock.elapsed().as_secs_f64(),
-    );
+    // A plugin that declared the default rules was judged by the host
+    // without a call; the metric counts plugin calls only.
+    if ctx.plugin.classify_rules() == ClassifyRules::Own {
+        ctx.metrics.plugin_call(
+            &plugin_name,
+            PluginCall::Classify,
+            clock.elapsed().as_secs_f64(),
+        );
+    }
     match classified {
-        Ok(crate::plugin::types::Verdict::Success) => Verdict::Success,
-        Ok(crate::plugin::types::Verdict::Reject(reason)) => Verdict::Reject(reason),
-        Ok(crate::plugin::types::Verdict::Retry(retry)) => Verdict::Retry {
-            reason: retry.reason,
-            after_ms: retry.after_seconds.map(|s| i64::from(s) * 1000),
-        },
+        Ok(verdict) => attempt_verdict(verdict, ""),
         Err(error) => {
             ctx.metrics
                 .plugin_failure(&plugin_name, plugin_error_kind(&error));
@@ -263,21 +267,21 @@ fn counts_against_repeater(error: &PluginError) -> bool {
     )
 }
 
-/// The host's own judgement of a reply, used when `classify` failed.
+/// The judgement of a reply when `classify` failed: the default rules,
+/// with the plugin's error added to the reason.
 fn default_verdict(reply: &Reply, error: &PluginError) -> Verdict {
-    let note = format!("{error}; reply judged by the default rules");
-    match reply {
-        Reply::Response(response) => match response.status {
-            200..=299 => Verdict::Success,
-            408 | 429 | 500..=599 => Verdict::Retry {
-                reason: format!("HTTP {}; {note}", response.status),
-                after_ms: None,
-            },
-            status => Verdict::Reject(format!("HTTP {status}; {note}")),
-        },
-        Reply::TransportError(transport) => Verdict::Retry {
-            reason: format!("{}; {note}", transport.message),
-            after_ms: None,
+    let note = format!("; {error}; reply judged by the default rules");
+    attempt_verdict(judge_by_default_rules(reply), &note)
+}
+
+/// A plugin's verdict as the attempt's, with `note` appended to a reason.
+fn attempt_verdict(verdict: PluginVerdict, note: &str) -> Verdict {
+    match verdict {
+        PluginVerdict::Success => Verdict::Success,
+        PluginVerdict::Reject(reason) => Verdict::Reject(format!("{reason}{note}")),
+        PluginVerdict::Retry(retry) => Verdict::Retry {
+            reason: format!("{}{note}", retry.reason),
+            after_ms: retry.after_seconds.map(|s| i64::from(s) * 1000),
         },
     }
 }
@@ -366,6 +370,27 @@ mod tests {
         match default_verdict(&response(404), &trap()) {
             Verdict::Reject(reason) => {
                 assert!(reason.contains("404") && reason.contains("trapped"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same rules a plugin declaring them gets: 409 is retried, and
+        // a Retry-After is honoured.
+        let busy = Reply::Response(Response {
+            status: 409,
+            headers: vec![Header {
+                name: "retry-after".into(),
+                value: "7".into(),
+            }],
+            body_excerpt: b"locked".to_vec(),
+        });
+        match default_verdict(&busy, &trap()) {
+            Verdict::Retry { reason, after_ms } => {
+                assert_eq!(after_ms, Some(7000));
+                assert!(reason.starts_with("HTTP 409: locked; "), "{reason}");
+                assert!(
+                    reason.ends_with("reply judged by the default rules"),
+                    "{reason}"
+                );
             }
             other => panic!("{other:?}"),
         }

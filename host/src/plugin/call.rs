@@ -5,12 +5,16 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::Ordering;
+
 use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::ComponentExportIndex;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::types::{BuildOutcome, Event, Reply, RequestSummary, Verdict};
-use super::bindings::{Repeater, RepeaterPre};
-use super::engine::PluginEngine;
+use super::bindings::{CLASSIFICATION_INTERFACE, ClassifyRules, Repeater, RepeaterPre};
+use super::default_rules::judge_by_default_rules;
+use super::engine::{Checked, PluginEngine};
 use super::error::PluginError;
 use super::request_check::check_build_outcome;
 use super::sandbox::CallState;
@@ -41,6 +45,9 @@ pub struct LoadedPlugin {
     size: usize,
     from_cache: bool,
     pre: RepeaterPre<CallState>,
+    interface: String,
+    rules_export: Option<ComponentExportIndex>,
+    rules: ClassifyRules,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -50,6 +57,8 @@ impl std::fmt::Debug for LoadedPlugin {
             .field("version", &self.version)
             .field("size", &self.size)
             .field("from_cache", &self.from_cache)
+            .field("interface", &self.interface)
+            .field("rules", &self.rules)
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +77,7 @@ impl LoadedPlugin {
         version: String,
         size: usize,
         from_cache: bool,
-        pre: RepeaterPre<CallState>,
+        checked: Checked,
     ) -> Self {
         Self {
             engine,
@@ -76,7 +85,11 @@ impl LoadedPlugin {
             version,
             size,
             from_cache,
-            pre,
+            pre: checked.pre,
+            interface: checked.interface,
+            rules_export: checked.rules,
+            // Until the plugin says otherwise (see `probe`).
+            rules: ClassifyRules::Own,
         }
     }
 
@@ -98,6 +111,19 @@ impl LoadedPlugin {
     /// Whether the compiled code came from the on-disk cache rather than a compile.
     pub fn loaded_from_cache(&self) -> bool {
         self.from_cache
+    }
+
+    /// The plugin interface the component exports, with the WIT package
+    /// version it was built for, e.g. `repeater:plugin/plugin@0.1.0`.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// The rules the plugin's replies are judged by: [`ClassifyRules::Default`]
+    /// when it declared the default rules, so [`classify`](Self::classify)
+    /// runs no plugin code.
+    pub fn classify_rules(&self) -> ClassifyRules {
+        self.rules
     }
 
     /// Runs `validate-config` on a repeater's plugin config (a JSON document).
@@ -144,7 +170,9 @@ impl LoadedPlugin {
         Ok(outcome)
     }
 
-    /// Runs `classify` on the reply to a request this plugin built.
+    /// Judges the reply to a request this plugin built: by the default
+    /// rules in the host when the plugin declared them, otherwise by running
+    /// its `classify`.
     pub async fn classify(
         &self,
         ctx: &CallContext,
@@ -153,6 +181,9 @@ impl LoadedPlugin {
         config: &str,
     ) -> Result<Verdict, PluginError> {
         const CALL: &str = "classify";
+        if self.rules == ClassifyRules::Default {
+            return Ok(judge_by_default_rules(reply));
+        }
         let mut run = self.start(ctx, CALL).await?;
         let result = run
             .bindings
@@ -162,19 +193,61 @@ impl LoadedPlugin {
         self.finish(run, CALL, result)
     }
 
-    /// Instantiates once without calling an export, to refuse at load time
-    /// a component whose start-up code fails or breaks the limits.
-    pub(crate) async fn try_instantiate(&self) -> Result<(), PluginError> {
+    /// Instantiates once, to refuse at load time a component whose start-up
+    /// code fails or breaks the limits, and asks a plugin that exports the
+    /// `classification` interface which rules judge its replies.
+    pub(crate) async fn probe(&mut self) -> Result<(), PluginError> {
         let ctx = CallContext {
             repeater: "(load check)".to_owned(),
         };
-        let run = self.start(&ctx, "instantiate").await?;
-        run.store.data().output.flush();
+        let (mut store, _slot) = self.new_store(&ctx).await?;
+        let instance = match self.pre.instance_pre().instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(error) => {
+                store.data().output.flush();
+                return Err(self.failure(store.data(), "instantiate", &error));
+            }
+        };
+        let Some(index) = &self.rules_export else {
+            store.data().output.flush();
+            return Ok(());
+        };
+        let rules = instance
+            .get_typed_func::<(), (ClassifyRules,)>(&mut store, index)
+            .map_err(|e| PluginError::WrongWorld {
+                plugin: self.name.to_string(),
+                message: format!("{CLASSIFICATION_INTERFACE}: `rules` has the wrong type: {e:#}"),
+            })?;
+        let result = rules.call_async(&mut store, ()).await;
+        store.data().output.flush();
+        let (rules,) = result.map_err(|error| self.failure(store.data(), "rules", &error))?;
+        self.rules = rules;
         Ok(())
     }
 
     /// Takes an instance slot, makes a fresh store and instantiates.
     async fn start(&self, ctx: &CallContext, call: &'static str) -> Result<Running, PluginError> {
+        let (mut store, slot) = self.new_store(ctx).await?;
+        match self.pre.instantiate_async(&mut store).await {
+            Ok(bindings) => Ok(Running {
+                store,
+                bindings,
+                _slot: slot,
+            }),
+            Err(error) => {
+                let state = store.data();
+                state.output.flush();
+                Err(self.failure(state, call, &error))
+            }
+        }
+    }
+
+    /// Takes an instance slot and makes a fresh store under the call limits,
+    /// ready for one instantiation.
+    async fn new_store(
+        &self,
+        ctx: &CallContext,
+    ) -> Result<(Store<CallState>, OwnedSemaphorePermit), PluginError> {
         let inner = &self.engine.inner;
         let slot = inner
             .slots
@@ -182,6 +255,7 @@ impl LoadedPlugin {
             .acquire_owned()
             .await
             .map_err(|_| PluginError::Engine("the instance slots were closed".to_owned()))?;
+        inner.instances_started.fetch_add(1, Ordering::Relaxed);
         let limits = &inner.limits;
         let state = CallState::new(
             limits.memory_bytes,
@@ -205,18 +279,7 @@ impl LoadedPlugin {
             state.ticks_left -= 1;
             Ok(UpdateDeadline::Yield(1))
         });
-        match self.pre.instantiate_async(&mut store).await {
-            Ok(bindings) => Ok(Running {
-                store,
-                bindings,
-                _slot: slot,
-            }),
-            Err(error) => {
-                let state = store.data();
-                state.output.flush();
-                Err(self.failure(state, call, &error))
-            }
-        }
+        Ok((store, slot))
     }
 
     /// Ends a call: flushes its output and maps a wasmtime error. The store

@@ -12,14 +12,17 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::{PLUGIN_INTERFACE, Repeater, RepeaterPre};
+use super::bindings::{
+    CLASSIFICATION_INTERFACE, PLUGIN_INTERFACE, Repeater, RepeaterPre, is_plugin_interface,
+};
 use super::cache::CodeCache;
 use super::call::LoadedPlugin;
 use super::error::PluginError;
@@ -46,6 +49,18 @@ pub(crate) struct EngineInner {
     /// One permit per pooled instance slot, so calls past the pool's size
     /// wait for a slot instead of failing.
     pub(crate) slots: Arc<Semaphore>,
+    /// Plugin instances created so far, for [`PluginEngine::instances_started`].
+    pub(crate) instances_started: AtomicU64,
+}
+
+/// What type-checking a component found.
+pub(crate) struct Checked {
+    /// The component, pre-instantiated against the host's linker.
+    pub(crate) pre: RepeaterPre<CallState>,
+    /// The plugin interface's export name, with the version the plugin was built for.
+    pub(crate) interface: String,
+    /// The `rules` function of the optional `classification` export.
+    pub(crate) rules: Option<ComponentExportIndex>,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -90,6 +105,7 @@ impl PluginEngine {
                 limits,
                 cache,
                 slots,
+                instances_started: AtomicU64::new(0),
             }),
         })
     }
@@ -97,6 +113,12 @@ impl PluginEngine {
     /// The limits calls run under.
     pub fn limits(&self) -> &PluginLimits {
         &self.inner.limits
+    }
+
+    /// How many plugin instances this engine has created: one per call that
+    /// ran plugin code, plus one per load.
+    pub fn instances_started(&self) -> u64 {
+        self.inner.instances_started.load(Ordering::Relaxed)
     }
 
     /// The compiled-code cache, if the engine has one.
@@ -107,7 +129,8 @@ impl PluginEngine {
     /// Compiles (or takes from the cache), type-checks and pre-instantiates a
     /// component, then instantiates it once under the call limits so a
     /// component whose start-up code fails is refused here rather than on
-    /// the first record. Compilation runs on a blocking thread.
+    /// the first record; that instance also answers which rules judge the
+    /// plugin's replies. Compilation runs on a blocking thread.
     pub async fn load(&self, name: &str, bytes: Arc<[u8]>) -> Result<LoadedPlugin, PluginError> {
         let engine = self.clone();
         let owned_name = name.to_owned();
@@ -116,7 +139,8 @@ impl PluginEngine {
             .map_err(|e| {
                 PluginError::Engine(format!("plugin {name}: compile task failed: {e}"))
             })??;
-        plugin.try_instantiate().await?;
+        let mut plugin = plugin;
+        plugin.probe().await?;
         Ok(plugin)
     }
 
@@ -142,33 +166,32 @@ impl PluginEngine {
             }
             None => (compile(engine, name, bytes)?, false),
         };
-        let pre = self.type_check(name, &component)?;
+        let checked = self.type_check(name, &component)?;
         Ok(LoadedPlugin::new(
             self.clone(),
             name,
             hex::encode(digest),
             bytes.len(),
             from_cache,
-            pre,
+            checked,
         ))
     }
 
-    /// Checks that the component exports the v0.1 plugin interface with the
-    /// right types and imports nothing the host does not provide.
-    fn type_check(
-        &self,
-        name: &str,
-        component: &Component,
-    ) -> Result<RepeaterPre<CallState>, PluginError> {
+    /// Checks that the component exports the v0.1 plugin interface (any
+    /// 0.1.x) with the right types and imports nothing the host does not
+    /// provide, and finds the optional `classification` export.
+    fn type_check(&self, name: &str, component: &Component) -> Result<Checked, PluginError> {
         let engine = &self.inner.engine;
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
-        match ty.exports(engine).find(|(n, _)| *n == PLUGIN_INTERFACE) {
-            Some((_, export)) if matches!(export.ty, ComponentItem::ComponentInstance(_)) => {}
-            Some(_) => {
+        let interface = match ty.exports(engine).find(|(n, _)| is_plugin_interface(n)) {
+            Some((export, item)) if matches!(item.ty, ComponentItem::ComponentInstance(_)) => {
+                export.to_owned()
+            }
+            Some((export, _)) => {
                 return Err(PluginError::WrongWorld {
                     plugin: name.to_owned(),
-                    message: format!("{PLUGIN_INTERFACE} is exported but is not an interface"),
+                    message: format!("{export} is exported but is not an interface"),
                 });
             }
             None => {
@@ -182,7 +205,7 @@ impl PluginEngine {
                     },
                 });
             }
-        }
+        };
         let instance_pre =
             self.inner
                 .linker
@@ -191,9 +214,26 @@ impl PluginEngine {
                     plugin: name.to_owned(),
                     message: format!("{e:#}"),
                 })?;
-        RepeaterPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
+        let pre = RepeaterPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
             plugin: name.to_owned(),
             message: format!("{e:#}"),
+        })?;
+        // Looked up by semver, so a later 0.1.x plugin's export is found too.
+        let rules = component
+            .get_export_index(None, CLASSIFICATION_INTERFACE)
+            .map(|interface| {
+                component
+                    .get_export_index(Some(&interface), "rules")
+                    .ok_or_else(|| PluginError::WrongWorld {
+                        plugin: name.to_owned(),
+                        message: format!("{CLASSIFICATION_INTERFACE} does not export `rules`"),
+                    })
+            })
+            .transpose()?;
+        Ok(Checked {
+            pre,
+            interface,
+            rules,
         })
     }
 }

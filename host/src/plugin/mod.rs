@@ -7,7 +7,9 @@
 //!   bytes into a [`LoadedPlugin`].
 //! - [`LoadedPlugin`] runs `validate-config`, `build` and `classify`, each in
 //!   a fresh instance, returning the WIT types of [`types`] or a
-//!   [`PluginError`] naming the cause.
+//!   [`PluginError`] naming the cause. A plugin that declares the default
+//!   reply rules ([`ClassifyRules::Default`]) is judged by them in the host,
+//!   with no instance.
 //! - [`PluginRegistry`] maps names to the current version, loads built-ins
 //!   and a plugin directory, and hot-reloads changed files.
 //!
@@ -18,6 +20,7 @@ mod bindings;
 mod builtin;
 mod cache;
 mod call;
+mod default_rules;
 mod engine;
 mod error;
 mod limits;
@@ -26,10 +29,11 @@ mod registry;
 mod request_check;
 mod sandbox;
 
-pub use bindings::PLUGIN_INTERFACE;
+pub use bindings::{CLASSIFICATION_INTERFACE, ClassifyRules, PLUGIN_INTERFACE};
 pub use builtin::{BUILTIN_PLUGINS, HOSTILE_PLUGIN_PATH};
 pub use cache::CodeCache;
 pub use call::{CallContext, LoadedPlugin};
+pub(crate) use default_rules::judge_by_default_rules;
 pub use engine::PluginEngine;
 pub use error::PluginError;
 pub use limits::PluginLimits;
@@ -37,7 +41,7 @@ pub use registry::{
     DirWatcher, PluginRegistry, PluginSource, PluginStatus, PluginSwapped, check_name,
 };
 
-/// The WIT types plugins exchange with the host (`repeater:plugin/types@0.1.0`).
+/// The WIT types plugins exchange with the host (`repeater:plugin/types@0.1.1`).
 pub mod types {
     pub use super::bindings::types::{
         BuildOutcome, Event, Header, Method, Reply, Request, RequestSummary, Response, Retry,

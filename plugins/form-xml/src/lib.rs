@@ -74,6 +74,9 @@ pub struct FormXml;
 
 impl Plugin for FormXml {
     type Config = Config;
+    // Replies are judged by the SDK's default rules, which the host applies
+    // itself: no plugin instance per reply.
+    const DEFAULT_CLASSIFY: bool = true;
 
     fn validate_config(config: &Config) -> Result<(), String> {
         if is_xml_media_type(&config.content_type) {

@@ -88,6 +88,9 @@ pub struct JsonForward;
 
 impl Plugin for JsonForward {
     type Config = Config;
+    // Replies are judged by the SDK's default rules, which the host applies
+    // itself: no plugin instance per reply.
+    const DEFAULT_CLASSIFY: bool = true;
 
     fn validate_config(config: &Config) -> Result<(), String> {
         for (name, value) in &config.headers {

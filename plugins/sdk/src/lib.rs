@@ -1,11 +1,14 @@
 //! The SDK for writing repeaterd plugins in Rust.
 //!
-//! A plugin is a WebAssembly component implementing the `repeater:plugin`
-//! WIT world (`wit/v0.1/plugin.wit`). With this crate a plugin author:
+//! A plugin is a WebAssembly component implementing the `repeater-full`
+//! world of the `repeater:plugin` WIT package (`wit/v0.1/plugin.wit`): the
+//! `repeater` world the host requires, plus its optional interfaces. With
+//! this crate a plugin author:
 //!
 //! 1. implements [`Plugin`] on a type (a typed config, `build`, and
 //!    optionally `validate_config` and `classify`, which defaults to
-//!    [`default_classify`]);
+//!    [`default_classify`]; a plugin that keeps the default sets
+//!    [`Plugin::DEFAULT_CLASSIFY`] so the host applies those rules itself);
 //! 2. calls [`export_plugin!`] once with that type;
 //! 3. unit-tests the logic natively through [`testing`], with no wasm
 //!    runtime involved;
@@ -58,7 +61,7 @@ pub use types::{
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit/v0.1",
-        world: "repeater",
+        world: "repeater-full",
         // The export macro is expanded in plugin crates, not here.
         pub_export_macro: true,
         export_macro_name: "export_repeater_world",
@@ -71,6 +74,6 @@ pub mod bindings {
 /// Items the exported macros refer to; not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::plugin::{run_build, run_classify, run_validate_config};
+    pub use crate::plugin::{rules, run_build, run_classify, run_validate_config};
     pub use wit_bindgen;
 }

@@ -4,6 +4,7 @@
 
 use serde::de::DeserializeOwned;
 
+use crate::bindings::exports::repeater::plugin::classification::ReplyRules;
 use crate::classify::default_classify;
 use crate::types::{BuildOutcome, Event, Reply, RequestSummary, Verdict};
 
@@ -33,6 +34,26 @@ pub trait Plugin {
     fn classify(request: &RequestSummary, reply: &Reply, config: &Self::Config) -> Verdict {
         let _ = (request, config);
         default_classify(reply)
+    }
+
+    /// Set to `true` in a plugin that leaves [`classify`](Self::classify)
+    /// at its default. The plugin then declares the default rules (the
+    /// WIT `classification` interface), and the host judges its replies by
+    /// those rules itself, without starting a plugin instance for each
+    /// reply: one of the two instances a delivery costs.
+    ///
+    /// Once this is `true` the plugin's own `classify` is never called, by
+    /// the host or by [`testing::classify`](crate::testing::classify), so
+    /// leave it `false` in a plugin that overrides `classify`.
+    const DEFAULT_CLASSIFY: bool = false;
+}
+
+/// The rules a plugin declares, for the `classification` export.
+pub fn rules<P: Plugin>() -> ReplyRules {
+    if P::DEFAULT_CLASSIFY {
+        ReplyRules::DefaultRules
+    } else {
+        ReplyRules::OwnRules
     }
 }
 
@@ -64,8 +85,12 @@ pub fn run_build<P: Plugin>(event: &Event, config: &str) -> BuildOutcome {
 }
 
 /// Runs `classify`; with a config that no longer decodes the attempt is
-/// retried, for the same reason as in [`run_build`].
+/// retried, for the same reason as in [`run_build`]. A plugin that declares
+/// the default rules is judged by them, as the host judges it.
 pub fn run_classify<P: Plugin>(request: &RequestSummary, reply: &Reply, config: &str) -> Verdict {
+    if P::DEFAULT_CLASSIFY {
+        return default_classify(reply);
+    }
     match decode_config::<P>(config) {
         Ok(config) => P::classify(request, reply, &config),
         Err(err) => Verdict::retry(err),
@@ -73,7 +98,8 @@ pub fn run_classify<P: Plugin>(request: &RequestSummary, reply: &Reply, config: 
 }
 
 /// Exports a type implementing [`Plugin`] as the component's
-/// `repeater:plugin/plugin@0.1.0` interface. Call it once per plugin crate.
+/// `repeater:plugin/plugin@0.1.1` and `repeater:plugin/classification@0.1.1`
+/// interfaces. Call it once per plugin crate.
 ///
 /// On non-wasm targets the glue is type-checked but nothing is exported, so
 /// the crate's native unit tests link normally.
@@ -104,6 +130,14 @@ macro_rules! export_plugin {
                     config: ::std::string::String,
                 ) -> $crate::Verdict {
                     $crate::__private::run_classify::<$plugin>(&request, &reply, &config)
+                }
+            }
+
+            impl $crate::bindings::exports::repeater::plugin::classification::Guest
+                for RepeaterPluginExports
+            {
+                fn rules() -> $crate::bindings::exports::repeater::plugin::classification::ReplyRules {
+                    $crate::__private::rules::<$plugin>()
                 }
             }
 

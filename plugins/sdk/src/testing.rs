@@ -310,6 +310,54 @@ mod tests {
         ));
     }
 
+    /// A plugin that declares the default rules but overrides `classify`
+    /// anyway: the declaration wins, as it does in the host.
+    struct Declared;
+
+    impl Plugin for Declared {
+        type Config = serde_json::Value;
+        const DEFAULT_CLASSIFY: bool = true;
+
+        fn build(_event: &Event, _config: &serde_json::Value) -> BuildOutcome {
+            BuildOutcome::Skip
+        }
+
+        fn classify(
+            _request: &RequestSummary,
+            _reply: &Reply,
+            _config: &serde_json::Value,
+        ) -> Verdict {
+            Verdict::reject("never called")
+        }
+    }
+
+    #[test]
+    fn a_declared_default_is_judged_by_the_default_rules_whatever_classify_says() {
+        let target = summary("http://127.0.0.1:9/hook");
+        assert_eq!(
+            classify::<Declared>(&target, &response(202).build(), "{}"),
+            Verdict::Success
+        );
+        // The declared rules need no config, so a broken one changes nothing.
+        assert_eq!(
+            classify::<Declared>(&target, &response(202).build(), "{oops"),
+            Verdict::Success
+        );
+        let throttled = response(429).header("Retry-After", "30").build();
+        assert_eq!(
+            classify::<Declared>(&target, &throttled, "{}"),
+            crate::default_classify(&throttled)
+        );
+        assert_eq!(
+            crate::plugin::rules::<Declared>(),
+            crate::bindings::exports::repeater::plugin::classification::ReplyRules::DefaultRules
+        );
+        assert_eq!(
+            crate::plugin::rules::<Strict>(),
+            crate::bindings::exports::repeater::plugin::classification::ReplyRules::OwnRules
+        );
+    }
+
     #[test]
     fn summaries_report_what_was_built() {
         let request = Request::new(Method::Patch)

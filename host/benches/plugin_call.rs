@@ -1,14 +1,21 @@
 //! Cost of one plugin call pair as the dispatcher makes it: `build` then
-//! `classify` of the built-in json-forward plugin on a 1 KiB JSON payload,
-//! each in a fresh instance. Prints the median also as one JSON line:
-//! `{"scenario":"plugin_call","median_ns":...}`.
+//! `classify` of json-forward on a 1 KiB JSON payload, `build` in a fresh
+//! instance. Two versions of the same plugin:
+//!
+//! - the built-in one, which declares the default reply rules (WIT 0.1.1),
+//!   so the host judges the reply with no second instance;
+//! - the 0.1.0 build kept as a test fixture, which predates the declaration,
+//!   so its `classify` runs in an instance of its own.
+//!
+//! Prints each median also as one JSON line:
+//! `{"scenario":"plugin_call","plugin":...,"classify":...,"median_ns":...}`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use repeaterd::plugin::types::{BuildOutcome, Event, Reply, RequestSummary, Response};
-use repeaterd::plugin::{CallContext, LoadedPlugin, PluginEngine, PluginLimits};
+use repeaterd::plugin::{CallContext, ClassifyRules, LoadedPlugin, PluginEngine, PluginLimits};
 
 /// The daemon's allocator (see `src/main.rs`), so the figure is the cost
 /// the daemon pays.
@@ -70,41 +77,62 @@ async fn call_pair(plugin: &LoadedPlugin, ctx: &CallContext, event: &Event) {
         .expect("classify");
 }
 
+/// The json-forward component as built against WIT 0.1.0.
+const JSON_FORWARD_0_1_0: &[u8] =
+    include_bytes!("../tests/plugin_fixtures/json-forward-0.1.0.wasm");
+
 fn plugin_call(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let engine = PluginEngine::new(PluginLimits::default()).unwrap();
-    let bytes = repeaterd::plugin::builtin("json-forward").expect("json-forward is built in");
-    let plugin = runtime
-        .block_on(engine.load("json-forward", Arc::from(bytes)))
-        .unwrap();
+    let builtin = repeaterd::plugin::builtin("json-forward").expect("json-forward is built in");
     let ctx = CallContext::new("acme", "crm");
     let event = event();
     assert!(event.payload.len() >= 1024 && event.payload.len() < 1200);
 
-    c.bench_function("plugin_call/json-forward build+classify 1KiB", |b| {
-        b.iter(|| runtime.block_on(call_pair(&plugin, &ctx, &event)))
-    });
+    for (label, bytes, rules, classify) in [
+        (
+            "json-forward",
+            builtin,
+            ClassifyRules::Default,
+            "host default rules",
+        ),
+        (
+            "json-forward-0.1.0",
+            JSON_FORWARD_0_1_0,
+            ClassifyRules::Own,
+            "plugin instance",
+        ),
+    ] {
+        let plugin = runtime
+            .block_on(engine.load(label, Arc::from(bytes)))
+            .unwrap();
+        assert_eq!(plugin.classify_rules(), rules, "{label}");
 
-    // Criterion's own report has the full distribution; this is the
-    // comparable one-line figure.
-    let mut samples: Vec<Duration> = (0..2000)
-        .map(|_| {
-            let started = Instant::now();
-            runtime.block_on(call_pair(&plugin, &ctx, &event));
-            started.elapsed()
-        })
-        .collect();
-    samples.sort();
-    let median = samples[samples.len() / 2];
-    println!(
-        "{{\"scenario\":\"plugin_call\",\"median_ns\":{},\"p99_ns\":{},\"payload_bytes\":{}}}",
-        median.as_nanos(),
-        samples[samples.len() * 99 / 100].as_nanos(),
-        event.payload.len()
-    );
+        c.bench_function(&format!("plugin_call/{label} build+classify 1KiB"), |b| {
+            b.iter(|| runtime.block_on(call_pair(&plugin, &ctx, &event)))
+        });
+
+        // Criterion's own report has the full distribution; this is the
+        // comparable one-line figure.
+        let mut samples: Vec<Duration> = (0..2000)
+            .map(|_| {
+                let started = Instant::now();
+                runtime.block_on(call_pair(&plugin, &ctx, &event));
+                started.elapsed()
+            })
+            .collect();
+        samples.sort();
+        let median = samples[samples.len() / 2];
+        println!(
+            "{{\"scenario\":\"plugin_call\",\"plugin\":\"{label}\",\"classify\":\"{classify}\",\"median_ns\":{},\"p99_ns\":{},\"payload_bytes\":{}}}",
+            median.as_nanos(),
+            samples[samples.len() * 99 / 100].as_nanos(),
+            event.payload.len()
+        );
+    }
 }
 
 criterion_group!(benches, plugin_call);

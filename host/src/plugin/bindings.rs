@@ -51,3 +51,20 @@ pub enum ClassifyRules {
 
 pub use repeater::plugin::log::Level as LogLevel;
 pub use repeater::plugin::types;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_0_1_patch_is_the_plugin_interface_and_nothing_else_is() {
+        assert!(is_plugin_interface("repeater:plugin/plugin@0.1.0"));
+        assert!(is_plugin_interface(PLUGIN_INTERFACE));
+        assert!(is_plugin_interface("repeater:plugin/plugin@0.1.7"));
+        assert!(!is_plugin_interface("repeater:plugin/plugin@0.2.0"));
+        assert!(!is_plugin_interface("repeater:plugin/plugin@0.1."));
+        assert!(!is_plugin_interface("repeater:plugin/plugin"));
+        assert!(!is_plugin_interface("repeater:plugin/classification@0.1.1"));
+        assert!(!is_plugin_interface("acme:plugin/plugin@0.1.0"));
+    }
+}

@@ -4,7 +4,6 @@
 //! failure turned into a [`PluginError`] that names the cause.
 
 use std::sync::Arc;
-
 use std::sync::atomic::Ordering;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -212,12 +211,18 @@ impl LoadedPlugin {
             store.data().output.flush();
             return Ok(());
         };
-        let rules = instance
-            .get_typed_func::<(), (ClassifyRules,)>(&mut store, index)
-            .map_err(|e| PluginError::WrongWorld {
-                plugin: self.name.to_string(),
-                message: format!("{CLASSIFICATION_INTERFACE}: `rules` has the wrong type: {e:#}"),
-            })?;
+        let rules = match instance.get_typed_func::<(), (ClassifyRules,)>(&mut store, index) {
+            Ok(rules) => rules,
+            Err(error) => {
+                store.data().output.flush();
+                return Err(PluginError::WrongWorld {
+                    plugin: self.name.to_string(),
+                    message: format!(
+                        "{CLASSIFICATION_INTERFACE}: `rules` has the wrong type: {error:#}"
+                    ),
+                });
+            }
+        };
         let result = rules.call_async(&mut store, ()).await;
         store.data().output.flush();
         let (rules,) = result.map_err(|error| self.failure(store.data(), "rules", &error))?;

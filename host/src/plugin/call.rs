@@ -200,34 +200,38 @@ impl LoadedPlugin {
             repeater: "(load check)".to_owned(),
         };
         let (mut store, _slot) = self.new_store(&ctx).await?;
-        let instance = match self.pre.instance_pre().instantiate_async(&mut store).await {
-            Ok(instance) => instance,
-            Err(error) => {
-                store.data().output.flush();
-                return Err(self.failure(store.data(), "instantiate", &error));
-            }
-        };
-        let Some(index) = &self.rules_export else {
-            store.data().output.flush();
-            return Ok(());
-        };
-        let rules = match instance.get_typed_func::<(), (ClassifyRules,)>(&mut store, index) {
-            Ok(rules) => rules,
-            Err(error) => {
-                store.data().output.flush();
-                return Err(PluginError::WrongWorld {
-                    plugin: self.name.to_string(),
-                    message: format!(
-                        "{CLASSIFICATION_INTERFACE}: `rules` has the wrong type: {error:#}"
-                    ),
-                });
-            }
-        };
-        let result = rules.call_async(&mut store, ()).await;
+        let rules = self.ask_rules(&mut store).await;
+        // One flush for every way out, so start-up logs are never lost.
         store.data().output.flush();
-        let (rules,) = result.map_err(|error| self.failure(store.data(), "rules", &error))?;
-        self.rules = rules;
+        self.rules = rules?;
         Ok(())
+    }
+
+    /// Instantiates in `store` and calls the `classification` export's
+    /// `rules`; a plugin without the export has rules of its own.
+    async fn ask_rules(&self, store: &mut Store<CallState>) -> Result<ClassifyRules, PluginError> {
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|error| self.failure(store.data(), "instantiate", &error))?;
+        let Some(index) = &self.rules_export else {
+            return Ok(ClassifyRules::Own);
+        };
+        let rules = instance
+            .get_typed_func::<(), (ClassifyRules,)>(&mut *store, index)
+            .map_err(|error| PluginError::WrongWorld {
+                plugin: self.name.to_string(),
+                message: format!(
+                    "{CLASSIFICATION_INTERFACE}: `rules` has the wrong type: {error:#}"
+                ),
+            })?;
+        let (rules,) = rules
+            .call_async(&mut *store, ())
+            .await
+            .map_err(|error| self.failure(store.data(), "rules", &error))?;
+        Ok(rules)
     }
 
     /// Takes an instance slot, makes a fresh store and instantiates.

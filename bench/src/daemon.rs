@@ -233,6 +233,12 @@ impl Daemon {
         }
     }
 
+    /// The daemon's CPU time so far (user + system, all threads), when
+    /// `/proc` can tell.
+    pub fn cpu(&self) -> Option<Duration> {
+        crate::cpu::of_process(self.pid)
+    }
+
     /// The peak resident set seen so far, in MiB.
     pub fn peak_rss_mb(&self) -> f64 {
         self.peak_rss_kib as f64 / 1024.0

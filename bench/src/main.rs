@@ -11,6 +11,7 @@
 mod api;
 mod ceiling;
 mod claim;
+mod cpu;
 mod daemon;
 mod database;
 mod ingest;

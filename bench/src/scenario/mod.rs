@@ -230,3 +230,72 @@ pub fn latencies_ms(
 pub fn put(fields: &mut Fields, key: &str, value: f64) {
     fields.insert(key.to_owned(), Value::from(crate::stats::round3(value)));
 }
+
+/// CPU readings of the daemon and of this harness at the start of a
+/// measured span.
+pub struct CpuSpan {
+    daemon: Option<Duration>,
+    harness: Option<Duration>,
+    from: Instant,
+}
+
+/// Where the cores went over a measured span.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    /// The daemon's CPU time over the span.
+    pub daemon: Duration,
+    /// The daemon's CPU time per delivery.
+    pub daemon_per_delivery: Duration,
+    /// The daemon's CPU time as cores kept busy for the span.
+    pub daemon_cores: f64,
+    /// The harness's (receiver, ingest client) CPU time as cores.
+    pub harness_cores: f64,
+}
+
+impl CpuSpan {
+    /// Reads both processes' CPU time now.
+    pub fn start(daemon: &Daemon) -> CpuSpan {
+        CpuSpan {
+            daemon: daemon.cpu(),
+            harness: crate::cpu::of_self(),
+            from: Instant::now(),
+        }
+    }
+
+    /// What the span used up to now, spread over `deliveries`; `None` where
+    /// `/proc` cannot tell.
+    pub fn end(&self, daemon: &Daemon, deliveries: usize) -> Option<CpuUse> {
+        let wall = self.from.elapsed();
+        let used = daemon.cpu()?.saturating_sub(self.daemon?);
+        let harness = crate::cpu::of_self()?.saturating_sub(self.harness?);
+        Some(CpuUse {
+            daemon: used,
+            daemon_per_delivery: used / u32::try_from(deliveries.max(1)).unwrap_or(u32::MAX),
+            daemon_cores: crate::cpu::cores(used, wall),
+            harness_cores: crate::cpu::cores(harness, wall),
+        })
+    }
+}
+
+impl CpuUse {
+    /// Puts the figures into a scenario's JSON line (nulls when unknown).
+    pub fn put(used: Option<CpuUse>, fields: &mut Fields) {
+        let figures = [
+            ("daemon_cpu_s", used.map(|u| u.daemon.as_secs_f64())),
+            (
+                "daemon_cpu_us_per_delivery",
+                used.map(|u| u.daemon_per_delivery.as_secs_f64() * 1e6),
+            ),
+            ("daemon_cores", used.map(|u| u.daemon_cores)),
+            ("harness_cores", used.map(|u| u.harness_cores)),
+        ];
+        for (key, value) in figures {
+            match value {
+                Some(value) => put(fields, key, value),
+                None => {
+                    fields.insert(key.to_owned(), Value::Null);
+                }
+            }
+        }
+    }
+}

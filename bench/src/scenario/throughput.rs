@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Ctx, Fields, prepare, put, repeaters_of, verify_succeeded};
+use super::{CpuSpan, CpuUse, Ctx, Fields, prepare, put, repeaters_of, verify_succeeded};
 use crate::database::Backend;
 use crate::ingest::{IngestPlan, ingest};
 use crate::payload::BODY_BYTES;
@@ -43,6 +43,8 @@ pub struct Throughput {
     pub repeats: usize,
     /// Daemon peak RSS, MiB.
     pub peak_rss_mb: f64,
+    /// Where the cores went, first ingest to last delivery.
+    pub cpu: Option<CpuUse>,
 }
 
 /// Runs `events` through a fresh daemon on `backend` and measures.
@@ -72,6 +74,7 @@ pub async fn measure(
         payload_bytes: BODY_BYTES,
         prefix: "tp".into(),
     };
+    let cpu = CpuSpan::start(&daemon);
     let ingested = ingest(daemon.api(), &plan).await?;
     let records = ingested.records();
     let expected = per_domain as usize * DOMAINS * REPEATERS_PER_DOMAIN;
@@ -83,6 +86,7 @@ pub async fn measure(
     daemon.sample_rss();
     let limit = Duration::from_secs(60 + expected as u64 / 500);
     receiver.wait_for(records, limit).await?;
+    let cpu = cpu.end(&daemon, records);
     let last = receiver.last_arrival().unwrap_or(ingested.finished);
     let seconds = last
         .saturating_duration_since(ingested.started)
@@ -99,6 +103,7 @@ pub async fn measure(
             .as_secs_f64(),
         repeats: receiver.requests().saturating_sub(receiver.distinct()),
         peak_rss_mb,
+        cpu,
     })
 }
 
@@ -130,6 +135,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
     );
     fields.insert("repeated_deliveries".into(), Value::from(measured.repeats));
     put(fields, "peak_rss_mb", measured.peak_rss_mb);
+    CpuUse::put(measured.cpu, fields);
     match backend {
         Backend::Sqlite => {
             fields.insert("target".into(), Value::from(">= 20000 deliveries/s"));

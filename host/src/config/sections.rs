@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::secret::{Secret, SecretRef};
 use super::{ConfigError, duration};
+use crate::store::PoolSizes;
 
 /// serde: an unsigned number greater than zero.
 pub(crate) fn nonzero<'de, D, T>(de: D) -> Result<T, D::Error>
@@ -136,8 +137,9 @@ impl Default for DatabaseConfig {
             url: None,
             url_env: None,
             sqlite_path: PathBuf::from("repeaterd.db"),
-            max_connections: 10,
-            sqlite_read_connections: 4,
+            // The store's own defaults, so the two cannot drift apart.
+            max_connections: PoolSizes::default().postgres,
+            sqlite_read_connections: PoolSizes::default().sqlite_readers,
         }
     }
 }

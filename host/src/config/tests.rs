@@ -408,3 +408,16 @@ fn syntax_errors_carry_their_line() {
     assert_eq!(err.line(), Some(3), "{err}");
     assert!(err.to_string().contains("concurrency"), "{err}");
 }
+
+#[test]
+fn database_pool_defaults_are_the_documented_ones_and_the_stores() {
+    let defaults = crate::config::DatabaseConfig::default();
+    // The numbers the field docs and the README give.
+    assert_eq!(defaults.max_connections, 10);
+    assert_eq!(defaults.sqlite_read_connections, 4);
+    let store = crate::store::PoolSizes::default();
+    assert_eq!(
+        (defaults.max_connections, defaults.sqlite_read_connections),
+        (store.postgres, store.sqlite_readers)
+    );
+}

@@ -77,10 +77,10 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
     let config = ctx.daemon_config(&dir.path().join("state"), repeaters)?;
     let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
 
+    let cpu = CpuSpan::start(&daemon);
     // Pace by the clock: at each tick post the events that fell due since
     // the last one, to the next domain in turn. Posts run concurrently so
     // that a slow answer does not stall the pace.
-    let cpu = CpuSpan::start(&daemon);
     let paced_from = Instant::now();
     let started = paced_from + warmup;
     let mut posted_events = 0u64;

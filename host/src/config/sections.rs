@@ -133,13 +133,14 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> DatabaseConfig {
+        // The store's own defaults, so the two cannot drift apart.
+        let pools = PoolSizes::default();
         DatabaseConfig {
             url: None,
             url_env: None,
             sqlite_path: PathBuf::from("repeaterd.db"),
-            // The store's own defaults, so the two cannot drift apart.
-            max_connections: PoolSizes::default().postgres,
-            sqlite_read_connections: PoolSizes::default().sqlite_readers,
+            max_connections: pools.postgres,
+            sqlite_read_connections: pools.sqlite_readers,
         }
     }
 }

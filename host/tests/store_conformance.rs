@@ -521,6 +521,74 @@ async fn sqlite_a_failing_ingest_does_not_fail_the_ingests_grouped_with_it() {
     assert_eq!(all_records(&store, "good").await.len(), 20);
 }
 
+/// The group writer runs without foreign-key checks (they made SQLite copy
+/// every changed page into a statement journal): its statements must keep
+/// every reference whole themselves. A batch's outcomes for a record of
+/// another lane and for an id that does not exist write nothing, and the
+/// file passes SQLite's own foreign-key check afterwards.
+#[tokio::test]
+async fn sqlite_group_writes_leave_no_dangling_reference() {
+    let harness = sqlite_harness().await;
+    let store = harness.store.clone();
+    let a = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    store
+        .upsert_repeater(&spec("acme", "b", &[]), T0)
+        .await
+        .unwrap();
+    let events: Vec<NewEvent> = (0..3).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    let ingested = store.ingest("acme", &events, T0).await.unwrap();
+    let of_b: Vec<i64> = (ingested.iter())
+        .flat_map(|answer| &answer.records)
+        .filter(|record| record.repeater == "b")
+        .map(|record| record.id)
+        .collect();
+    assert_eq!(of_b.len(), 3);
+    let held = lease(&store, a, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let done = |record_id| RecordOutcome {
+        record_id,
+        state: RecordState::Succeeded,
+        next_attempt_at: None,
+        attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+    };
+    let mut outcomes: Vec<RecordOutcome> = claimed.iter().map(|r| done(r.id)).collect();
+    outcomes.push(done(of_b[0]));
+    outcomes.push(done(999_999));
+    store
+        .finish_batch(&held, &outcomes, None, true, T0 + 10)
+        .await
+        .unwrap();
+
+    let path = harness.sqlite_path();
+    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let dangling: Vec<(String, i64)> =
+        sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")
+            .fetch_all(&mut raw)
+            .await
+            .unwrap();
+    assert_eq!(dangling, Vec::<(String, i64)>::new());
+    let attempts: Vec<i64> =
+        sqlx::query_scalar("SELECT record_id FROM attempts ORDER BY record_id")
+            .fetch_all(&mut raw)
+            .await
+            .unwrap();
+    let mut of_a: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+    of_a.sort_unstable();
+    assert_eq!(attempts, of_a, "attempts only for the lane's own records");
+    raw.close().await.unwrap();
+    assert_eq!(
+        state_of(&store, "acme", of_b[0]).await,
+        RecordState::Pending
+    );
+}
+
 /// The SQLite writer checkpoints only past a large log, so that the copy
 /// into the database file runs beside it, not inside its commits. Without
 /// the background copy, a few hundred KiB of writes would stay in the log

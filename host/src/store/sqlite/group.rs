@@ -267,6 +267,18 @@ pub(super) fn open_writer(path: &Path) -> StoreResult<Connection> {
         STATEMENT_CACHE,
     )?;
     db.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+    // No statement journals: a multi-row statement that can fail part-way
+    // (a foreign key, a NOT NULL) inside a transaction makes SQLite copy
+    // every page it changes into a journal first, so that the statement
+    // alone can be undone. A group never needs that: when any statement
+    // fails, the whole transaction is rolled back and each job is tried
+    // alone. The group's statements are `OR FAIL` for the same reason, and
+    // foreign keys are not checked on this connection: its statements keep
+    // them whole by construction (records take the ids of events inserted
+    // or found in the same transaction; attempts join the lane's records).
+    // The journal copies cost about 3 % of the daemon's CPU at 7,000
+    // deliveries/s.
+    db.pragma_update(None, "foreign_keys", false)?;
     Ok(db)
 }
 
@@ -399,7 +411,7 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
         // lane, and it carries that batch's health and release with it.
         let sql = format!(
             "WITH v (id, epoch, token, health, backoff_until, backoff_step, last_error, \
-             last_success_at, release, now) AS ({}) UPDATE repeaters SET \
+             last_success_at, release, now) AS ({}) UPDATE OR FAIL repeaters SET \
              backoff_until = CASE WHEN v.health THEN v.backoff_until ELSE repeaters.backoff_until END, \
              backoff_step = CASE WHEN v.health THEN v.backoff_step ELSE repeaters.backoff_step END, \
              last_error = CASE WHEN v.health THEN COALESCE(v.last_error, repeaters.last_error) \
@@ -443,7 +455,7 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
         // Only records of the batch's own lane change.
         let sql = format!(
             "WITH v (record_id, repeater_id, state, next_attempt_at, counted, error, now) AS ({}) \
-             UPDATE records SET state = v.state, next_attempt_at = v.next_attempt_at, \
+             UPDATE OR FAIL records SET state = v.state, next_attempt_at = v.next_attempt_at, \
              attempts = records.attempts + v.counted, \
              last_error = CASE WHEN v.counted = 1 THEN v.error ELSE records.last_error END, \
              updated_at = v.now \
@@ -473,7 +485,7 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
         // skipped rather than failing the whole batch.
         let sql = format!(
             "WITH v (record_id, repeater_id, started_at, duration_ms, status, error, outcome, \
-             response_excerpt) AS ({}) INSERT INTO attempts \
+             response_excerpt) AS ({}) INSERT OR FAIL INTO attempts \
              (record_id, started_at, duration_ms, status, error, outcome, response_excerpt) \
              SELECT v.record_id, v.started_at, v.duration_ms, v.status, v.error, v.outcome, \
              v.response_excerpt FROM v JOIN records r ON r.id = v.record_id \
@@ -543,7 +555,7 @@ fn ingest_group(
     let mut event_ids: HashMap<EventRef, i64> = HashMap::with_capacity(fresh.len());
     for chunk in runs(&fresh) {
         let sql = format!(
-            "INSERT INTO events (domain, event_key, event_type, content_type, payload, \
+            "INSERT OR FAIL INTO events (domain, event_key, event_type, content_type, payload, \
              ordering_key, created_at) {} RETURNING id",
             values(chunk.len(), 7)
         );
@@ -581,7 +593,7 @@ fn ingest_group(
     }
     for chunk in runs(&wanted) {
         let sql = format!(
-            "INSERT INTO records (event_id, repeater_id, repeater_name, domain, state, attempts, \
+            "INSERT OR FAIL INTO records (event_id, repeater_id, repeater_name, domain, state, attempts, \
              age_origin, next_attempt_at, created_at, updated_at, ordering_key) {} RETURNING id",
             values(chunk.len(), 11)
         );
@@ -816,7 +828,8 @@ mod tests {
         assert_eq!(read("journal_mode"), "wal");
         // NORMAL is 1; FULL, SQLite's default, is 2.
         assert_eq!(read("synchronous"), "1");
-        assert_eq!(read("foreign_keys"), "1");
+        // Off on this connection only (see `open_writer`).
+        assert_eq!(read("foreign_keys"), "0");
         // MEMORY is 2; the default, 0, keeps statement journals in files.
         assert_eq!(read("temp_store"), "2");
         assert_eq!(read("wal_autocheckpoint"), WRITER_CHECKPOINT_PAGES);

@@ -43,6 +43,15 @@ impl Harness {
             .expect("a SQLite harness has a directory");
         dir.path().join(SQLITE_FILE)
     }
+
+    /// A connection of its own to the file of a [`sqlite_harness`], beside
+    /// the store's.
+    async fn sqlite_connection(&self) -> sqlx::SqliteConnection {
+        let url = format!("sqlite://{}", self.sqlite_path().display());
+        sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("a second connection to the file")
+    }
 }
 
 async fn sqlite_harness() -> Harness {
@@ -489,10 +498,7 @@ async fn sqlite_a_failing_ingest_does_not_fail_the_ingests_grouped_with_it() {
             .await
             .unwrap();
     }
-    let path = harness.sqlite_path();
-    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let mut raw = harness.sqlite_connection().await;
     sqlx::query("UPDATE repeaters SET spec = 'not json' WHERE domain = 'bad'")
         .execute(&mut raw)
         .await
@@ -530,16 +536,12 @@ async fn sqlite_a_failing_ingest_does_not_fail_the_ingests_grouped_with_it() {
 async fn sqlite_group_writes_leave_no_dangling_reference() {
     let harness = sqlite_harness().await;
     let store = harness.store.clone();
-    let a = store
-        .upsert_repeater(&spec("acme", "a", &[]), T0)
-        .await
-        .unwrap()
-        .id;
-    store
-        .upsert_repeater(&spec("acme", "b", &[]), T0)
-        .await
-        .unwrap();
-    let events: Vec<NewEvent> = (0..3).map(|i| event(Some(&format!("e{i}")), "t")).collect();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let row = store.upsert_repeater(&spec("acme", name, &[]), T0).await;
+        ids.push(row.unwrap().id);
+    }
+    let events: Vec<NewEvent> = ["e0", "e1", "e2"].map(|id| event(Some(id), "t")).into();
     let ingested = store.ingest("acme", &events, T0).await.unwrap();
     let of_b: Vec<i64> = (ingested.iter())
         .flat_map(|answer| &answer.records)
@@ -547,7 +549,7 @@ async fn sqlite_group_writes_leave_no_dangling_reference() {
         .map(|record| record.id)
         .collect();
     assert_eq!(of_b.len(), 3);
-    let held = lease(&store, a, T0).await;
+    let held = lease(&store, ids[0], T0).await;
     let claimed = store.claim(&held, 10, T0).await.unwrap();
     assert_eq!(claimed.len(), 3);
     let done = |record_id| RecordOutcome {
@@ -564,10 +566,7 @@ async fn sqlite_group_writes_leave_no_dangling_reference() {
         .await
         .unwrap();
 
-    let path = harness.sqlite_path();
-    let mut raw = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let mut raw = harness.sqlite_connection().await;
     let dangling: Vec<(String, i64)> =
         sqlx::query_as("SELECT \"table\", rowid FROM pragma_foreign_key_check")
             .fetch_all(&mut raw)
@@ -636,10 +635,7 @@ async fn sqlite_an_ingest_waits_for_a_write_lock_held_elsewhere() {
         .upsert_repeater(&spec("acme", "a", &[]), T0)
         .await
         .unwrap();
-    let path = harness.sqlite_path();
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-        .await
-        .expect("a second connection to the file");
+    let mut other = harness.sqlite_connection().await;
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut other)
         .await

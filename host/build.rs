@@ -100,7 +100,9 @@ fn run() -> Result<(), String> {
         .to_path_buf();
     let out_dir = PathBuf::from(var("OUT_DIR")?);
 
-    for watched in ["plugins", "wit", "Cargo.toml", "Cargo.lock"] {
+    // `migrations` is watched for the store: `sqlx::migrate!` embeds the
+    // migration files, but cannot ask cargo to notice a new one.
+    for watched in ["plugins", "wit", "migrations", "Cargo.toml", "Cargo.lock"] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()

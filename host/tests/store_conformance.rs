@@ -1872,6 +1872,23 @@ async fn records_listing_filters_and_pages_by_id(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(of_a.len(), 5);
     assert!(of_a.iter().all(|r| r.repeater == "a" && r.domain == "acme"));
+    // Pages of 2 over one repeater's records in two states (the rejected
+    // one first, then pending ones) merge the states in id order.
+    let mut paged = Vec::new();
+    let mut after = None;
+    while let Some(last) = {
+        let page = store
+            .records("acme", &query(Some("a"), None, after, 2))
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        paged.extend(page.iter().map(|r| r.id));
+        page.last().map(|r| r.id)
+    } {
+        after = Some(last);
+    }
+    assert_eq!(paged, of_a.iter().map(|r| r.id).collect::<Vec<_>>());
+    assert_eq!(of_a[0].state, RecordState::Rejected);
     let rejected = store
         .records("acme", &query(None, Some(RecordState::Rejected), None, 100))
         .await

@@ -24,7 +24,7 @@ use super::input::{
 };
 use super::rows::{
     ATTEMPT_COLUMNS, AttemptRowRaw, CLAIM_COLUMNS, ClaimedRecordRaw, RECORD_COLUMNS,
-    REPEATER_COLUMNS, RecordRowRaw, RepeaterRecordRaw, decode_state,
+    REPEATER_COLUMNS, RecordRowRaw, RepeaterRecordRaw, decode_state, records_page_sql,
 };
 use super::{
     AttemptRow, Backlog, ClaimedRecord, Ingested, IngestedRecord, Lease, ReadyRepeater,
@@ -636,26 +636,15 @@ impl Store for PostgresStore {
     }
 
     async fn records(&self, domain: &str, query: &RecordQuery) -> StoreResult<Vec<RecordRow>> {
-        let mut sql = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {RECORD_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id WHERE r.domain = "
-        ));
-        sql.push_bind(domain);
+        let sql = records_page_sql(query);
+        let mut page = sqlx::query_as::<_, RecordRowRaw>(&sql)
+            .bind(domain)
+            .bind(i64::from(query.limit))
+            .bind(query.after.unwrap_or(0));
         if let Some(repeater) = &query.repeater {
-            sql.push(" AND r.repeater_id = (SELECT id FROM repeaters WHERE domain = ")
-                .push_bind(domain)
-                .push(" AND name = ")
-                .push_bind(repeater.as_str())
-                .push(")");
+            page = page.bind(repeater.as_str());
         }
-        if let Some(state) = query.state {
-            sql.push(" AND r.state = ").push_bind(state.as_i16());
-        }
-        if let Some(after) = query.after {
-            sql.push(" AND r.id > ").push_bind(after);
-        }
-        sql.push(" ORDER BY r.id LIMIT ")
-            .push_bind(i64::from(query.limit));
-        let raws: Vec<RecordRowRaw> = sql.build_query_as().fetch_all(&self.pool).await?;
+        let raws = page.fetch_all(&self.pool).await?;
         raws.into_iter().map(RecordRowRaw::decode).collect()
     }
 

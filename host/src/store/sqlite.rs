@@ -37,7 +37,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::input::{self, ROWS_PER_STATEMENT, RecordUpdate, lease_lost, new_token};
 use super::rows::{
     ATTEMPT_COLUMNS, AttemptRowRaw, RECORD_COLUMNS, REPEATER_COLUMNS, RecordRowRaw,
-    RepeaterRecordRaw, decode_state,
+    RepeaterRecordRaw, decode_state, records_page_sql,
 };
 use super::{
     AttemptRow, Backlog, ClaimedRecord, Ingested, Lease, ReadyRepeater, RecordOutcome, RecordQuery,
@@ -519,26 +519,15 @@ impl Store for SqliteStore {
     }
 
     async fn records(&self, domain: &str, query: &RecordQuery) -> StoreResult<Vec<RecordRow>> {
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {RECORD_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id WHERE r.domain = "
-        ));
-        sql.push_bind(domain);
+        let sql = records_page_sql(query);
+        let mut page = sqlx::query_as::<_, RecordRowRaw>(&sql)
+            .bind(domain)
+            .bind(i64::from(query.limit))
+            .bind(query.after.unwrap_or(0));
         if let Some(repeater) = &query.repeater {
-            sql.push(" AND r.repeater_id = (SELECT id FROM repeaters WHERE domain = ")
-                .push_bind(domain)
-                .push(" AND name = ")
-                .push_bind(repeater.as_str())
-                .push(")");
+            page = page.bind(repeater.as_str());
         }
-        if let Some(state) = query.state {
-            sql.push(" AND r.state = ").push_bind(state.as_i16());
-        }
-        if let Some(after) = query.after {
-            sql.push(" AND r.id > ").push_bind(after);
-        }
-        sql.push(" ORDER BY r.id LIMIT ")
-            .push_bind(i64::from(query.limit));
-        let raws: Vec<RecordRowRaw> = sql.build_query_as().fetch_all(&self.reader).await?;
+        let raws = page.fetch_all(&self.reader).await?;
         raws.into_iter().map(RecordRowRaw::decode).collect()
     }
 
@@ -811,5 +800,67 @@ mod tests {
             READ_CONNECTIONS
         );
         assert_eq!(store.lane_reads.keep(), READ_CONNECTIONS as usize);
+    }
+
+    /// Every shape of the records listing reads `records` only through
+    /// ranges of the per-state indexes, one per listed state, and never scans
+    /// the table: a page must cost the same in a domain of ten records and
+    /// in one of ten million.
+    #[tokio::test]
+    async fn record_listings_read_only_index_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("plans.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        for repeater in [None, Some("a".to_owned())] {
+            for state in [None, Some(RecordState::Rejected)] {
+                let query = RecordQuery {
+                    repeater: repeater.clone(),
+                    state,
+                    after: Some(7),
+                    limit: 10,
+                };
+                let sql = format!("EXPLAIN QUERY PLAN {}", records_page_sql(&query));
+                let mut plan = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql)
+                    .bind("acme")
+                    .bind(10_i64)
+                    .bind(7_i64);
+                if let Some(name) = &repeater {
+                    plan = plan.bind(name.as_str());
+                }
+                let steps: Vec<String> = plan
+                    .fetch_all(&store.reader)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, _, _, detail)| detail)
+                    .collect();
+                let index = if repeater.is_some() {
+                    "records_repeater_state"
+                } else {
+                    "records_domain_state"
+                };
+                let ranges = steps
+                    .iter()
+                    .filter(|step| {
+                        step.starts_with(&format!("SEARCH records USING COVERING INDEX {index} ("))
+                            && step.ends_with("state=? AND id>?)")
+                    })
+                    .count();
+                let listed = if state.is_some() {
+                    1
+                } else {
+                    RecordState::ALL.len()
+                };
+                assert_eq!(ranges, listed, "{query:?}: {steps:#?}");
+                assert!(
+                    !steps.iter().any(|step| step.starts_with("SCAN records")
+                        || step.starts_with("SCAN r ")
+                        || step == "SCAN r"),
+                    "{query:?} scans the records table: {steps:#?}"
+                );
+            }
+        }
     }
 }

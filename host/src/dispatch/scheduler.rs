@@ -97,6 +97,9 @@ struct LaneState {
     /// Most records to grant the lane's next batch: twice what its last
     /// claim found, between [`MIN_GRANT`] and `dispatch.batch_size`.
     grant: u32,
+    /// Records granted to the running batch and charged to the domain's
+    /// fair share; what its claim does not find is refunded.
+    granted: u32,
 }
 
 /// The smallest grant a lane's batch gets, whatever its last claim found.
@@ -259,6 +262,7 @@ impl Scheduler {
                         burst: limits.burst,
                         busy: false,
                         grant: u32::MAX,
+                        granted: 0,
                     },
                 );
                 return;
@@ -275,6 +279,7 @@ impl Scheduler {
                 burst: u32::MAX,
                 busy: false,
                 grant: u32::MAX,
+                granted: 0,
             },
         );
     }
@@ -364,6 +369,8 @@ impl Scheduler {
             // Held for a whole TTL: let it go with this batch's results.
             let keep_lease = now < held.since.saturating_add(self.deps.settings.lease_ttl_ms);
             lane.busy = true;
+            lane.granted = records;
+            self.fair.charge(&repeater.domain, records);
             self.inflight += records;
             self.deps.metrics.set_inflight(self.inflight as usize);
             self.held.insert(repeater.id, held);
@@ -515,6 +522,10 @@ impl Scheduler {
                 idle_since: None,
             };
             self.kept.insert(done.repeater_id, held);
+        }
+        if let Some(lane) = self.lanes.get(&done.repeater_id) {
+            self.fair
+                .refund(&lane.domain, lane.granted.saturating_sub(done.claimed));
         }
         if !done.more_due {
             self.fair.remove(done.repeater_id);

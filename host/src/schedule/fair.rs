@@ -1,10 +1,16 @@
 //! Fair choice of the next repeater to run (rules 1 and 7).
 //!
-//! Round-robin across the domains that have ready work, then round-robin
-//! across that domain's ready repeaters: a domain with a thousand ready
-//! repeaters gets the same share of turns as a domain with one. Turns are
-//! counted in picks (batches); the per-repeater concurrency cap and the
-//! batch time budget bound what one pick can cost.
+//! Deficit round-robin across the domains that have ready work, then
+//! round-robin across that domain's ready repeaters: a domain with a
+//! thousand ready repeaters gets the same share as a domain with one. The
+//! share is counted in records: the caller charges each pick with the
+//! records it granted ([`FairQueue::charge`]) and gives back what the claim
+//! did not find ([`FairQueue::refund`]), and the next pick goes to the
+//! domain served least, turn order breaking ties. Counting picks instead let
+//! a domain whose batches happened to be larger (one repeater taking back
+//! the slots its own batch had just freed) deliver half as much again as
+//! the others. The per-repeater concurrency cap and the batch time budget
+//! bound what one pick can cost.
 //!
 //! The caller says, per candidate, whether it can run now (busy, leased,
 //! rate-limited, at its cap, or its whole domain over its rate). A skipped
@@ -50,7 +56,15 @@ struct DomainLane {
     heavy: VecDeque<ReadyRepeater>,
     /// Light picks since a heavy repeater last ran.
     light_picks: usize,
+    /// Records charged to the domain while it has been in the ready set.
+    served: u64,
 }
+
+/// How far, in records, a domain may fall behind the one served most and
+/// still catch up in full: a domain that could not run for a while (its
+/// only repeater busy, rate-limited, leased elsewhere) then takes at most
+/// this many records ahead of the others before sharing again.
+pub const MAX_CREDIT: u64 = 2_048;
 
 /// Which lane of a domain a candidate sits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +80,7 @@ impl DomainLane {
             light: VecDeque::new(),
             heavy: VecDeque::new(),
             light_picks: 0,
+            served: 0,
         }
     }
 
@@ -179,9 +194,13 @@ impl FairQueue {
             }
             kept.push_back(lane);
         }
+        // A domain joining the ready set starts level with the least served
+        // one: no credit for the time it had nothing to send.
+        let level = kept.iter().map(|lane| lane.served).min().unwrap_or(0);
         for domain in domain_order {
             if let Some(fresh) = by_domain.remove(domain) {
                 let mut lane = DomainLane::new(domain.to_owned());
+                lane.served = level;
                 for repeater in fresh {
                     let heavy = self.is_heavy(repeater.id);
                     lane.lane(if heavy { Lane::Heavy } else { Lane::Light })
@@ -193,10 +212,11 @@ impl FairQueue {
         self.domains = kept;
     }
 
-    /// Picks the next repeater to run: the first domain in turn order with a
-    /// repeater the caller accepts, and within it the first accepted
-    /// repeater in turn order. The picked repeater and its domain move to the
-    /// back; everything skipped keeps its place. The repeater stays in the
+    /// Picks the next repeater to run: of the domains with a repeater the
+    /// caller accepts, the one served least (the first in turn order among
+    /// equals), and within it the first accepted repeater in turn order.
+    /// The picked repeater and its domain move to the back; everything
+    /// skipped keeps its place. Charge the pick with [`FairQueue::charge`]. The repeater stays in the
     /// ready set until [`FairQueue::remove`] or the next
     /// [`FairQueue::set_ready`]; report it busy through `eligible` meanwhile.
     ///
@@ -205,7 +225,10 @@ impl FairQueue {
         &mut self,
         mut eligible: impl FnMut(&ReadyRepeater) -> R,
     ) -> Option<ReadyRepeater> {
-        for domain_index in 0..self.domains.len() {
+        let mut order: Vec<usize> = (0..self.domains.len()).collect();
+        // Stable: turn order decides among domains served alike.
+        order.sort_by_key(|&index| self.domains[index].served);
+        for domain_index in order {
             let lane = &mut self.domains[domain_index];
             let DomainPick::Found(which, index) =
                 Self::pick_in_domain(lane, self.heavy_share_rounds, &mut eligible)
@@ -224,6 +247,29 @@ impl FairQueue {
             return Some(picked);
         }
         None
+    }
+
+    /// Charges `records` to `domain`, the grant of the batch just picked
+    /// from it. A domain more than [`MAX_CREDIT`] records behind the most
+    /// served one is first brought up to that distance.
+    pub fn charge(&mut self, domain: &str, records: u32) {
+        let most = self
+            .domains
+            .iter()
+            .map(|lane| lane.served)
+            .max()
+            .unwrap_or(0);
+        if let Some(lane) = self.domains.iter_mut().find(|lane| lane.domain == domain) {
+            lane.served = lane.served.max(most.saturating_sub(MAX_CREDIT)) + u64::from(records);
+        }
+    }
+
+    /// Gives `records` back to `domain`: the part of a charged grant that
+    /// its claim did not find.
+    pub fn refund(&mut self, domain: &str, records: u32) {
+        if let Some(lane) = self.domains.iter_mut().find(|lane| lane.domain == domain) {
+            lane.served = lane.served.saturating_sub(u64::from(records));
+        }
     }
 
     fn pick_in_domain<R: Into<Eligibility>>(
@@ -409,6 +455,78 @@ mod tests {
         let counts: Vec<f64> = picks.values().copied().collect();
         let index = jain(&counts);
         assert!(index >= 0.99, "Jain's index {index}: {picks:?}");
+    }
+
+    #[test]
+    fn shares_are_counted_in_records_not_in_batches() {
+        // The shape the fairness benchmark showed: the one-repeater domain's
+        // batches carried 36 records, the five-repeater domain's 22.
+        let mut ready = vec![repeater(0, "one")];
+        ready.extend((1..=5).map(|id| repeater(id, "five")));
+        let mut queue = FairQueue::new();
+        queue.set_ready(&ready);
+        let mut records: HashMap<String, u64> = HashMap::new();
+        for _ in 0..1_000 {
+            let picked = queue.next(|_| true).expect("work is ready");
+            let batch = if picked.domain == "one" { 36 } else { 22 };
+            queue.charge(&picked.domain, batch);
+            *records.entry(picked.domain).or_default() += u64::from(batch);
+        }
+        let (one, five) = (records["one"], records["five"]);
+        assert!(one.abs_diff(five) <= 36, "one {one}, five {five}");
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_a_claim_did_not_find() {
+        let mut queue = FairQueue::new();
+        queue.set_ready(&[repeater(1, "a"), repeater(2, "b")]);
+        assert_eq!(queue.next(|_| true).unwrap().domain, "a");
+        queue.charge("a", 50);
+        assert_eq!(queue.next(|_| true).unwrap().domain, "b");
+        queue.charge("b", 20);
+        // a found only 5 of its 50: it is now behind b and goes first.
+        queue.refund("a", 45);
+        assert_eq!(queue.next(|_| true).unwrap().domain, "a");
+    }
+
+    #[test]
+    fn a_domain_that_could_not_run_catches_up_by_at_most_the_credit() {
+        let mut queue = FairQueue::new();
+        queue.set_ready(&[repeater(1, "idle"), repeater(2, "busy")]);
+        // "idle" cannot run while "busy" is served 100 batches of 50.
+        for _ in 0..100 {
+            let picked = queue.next(|r| r.domain == "busy").unwrap();
+            queue.charge(&picked.domain, 50);
+        }
+        // Without the bound it would take 100 batches in a row.
+        let mut in_a_row: u64 = 0;
+        while queue.next(|_| true).unwrap().domain == "idle" {
+            queue.charge("idle", 50);
+            in_a_row += 1;
+        }
+        let credit = MAX_CREDIT / 50;
+        assert!(
+            (credit..=credit + 2).contains(&in_a_row),
+            "{in_a_row} batches in a row"
+        );
+    }
+
+    #[test]
+    fn a_domain_joining_the_ready_set_gets_no_credit_for_its_absence() {
+        let mut queue = FairQueue::new();
+        queue.set_ready(&[repeater(1, "old")]);
+        for _ in 0..10 {
+            queue.next(|_| true).unwrap();
+            queue.charge("old", 50);
+        }
+        queue.set_ready(&[repeater(1, "old"), repeater(2, "new")]);
+        let mut picks = Vec::new();
+        for _ in 0..6 {
+            let picked = queue.next(|_| true).unwrap();
+            queue.charge(&picked.domain, 50);
+            picks.push(picked.domain);
+        }
+        assert_eq!(picks, ["old", "new", "old", "new", "old", "new"]);
     }
 
     #[test]

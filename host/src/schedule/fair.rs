@@ -216,9 +216,10 @@ impl FairQueue {
     /// caller accepts, the one served least (the first in turn order among
     /// equals), and within it the first accepted repeater in turn order.
     /// The picked repeater and its domain move to the back; everything
-    /// skipped keeps its place. Charge the pick with [`FairQueue::charge`]. The repeater stays in the
-    /// ready set until [`FairQueue::remove`] or the next
-    /// [`FairQueue::set_ready`]; report it busy through `eligible` meanwhile.
+    /// skipped keeps its place. Charge the pick with [`FairQueue::charge`].
+    /// The repeater stays in the ready set until [`FairQueue::remove`] or
+    /// the next [`FairQueue::set_ready`]; report it busy through `eligible`
+    /// meanwhile.
     ///
     /// `eligible` may return a `bool` or an [`Eligibility`].
     pub fn next<R: Into<Eligibility>>(

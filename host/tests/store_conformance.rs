@@ -1812,6 +1812,21 @@ async fn backlog_counts_records_by_state(store: Arc<dyn Store>) {
     );
 }
 
+/// The ids of every page of `query` in domain `acme`, walked by keyset
+/// pagination from its `after`; no page may exceed `query.limit`.
+async fn paged_ids(store: &Arc<dyn Store>, mut query: RecordQuery) -> Vec<i64> {
+    let mut ids = Vec::new();
+    loop {
+        let page = store.records("acme", &query).await.unwrap();
+        let Some(last) = page.last() else {
+            return ids;
+        };
+        assert!(page.len() <= query.limit as usize);
+        query.after = Some(last.id);
+        ids.extend(page.iter().map(|r| r.id));
+    }
+}
+
 async fn records_listing_filters_and_pages_by_id(store: Arc<dyn Store>) {
     let a = store
         .upsert_repeater(&spec("acme", "a", &[]), T0)
@@ -1849,20 +1864,7 @@ async fn records_listing_filters_and_pages_by_id(store: Arc<dyn Store>) {
         limit,
     };
     // Pages of 4 over 10 records, in id order, without gaps or repeats.
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .records("acme", &query(None, None, after, 4))
-            .await
-            .unwrap();
-        if page.is_empty() {
-            break;
-        }
-        assert!(page.len() <= 4);
-        after = Some(page.last().unwrap().id);
-        seen.extend(page.into_iter().map(|r| r.id));
-    }
+    let seen = paged_ids(&store, query(None, None, None, 4)).await;
     assert_eq!(seen.len(), 10);
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
 
@@ -1874,19 +1876,7 @@ async fn records_listing_filters_and_pages_by_id(store: Arc<dyn Store>) {
     assert!(of_a.iter().all(|r| r.repeater == "a" && r.domain == "acme"));
     // Pages of 2 over one repeater's records in two states (the rejected
     // one first, then pending ones) merge the states in id order.
-    let mut paged = Vec::new();
-    let mut after = None;
-    while let Some(last) = {
-        let page = store
-            .records("acme", &query(Some("a"), None, after, 2))
-            .await
-            .unwrap();
-        assert!(page.len() <= 2);
-        paged.extend(page.iter().map(|r| r.id));
-        page.last().map(|r| r.id)
-    } {
-        after = Some(last);
-    }
+    let paged = paged_ids(&store, query(Some("a"), None, None, 2)).await;
     assert_eq!(paged, of_a.iter().map(|r| r.id).collect::<Vec<_>>());
     assert_eq!(of_a[0].state, RecordState::Rejected);
     let rejected = store

@@ -326,3 +326,31 @@ pub fn dispatch_settings(config: &Config) -> DispatchSettings {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::Grant;
+    use crate::config::SecretRef;
+
+    #[test]
+    fn api_tokens_are_read_from_the_environment_naming_a_missing_one() {
+        let mut config = Config::default();
+        assert!(api_auth(&config).unwrap().is_open());
+        // PATH is set in every test environment; it stands in for a token
+        // variable without mutating the process environment.
+        let path = std::env::var("PATH").unwrap();
+        config.security.admin_token_env = Some(SecretRef::new("PATH").unwrap());
+        let auth = api_auth(&config).unwrap();
+        assert_eq!(auth.grant(&path), Some(Grant::Admin));
+        config.security.domain_tokens.insert(
+            "acme".into(),
+            SecretRef::new("REPEATERD_TEST_SURELY_UNSET_7F3A").unwrap(),
+        );
+        let err = api_auth(&config).unwrap_err();
+        assert!(
+            err.to_string().contains("REPEATERD_TEST_SURELY_UNSET_7F3A"),
+            "{err}"
+        );
+    }
+}

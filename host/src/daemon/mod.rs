@@ -24,10 +24,11 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiAuth, ApiLimits, ApiState, AuthConfigError};
 use crate::config::{Config, ConfigError, DispatchConfig};
-use crate::dispatch::credentials::Credentials;
 use crate::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
 use crate::model::now_millis;
-use crate::outbound::{AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig};
+use crate::outbound::{
+    AuthConfig, Authenticator, Credentials, EnvSecrets, Outbound, OutboundConfig,
+};
 use crate::plugin::{CallContext, PluginEngine, PluginError, PluginLimits, PluginRegistry};
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::Metrics;

@@ -24,11 +24,14 @@ use tokio::sync::watch;
 
 use crate::config::EffectiveLimits;
 use crate::dispatch::attempt::{AttemptContext, run_attempt};
-use crate::dispatch::judge::{AttemptReport, JudgePolicy, Verdict, judge_batch};
 use crate::dispatch::{DispatchDeps, limits_of};
-use crate::model::{AttemptOutcome, RecordState, now_millis};
+use crate::model::{
+    AttemptOutcome, ClaimedRecord, ReadyRepeater, RecordOutcome, RecordState, RepeaterHealth,
+    now_millis,
+};
 use crate::plugin::{CallContext, LoadedPlugin, PluginError};
-use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError};
+use crate::schedule::{AttemptReport, JudgePolicy, Verdict, judge_batch};
+use crate::store::{Lease, RepeaterRow, StoreError};
 
 /// What a finished batch tells the scheduler loop.
 #[derive(Debug, Clone)]
@@ -266,7 +269,7 @@ async fn run_lane(
 /// finish.
 async fn run_window(
     ctx: &AttemptContext,
-    records: &[crate::store::ClaimedRecord],
+    records: &[ClaimedRecord],
     concurrency: usize,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<AttemptReport> {
@@ -346,7 +349,7 @@ async fn finish(
     deps: &DispatchDeps,
     repeater: &ReadyRepeater,
     lease: &Lease,
-    outcomes: &[crate::store::RecordOutcome],
+    outcomes: &[RecordOutcome],
     health: Option<&RepeaterHealth>,
     release_lease: bool,
     done: &mut BatchDone,
@@ -382,7 +385,7 @@ fn count_outcomes(
     deps: &DispatchDeps,
     domain: &str,
     reports: &[AttemptReport],
-    outcomes: &[crate::store::RecordOutcome],
+    outcomes: &[RecordOutcome],
 ) {
     for report in reports {
         let outcome = match report.verdict {

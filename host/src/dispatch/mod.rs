@@ -2,14 +2,13 @@
 //! process: fair choice of the next repeater, global in-flight cap, AIMD
 //! and rate pacing per repeater, prompt wake-up), the lane runner (one batch
 //! of one repeater under its lease: plugin → HTTP → plugin → store), the
-//! pure judgement of a batch's outcomes, the URL a built request goes to,
-//! and the retention purge.
+//! URL a built request goes to, and the retention purge. What to decide
+//! about a batch (its grant, its pacing, the judgement of its outcomes) is
+//! [`crate::schedule`]'s; this module does the I/O around those decisions.
 //!
 //! - [`scheduler`]: the loop ([`Dispatcher::spawn`] starts it).
 //! - [`lane`]: one batch, fenced by the lease epoch, lease renewed at ttl/3.
 //! - [`attempt`]: one record's attempt; plugin errors become outcomes.
-//! - [`credentials`]: authentication and Standard Webhooks signing.
-//! - [`judge`]: attempts → record states, next attempt times, repeater health.
 //! - [`target`]: repeater URL + plugin path/query, refusing `..`.
 //! - [`retention`]: bounded purges of old terminal records.
 //!
@@ -19,8 +18,6 @@
 //! lease write.
 
 pub mod attempt;
-pub mod credentials;
-pub mod judge;
 pub mod lane;
 pub mod retention;
 pub(crate) mod scheduler;
@@ -34,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DispatchConfig, EffectiveLimits};
 use crate::model::RepeaterSpec;
-use crate::outbound::Outbound;
+use crate::outbound::{Credentials, Outbound};
 use crate::plugin::PluginRegistry;
 use crate::schedule::{Backoff, RetryPolicy};
 use crate::store::Store;
@@ -92,7 +89,7 @@ pub struct DispatchDeps {
     /// The guarded HTTP client.
     pub outbound: Outbound,
     /// Authentication and signing added after `build`.
-    pub credentials: credentials::Credentials,
+    pub credentials: Credentials,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Process-level settings.

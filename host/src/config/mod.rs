@@ -6,7 +6,8 @@
 //!
 //! - [`sections`]: `[server]`, `[database]`, `[plugins]`, `[security]`.
 //! - [`dispatch`]: `[dispatch]` and [`EffectiveLimits`], a repeater's limits
-//!   with defaults resolved, which build the [`crate::schedule`] policies.
+//!   with defaults resolved, from which the dispatcher builds the scheduling
+//!   policies.
 //! - [`repeater`]: `[[repeater]]` tables and [`check_repeater_spec`].
 
 pub mod dispatch;

@@ -23,8 +23,9 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 
 use crate::config::EffectiveLimits;
+use crate::dispatch::DispatchDeps;
 use crate::dispatch::attempt::{AttemptContext, run_attempt};
-use crate::dispatch::{DispatchDeps, limits_of};
+use crate::dispatch::policy::{self, limits_of};
 use crate::model::{
     AttemptOutcome, ClaimedRecord, ReadyRepeater, RecordOutcome, RecordState, RepeaterHealth,
     now_millis,
@@ -169,7 +170,7 @@ async fn run_lane(
             // off with the reason in its status, without touching records.
             tracing::warn!(repeater = %label(repeater), %error, "plugin unavailable; backing the repeater off");
             let now = now_millis();
-            let backoff = deps.backoff(&limits);
+            let backoff = policy::backoff(&limits);
             let (until, step) =
                 backoff.after_failure(row.backoff_step, now, None, &mut rand::rng());
             let health = RepeaterHealth {
@@ -223,8 +224,8 @@ async fn run_lane(
         }
     }
     let now = now_millis();
-    let retry = deps.retry_policy(&limits);
-    let backoff = deps.backoff(&limits);
+    let retry = policy::retry_policy(&limits);
+    let backoff = policy::backoff(&limits);
     let policy = JudgePolicy {
         retry: &retry,
         backoff: &backoff,

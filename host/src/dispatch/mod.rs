@@ -9,6 +9,7 @@
 //! - [`scheduler`]: the loop ([`Dispatcher::spawn`] starts it).
 //! - [`lane`]: one batch, fenced by the lease epoch, lease renewed at ttl/3.
 //! - [`attempt`]: one record's attempt; plugin errors become outcomes.
+//! - [`policy`]: a repeater's resolved limits as the schedule's policies.
 //! - [`target`]: repeater URL + plugin path/query, refusing `..`.
 //! - [`retention`]: bounded purges of old terminal records.
 //!
@@ -19,6 +20,7 @@
 
 pub mod attempt;
 pub mod lane;
+pub mod policy;
 pub mod retention;
 pub(crate) mod scheduler;
 pub mod target;
@@ -29,11 +31,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{DispatchConfig, EffectiveLimits};
-use crate::model::RepeaterSpec;
+use crate::config::DispatchConfig;
 use crate::outbound::{Credentials, Outbound};
 use crate::plugin::PluginRegistry;
-use crate::schedule::{Backoff, RetryPolicy};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -96,23 +96,6 @@ pub struct DispatchDeps {
     pub settings: DispatchSettings,
     /// Global dispatch defaults; replaced on config reload.
     pub config: watch::Receiver<Arc<DispatchConfig>>,
-}
-
-impl DispatchDeps {
-    /// The record retry policy for a repeater's limits.
-    pub fn retry_policy(&self, limits: &EffectiveLimits) -> RetryPolicy {
-        limits.retry_policy()
-    }
-
-    /// The repeater backoff for a repeater's limits.
-    pub fn backoff(&self, limits: &EffectiveLimits) -> Backoff {
-        limits.backoff()
-    }
-}
-
-/// A repeater's limits with every default resolved.
-pub(crate) fn limits_of(deps: &DispatchDeps, spec: &RepeaterSpec) -> EffectiveLimits {
-    deps.config.borrow().effective(&spec.limits)
 }
 
 /// The dispatcher of one process.

@@ -21,8 +21,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::dispatch::DispatchDeps;
 use crate::dispatch::lane::{self, BatchDone, BatchGrant, SlotReturn, run_batch};
-use crate::dispatch::{DispatchDeps, limits_of};
+use crate::dispatch::policy::{self, limits_of};
 use crate::model::ReadyRepeater;
 use crate::model::{Millis, now_millis};
 use crate::schedule::{
@@ -218,9 +219,7 @@ impl Scheduler {
         {
             Ok(Some(row)) => {
                 let limits = limits_of(&self.deps, &row.spec);
-                let pacer = limits
-                    .rate_per_second
-                    .map(|rate| RatePacer::new(rate, limits.burst));
+                let pacer = policy::rate_pacer(&limits);
                 self.lanes.insert(
                     repeater.id,
                     LaneState {
@@ -256,7 +255,7 @@ impl Scheduler {
     /// if any.
     async fn hand_out(&mut self) -> Option<Millis> {
         let max = self.deps.settings.max_inflight.max(1);
-        let domain_pacer = self.deps.config.borrow().domain_pacer();
+        let domain_pacer = policy::domain_pacer(&self.deps.config.borrow());
         while self.inflight < max {
             let now = now_millis();
             let (lanes, taken, domains) = (&self.lanes, &self.taken, &self.domain_pacers);

@@ -16,3 +16,7 @@ pub mod plugin;
 pub mod schedule;
 pub mod store;
 pub mod telemetry;
+
+/// The dependency rule of `ARCHITECTURE.md`, checked against the sources.
+#[cfg(test)]
+mod layers;

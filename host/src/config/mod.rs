@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use dispatch::{DispatchConfig, EffectiveLimits};
-pub use duration::{format_duration, parse_duration};
 pub use repeater::{SpecError, check_repeater_spec, check_url};
 pub use secret::{Secret, SecretRef, check_env_name};
 pub use sections::{DatabaseConfig, DatabaseUrl, PluginsConfig, SecurityConfig, ServerConfig};
@@ -209,8 +208,8 @@ impl Config {
                 "dispatch.backoff_min",
                 format!(
                     "backoff_min ({}) is larger than backoff_max ({})",
-                    format_duration(dispatch.backoff_min),
-                    format_duration(dispatch.backoff_max)
+                    humantime::format_duration(dispatch.backoff_min),
+                    humantime::format_duration(dispatch.backoff_max)
                 ),
             ));
         }

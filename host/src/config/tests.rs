@@ -417,3 +417,11 @@ fn database_pool_defaults_are_the_documented_ones() {
     assert_eq!(defaults.max_connections, 10);
     assert_eq!(defaults.sqlite_read_connections, 4);
 }
+
+#[test]
+fn a_multi_line_string_that_looks_like_tables_does_not_move_errors() {
+    let text = format!(
+        "{REPEATER}plugin_config = {{ template = \"\"\"\n[other]\nordering = 1\n\"\"\" }}\nordering = \"lifo\"\n"
+    );
+    assert_invalid(&text, 10, "repeater[0].ordering", "lifo");
+}

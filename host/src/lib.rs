@@ -4,7 +4,9 @@
 //! (TOML schema and validation), [`store`] (durable state behind one trait),
 //! [`schedule`] (pure scheduling policy), [`dispatch`] (running a repeater's
 //! batch), [`plugin`] (the wasm sandbox), [`outbound`] (HTTP client, SSRF
-//! guard, auth, signatures), [`api`] (HTTP API) and [`telemetry`].
+//! guard, auth, signatures), [`api`] (HTTP API), [`telemetry`] and
+//! [`daemon`] (the wiring of `repeaterd serve`). `ARCHITECTURE.md` states
+//! which may use which; the `layers` tests hold the code to it.
 
 pub mod api;
 pub mod config;
@@ -16,3 +18,7 @@ pub mod plugin;
 pub mod schedule;
 pub mod store;
 pub mod telemetry;
+
+/// The dependency rule of `ARCHITECTURE.md`, checked against the sources.
+#[cfg(test)]
+mod layers;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::{Receiver, Reply};
 use repeaterd::config::DispatchConfig;
-use repeaterd::dispatch::credentials::Credentials;
 use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
 use repeaterd::model::{NewEvent, RecordState, RepeaterSpec, now_millis};
+use repeaterd::outbound::Credentials;
 use repeaterd::outbound::{
     AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig, SecretSource,
 };

@@ -23,7 +23,6 @@ use subtle::ConstantTimeEq;
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::config::SecurityConfig;
 use crate::model::{InvalidName, check_slug};
 
 /// Why a token configuration was refused.
@@ -35,10 +34,6 @@ pub enum AuthConfigError {
     /// A domain token names an invalid domain.
     #[error(transparent)]
     InvalidDomain(#[from] InvalidName),
-    /// A token's environment variable could not be read (the message names
-    /// the variable, never a value).
-    #[error("{0}")]
-    Secret(String),
 }
 
 type TokenDigest = [u8; 32];
@@ -129,22 +124,6 @@ impl ApiAuth {
                 domains: domain_tokens,
             }),
         })
-    }
-
-    /// Reads the `[security]` tokens from their environment variables.
-    pub fn from_security(security: &SecurityConfig) -> Result<ApiAuth, AuthConfigError> {
-        let read = |reference: &crate::config::SecretRef| {
-            reference
-                .resolve()
-                .map(|secret| secret.expose().to_owned())
-                .map_err(|err| AuthConfigError::Secret(err.to_string()))
-        };
-        let admin = security.admin_token_env.as_ref().map(read).transpose()?;
-        let mut domains = Vec::with_capacity(security.domain_tokens.len());
-        for (domain, reference) in &security.domain_tokens {
-            domains.push((domain.clone(), read(reference)?));
-        }
-        ApiAuth::new(admin, domains)
     }
 
     /// True when no token is configured and every route is open.
@@ -342,27 +321,6 @@ mod tests {
         let auth = ApiAuth::open();
         assert!(auth.is_open());
         assert!(auth.check(&HeaderMap::new(), &Scope::Admin).is_ok());
-    }
-
-    #[test]
-    fn security_config_tokens_are_read_from_the_environment() {
-        let mut security = SecurityConfig::default();
-        assert!(ApiAuth::from_security(&security).unwrap().is_open());
-        // PATH is set in every test environment; it stands in for a token
-        // variable without mutating the process environment.
-        let path = std::env::var("PATH").unwrap();
-        security.admin_token_env = Some(crate::config::SecretRef::new("PATH").unwrap());
-        let auth = ApiAuth::from_security(&security).unwrap();
-        assert_eq!(auth.grant(&path), Some(Grant::Admin));
-        security.domain_tokens.insert(
-            "acme".into(),
-            crate::config::SecretRef::new("REPEATERD_TEST_SURELY_UNSET_7F3A").unwrap(),
-        );
-        let err = ApiAuth::from_security(&security).unwrap_err();
-        assert!(
-            err.to_string().contains("REPEATERD_TEST_SURELY_UNSET_7F3A"),
-            "{err}"
-        );
     }
 
     #[test]

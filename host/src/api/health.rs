@@ -52,7 +52,9 @@ pub async fn readyz(State(state): State<ApiState>) -> Result<Json<Value>, ApiErr
 /// failing store does not fail the scrape: the other metrics still matter
 /// most then, and `repeaterd_backlog_refresh_errors_total` shows it.
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    let refresh = state.metrics.refresh_backlog(state.store.as_ref());
+    let refresh = state
+        .metrics
+        .refresh_backlog(state.store.backlog_by_domain());
     match tokio::time::timeout(STORE_PROBE_TIMEOUT, refresh).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "metrics: backlog query failed"),

@@ -8,7 +8,6 @@ use serde::{Deserialize, Deserializer};
 use super::duration;
 use super::sections::nonzero;
 use crate::model::RepeaterLimits;
-use crate::schedule::{Aimd, Backoff, RatePacer, RetryPolicy};
 
 /// serde: a finite rate greater than zero.
 pub(crate) fn rate_opt<'de, D: Deserializer<'de>>(de: D) -> Result<Option<f64>, D::Error> {
@@ -141,7 +140,8 @@ impl Default for DispatchConfig {
     }
 }
 
-/// A repeater's limits with every default resolved.
+/// A repeater's limits with every default resolved. The dispatcher turns
+/// them into the scheduling policies (`dispatch::policy`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EffectiveLimits {
     /// Concurrency ceiling (the AIMD cap).
@@ -168,44 +168,6 @@ pub struct EffectiveLimits {
     pub retry_after_max: Duration,
     /// Bytes of each response kept.
     pub response_excerpt_bytes: usize,
-}
-
-fn ms(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-impl EffectiveLimits {
-    /// The record retry policy.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            schedule_ms: self.retry_schedule.iter().copied().map(ms).collect(),
-            jitter: self.jitter,
-            max_attempts: self.max_attempts,
-            max_age_ms: ms(self.max_age),
-            max_retry_after_ms: ms(self.retry_after_max),
-        }
-    }
-
-    /// The repeater backoff policy.
-    pub fn backoff(&self) -> Backoff {
-        Backoff {
-            min_ms: ms(self.backoff_min),
-            max_ms: ms(self.backoff_max),
-            jitter: self.jitter,
-            max_retry_after_ms: ms(self.retry_after_max),
-        }
-    }
-
-    /// A fresh AIMD concurrency state at the ceiling.
-    pub fn aimd(&self) -> Aimd {
-        Aimd::new(self.concurrency)
-    }
-
-    /// A fresh rate pacer, or `None` when the repeater is not rate-limited.
-    pub fn rate_pacer(&self) -> Option<RatePacer> {
-        self.rate_per_second
-            .map(|rate| RatePacer::new(rate, self.burst))
-    }
 }
 
 impl DispatchConfig {
@@ -239,11 +201,5 @@ impl DispatchConfig {
                 .response_excerpt_bytes
                 .unwrap_or(self.response_excerpt_bytes),
         }
-    }
-
-    /// A fresh pacer for one domain, or `None` when domains are not rate-limited.
-    pub fn domain_pacer(&self) -> Option<RatePacer> {
-        self.domain_rate_per_second
-            .map(|rate| RatePacer::new(rate, self.domain_burst))
     }
 }

@@ -1,78 +1,29 @@
-//! Durations as users write them: `"30s"`, `"5m"`, `"1h30m"`, `"100ms"`,
-//! `"7d"`. A bare number is refused so that a unit is never guessed.
+//! Durations as users write them, read by `humantime`: `"30s"`, `"5m"`,
+//! `"1h30m"`, `"1h 30m"`, `"100ms"`, `"7d"`, `"2 days"`, `"1.5h"`. A bare
+//! number is refused so that a unit is never guessed, and so is a duration
+//! finer than a millisecond, the unit every stored time is counted in.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Parses `"1h30m"`-style text: one or more `<integer><unit>` parts with
-/// units `ms`, `s`, `m`, `h`, `d`.
+/// Parses a duration with a unit (`ms`, `s`, `m`, `h`, `d` and the longer
+/// names `humantime` knows), in whole milliseconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err("empty duration: expected something like \"30s\"".into());
-    }
-    let mut total: u64 = 0;
-    let mut rest = trimmed;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!(
-                "invalid duration {text:?}: expected <number><unit> parts like \"30s\", \"5m\", \"1h30m\" (units ms, s, m, h, d)"
-            ));
+    let duration = humantime::parse_duration(text.trim()).map_err(|err| match err {
+        humantime::DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("invalid duration {text:?}: {value} has no unit (write \"{value}s\", \"{value}m\", ...)")
         }
-        let (number, after) = rest.split_at(digits);
-        let unit_len = after.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let (unit, after) = after.split_at(unit_len);
-        let scale: u64 = match unit {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "" => {
-                return Err(format!(
-                    "invalid duration {text:?}: {number} has no unit (use ms, s, m, h or d)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m, h or d)"
-                ));
-            }
-        };
-        let value: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: {number} is too large"))?;
-        total = value
-            .checked_mul(scale)
-            .and_then(|ms| total.checked_add(ms))
-            .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
-        rest = after;
+        other => format!(
+            "invalid duration {text:?}: {other} (write something like \"30s\", \"5m\" or \"1h30m\")"
+        ),
+    })?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!(
+            "invalid duration {text:?}: durations are counted in whole milliseconds"
+        ));
     }
-    Ok(Duration::from_millis(total))
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(duration: Duration) -> String {
-    let mut ms = duration.as_millis() as u64;
-    if ms == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, scale) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ] {
-        if ms >= scale {
-            out.push_str(&format!("{}{unit}", ms / scale));
-            ms %= scale;
-        }
-    }
-    out
+    Ok(duration)
 }
 
 /// serde: a positive duration from a string.
@@ -123,15 +74,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_units_and_compounds() {
+    fn reads_units_compounds_and_long_names() {
+        // The forms the hand-written parser read before humantime.
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in ["", "30", "s", "3x", "1.5h", "-1s", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        assert_eq!(parse_duration(" 5m "), Ok(Duration::from_secs(300)));
+        // What humantime adds.
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(
+            parse_duration("2 days"),
+            Ok(Duration::from_secs(2 * 86_400))
+        );
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn refuses_no_unit_unknown_units_sub_milliseconds_and_overflow() {
+        let err = parse_duration("30").unwrap_err();
+        assert!(err.contains("\"30\"") && err.contains("no unit"), "{err}");
+        for bad in [
+            "",
+            "s",
+            "3x",
+            "-1s",
+            "99999999999999999999d",
+            "500us",
+            "1.0005s",
+        ] {
+            let err = parse_duration(bad).expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
-        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
     }
 }

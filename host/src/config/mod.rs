@@ -6,7 +6,8 @@
 //!
 //! - [`sections`]: `[server]`, `[database]`, `[plugins]`, `[security]`.
 //! - [`dispatch`]: `[dispatch]` and [`EffectiveLimits`], a repeater's limits
-//!   with defaults resolved, which build the [`crate::schedule`] policies.
+//!   with defaults resolved, from which the dispatcher builds the scheduling
+//!   policies.
 //! - [`repeater`]: `[[repeater]]` tables and [`check_repeater_spec`].
 
 pub mod dispatch;
@@ -23,7 +24,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use dispatch::{DispatchConfig, EffectiveLimits};
-pub use duration::{format_duration, parse_duration};
 pub use repeater::{SpecError, check_repeater_spec, check_url};
 pub use secret::{Secret, SecretRef, check_env_name};
 pub use sections::{DatabaseConfig, DatabaseUrl, PluginsConfig, SecurityConfig, ServerConfig};
@@ -126,25 +126,26 @@ struct ConfigFile {
 /// Builds errors that point at a key's line.
 struct Locator<'a> {
     origin: &'a str,
+    text: &'a str,
     index: SourceIndex,
 }
 
 impl Locator<'_> {
     fn at_key(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.index.position_of(key).unwrap_or((1, 1));
         ConfigError::Invalid {
             origin: self.origin.to_owned(),
-            line: self.index.line_of(key).unwrap_or(1),
-            column: 1,
+            line,
+            column,
             key: key.to_owned(),
             message: message.into(),
         }
     }
 
     fn toml_error(&self, error: toml::de::Error) -> ConfigError {
-        let (mut line, mut column) = error
-            .span()
-            .map_or((1, 1), |span| self.index.position(span.start));
-        let mut key = self.index.path_at(line).unwrap_or_default().to_owned();
+        let span = error.span().unwrap_or(0..0);
+        let (mut line, mut column) = self.index.position(span.start);
+        let mut key = self.index.path_at(self.text, span);
         let message = error.message().trim().to_owned();
         // Some errors (inside tagged tables such as `auth`) point at the
         // enclosing table; find the unknown key's own line inside it.
@@ -152,9 +153,13 @@ impl Locator<'_> {
             .strip_prefix("unknown field `")
             .and_then(|rest| rest.split('`').next())
         {
-            let inner = format!("{key}.{unknown}");
-            if let Some(inner_line) = self.index.line_of_exact(&inner) {
-                (line, column, key) = (inner_line, 1, inner);
+            let inner = if key.is_empty() {
+                unknown.to_owned()
+            } else {
+                format!("{key}.{unknown}")
+            };
+            if let Some(position) = self.index.position_of_exact(&inner) {
+                ((line, column), key) = (position, inner);
             }
         }
         ConfigError::Invalid {
@@ -182,11 +187,18 @@ impl Config {
     /// parent directory anchors relative paths.
     pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         let origin_name = origin.display().to_string();
+        // Parsed once: the spans locate errors, the tree is deserialized.
+        let (root, errors) = toml::de::DeTable::parse_recoverable(text);
         let locate = Locator {
             origin: &origin_name,
-            index: SourceIndex::new(text),
+            text,
+            index: SourceIndex::new(text, root.get_ref()),
         };
-        let file: ConfigFile = toml::from_str(text).map_err(|e| locate.toml_error(e))?;
+        if let Some(error) = errors.into_iter().next() {
+            return Err(locate.toml_error(error));
+        }
+        let file = ConfigFile::deserialize(toml::de::Deserializer::from(root))
+            .map_err(|e| locate.toml_error(e))?;
 
         let ConfigFile {
             server,
@@ -208,8 +220,8 @@ impl Config {
                 "dispatch.backoff_min",
                 format!(
                     "backoff_min ({}) is larger than backoff_max ({})",
-                    format_duration(dispatch.backoff_min),
-                    format_duration(dispatch.backoff_max)
+                    humantime::format_duration(dispatch.backoff_min),
+                    humantime::format_duration(dispatch.backoff_max)
                 ),
             ));
         }
@@ -232,10 +244,10 @@ impl Config {
             check_repeater_spec(&spec).map_err(at)?;
             let key = (spec.domain.clone(), spec.name.clone());
             if let Some(first) = seen.insert(key, i) {
-                let first_line = locate
+                let (first_line, _) = locate
                     .index
-                    .line_of(&format!("repeater[{first}]"))
-                    .unwrap_or(1);
+                    .position_of(&format!("repeater[{first}]"))
+                    .unwrap_or((1, 1));
                 return Err(locate.at_key(
                     &format!("repeater[{i}].name"),
                     format!(

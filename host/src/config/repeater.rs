@@ -80,7 +80,7 @@ fn whole_seconds(key: &str, duration: Duration) -> Result<u64, SpecError> {
             key,
             format!(
                 "{} is not a whole number of seconds",
-                duration::format_duration(duration)
+                humantime::format_duration(duration)
             ),
         ));
     }

@@ -11,7 +11,6 @@ use serde::{Deserialize, Deserializer};
 
 use super::secret::{Secret, SecretRef};
 use super::{ConfigError, duration};
-use crate::store::PoolSizes;
 
 /// serde: an unsigned number greater than zero.
 pub(crate) fn nonzero<'de, D, T>(de: D) -> Result<T, D::Error>
@@ -133,14 +132,13 @@ pub struct DatabaseConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> DatabaseConfig {
-        // The store's own defaults, so the two cannot drift apart.
-        let pools = PoolSizes::default();
+        // The store's own defaults (the daemon's tests keep them equal).
         DatabaseConfig {
             url: None,
             url_env: None,
             sqlite_path: PathBuf::from("repeaterd.db"),
-            max_connections: pools.postgres,
-            sqlite_read_connections: pools.sqlite_readers,
+            max_connections: 10,
+            sqlite_read_connections: 4,
         }
     }
 }

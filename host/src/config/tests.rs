@@ -150,12 +150,13 @@ fn a_full_valid_config_parses() {
     assert_eq!(limits.max_attempts, 4);
     assert_eq!(limits.backoff_min, Duration::from_secs(10));
     assert_eq!(limits.backoff_max, Duration::from_secs(1800));
-    assert_eq!(limits.retry_policy().schedule_ms, [30_000, 300_000]);
-    assert_eq!(limits.retry_policy().max_age_ms, 86_400_000);
-    assert_eq!(limits.backoff().max_ms, 1_800_000);
-    assert_eq!(limits.aimd().limit(), 2);
-    assert!(limits.rate_pacer().is_some());
-    assert!(config.dispatch.domain_pacer().is_some());
+    assert_eq!(
+        limits.retry_schedule,
+        [Duration::from_secs(30), Duration::from_secs(300)]
+    );
+    assert_eq!(limits.max_age, Duration::from_secs(86_400));
+    assert_eq!(limits.rate_per_second, Some(1.5));
+    assert!(config.dispatch.domain_rate_per_second.is_some());
 }
 
 #[test]
@@ -196,8 +197,7 @@ fn an_empty_file_gives_designs_defaults() {
     let limits = d.effective(&RepeaterLimits::default());
     assert_eq!(limits.concurrency, 7);
     assert_eq!(limits.rate_per_second, None);
-    assert!(limits.rate_pacer().is_none());
-    assert_eq!(limits.backoff().min_ms, 30_000);
+    assert_eq!(limits.backoff_min, Duration::from_secs(30));
 }
 
 const REPEATER: &str = "[[repeater]]\ndomain = \"acme\"\nname = \"crm\"\nurl = \"https://crm.example/\"\nplugin = \"json-forward\"\n";
@@ -410,14 +410,18 @@ fn syntax_errors_carry_their_line() {
 }
 
 #[test]
-fn database_pool_defaults_are_the_documented_ones_and_the_stores() {
+fn database_pool_defaults_are_the_documented_ones() {
     let defaults = crate::config::DatabaseConfig::default();
-    // The numbers the field docs and the README give.
+    // The numbers the field docs and the README give; the daemon's tests
+    // check they are also the store's own.
     assert_eq!(defaults.max_connections, 10);
     assert_eq!(defaults.sqlite_read_connections, 4);
-    let store = crate::store::PoolSizes::default();
-    assert_eq!(
-        (defaults.max_connections, defaults.sqlite_read_connections),
-        (store.postgres, store.sqlite_readers)
+}
+
+#[test]
+fn a_multi_line_string_that_looks_like_tables_does_not_move_errors() {
+    let text = format!(
+        "{REPEATER}plugin_config = {{ template = \"\"\"\n[other]\nordering = 1\n\"\"\" }}\nordering = \"lifo\"\n"
     );
+    assert_invalid(&text, 10, "repeater[0].ordering", "lifo");
 }

@@ -23,11 +23,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiAuth, ApiLimits, ApiState, AuthConfigError};
-use crate::config::{Config, ConfigError, DispatchConfig};
-use crate::dispatch::credentials::Credentials;
+use crate::config::{Config, ConfigError, DatabaseConfig, DispatchConfig};
 use crate::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
 use crate::model::now_millis;
-use crate::outbound::{AuthConfig, Authenticator, EnvSecrets, Outbound, OutboundConfig};
+use crate::outbound::{
+    AuthConfig, Authenticator, Credentials, EnvSecrets, Outbound, OutboundConfig,
+};
 use crate::plugin::{CallContext, PluginEngine, PluginError, PluginLimits, PluginRegistry};
 use crate::store::{self, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -79,17 +80,21 @@ pub async fn serve(config_path: &Path) -> Result<(), DaemonError> {
 /// (`repeaterd migrate`).
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, DaemonError> {
     let url = config.database.postgres_url()?;
-    let pools = store::PoolSizes {
-        postgres: config.database.max_connections,
-        sqlite_readers: config.database.sqlite_read_connections,
-    };
     let store = store::open_with(
         url.as_ref().map(|secret| secret.expose()),
         &config.database.sqlite_path,
-        pools,
+        pool_sizes(&config.database),
     )
     .await?;
     Ok(store)
+}
+
+/// The store's pool sizes from the `[database]` table.
+fn pool_sizes(database: &DatabaseConfig) -> store::PoolSizes {
+    store::PoolSizes {
+        postgres: database.max_connections,
+        sqlite_readers: database.sqlite_read_connections,
+    }
 }
 
 /// Runs the daemon with an already loaded config; `reload_from` is the file
@@ -324,5 +329,39 @@ pub fn dispatch_settings(config: &Config) -> DispatchSettings {
             interval: Duration::from_secs(60),
             pause: Duration::from_millis(50),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::Grant;
+    use crate::config::SecretRef;
+
+    #[test]
+    fn the_configs_pool_defaults_are_the_stores() {
+        let config = Config::default();
+        assert_eq!(pool_sizes(&config.database), store::PoolSizes::default());
+    }
+
+    #[test]
+    fn api_tokens_are_read_from_the_environment_naming_a_missing_one() {
+        let mut config = Config::default();
+        assert!(api_auth(&config).unwrap().is_open());
+        // PATH is set in every test environment; it stands in for a token
+        // variable without mutating the process environment.
+        let path = std::env::var("PATH").unwrap();
+        config.security.admin_token_env = Some(SecretRef::new("PATH").unwrap());
+        let auth = api_auth(&config).unwrap();
+        assert_eq!(auth.grant(&path), Some(Grant::Admin));
+        config.security.domain_tokens.insert(
+            "acme".into(),
+            SecretRef::new("REPEATERD_TEST_SURELY_UNSET_7F3A").unwrap(),
+        );
+        let err = api_auth(&config).unwrap_err();
+        assert!(
+            err.to_string().contains("REPEATERD_TEST_SURELY_UNSET_7F3A"),
+            "{err}"
+        );
     }
 }

@@ -27,11 +27,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::credentials::{self, Credentials};
-use crate::dispatch::judge::{AttemptReport, Verdict};
 use crate::dispatch::target::request_url;
-use crate::model::{Millis, RepeaterSpec, now_millis};
-use crate::outbound::{self, Outbound, OutboundRequest};
+use crate::model::{ClaimedRecord, Millis, RepeaterSpec, now_millis};
+use crate::outbound::{self, Credentials, Outbound, OutboundRequest, credentials};
 use crate::plugin::types::{
     BuildOutcome, Event, Header, Method, Reply, RequestSummary, Response, TransportError,
     TransportErrorKind, Verdict as PluginVerdict,
@@ -39,7 +37,7 @@ use crate::plugin::types::{
 use crate::plugin::{
     CallContext, ClassifyRules, LoadedPlugin, PluginError, judge_by_default_rules,
 };
-use crate::store::ClaimedRecord;
+use crate::schedule::{AttemptReport, Verdict};
 use crate::telemetry::{Metrics, PluginCall};
 
 /// Everything one repeater's attempts share within a batch.

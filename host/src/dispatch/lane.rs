@@ -23,12 +23,16 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 
 use crate::config::EffectiveLimits;
+use crate::dispatch::DispatchDeps;
 use crate::dispatch::attempt::{AttemptContext, run_attempt};
-use crate::dispatch::judge::{AttemptReport, JudgePolicy, Verdict, judge_batch};
-use crate::dispatch::{DispatchDeps, limits_of};
-use crate::model::{AttemptOutcome, RecordState, now_millis};
+use crate::dispatch::policy::{self, limits_of};
+use crate::model::{
+    AttemptOutcome, ClaimedRecord, ReadyRepeater, RecordOutcome, RecordState, RepeaterHealth,
+    now_millis,
+};
 use crate::plugin::{CallContext, LoadedPlugin, PluginError};
-use crate::store::{Lease, ReadyRepeater, RepeaterHealth, RepeaterRow, StoreError};
+use crate::schedule::{AttemptReport, JudgePolicy, Verdict, judge_batch};
+use crate::store::{Lease, RepeaterRow, StoreError};
 
 /// What a finished batch tells the scheduler loop.
 #[derive(Debug, Clone)]
@@ -166,7 +170,7 @@ async fn run_lane(
             // off with the reason in its status, without touching records.
             tracing::warn!(repeater = %label(repeater), %error, "plugin unavailable; backing the repeater off");
             let now = now_millis();
-            let backoff = deps.backoff(&limits);
+            let backoff = policy::backoff(&limits);
             let (until, step) =
                 backoff.after_failure(row.backoff_step, now, None, &mut rand::rng());
             let health = RepeaterHealth {
@@ -220,8 +224,8 @@ async fn run_lane(
         }
     }
     let now = now_millis();
-    let retry = deps.retry_policy(&limits);
-    let backoff = deps.backoff(&limits);
+    let retry = policy::retry_policy(&limits);
+    let backoff = policy::backoff(&limits);
     let policy = JudgePolicy {
         retry: &retry,
         backoff: &backoff,
@@ -266,7 +270,7 @@ async fn run_lane(
 /// finish.
 async fn run_window(
     ctx: &AttemptContext,
-    records: &[crate::store::ClaimedRecord],
+    records: &[ClaimedRecord],
     concurrency: usize,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<AttemptReport> {
@@ -346,7 +350,7 @@ async fn finish(
     deps: &DispatchDeps,
     repeater: &ReadyRepeater,
     lease: &Lease,
-    outcomes: &[crate::store::RecordOutcome],
+    outcomes: &[RecordOutcome],
     health: Option<&RepeaterHealth>,
     release_lease: bool,
     done: &mut BatchDone,
@@ -382,7 +386,7 @@ fn count_outcomes(
     deps: &DispatchDeps,
     domain: &str,
     reports: &[AttemptReport],
-    outcomes: &[crate::store::RecordOutcome],
+    outcomes: &[RecordOutcome],
 ) {
     for report in reports {
         let outcome = match report.verdict {

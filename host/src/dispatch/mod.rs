@@ -2,14 +2,14 @@
 //! process: fair choice of the next repeater, global in-flight cap, AIMD
 //! and rate pacing per repeater, prompt wake-up), the lane runner (one batch
 //! of one repeater under its lease: plugin → HTTP → plugin → store), the
-//! pure judgement of a batch's outcomes, the URL a built request goes to,
-//! and the retention purge.
+//! URL a built request goes to, and the retention purge. What to decide
+//! about a batch (its grant, its pacing, the judgement of its outcomes) is
+//! [`crate::schedule`]'s; this module does the I/O around those decisions.
 //!
 //! - [`scheduler`]: the loop ([`Dispatcher::spawn`] starts it).
 //! - [`lane`]: one batch, fenced by the lease epoch, lease renewed at ttl/3.
 //! - [`attempt`]: one record's attempt; plugin errors become outcomes.
-//! - [`credentials`]: authentication and Standard Webhooks signing.
-//! - [`judge`]: attempts → record states, next attempt times, repeater health.
+//! - [`policy`]: a repeater's resolved limits as the schedule's policies.
 //! - [`target`]: repeater URL + plugin path/query, refusing `..`.
 //! - [`retention`]: bounded purges of old terminal records.
 //!
@@ -19,9 +19,8 @@
 //! lease write.
 
 pub mod attempt;
-pub mod credentials;
-pub mod judge;
 pub mod lane;
+pub mod policy;
 pub mod retention;
 pub(crate) mod scheduler;
 pub mod target;
@@ -32,11 +31,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{DispatchConfig, EffectiveLimits};
-use crate::model::RepeaterSpec;
-use crate::outbound::Outbound;
+use crate::config::DispatchConfig;
+use crate::outbound::{Credentials, Outbound};
 use crate::plugin::PluginRegistry;
-use crate::schedule::{Backoff, RetryPolicy};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -92,30 +89,13 @@ pub struct DispatchDeps {
     /// The guarded HTTP client.
     pub outbound: Outbound,
     /// Authentication and signing added after `build`.
-    pub credentials: credentials::Credentials,
+    pub credentials: Credentials,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Process-level settings.
     pub settings: DispatchSettings,
     /// Global dispatch defaults; replaced on config reload.
     pub config: watch::Receiver<Arc<DispatchConfig>>,
-}
-
-impl DispatchDeps {
-    /// The record retry policy for a repeater's limits.
-    pub fn retry_policy(&self, limits: &EffectiveLimits) -> RetryPolicy {
-        limits.retry_policy()
-    }
-
-    /// The repeater backoff for a repeater's limits.
-    pub fn backoff(&self, limits: &EffectiveLimits) -> Backoff {
-        limits.backoff()
-    }
-}
-
-/// A repeater's limits with every default resolved.
-pub(crate) fn limits_of(deps: &DispatchDeps, spec: &RepeaterSpec) -> EffectiveLimits {
-    deps.config.borrow().effective(&spec.limits)
 }
 
 /// The dispatcher of one process.

@@ -21,38 +21,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::dispatch::DispatchDeps;
 use crate::dispatch::lane::{self, BatchDone, BatchGrant, SlotReturn, run_batch};
-use crate::dispatch::{DispatchDeps, limits_of};
+use crate::dispatch::policy::{self, limits_of};
+use crate::model::ReadyRepeater;
 use crate::model::{Millis, now_millis};
-use crate::schedule::{Aimd, Eligibility, FairQueue, RatePacer};
-use crate::store::{Lease, ReadyRepeater, StoreError};
-
-/// Takes up to `want` requests' worth from the repeater's and the domain's
-/// pacers together: the most both allow now, at least one. `None` (nothing
-/// spent) when not even one is allowed.
-fn take_paced(
-    repeater: Option<&mut RatePacer>,
-    domain: Option<&mut RatePacer>,
-    now: Millis,
-    want: u32,
-) -> Option<u32> {
-    for n in (1..=want.max(1)).rev() {
-        let mut r = repeater.as_deref().cloned();
-        let mut d = domain.as_deref().cloned();
-        let r_ok = r.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
-        let d_ok = d.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
-        if r_ok && d_ok {
-            if let (Some(slot), Some(new)) = (repeater, r) {
-                *slot = new;
-            }
-            if let (Some(slot), Some(new)) = (domain, d) {
-                *slot = new;
-            }
-            return Some(n);
-        }
-    }
-    None
-}
+use crate::schedule::{
+    Aimd, Eligibility, FairQueue, GrantBounds, GrantCap, RatePacer, earliest_free, size_grant,
+};
+use crate::store::{Lease, StoreError};
 
 /// A lease this process holds, with when it was first taken.
 #[derive(Debug, Clone)]
@@ -89,21 +66,14 @@ struct LaneState {
     name: String,
     aimd: Aimd,
     pacer: Option<RatePacer>,
-    /// The repeater's burst: a paced batch takes at most this many at once,
-    /// so requests never bunch above the configured burst.
-    burst: u32,
     /// A batch of this repeater runs in this process.
     busy: bool,
-    /// Most records to grant the lane's next batch: twice what its last
-    /// claim found, between [`MIN_GRANT`] and `dispatch.batch_size`.
-    grant: u32,
+    /// Most records to grant the lane's next batch, from its last claim.
+    cap: GrantCap,
     /// Records granted to the running batch and charged to the domain's
     /// fair share; what its claim does not find is refunded.
     granted: u32,
 }
-
-/// The smallest grant a lane's batch gets, whatever its last claim found.
-const MIN_GRANT: u32 = 4;
 
 /// The loop's state.
 pub(crate) struct Scheduler {
@@ -249,9 +219,7 @@ impl Scheduler {
         {
             Ok(Some(row)) => {
                 let limits = limits_of(&self.deps, &row.spec);
-                let pacer = limits
-                    .rate_per_second
-                    .map(|rate| RatePacer::new(rate, limits.burst));
+                let pacer = policy::rate_pacer(&limits);
                 self.lanes.insert(
                     repeater.id,
                     LaneState {
@@ -259,9 +227,8 @@ impl Scheduler {
                         name: repeater.name.clone(),
                         aimd: Aimd::new(limits.concurrency),
                         pacer,
-                        burst: limits.burst,
                         busy: false,
-                        grant: u32::MAX,
+                        cap: GrantCap::default(),
                         granted: 0,
                     },
                 );
@@ -276,9 +243,8 @@ impl Scheduler {
                 name: repeater.name.clone(),
                 aimd: Aimd::new(ceiling),
                 pacer: None,
-                burst: u32::MAX,
                 busy: false,
-                grant: u32::MAX,
+                cap: GrantCap::default(),
                 granted: 0,
             },
         );
@@ -289,17 +255,14 @@ impl Scheduler {
     /// if any.
     async fn hand_out(&mut self) -> Option<Millis> {
         let max = self.deps.settings.max_inflight.max(1);
-        let (domain_pacer, domain_burst) = {
-            let config = self.deps.config.borrow();
-            (config.domain_pacer(), config.domain_burst)
-        };
+        let domain_pacer = policy::domain_pacer(&self.deps.config.borrow());
         while self.inflight < max {
             let now = now_millis();
             let (lanes, taken, domains) = (&self.lanes, &self.taken, &self.domain_pacers);
             let picked = self.fair.next(|r: &ReadyRepeater| {
                 if domains
                     .get(&r.domain)
-                    .is_some_and(|pacer| pacer.next_free(now) > now)
+                    .is_some_and(|pacer| !pacer.is_free(now))
                 {
                     return Eligibility::SkipDomain;
                 }
@@ -309,7 +272,7 @@ impl Scheduler {
                 match lanes.get(&r.id) {
                     Some(lane) if lane.busy => Eligibility::Skip,
                     Some(lane) => match &lane.pacer {
-                        Some(pacer) if pacer.next_free(now) > now => Eligibility::Skip,
+                        Some(pacer) if !pacer.is_free(now) => Eligibility::Skip,
                         _ => Eligibility::Run,
                     },
                     None => Eligibility::Run,
@@ -328,16 +291,6 @@ impl Scheduler {
                 self.taken.insert(repeater.id);
                 continue;
             };
-            // Every claimed record holds a slot until the batch's results are
-            // written, so a kill can resend at most `max_inflight` records
-            // (ADR 3), however large the batch. Slots are held from here
-            // until the claim answers: a lane that found few records due
-            // last time gets a grant near that, so slots do not sit idle
-            // under claims that will give most of them back.
-            let batch_size = self.deps.settings.batch_size.max(1);
-            let mut records = batch_size.min(free).min(lane.grant);
-            // Paced repeaters and domains get as many records as their
-            // pacers allow right now (at least one, or the turn is skipped).
             let domain = match &domain_pacer {
                 Some(template) => Some(
                     self.domain_pacers
@@ -346,26 +299,22 @@ impl Scheduler {
                 ),
                 None => None,
             };
-            if lane.pacer.is_some() || domain.is_some() {
-                let mut want = records.min(lane.aimd.limit().max(1));
-                if lane.pacer.is_some() {
-                    want = want.min(lane.burst);
-                }
-                if domain.is_some() {
-                    want = want.min(domain_burst);
-                }
-                match take_paced(lane.pacer.as_mut(), domain, now, want) {
-                    Some(n) => records = n,
-                    None => {
-                        // Paced out for now: keep the lease for the turn
-                        // the pacer allows.
-                        self.kept.insert(repeater.id, held);
-                        self.taken.insert(repeater.id);
-                        continue;
-                    }
-                }
-            }
-            let concurrency = lane.aimd.limit().min(records).max(1);
+            // Every claimed record holds a slot until the batch's results
+            // are written (ADR 3); `size_grant` says why and how many.
+            let bounds = GrantBounds {
+                batch_size: self.deps.settings.batch_size,
+                free_slots: free,
+                cap: lane.cap,
+                concurrency: lane.aimd.limit(),
+            };
+            let Some(grant) = size_grant(bounds, lane.pacer.as_mut(), domain, now) else {
+                // Paced out for now: keep the lease for the turn the pacer
+                // allows.
+                self.kept.insert(repeater.id, held);
+                self.taken.insert(repeater.id);
+                continue;
+            };
+            let records = grant.records;
             // Held for a whole TTL: let it go with this batch's results.
             let keep_lease = now < held.since.saturating_add(self.deps.settings.lease_ttl_ms);
             lane.busy = true;
@@ -384,7 +333,7 @@ impl Scheduler {
                 lease,
                 BatchGrant {
                     records,
-                    concurrency,
+                    concurrency: grant.concurrency,
                     keep_lease,
                 },
                 self.returns.clone(),
@@ -445,11 +394,7 @@ impl Scheduler {
     /// The earliest time a rate-limited repeater or domain frees up.
     fn paced_until(&self, now: Millis) -> Option<Millis> {
         let repeaters = self.lanes.values().filter_map(|lane| lane.pacer.as_ref());
-        repeaters
-            .chain(self.domain_pacers.values())
-            .map(|pacer| pacer.next_free(now))
-            .filter(|free| *free > now)
-            .min()
+        earliest_free(repeaters.chain(self.domain_pacers.values()), now)
     }
 
     /// How long to sleep: until the earliest due time or paced repeater, at
@@ -532,10 +477,9 @@ impl Scheduler {
         }
         if let Some(lane) = self.lanes.get_mut(&done.repeater_id) {
             lane.busy = false;
-            lane.grant = done.claimed.saturating_mul(2).max(MIN_GRANT);
+            lane.cap = GrantCap::after_claim(done.claimed);
             if let Some(limits) = &done.limits {
                 lane.aimd.set_ceiling(limits.concurrency);
-                lane.burst = limits.burst;
                 match (&mut lane.pacer, limits.rate_per_second) {
                     (Some(pacer), Some(rate)) => pacer.reconfigure(rate, limits.burst),
                     (slot @ None, Some(rate)) => *slot = Some(RatePacer::new(rate, limits.burst)),

@@ -75,18 +75,6 @@ pub enum AuthError {
     },
 }
 
-impl AuthError {
-    /// True when retrying later may help (the token endpoint was unreachable
-    /// or failed with 5xx/429); false for configuration mistakes.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            AuthError::TokenTransport { .. } => true,
-            AuthError::TokenRefused { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
-        }
-    }
-}
-
 /// Settings of OAuth2 token handling.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -201,9 +189,10 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Drops the cached OAuth2 token of `spec`, so the next request fetches a
-    /// new one (for when the endpoint answers 401 to a token we thought valid).
-    pub fn forget_token(&self, spec: &AuthSpec) {
+    /// Drops the cached OAuth2 token of `spec`, so the next request fetches
+    /// a new one: lets tests reach past the cache.
+    #[cfg(test)]
+    fn forget_token(&self, spec: &AuthSpec) {
         if let AuthSpec::Oauth2 {
             token_url,
             client_id,
@@ -722,7 +711,7 @@ mod tests {
             message.contains("400") && message.contains("invalid_scope"),
             "{message}"
         );
-        assert!(!err.is_transient());
+        assert!(matches!(err, AuthError::TokenRefused { status: 400, .. }));
         assert!(!message.contains("s3cret"), "{message}");
         // Errors are not cached: the next request asks again.
         let _ = authorization(&auth, &spec).await.unwrap_err();
@@ -783,7 +772,7 @@ mod tests {
         }
         for task in tasks {
             let err = task.await.unwrap().unwrap_err();
-            assert!(err.is_transient());
+            assert!(matches!(err, AuthError::TokenRefused { status: 503, .. }));
             assert!(err.to_string().contains("down for maintenance"), "{err}");
         }
         assert_eq!(server.requests(), 1);

@@ -4,11 +4,13 @@
 //! wire: the pooled client ([`client`]), the SSRF policy ([`guard`]) enforced
 //! where connections are opened ([`connector`]), the transport error kinds
 //! plugins see ([`error`]), the authentication the host adds after `build`
-//! ([`auth`]) and Standard Webhooks signatures ([`signing`]).
+//! ([`auth`]), Standard Webhooks signatures ([`signing`]), and both applied
+//! to a built request with the secrets they read ([`credentials`]).
 
 pub mod auth;
 pub mod client;
 pub mod connector;
+pub mod credentials;
 pub mod error;
 pub mod guard;
 pub mod secrets;
@@ -22,6 +24,7 @@ pub use client::{
     DEFAULT_EXCERPT_LIMIT, Outbound, OutboundBuildError, OutboundConfig, OutboundRequest,
     OutboundResponse,
 };
+pub use credentials::Credentials;
 pub use error::{TransportError, TransportErrorKind};
 pub use guard::{Refused, SsrfPolicy, is_forbidden};
 pub use secrets::{EnvSecrets, SecretSource, StaticSecrets};

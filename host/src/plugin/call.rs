@@ -13,7 +13,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use super::bindings::types::{BuildOutcome, Event, Reply, RequestSummary, Verdict};
 use super::bindings::{CLASSIFICATION_INTERFACE, ClassifyRules, Repeater, RepeaterPre};
 use super::default_rules::judge_by_default_rules;
-use super::engine::{Checked, PluginEngine};
+use super::engine::{PluginEngine, Prepared};
 use super::error::PluginError;
 use super::request_check::check_build_outcome;
 use super::sandbox::CallState;
@@ -70,14 +70,13 @@ struct Running {
 }
 
 impl LoadedPlugin {
-    pub(crate) fn new(
-        engine: PluginEngine,
-        name: &str,
-        version: String,
-        size: usize,
-        from_cache: bool,
-        checked: Checked,
-    ) -> Self {
+    pub(crate) fn new(engine: PluginEngine, name: &str, prepared: Prepared) -> Self {
+        let Prepared {
+            checked,
+            version,
+            size,
+            from_cache,
+        } = prepared;
         Self {
             engine,
             name: name.into(),

@@ -1,8 +1,9 @@
 //! The wasmtime engine every plugin runs on: its configuration (component
 //! model, epoch interruption, pooling allocator sized from [`PluginLimits`]),
-//! the background epoch ticker, the WASI linker, and loading a component
-//! into a [`LoadedPlugin`] (compile or take from the disk cache, type-check,
-//! pre-instantiate, try one instantiation).
+//! the background epoch ticker, the WASI linker, and preparing a component
+//! (compile or take from the disk cache, type-check, pre-instantiate). The
+//! `load` module turns a prepared component into a `LoadedPlugin`; the
+//! engine itself knows nothing of calls.
 //!
 //! Calls run as async wasmtime calls on the tokio runtime rather than on
 //! blocking threads: the epoch callback yields to the scheduler every tick,
@@ -24,7 +25,6 @@ use super::bindings::{
     CLASSIFICATION_INTERFACE, PLUGIN_INTERFACE, Repeater, RepeaterPre, is_plugin_interface,
 };
 use super::cache::CodeCache;
-use super::call::LoadedPlugin;
 use super::error::PluginError;
 use super::limits::PluginLimits;
 use super::sandbox::CallState;
@@ -61,6 +61,18 @@ pub(crate) struct Checked {
     pub(crate) interface: String,
     /// The `rules` function of the optional `classification` export.
     pub(crate) rules: Option<ComponentExportIndex>,
+}
+
+/// A compiled, type-checked component, ready to be instantiated.
+pub(crate) struct Prepared {
+    /// What type-checking found.
+    pub(crate) checked: Checked,
+    /// The sha256 of the component bytes, in hex.
+    pub(crate) version: String,
+    /// Size of the component in bytes.
+    pub(crate) size: usize,
+    /// Whether the compiled code came from the on-disk cache.
+    pub(crate) from_cache: bool,
 }
 
 impl std::fmt::Debug for PluginEngine {
@@ -126,27 +138,9 @@ impl PluginEngine {
         self.inner.cache.as_ref()
     }
 
-    /// Compiles (or takes from the cache), type-checks and pre-instantiates a
-    /// component, then instantiates it once under the call limits so a
-    /// component whose start-up code fails is refused here rather than on
-    /// the first record; that instance also answers which rules judge the
-    /// plugin's replies. Compilation runs on a blocking thread.
-    pub async fn load(&self, name: &str, bytes: Arc<[u8]>) -> Result<LoadedPlugin, PluginError> {
-        let engine = self.clone();
-        let owned_name = name.to_owned();
-        let plugin = tokio::task::spawn_blocking(move || engine.prepare(&owned_name, &bytes))
-            .await
-            .map_err(|e| {
-                PluginError::Engine(format!("plugin {name}: compile task failed: {e}"))
-            })??;
-        let mut plugin = plugin;
-        plugin.probe().await?;
-        Ok(plugin)
-    }
-
-    /// The blocking part of [`load`](Self::load): hash, compile or fetch
-    /// from the cache, type-check.
-    fn prepare(&self, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, PluginError> {
+    /// Hashes, compiles or fetches from the cache, type-checks and
+    /// pre-instantiates a component. Blocking: compilation takes a while.
+    pub(crate) fn prepare(&self, name: &str, bytes: &[u8]) -> Result<Prepared, PluginError> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let engine = &self.inner.engine;
         let (component, from_cache) = match &self.inner.cache {
@@ -166,15 +160,12 @@ impl PluginEngine {
             }
             None => (compile(engine, name, bytes)?, false),
         };
-        let checked = self.type_check(name, &component)?;
-        Ok(LoadedPlugin::new(
-            self.clone(),
-            name,
-            hex::encode(digest),
-            bytes.len(),
+        Ok(Prepared {
+            checked: self.type_check(name, &component)?,
+            version: hex::encode(digest),
+            size: bytes.len(),
             from_cache,
-            checked,
-        ))
+        })
     }
 
     /// Checks that the component exports the v0.1 plugin interface (any

@@ -3,8 +3,10 @@
 //! with stated limits.
 //!
 //! - [`PluginEngine`] owns the wasmtime engine, its limits ([`PluginLimits`])
-//!   and the compiled-code cache ([`CodeCache`]); `load` turns component
-//!   bytes into a [`LoadedPlugin`].
+//!   and the compiled-code cache ([`CodeCache`]); [`PluginEngine::load`]
+//!   turns component bytes into a [`LoadedPlugin`]. The engine prepares
+//!   components and knows nothing of calls; a loaded plugin holds its
+//!   engine; loading sits above both, so neither imports the other back.
 //! - [`LoadedPlugin`] runs `validate-config`, `build` and `classify`, each in
 //!   a fresh instance, returning the WIT types of [`types`] or a
 //!   [`PluginError`] naming the cause. A plugin that declares the default
@@ -24,6 +26,7 @@ mod default_rules;
 mod engine;
 mod error;
 mod limits;
+mod load;
 mod output;
 mod registry;
 mod request_check;

@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::store::ReadyRepeater;
+use crate::model::ReadyRepeater;
 
 /// The caller's answer about one candidate in [`FairQueue::next`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,21 +11,28 @@
 //!   deciding from a batch's outcomes whether it backs off (rule 4).
 //! - [`aimd`]: the adaptive per-repeater concurrency cap (rule 2).
 //! - [`pacing`]: smooth rate limits per repeater and per domain (rule 6).
+//! - [`grant`]: how many records and requests one batch gets.
 //! - [`fair`]: the fair choice of the next repeater across domains (rules 1
 //!   and 7).
+//! - [`judge`]: a batch's attempts → record states, next attempt times and
+//!   the repeater's health.
 //!
 //! [`Millis`]: crate::model::Millis
 
 pub mod aimd;
 pub mod backoff;
 pub mod fair;
+pub mod grant;
+pub mod judge;
 pub mod pacing;
 pub mod retry;
 
 pub use aimd::{Aimd, is_overload};
 pub use backoff::{AttemptResult, Backoff, BatchVerdict, batch_verdict};
 pub use fair::{Eligibility, FairQueue};
-pub use pacing::RatePacer;
+pub use grant::{Grant, GrantBounds, GrantCap, MIN_GRANT, size_grant};
+pub use judge::{AttemptReport, BatchJudgement, JudgePolicy, Verdict, judge_batch};
+pub use pacing::{RatePacer, earliest_free, take_together};
 pub use retry::{GiveUpReason, RetryDecision, RetryPolicy, clamp_retry_after};
 
 /// Spreads `base_ms` uniformly by `±jitter` (a fraction: 0.2 means ±20 %),

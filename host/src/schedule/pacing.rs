@@ -69,6 +69,57 @@ impl RatePacer {
         let allow_at = start - (self.burst as f64 - 1.0) * self.interval_ms;
         (allow_at.floor() as Millis).max(now)
     }
+
+    /// True when one request could be taken at `now`.
+    pub fn is_free(&self, now: Millis) -> bool {
+        self.next_free(now) <= now
+    }
+
+    /// How many requests may go at once above the steady rate.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+}
+
+/// Takes up to `want` requests' worth from a repeater's and its domain's
+/// pacers together (either may be absent): the most both allow at `now`, at
+/// least one. `None`, with nothing taken from either, when not even one is
+/// allowed.
+pub fn take_together(
+    repeater: Option<&mut RatePacer>,
+    domain: Option<&mut RatePacer>,
+    now: Millis,
+    want: u32,
+) -> Option<u32> {
+    for n in (1..=want.max(1)).rev() {
+        let mut r = repeater.as_deref().cloned();
+        let mut d = domain.as_deref().cloned();
+        let r_ok = r.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
+        let d_ok = d.as_mut().is_none_or(|p| p.try_acquire(now, n).is_ok());
+        if r_ok && d_ok {
+            if let (Some(slot), Some(new)) = (repeater, r) {
+                *slot = new;
+            }
+            if let (Some(slot), Some(new)) = (domain, d) {
+                *slot = new;
+            }
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// The earliest time after `now` that one of `pacers` frees up, if any is
+/// paced out now: when a loop waiting on them should look again.
+pub fn earliest_free<'a>(
+    pacers: impl IntoIterator<Item = &'a RatePacer>,
+    now: Millis,
+) -> Option<Millis> {
+    pacers
+        .into_iter()
+        .map(|pacer| pacer.next_free(now))
+        .filter(|free| *free > now)
+        .min()
 }
 
 #[cfg(test)]
@@ -135,6 +186,44 @@ mod tests {
         // Five taken at rate 1/s with burst 2: the next is free at 4 s.
         assert_eq!(pacer.try_acquire(1, 1), Err(4_000));
         assert_eq!(pacer.next_free(0), 4_000);
+    }
+
+    #[test]
+    fn taking_together_takes_what_both_allow_or_nothing() {
+        let mut repeater = RatePacer::new(10.0, 5);
+        let mut domain = RatePacer::new(10.0, 2);
+        // The domain's burst is spent at 0 ms; at 100 ms it has room for one.
+        assert_eq!(take_together(None, Some(&mut domain), 0, 2), Some(2));
+        assert_eq!(
+            take_together(Some(&mut repeater), Some(&mut domain), 100, 5),
+            Some(1)
+        );
+        // Now the domain has none: the repeater loses nothing by asking.
+        let before = repeater.clone();
+        assert_eq!(
+            take_together(Some(&mut repeater), Some(&mut domain), 100, 5),
+            None
+        );
+        assert_eq!(repeater, before);
+        assert_eq!(take_together(Some(&mut repeater), None, 100, 4), Some(4));
+        // Without pacers every request asked for is allowed, at least one.
+        assert_eq!(take_together(None, None, 0, 0), Some(1));
+        assert_eq!(take_together(None, None, 0, 9), Some(9));
+    }
+
+    #[test]
+    fn the_earliest_free_pacer_is_the_next_time_to_look() {
+        let mut slow = RatePacer::new(1.0, 1);
+        let mut fast = RatePacer::new(4.0, 1);
+        let idle = RatePacer::new(1.0, 1);
+        assert_eq!(earliest_free([&slow, &fast, &idle], 0), None);
+        assert!(slow.is_free(0) && fast.is_free(0));
+        slow.try_acquire(0, 1).unwrap();
+        fast.try_acquire(0, 1).unwrap();
+        assert!(!fast.is_free(0) && idle.is_free(0));
+        assert_eq!(earliest_free([&slow, &fast, &idle], 0), Some(250));
+        assert_eq!(earliest_free([&slow, &fast, &idle], 300), Some(1_000));
+        assert_eq!(fast.burst(), 1);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use crate::model::{AttemptDraft, ClaimedRecord, ReadyRepeater, RecordOutcome, RepeaterHealth};
 use crate::model::{AttemptOutcome, Millis, NewEvent, RecordState, RepeaterSpec};
 
 mod input;
@@ -219,17 +220,6 @@ pub struct IngestedRecord {
     pub repeater: String,
 }
 
-/// A repeater with records due now, as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadyRepeater {
-    /// Internal id.
-    pub id: i64,
-    /// Its domain.
-    pub domain: String,
-    /// Its name.
-    pub name: String,
-}
-
 /// A held lease: the right to work a repeater's lane until `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -241,73 +231,6 @@ pub struct Lease {
     pub token: String,
     /// When the lease expires unless renewed.
     pub expires_at: Millis,
-}
-
-/// A due record with the event it carries, ready for the plugin.
-#[derive(Debug, Clone)]
-pub struct ClaimedRecord {
-    /// Record id.
-    pub id: i64,
-    /// Attempts made so far since registration or resend.
-    pub attempts: u32,
-    /// When the record's age started counting (registration or resend).
-    pub age_origin: Millis,
-    /// The event's id (producer key or host-made).
-    pub event_id: String,
-    /// Event type.
-    pub event_type: String,
-    /// Payload media type.
-    pub content_type: String,
-    /// Payload bytes.
-    pub payload: Vec<u8>,
-    /// Ordering key, if any.
-    pub ordering_key: Option<String>,
-    /// When the event was registered.
-    pub registered_at: Millis,
-}
-
-/// One finished attempt of a record, and where it leaves the record.
-#[derive(Debug, Clone)]
-pub struct RecordOutcome {
-    /// The record.
-    pub record_id: i64,
-    /// The record's new state.
-    pub state: RecordState,
-    /// When to try again (for `retrying`).
-    pub next_attempt_at: Option<Millis>,
-    /// Whether this outcome counts as an attempt (a skipped turn does not).
-    pub attempt: Option<AttemptDraft>,
-}
-
-/// An attempt to be written.
-#[derive(Debug, Clone)]
-pub struct AttemptDraft {
-    /// When the attempt started.
-    pub started_at: Millis,
-    /// How long it took.
-    pub duration_ms: i64,
-    /// HTTP status, when a response came back.
-    pub status: Option<u16>,
-    /// Transport, plugin or policy error, when there was one.
-    pub error: Option<String>,
-    /// How it ended.
-    pub outcome: AttemptOutcome,
-    /// The start of the response body (at most the configured excerpt size).
-    pub response_excerpt: Option<Vec<u8>>,
-}
-
-/// The repeater's health after a batch. `None` in [`Store::finish_batch`]
-/// leaves it untouched (outcomes that blame the payload).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RepeaterHealth {
-    /// Backed off until then, or not backed off.
-    pub backoff_until: Option<Millis>,
-    /// Consecutive failed batches.
-    pub backoff_step: u32,
-    /// Last failure seen.
-    pub last_error: Option<String>,
-    /// Last success, if this batch had one.
-    pub last_success_at: Option<Millis>,
 }
 
 /// A stored record, as listed by the API.

@@ -13,7 +13,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::{AttemptOutcome, RecordState};
-use crate::store::{Store, StoreError};
 
 /// Which plugin export was called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -390,12 +389,17 @@ impl Metrics {
             .inc();
     }
 
-    /// Replaces the backlog gauge with the store's current counts. On a
-    /// store error the gauge keeps its last values, the error counter goes
-    /// up and the error is returned for the caller to log.
-    pub async fn refresh_backlog(&self, store: &dyn Store) -> Result<(), StoreError> {
+    /// Replaces the backlog gauge with the counts `read` yields, unfinished
+    /// records as `(domain, state, count)` (the store's
+    /// `backlog_by_domain`). On an error the gauge keeps its last values,
+    /// the error counter goes up and the error is returned for the caller
+    /// to log.
+    pub async fn refresh_backlog<E>(
+        &self,
+        read: impl Future<Output = Result<Vec<(String, RecordState, i64)>, E>>,
+    ) -> Result<(), E> {
         let _guard = self.backlog_refresh.lock().await;
-        match store.backlog_by_domain().await {
+        match read.await {
             Ok(rows) => {
                 self.backlog.clear();
                 for (domain, state, count) in rows {
@@ -455,6 +459,29 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_backlog_read_keeps_the_last_counts_and_is_counted() {
+        let m = Metrics::new();
+        let counts = vec![("acme".to_owned(), RecordState::Pending, 7)];
+        m.refresh_backlog(async { Ok::<_, String>(counts) })
+            .await
+            .unwrap();
+        let err = m
+            .refresh_backlog(async { Err::<Vec<_>, _>("store down".to_owned()) })
+            .await
+            .unwrap_err();
+        assert_eq!(err, "store down");
+        let text = m.encode();
+        assert!(
+            text.contains("repeaterd_backlog_records{domain=\"acme\",state=\"pending\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("repeaterd_backlog_refresh_errors_total 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -3,9 +3,13 @@
 //! plus `Retry-After` from rule 6). Pure: the caller passes `now` and the
 //! random source, so every decision here is unit-tested.
 
-use crate::model::{AttemptOutcome, Millis, RecordState};
-use crate::schedule::{self, Backoff, BatchVerdict, RetryDecision, RetryPolicy};
-use crate::store::{AttemptDraft, ClaimedRecord, RecordOutcome, RepeaterHealth};
+use super::{
+    AttemptResult, Backoff, BatchVerdict, RetryDecision, RetryPolicy, batch_verdict,
+    clamp_retry_after, is_overload,
+};
+use crate::model::{
+    AttemptDraft, AttemptOutcome, ClaimedRecord, Millis, RecordOutcome, RecordState, RepeaterHealth,
+};
 
 /// How one attempt ended, as the dispatcher saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +61,7 @@ pub struct AttemptReport {
 impl AttemptReport {
     /// True when the endpoint showed overload (timeout, 429, 5xx): AIMD halves.
     pub fn is_overload(&self) -> bool {
-        self.sent && schedule::is_overload(self.status, self.timed_out)
+        self.sent && is_overload(self.status, self.timed_out)
     }
 
     /// True when the attempt failed in a way that speaks against the
@@ -71,16 +75,16 @@ impl AttemptReport {
         }
     }
 
-    fn health_result(&self) -> schedule::AttemptResult {
+    fn health_result(&self) -> AttemptResult {
         match &self.verdict {
-            Verdict::Success => schedule::AttemptResult::Success,
-            _ if self.blames_repeater() => schedule::AttemptResult::RetryableFailure,
+            Verdict::Success => AttemptResult::Success,
+            _ if self.blames_repeater() => AttemptResult::RetryableFailure,
             // Anything else that failed blames the payload, or never
             // reached the endpoint without being the repeater's fault (a
             // plugin trap, retry-later): it says nothing about the
             // repeater's health.
-            Verdict::Retry { .. } | Verdict::Reject(_) => schedule::AttemptResult::Rejected,
-            Verdict::Skip => schedule::AttemptResult::Empty,
+            Verdict::Retry { .. } | Verdict::Reject(_) => AttemptResult::Rejected,
+            Verdict::Skip => AttemptResult::Empty,
         }
     }
 }
@@ -123,7 +127,7 @@ pub fn judge_batch(
         outcomes.push(record_outcome(record, report, policy.retry, now, rng));
     }
 
-    let verdict = schedule::batch_verdict(reports.iter().map(AttemptReport::health_result));
+    let verdict = batch_verdict(reports.iter().map(AttemptReport::health_result));
     // The longest wait the endpoint asked for delays the whole repeater.
     let asked = reports
         .iter()
@@ -133,7 +137,7 @@ pub fn judge_batch(
             _ => None,
         })
         .max()
-        .map(|ms| schedule::clamp_retry_after(ms, policy.backoff.max_retry_after_ms));
+        .map(|ms| clamp_retry_after(ms, policy.backoff.max_retry_after_ms));
     let first_error = reports.iter().find_map(|r| match &r.verdict {
         Verdict::Retry { reason, .. } | Verdict::Reject(reason) if r.blames_repeater() => {
             Some(reason.clone())

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+use super::{Authenticator, SecretSource, sign_request};
 use crate::model::{Millis, RepeaterSpec};
-use crate::outbound::{Authenticator, SecretSource, sign_request};
 
 /// Shared authentication state (cached OAuth2 tokens) and the secret
 /// source. Cheap to clone.

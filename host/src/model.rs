@@ -53,7 +53,19 @@ pub fn check_slug(what: &'static str, value: &str) -> Result<(), InvalidName> {
 
 /// Where a record is in its life. The numeric values are stored in the
 /// database and must never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 #[repr(i16)]
 pub enum RecordState {
@@ -130,7 +142,7 @@ impl FromStr for RecordState {
 }
 
 /// How one attempt ended. Stored as a number; values must never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[repr(i16)]
 pub enum AttemptOutcome {
@@ -173,7 +185,7 @@ impl AttemptOutcome {
 }
 
 /// How records of one repeater are ordered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// Any order, full concurrency.
@@ -187,7 +199,7 @@ pub enum Ordering {
 
 /// Authentication the host adds to a repeater's requests after `build`.
 /// Secrets are named by environment variable, never written inline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthSpec {
     /// HTTP Basic.
@@ -217,7 +229,7 @@ pub enum AuthSpec {
 }
 
 /// Standard Webhooks signing of a repeater's requests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SigningSpec {
     /// Environment variables holding the signing secrets (`whsec_...` or raw
@@ -225,9 +237,9 @@ pub struct SigningSpec {
     pub secret_envs: Vec<String>,
 }
 
-/// Per-repeater settings that override `[dispatch]` defaults. `None` means
-/// "use the global default".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Per-repeater settings that override `[dispatch]` defaults. A setting
+/// left out (or `null`) takes the global default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepeaterLimits {
     /// Most requests in flight at once for this repeater (the AIMD ceiling).
@@ -263,7 +275,7 @@ pub struct RepeaterLimits {
 }
 
 /// A repeater as configured: a destination inside a domain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepeaterSpec {
     /// The domain (tenant) the repeater belongs to.

@@ -67,6 +67,12 @@ pub fn check_slug(what: &'static str, value: &str) -> Result<(), InvalidName> {
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
+#[schema(
+    description = "Where a record is in its life: `pending` (never tried), `retrying` (tried, \
+    failed retryably, waits for its `next_attempt_at`), `succeeded`, `rejected` (the payload is \
+    invalid), `empty` (nothing to send) or `cancelled` (given up, or cancelled by a person). \
+    All but `pending` and `retrying` are final until a resend."
+)]
 #[repr(i16)]
 pub enum RecordState {
     /// Never tried.
@@ -144,6 +150,11 @@ impl FromStr for RecordState {
 /// How one attempt ended. Stored as a number; values must never change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(
+    description = "How one attempt ended: `success`, `retry` (failed retryably: a reply, a \
+    transport or plugin error, or retry-later), `reject` (the payload is invalid) or `skip` \
+    (nothing to send)."
+)]
 #[repr(i16)]
 pub enum AttemptOutcome {
     /// The plugin classified the response as success.

@@ -42,8 +42,7 @@ pub async fn healthz() -> Json<ProbeAnswer> {
     probe_answer("ok")
 }
 
-/// Readiness: answers 200 when the store answers a cheap query within two
-/// seconds.
+/// Readiness: the store answers a cheap query within two seconds.
 #[utoipa::path(
     get,
     path = "/readyz",

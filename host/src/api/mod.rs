@@ -16,7 +16,8 @@
 //!
 //! Access rules are in [`auth`]; the route table and the OpenAPI
 //! description built from it in [`openapi`] (served at
-//! `GET /v1/openapi.json`); the routes themselves in [`ingest`],
+//! `GET /v1/openapi.json`, rendered for people as `docs/api.md` by
+//! [`reference`]); the routes themselves in [`ingest`],
 //! [`repeaters`], [`records`], [`plugins`] and [`health`].
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod openapi;
 pub mod plugins;
 pub mod records;
+pub mod reference;
 pub mod repeaters;
 pub mod time;
 

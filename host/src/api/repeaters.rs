@@ -127,7 +127,7 @@ pub struct PluginStatus {
     /// The sha256 pin of the spec, if any.
     #[schema(required)]
     pub pinned_sha256: Option<String>,
-    /// Whether the catalogue knows it (`None` without a catalogue).
+    /// Whether the catalogue knows it (`null` when the daemon has none).
     #[schema(required)]
     pub known: Option<bool>,
     /// Its version, when the catalogue reports one.

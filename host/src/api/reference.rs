@@ -39,7 +39,10 @@ pub fn markdown(description: &Value) -> String {
     }
     let operations = operations(description);
     let _ = writeln!(page, "## Routes\n");
-    let _ = writeln!(page, "| method | path | what it does |\n| --- | --- | --- |");
+    let _ = writeln!(
+        page,
+        "| method | path | what it does |\n| --- | --- | --- |"
+    );
     for operation in &operations {
         let _ = writeln!(
             page,
@@ -60,7 +63,12 @@ pub fn markdown(description: &Value) -> String {
         if tagged.is_empty() {
             continue;
         }
-        let _ = writeln!(page, "## {}\n\n{}\n", title(&name), text(&tag["description"]));
+        let _ = writeln!(
+            page,
+            "## {}\n\n{}\n",
+            title(&name),
+            text(&tag["description"])
+        );
         for operation in tagged {
             render_operation(&mut page, operation);
         }
@@ -149,10 +157,7 @@ fn render_operation(page: &mut String, operation: &Operation<'_>) {
             );
         }
     }
-    let _ = writeln!(
-        page,
-        "| status | body | when |\n| --- | --- | --- |"
-    );
+    let _ = writeln!(page, "| status | body | when |\n| --- | --- | --- |");
     for (status, response) in object(&body["responses"]) {
         let content: Vec<String> = object(&response["content"])
             .map(|(media_type, media)| {

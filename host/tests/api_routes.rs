@@ -9,8 +9,7 @@ use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use repeaterd::api::ApiLimits;
 use repeaterd::api::time::Timestamp;
-use repeaterd::model::{AttemptOutcome, NewEvent, RecordState, now_millis};
-use repeaterd::store::{AttemptDraft, RecordOutcome, RepeaterHealth};
+use repeaterd::model::{NewEvent, now_millis};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -468,25 +467,8 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
         .unwrap();
     let claimed = api.store.claim(&lease, 10, now).await.unwrap();
     assert_eq!(claimed.len(), 3);
-    let outcome = RecordOutcome {
-        record_id: claimed[0].id,
-        state: RecordState::Retrying,
-        next_attempt_at: Some(now + 3_600_000),
-        attempt: Some(AttemptDraft {
-            started_at: now,
-            duration_ms: 12,
-            status: Some(503),
-            error: Some("HTTP 503".into()),
-            outcome: AttemptOutcome::Retry,
-            response_excerpt: Some(b"busy".to_vec()),
-        }),
-    };
-    let health = RepeaterHealth {
-        backoff_until: Some(now + 600_000),
-        backoff_step: 1,
-        last_error: Some("HTTP 503".into()),
-        last_success_at: None,
-    };
+    let outcome = api_support::answered_503(claimed[0].id, now, 12, now + 3_600_000);
+    let health = api_support::backed_off(now + 600_000);
     api.store
         .finish_batch(&lease, &[outcome], Some(&health), false, now)
         .await

@@ -14,8 +14,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use repeaterd::api::{
     self, ApiAuth, ApiLimits, ApiState, PluginCatalog, PluginInfo, PluginInstallError,
 };
-use repeaterd::store::Store;
+use repeaterd::model::{AttemptOutcome, Millis, RecordState};
 use repeaterd::store::sqlite::SqliteStore;
+use repeaterd::store::{AttemptDraft, RecordOutcome, RepeaterHealth, Store};
 use repeaterd::telemetry::Metrics;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -276,6 +277,40 @@ impl TestApi {
             ..Default::default()
         };
         self.store.records(domain, &query).await.unwrap().len()
+    }
+}
+
+/// The outcome of an attempt the remote answered 503 ("busy"): the record
+/// retries at `next_attempt_at`.
+pub fn answered_503(
+    record_id: i64,
+    started_at: Millis,
+    duration_ms: i64,
+    next_attempt_at: Millis,
+) -> RecordOutcome {
+    RecordOutcome {
+        record_id,
+        state: RecordState::Retrying,
+        next_attempt_at: Some(next_attempt_at),
+        attempt: Some(AttemptDraft {
+            started_at,
+            duration_ms,
+            status: Some(503),
+            error: Some("HTTP 503".into()),
+            outcome: AttemptOutcome::Retry,
+            response_excerpt: Some(b"busy".to_vec()),
+        }),
+    }
+}
+
+/// A repeater's health after a batch that failed with 503: backed off
+/// until `until`.
+pub fn backed_off(until: Millis) -> RepeaterHealth {
+    RepeaterHealth {
+        backoff_until: Some(until),
+        backoff_step: 1,
+        last_error: Some("HTTP 503".into()),
+        last_success_at: None,
     }
 }
 

@@ -33,11 +33,23 @@ enum Command {
     /// Load a config file and print a summary, or the error naming key and line.
     CheckConfig(cli::daemon::ConfigArg),
     /// Inspect and act on records through a running daemon's API.
+    ///
+    /// Prints a table for people when stdout is a terminal, the API's JSON
+    /// answer when it is piped or redirected; `--output table|json` chooses.
     #[command(subcommand)]
     Records(cli::admin::RecordsCommand),
     /// Inspect and act on repeaters through a running daemon's API.
+    ///
+    /// Prints a table for people when stdout is a terminal, the API's JSON
+    /// answer when it is piped or redirected; `--output table|json` chooses.
     #[command(subcommand)]
     Repeaters(cli::admin::RepeatersCommand),
+    /// List the plugins of a running daemon, through its API.
+    ///
+    /// Prints a table for people when stdout is a terminal, the API's JSON
+    /// answer when it is piped or redirected; `--output table|json` chooses.
+    #[command(subcommand)]
+    Plugins(cli::admin::PluginsCommand),
     /// Work with plugins: dry-run one or check a component.
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
@@ -59,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig(args) => cli::daemon::check_config(args),
         Command::Records(command) => cli::admin::records(command),
         Command::Repeaters(command) => cli::admin::repeaters(command),
+        Command::Plugins(command) => cli::admin::plugins(command),
         Command::Plugin(command) => cli::plugin::run(command),
     };
     match result {

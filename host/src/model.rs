@@ -56,8 +56,26 @@ pub fn check_slug(what: &'static str, value: &str) -> Result<(), InvalidName> {
 
 /// Where a record is in its life. The numeric values are stored in the
 /// database and must never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
+#[schema(
+    description = "Where a record is in its life: `pending` (never tried), `retrying` (tried, \
+    failed retryably, waits for its `next_attempt_at`), `succeeded`, `rejected` (the payload is \
+    invalid), `empty` (nothing to send) or `cancelled` (given up, or cancelled by a person). \
+    All but `pending` and `retrying` are final until a resend."
+)]
 #[repr(i16)]
 pub enum RecordState {
     /// Never tried.
@@ -133,8 +151,13 @@ impl FromStr for RecordState {
 }
 
 /// How one attempt ended. Stored as a number; values must never change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(
+    description = "How one attempt ended: `success`, `retry` (failed retryably: a reply, a \
+    transport or plugin error, or retry-later), `reject` (the payload is invalid) or `skip` \
+    (nothing to send)."
+)]
 #[repr(i16)]
 pub enum AttemptOutcome {
     /// The plugin classified the response as success.
@@ -176,7 +199,7 @@ impl AttemptOutcome {
 }
 
 /// How records of one repeater are ordered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
     /// Any order, full concurrency.
@@ -190,7 +213,7 @@ pub enum Ordering {
 
 /// Authentication the host adds to a repeater's requests after `build`.
 /// Secrets are named by environment variable, never written inline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthSpec {
     /// HTTP Basic.
@@ -220,7 +243,7 @@ pub enum AuthSpec {
 }
 
 /// Standard Webhooks signing of a repeater's requests.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SigningSpec {
     /// Environment variables holding the signing secrets (`whsec_...` or raw
@@ -228,9 +251,9 @@ pub struct SigningSpec {
     pub secret_envs: Vec<String>,
 }
 
-/// Per-repeater settings that override `[dispatch]` defaults. `None` means
-/// "use the global default".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Per-repeater settings that override `[dispatch]` defaults. A setting
+/// left out (or `null`) takes the global default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepeaterLimits {
     /// Most requests in flight at once for this repeater (the AIMD ceiling).
@@ -266,7 +289,7 @@ pub struct RepeaterLimits {
 }
 
 /// A repeater as configured: a destination inside a domain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepeaterSpec {
     /// The domain (tenant) the repeater belongs to.

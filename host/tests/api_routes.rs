@@ -1,14 +1,15 @@
 //! Every API route's happy path and errors, through the real router over a
-//! real SQLite store.
+//! real SQLite store. The harness checks every answer against the API's
+//! OpenAPI description (status listed, body valid against its schema).
 
 mod api_support;
 
-use api_support::{ACME, ADMIN, TestApi};
+use api_support::{ACME, ADMIN, GLOBEX, TestApi};
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use repeaterd::api::ApiLimits;
-use repeaterd::model::{AttemptOutcome, RecordState, now_millis};
-use repeaterd::store::{AttemptDraft, RecordOutcome, RepeaterHealth};
+use repeaterd::api::time::Timestamp;
+use repeaterd::model::{NewEvent, now_millis};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -466,25 +467,8 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
         .unwrap();
     let claimed = api.store.claim(&lease, 10, now).await.unwrap();
     assert_eq!(claimed.len(), 3);
-    let outcome = RecordOutcome {
-        record_id: claimed[0].id,
-        state: RecordState::Retrying,
-        next_attempt_at: Some(now + 3_600_000),
-        attempt: Some(AttemptDraft {
-            started_at: now,
-            duration_ms: 12,
-            status: Some(503),
-            error: Some("HTTP 503".into()),
-            outcome: AttemptOutcome::Retry,
-            response_excerpt: Some(b"busy".to_vec()),
-        }),
-    };
-    let health = RepeaterHealth {
-        backoff_until: Some(now + 600_000),
-        backoff_step: 1,
-        last_error: Some("HTTP 503".into()),
-        last_success_at: None,
-    };
+    let outcome = api_support::answered_503(claimed[0].id, now, 12, now + 3_600_000);
+    let health = api_support::backed_off(now + 600_000);
     api.store
         .finish_batch(&lease, &[outcome], Some(&health), false, now)
         .await
@@ -494,8 +478,22 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
     let status = api.admin(Method::GET, base).await;
     assert_eq!(status.json["backoff"]["active"], true, "{}", status.text);
     assert_eq!(status.json["backoff"]["step"], 1);
+    assert_eq!(
+        status.json["backoff"]["until"],
+        Timestamp(now + 600_000).to_rfc3339()
+    );
     assert_eq!(status.json["lease"]["holder"], "worker-a");
     assert_eq!(status.json["lease"]["expired"], false);
+    assert_eq!(
+        status.json["lease"]["expires_at"],
+        Timestamp(lease.expires_at).to_rfc3339()
+    );
+    assert_eq!(status.json["last_success_at"], Value::Null);
+    let created_at = status.json["created_at"].as_str().unwrap();
+    assert!(
+        Timestamp::parse(created_at).unwrap().0 <= now,
+        "{created_at}"
+    );
     assert_eq!(status.json["last_error"], "HTTP 503");
     assert_eq!(status.json["backlog"]["retrying"], 1);
     assert_eq!(status.json["backlog"]["pending"], 2);
@@ -509,6 +507,15 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
         )
         .await;
     assert_eq!(record.json["state"], "retrying");
+    assert_eq!(
+        record.json["next_attempt_at"],
+        Timestamp(now + 3_600_000).to_rfc3339()
+    );
+    assert_eq!(
+        record.json["attempts"][0]["started_at"],
+        Timestamp(now).to_rfc3339()
+    );
+    assert_eq!(record.json["attempts"][0]["duration_ms"], 12);
     assert_eq!(record.json["attempts"][0]["status"], 503);
     assert_eq!(record.json["attempts"][0]["outcome"], "retry");
     assert_eq!(record.json["attempts"][0]["response_excerpt"], "busy");
@@ -1013,4 +1020,253 @@ async fn payloads_are_stored_byte_for_byte_as_posted() {
             ("application/json".to_string(), b"null".to_vec()),
         ]
     );
+}
+
+/// A sample value for each path parameter of the description.
+fn sample_path(template: &str) -> String {
+    template
+        .replace("{domain}", "acme")
+        .replace("{name}", "crm")
+        .replace("{id}", "1")
+}
+
+#[tokio::test]
+async fn the_description_is_served_without_a_token_and_every_route_is_in_it() {
+    let api = TestApi::new().await;
+    let served = api
+        .send(Method::GET, "/v1/openapi.json", None, None, Body::empty())
+        .await;
+    assert_eq!(served.status, StatusCode::OK, "{served:?}");
+    assert_eq!(served.headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(&served.json, api_support::description());
+    assert_eq!(served.json["openapi"], "3.1.0");
+
+    // The router is built from the description's route table; prove the two
+    // agree both ways on every described path: each described method is
+    // served (not 404 "no route", not 405), every other method is 405.
+    let paths = served.json["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/v1/repeaters"), "{:?}", paths.keys());
+    for (template, item) in paths {
+        let path = sample_path(template);
+        for method in [
+            Method::GET,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+        ] {
+            let described = item.get(method.as_str().to_ascii_lowercase()).is_some();
+            let answer = api.admin(method.clone(), &path).await;
+            if described {
+                assert_ne!(
+                    answer.status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template} is described but not served"
+                );
+                assert!(
+                    !answer.message().starts_with("no route"),
+                    "{method} {template} is described but not served: {answer:?}"
+                );
+            } else {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {template} is served but not described: {answer:?}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_domain_s_repeaters_are_listed_to_the_tokens_that_reach_them() {
+    let api = TestApi::new().await;
+    api.put_repeater("globex", "ledger", &[]).await;
+    api.put_repeater("acme", "crm", &[]).await;
+    api.put_repeater("acme", "audit", &[]).await;
+    let names = |answer: &api_support::Answer| -> Vec<String> {
+        answer.json["repeaters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["domain"].as_str().unwrap(),
+                    r["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let all = api.admin(Method::GET, "/v1/repeaters").await;
+    assert_eq!(all.status, StatusCode::OK, "{all:?}");
+    assert_eq!(names(&all), ["acme/audit", "acme/crm", "globex/ledger"]);
+    let acme = api
+        .send(
+            Method::GET,
+            "/v1/repeaters",
+            Some(ACME),
+            None,
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(names(&acme), ["acme/audit", "acme/crm"]);
+    let globex = api
+        .send(
+            Method::GET,
+            "/v1/repeaters",
+            Some(GLOBEX),
+            None,
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(names(&globex), ["globex/ledger"]);
+    for token in [None, Some("not-a-token")] {
+        let refused = api
+            .send(Method::GET, "/v1/repeaters", token, None, Body::empty())
+            .await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{refused:?}");
+    }
+
+    // An API without tokens shows everything to everyone.
+    let open = TestApi::with(repeaterd::api::ApiAuth::open(), ApiLimits::default()).await;
+    open.put_repeater("acme", "crm", &[]).await;
+    open.put_repeater("globex", "ledger", &[]).await;
+    let listed = open
+        .send(Method::GET, "/v1/repeaters", None, None, Body::empty())
+        .await;
+    assert_eq!(names(&listed), ["acme/crm", "globex/ledger"]);
+}
+
+#[tokio::test]
+async fn records_since_a_time_are_those_registered_from_then_on() {
+    let api = TestApi::new().await;
+    api.put_repeater("acme", "crm", &[]).await;
+    api.put_repeater("acme", "audit", &[]).await;
+    api.put_repeater("globex", "ledger", &[]).await;
+    let start = Timestamp::parse("2026-01-01T00:00:00Z").unwrap().0;
+    let hour = 3_600_000;
+    let event = |i: usize| NewEvent {
+        id: Some(format!("evt-{i}")),
+        event_type: "t".into(),
+        content_type: "application/json".into(),
+        payload: i.to_string().into_bytes(),
+        ordering_key: None,
+    };
+    // Three hours of events in acme (two records each), with globex's
+    // records between them.
+    for (hour_index, count) in [(0, 4), (1, 3), (2, 2)] {
+        let at = start + hour_index * hour;
+        let events: Vec<NewEvent> = (0..count)
+            .map(|i| event(hour_index as usize * 10 + i))
+            .collect();
+        api.store.ingest("acme", &events, at).await.unwrap();
+        api.store.ingest("globex", &events, at).await.unwrap();
+    }
+    let list = |query: String| {
+        let api = &api;
+        async move {
+            let mut ids = Vec::new();
+            let mut after: Option<i64> = None;
+            loop {
+                let path = match after {
+                    Some(a) => format!("/v1/domains/acme/records?{query}&after={a}"),
+                    None => format!("/v1/domains/acme/records?{query}"),
+                };
+                let page = api.admin(Method::GET, &path).await;
+                assert_eq!(page.status, StatusCode::OK, "{path}: {page:?}");
+                for record in page.json["records"].as_array().unwrap() {
+                    let created = Timestamp::parse(record["created_at"].as_str().unwrap()).unwrap();
+                    ids.push((record["id"].as_i64().unwrap(), created.0));
+                }
+                match page.json["next_after"].as_i64() {
+                    Some(next) => after = Some(next),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    let since = |at: i64| Timestamp(at).to_rfc3339();
+
+    let everything = list("limit=100".into()).await;
+    assert_eq!(everything.len(), 18);
+    let from_second_hour = list(format!("since={}", since(start + hour))).await;
+    assert_eq!(from_second_hour.len(), 10, "{from_second_hour:?}");
+    assert!(from_second_hour.iter().all(|(_, at)| *at >= start + hour));
+    assert_eq!(from_second_hour[..], everything[8..]);
+    // Page by page, the same records, in order, each once.
+    let paged = list(format!("since={}&limit=3", since(start + hour))).await;
+    assert_eq!(paged, from_second_hour);
+    // Between two registrations, and combined with the other filters.
+    let last_hour = list(format!("since={}&limit=1", since(start + hour + 1))).await;
+    assert_eq!(last_hour[..], everything[14..]);
+    let crm = list(format!("since={}&repeater=crm", since(start + hour))).await;
+    assert_eq!(crm.len(), 5);
+    let pending = list(format!(
+        "since={}&state=pending&limit=4",
+        since(start + hour)
+    ))
+    .await;
+    assert_eq!(pending, from_second_hour);
+    let cancelled = list(format!("since={}&state=cancelled", since(start))).await;
+    assert!(cancelled.is_empty());
+    assert_eq!(
+        list(format!("since={}", since(start - 1))).await,
+        everything
+    );
+    assert!(
+        list(format!("since={}", since(start + 3 * hour)))
+            .await
+            .is_empty()
+    );
+
+    for bad in ["yesterday", "2026-01-01T00:00:00+02:00", "1767225600000"] {
+        let answer = api
+            .admin(
+                Method::GET,
+                &format!("/v1/domains/acme/records?since={bad}"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}: {answer:?}");
+        assert_eq!(answer.code(), "invalid_query");
+        assert!(answer.message().contains("since"), "{}", answer.message());
+    }
+}
+
+#[test]
+fn the_description_check_refuses_answers_that_break_the_contract() {
+    let schema = &api_support::description()["paths"]["/v1/domains/{domain}/records"]["get"]["responses"]
+        ["200"]["content"]["application/json"]["schema"];
+    let page = |created_at: Value| {
+        json!({"records": [{
+            "id": 1, "domain": "acme", "repeater": "crm", "event_id": "e", "event_type": "t",
+            "state": "pending", "attempts": 0, "next_attempt_at": null,
+            "created_at": created_at, "updated_at": "2026-01-01T00:00:00.000Z", "last_error": null
+        }], "next_after": null})
+    };
+    api_support::assert_valid(
+        "good page",
+        schema,
+        &page(json!("2026-01-01T00:00:00.000Z")),
+    );
+    let mut without_last_error = page(json!("2026-01-01T00:00:00.000Z"));
+    without_last_error["records"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("last_error");
+    for (broken, why) in [
+        (page(json!(1_767_225_600_000_i64)), "epoch milliseconds"),
+        (page(json!("yesterday")), "not a date-time"),
+        (json!({"records": []}), "next_after missing"),
+        (without_last_error, "a nullable field left out"),
+        (
+            json!({"records": [{"id": 1}], "next_after": null}),
+            "fields missing",
+        ),
+    ] {
+        let refused = std::panic::catch_unwind(|| {
+            api_support::assert_valid(why, schema, &broken);
+        });
+        assert!(refused.is_err(), "{why}: {broken} was accepted");
+    }
 }

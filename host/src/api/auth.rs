@@ -1,8 +1,10 @@
 //! Who may call what. A request carries `Authorization: Bearer <token>`.
 //! The admin token reaches every route; a domain token reaches only
-//! `/v1/domains/<its domain>/...`. `/healthz` and `/readyz` are always open
-//! (probes carry no secrets); `/metrics` and `/v1/plugins` are admin routes
-//! because they span every domain.
+//! `/v1/domains/<its domain>/...`. `/healthz`, `/readyz` and
+//! `/v1/openapi.json` are always open (probes and the API's description carry
+//! no secrets); `/v1/repeaters` takes any valid token and answers only what
+//! that token reaches; `/metrics` and `/v1/plugins` are admin routes because
+//! they span every domain.
 //!
 //! With no token configured at all the API is open: every route answers
 //! without a token. That suits a daemon bound to loopback; the daemon logs a
@@ -83,10 +85,12 @@ pub enum Grant {
 /// Which token a route needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope<'a> {
-    /// No token needed (health probes).
+    /// No token needed (health probes, the API's description).
     Open,
     /// The admin token, or a token of this domain.
     Domain(&'a str),
+    /// Any valid token; the route answers only what its [`Grant`] reaches.
+    AnyToken,
     /// The admin token only.
     Admin,
 }
@@ -156,20 +160,26 @@ impl ApiAuth {
         }
     }
 
-    /// Decides a request: `Ok` when the headers' token reaches `scope`.
-    pub fn check(&self, headers: &HeaderMap, scope: &Scope<'_>) -> Result<(), ApiError> {
-        if self.is_open() || *scope == Scope::Open {
-            return Ok(());
+    /// Decides a request: `Ok` with what the headers' token reaches when it
+    /// reaches `scope`. An API without tokens grants everything; an open
+    /// route called on an API with tokens grants no domain.
+    pub fn check(&self, headers: &HeaderMap, scope: &Scope<'_>) -> Result<Grant, ApiError> {
+        if self.is_open() {
+            return Ok(Grant::Admin);
+        }
+        if *scope == Scope::Open {
+            return Ok(Grant::Domains(Vec::new()));
         }
         let token = bearer_token(headers)?;
         let grant = self
             .grant(token)
             .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
         match (grant, scope) {
-            (Grant::Admin, _) => Ok(()),
+            (Grant::Admin, _) => Ok(Grant::Admin),
+            (grant @ Grant::Domains(_), Scope::AnyToken) => Ok(grant),
             (Grant::Domains(domains), Scope::Domain(domain)) => {
                 if domains.iter().any(|d| d == domain) {
-                    Ok(())
+                    Ok(Grant::Domains(domains))
                 } else {
                     Err(ApiError::forbidden(format!(
                         "this token does not reach domain {domain:?}"
@@ -209,8 +219,11 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
 /// a percent-encoded segment never equals a slug, so it can only be refused,
 /// never let through to another domain.
 pub fn scope_of(path: &str) -> Scope<'_> {
-    if path == "/healthz" || path == "/readyz" {
+    if matches!(path, "/healthz" | "/readyz" | "/v1/openapi.json") {
         return Scope::Open;
+    }
+    if path == "/v1/repeaters" {
+        return Scope::AnyToken;
     }
     if let Some(rest) = path.strip_prefix("/v1/domains/") {
         let domain = rest.split('/').next().unwrap_or_default();
@@ -222,14 +235,16 @@ pub fn scope_of(path: &str) -> Scope<'_> {
 }
 
 /// Middleware: refuses the request before any body is read unless its
-/// token reaches the path.
+/// token reaches the path; otherwise hands the route its [`Grant`] as a
+/// request extension.
 pub(crate) async fn require_token(
     State(state): State<ApiState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let scope = scope_of(request.uri().path());
-    state.auth.check(request.headers(), &scope)?;
+    let grant = state.auth.check(request.headers(), &scope)?;
+    request.extensions_mut().insert(grant);
     Ok(next.run(request).await)
 }
 
@@ -260,6 +275,9 @@ mod tests {
     fn paths_map_to_scopes() {
         assert_eq!(scope_of("/healthz"), Scope::Open);
         assert_eq!(scope_of("/readyz"), Scope::Open);
+        assert_eq!(scope_of("/v1/openapi.json"), Scope::Open);
+        assert_eq!(scope_of("/v1/repeaters"), Scope::AnyToken);
+        assert_eq!(scope_of("/v1/repeaters/x"), Scope::Admin);
         assert_eq!(scope_of("/metrics"), Scope::Admin);
         assert_eq!(scope_of("/v1/plugins/x"), Scope::Admin);
         assert_eq!(scope_of("/v1/domains/acme/events"), Scope::Domain("acme"));
@@ -295,8 +313,13 @@ mod tests {
             auth.check(&acme, &Scope::Admin).unwrap_err().code,
             "forbidden"
         );
-        assert!(auth.check(&acme, &Scope::Open).is_ok());
+        assert_eq!(auth.check(&acme, &Scope::Open), Ok(Grant::Domains(vec![])));
+        assert_eq!(
+            auth.check(&acme, &Scope::AnyToken),
+            Ok(Grant::Domains(vec!["acme".into()]))
+        );
         let admin = headers("bearer admin-secret");
+        assert_eq!(auth.check(&admin, &Scope::AnyToken), Ok(Grant::Admin));
         assert!(auth.check(&admin, &Scope::Admin).is_ok());
         assert!(auth.check(&admin, &Scope::Domain("globex")).is_ok());
     }
@@ -320,7 +343,10 @@ mod tests {
     fn no_tokens_means_an_open_api() {
         let auth = ApiAuth::open();
         assert!(auth.is_open());
-        assert!(auth.check(&HeaderMap::new(), &Scope::Admin).is_ok());
+        assert_eq!(
+            auth.check(&HeaderMap::new(), &Scope::AnyToken),
+            Ok(Grant::Admin)
+        );
     }
 
     #[test]

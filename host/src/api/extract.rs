@@ -1,7 +1,9 @@
 //! Reading requests: path and query extractors whose rejections use the
 //! API's error shape, and JSON body parsing that tells a syntax error (400
 //! `invalid_json`) from a wrong type or missing field (400 `invalid_body`),
-//! naming the field by its path (`events[3].type`).
+//! naming the field by its path (`events[3].type`). The path parameters of
+//! the routes are typed here, once, for the handlers and the OpenAPI
+//! description alike.
 
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
@@ -42,6 +44,77 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
         Ok(ApiQuery(value))
+    }
+}
+
+/// The path of a domain's routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DomainPath {
+    /// The domain (tenant).
+    #[param(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "acme")]
+    pub domain: String,
+}
+
+impl DomainPath {
+    /// Checks the domain's name.
+    pub fn check(&self) -> Result<(), ApiError> {
+        path_slug("domain", &self.domain)
+    }
+}
+
+/// The path of one repeater's routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RepeaterPath {
+    /// The domain (tenant).
+    #[param(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "acme")]
+    pub domain: String,
+    /// The repeater's name within the domain.
+    #[param(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "crm")]
+    pub name: String,
+}
+
+impl RepeaterPath {
+    /// Checks the domain's and the repeater's names.
+    pub fn check(&self) -> Result<(), ApiError> {
+        path_slug("domain", &self.domain)?;
+        path_slug("repeater", &self.name)
+    }
+}
+
+/// The path of one record's routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RecordPath {
+    /// The domain (tenant).
+    #[param(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "acme")]
+    pub domain: String,
+    /// The record's id.
+    #[param(example = 42)]
+    pub id: i64,
+}
+
+impl RecordPath {
+    /// Checks the domain's name.
+    pub fn check(&self) -> Result<(), ApiError> {
+        path_slug("domain", &self.domain)
+    }
+}
+
+/// The path of one plugin's routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct PluginPath {
+    /// The plugin's name.
+    #[param(pattern = "^[a-z0-9][a-z0-9-]{0,62}$", example = "my-plugin")]
+    pub name: String,
+}
+
+impl PluginPath {
+    /// Checks the plugin's name.
+    pub fn check(&self) -> Result<(), ApiError> {
+        path_slug("plugin", &self.name)
     }
 }
 

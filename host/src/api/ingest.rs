@@ -17,9 +17,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{
-    ApiPath, decode_object_at, is_json_media_type, parse_json, path_slug, require_json,
+    ApiPath, DomainPath, decode_object_at, is_json_media_type, parse_json, require_json,
 };
 use crate::model::{NewEvent, now_millis};
 use crate::store::{Ingested, IngestedRecord};
@@ -27,16 +27,19 @@ use crate::store::{Ingested, IngestedRecord};
 /// Longest event type, id, ordering key or content type, in bytes.
 const MAX_TEXT_FIELD: usize = 255;
 
-/// One event as posted.
-#[derive(Debug, Deserialize)]
+/// One event as posted: `payload` (any JSON) or `body` (a string) with
+/// `content_type`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventInput {
-    /// The event's type.
+    /// The event's type; repeaters subscribe by it.
     #[serde(rename = "type")]
+    #[schema(example = "case.created", min_length = 1, max_length = 255)]
     pub event_type: String,
     /// A JSON payload, stored byte for byte as posted (key order, number
     /// spelling and spacing kept). `null` is a payload.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub payload: Option<Box<RawValue>>,
     /// A text payload; needs `content_type`.
     #[serde(default)]
@@ -44,10 +47,11 @@ pub struct EventInput {
     /// Media type of the payload; defaults to `application/json` for `payload`.
     #[serde(default)]
     pub content_type: Option<String>,
-    /// Idempotency key.
+    /// Idempotency key: the same id again in this domain answers the first
+    /// answer and creates nothing. The host makes one when it is absent.
     #[serde(default)]
     pub id: Option<String>,
-    /// Ordering key.
+    /// Ordering key, for repeaters with `ordering = "key"`.
     #[serde(default)]
     pub ordering_key: Option<String>,
 }
@@ -59,22 +63,41 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawV
 
 /// A batch as posted; each event is decoded on its own so errors can name
 /// its index.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchInput {
-    /// The events, at most the configured batch size.
+    /// The events, at most the configured batch size (default 1000).
+    #[schema(value_type = Vec<EventInput>)]
     pub events: Vec<Box<RawValue>>,
 }
 
 /// The answer for one event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventAnswer {
     /// The event id (the producer's, or the one the host made).
     pub event_id: String,
     /// False when the id was seen before and nothing was created.
     pub created: bool,
     /// One record per subscribed repeater.
-    pub records: Vec<IngestedRecord>,
+    pub records: Vec<RecordRef>,
+}
+
+/// A record made for an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecordRef {
+    /// The record's id.
+    pub id: i64,
+    /// The repeater it is for.
+    pub repeater: String,
+}
+
+impl From<IngestedRecord> for RecordRef {
+    fn from(record: IngestedRecord) -> RecordRef {
+        RecordRef {
+            id: record.id,
+            repeater: record.repeater,
+        }
+    }
 }
 
 impl From<Ingested> for EventAnswer {
@@ -82,13 +105,13 @@ impl From<Ingested> for EventAnswer {
         EventAnswer {
             event_id: ingested.event_id,
             created: ingested.created,
-            records: ingested.records,
+            records: ingested.records.into_iter().map(RecordRef::from).collect(),
         }
     }
 }
 
 /// The answer for a batch, in the order posted.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchAnswer {
     /// One answer per event.
     pub events: Vec<EventAnswer>,
@@ -199,21 +222,42 @@ fn count_refusal<T>(state: &ApiState, result: Result<T, ApiError>) -> Result<T, 
     result
 }
 
-/// `POST /v1/domains/{domain}/events`: 202 when created, 200 for a repeat.
+/// Posts one event.
+///
+/// Every repeater of the domain that subscribes to the event's type gets a
+/// record. An event whose `id` was posted before answers the first answer
+/// with `"created": false` and creates nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/domains/{domain}/events",
+    tag = "events",
+    params(DomainPath),
+    request_body(content = EventInput, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored, with one record per subscribed repeater", body = EventAnswer),
+        (status = 200, description = "An event with this id was posted before: the first answer; nothing was created", body = EventAnswer),
+        (status = 400, description = "Malformed JSON, a field of the wrong type, an unknown field or a bad domain name", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field's value is refused (the message names it)", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn post_event(
     State(state): State<ApiState>,
-    ApiPath(domain): ApiPath<String>,
+    ApiPath(path): ApiPath<DomainPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<EventAnswer>), ApiError> {
     let result = async {
-        path_slug("domain", &domain)?;
+        path.check()?;
+        let domain = &path.domain;
         require_json(&headers)?;
         let bytes =
             body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
         let input: EventInput = parse_json(&bytes)?;
         let event = to_new_event(input, "").map_err(ApiError::invalid)?;
-        let mut ingested = ingest_events(&state, &domain, vec![event]).await?;
+        let mut ingested = ingest_events(&state, domain, vec![event]).await?;
         let first = ingested.pop().ok_or_else(|| {
             ApiError::internal(
                 "ingest",
@@ -231,16 +275,37 @@ pub async fn post_event(
     count_refusal(&state, result)
 }
 
-/// `POST /v1/domains/{domain}/events/batch`: 202 when any event was
-/// created, 200 when every one was a repeat.
+/// Posts a batch of events, all or nothing.
+///
+/// The first invalid event (named by its index and field) refuses the whole
+/// batch before anything is stored. Answers one answer per event, in the
+/// order posted: 202 when any event was created, 200 when every one was a
+/// repeat.
+#[utoipa::path(
+    post,
+    path = "/v1/domains/{domain}/events/batch",
+    tag = "events",
+    params(DomainPath),
+    request_body(content = BatchInput, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored; at least one event was new", body = BatchAnswer),
+        (status = 200, description = "Every event was posted before: their first answers; nothing was created", body = BatchAnswer),
+        (status = 400, description = "Malformed JSON, a field of the wrong type (named as `events[3].type`) or a bad domain name", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "An empty or oversized batch, or an event's refused field (named as `events[3].type`)", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn post_batch(
     State(state): State<ApiState>,
-    ApiPath(domain): ApiPath<String>,
+    ApiPath(path): ApiPath<DomainPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
     let result = async {
-        path_slug("domain", &domain)?;
+        path.check()?;
+        let domain = &path.domain;
         require_json(&headers)?;
         let bytes =
             body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
@@ -271,7 +336,7 @@ pub async fn post_batch(
             }
             events.push(event);
         }
-        let ingested = ingest_events(&state, &domain, events).await?;
+        let ingested = ingest_events(&state, domain, events).await?;
         let status = if ingested.iter().any(|event| event.created) {
             StatusCode::ACCEPTED
         } else {

@@ -11,7 +11,13 @@
 //! semantically invalid, 500 internal (logged), 501 plugin routes without a
 //! plugin catalogue, 503 store unreachable (`/readyz`).
 //!
-//! Access rules are in [`auth`]; the routes themselves in [`ingest`],
+//! Times are RFC 3339 UTC strings with milliseconds ([`time`]); durations
+//! are integers in fields ending `_ms`.
+//!
+//! Access rules are in [`auth`]; the route table and the OpenAPI
+//! description built from it in [`openapi`] (served at
+//! `GET /v1/openapi.json`, rendered for people as `docs/api.md` by
+//! [`reference`]); the routes themselves in [`ingest`],
 //! [`repeaters`], [`records`], [`plugins`] and [`health`].
 
 pub mod auth;
@@ -19,15 +25,17 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod ingest;
+pub mod openapi;
 pub mod plugins;
 pub mod records;
+pub mod reference;
 pub mod repeaters;
+pub mod time;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
 use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiAuth, AuthConfigError};
@@ -100,35 +108,10 @@ impl ApiState {
 }
 
 /// The API's router, ready to serve (`axum::serve(listener, router(state))`).
+/// Its routes are those of [`openapi::routes`], and no others.
 pub fn router(state: ApiState) -> Router {
-    let domain = Router::new()
-        .route("/events", post(ingest::post_event))
-        .route("/events/batch", post(ingest::post_batch))
-        .route("/repeaters", get(repeaters::list))
-        .route(
-            "/repeaters/{name}",
-            get(repeaters::show)
-                .put(repeaters::put)
-                .delete(repeaters::delete),
-        )
-        .route("/repeaters/{name}/pause", post(repeaters::pause))
-        .route("/repeaters/{name}/resume", post(repeaters::resume))
-        .route("/repeaters/{name}/requeue", post(repeaters::requeue))
-        .route("/records", get(records::list))
-        .route("/records/{id}", get(records::show))
-        .route("/records/{id}/resend", post(records::resend))
-        .route("/records/{id}/cancel", post(records::cancel))
-        .method_not_allowed_fallback(error::wrong_method);
-    Router::new()
-        .nest("/v1/domains/{domain}", domain)
-        .route("/v1/plugins", get(plugins::list))
-        .route(
-            "/v1/plugins/{name}",
-            put(plugins::put).layer(DefaultBodyLimit::max(state.limits.max_plugin_bytes)),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let (routes, _description) = openapi::routes(&state.limits).split_for_parts();
+    routes
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::wrong_method)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))

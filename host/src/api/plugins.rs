@@ -9,26 +9,29 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::ApiState;
-use super::error::ApiError;
-use super::extract::{ApiPath, path_slug};
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiPath, PluginPath};
 
 /// One plugin as the catalogue sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginInfo {
     /// The name repeaters refer to.
     pub name: String,
     /// True for plugins shipped inside the binary.
     pub builtin: bool,
     /// The version in use, when the plugin reports one.
+    #[schema(required)]
     pub version: Option<String>,
     /// Content hash (hex) of the component in use.
+    #[schema(required)]
     pub sha256: Option<String>,
     /// The last load or reload error, when a newer file failed to replace
     /// the version in use.
+    #[schema(required)]
     pub last_error: Option<String>,
 }
 
@@ -79,10 +82,32 @@ fn catalog(state: &ApiState) -> Result<&dyn PluginCatalog, ApiError> {
     })
 }
 
-/// `GET /v1/plugins`
-pub async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+/// Every plugin the daemon knows, ordered by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginList {
+    /// The plugins, built-in and uploaded.
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// A WebAssembly component's bytes, as a plugin upload's body.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ComponentBytes(pub Vec<u8>);
+
+/// Lists the plugins repeaters may use.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    operation_id = "list_plugins",
+    tag = "plugins",
+    responses(
+        (status = 200, description = "Every plugin, ordered by name", body = PluginList),
+        (status = 501, description = "This daemon has no plugin catalogue", body = ErrorBody),
+    )
+)]
+pub async fn list(State(state): State<ApiState>) -> Result<Json<PluginList>, ApiError> {
     let plugins = catalog(&state)?.list();
-    Ok(Json(json!({ "plugins": plugins })))
+    Ok(Json(PluginList { plugins }))
 }
 
 /// True for the media types a component upload may declare.
@@ -92,16 +117,38 @@ fn is_component_media_type(value: &str) -> bool {
         || essence.eq_ignore_ascii_case("application/octet-stream")
 }
 
-/// `PUT /v1/plugins/{name}` with the component's bytes as the body
-/// (`Content-Type: application/wasm` or `application/octet-stream`).
-/// 201 when the name is new, 200 when it replaced a plugin.
+/// Uploads a plugin component.
+///
+/// The body is the component's bytes (`Content-Type: application/wasm` or
+/// `application/octet-stream`). It is compiled and checked before it
+/// replaces anything: a broken component never replaces a working one.
+#[utoipa::path(
+    put,
+    path = "/v1/plugins/{name}",
+    operation_id = "put_plugin",
+    tag = "plugins",
+    params(PluginPath),
+    request_body(content = ComponentBytes, content_type = "application/wasm", description = "The WebAssembly component (`application/octet-stream` is taken too)"),
+    responses(
+        (status = 201, description = "Installed under a new name", body = PluginInfo),
+        (status = 200, description = "Replaced the plugin of this name", body = PluginInfo),
+        (status = 400, description = "A bad plugin name", body = ErrorBody),
+        (status = 409, description = "The name cannot be replaced (a built-in plugin)", body = ErrorBody),
+        (status = 413, description = "The component is larger than the upload limit", body = ErrorBody),
+        (status = 415, description = "The body is not declared as a component", body = ErrorBody),
+        (status = 422, description = "The bytes are not a usable component of the plugin world", body = ErrorBody),
+        (status = 500, description = "Storing or compiling failed on the host", body = ErrorBody),
+        (status = 501, description = "This daemon has no plugin catalogue", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(state): State<ApiState>,
-    ApiPath(name): ApiPath<String>,
+    ApiPath(path): ApiPath<PluginPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
-    path_slug("plugin", &name)?;
+    path.check()?;
+    let name = path.name;
     let catalog = catalog(&state)?;
     let declared = headers
         .get(header::CONTENT_TYPE)

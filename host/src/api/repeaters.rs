@@ -1,4 +1,5 @@
-//! Repeater routes: `GET /v1/domains/{domain}/repeaters`, `GET/PUT/DELETE
+//! Repeater routes: `GET /v1/repeaters` (every domain the token reaches),
+//! `GET /v1/domains/{domain}/repeaters`, `GET/PUT/DELETE
 //! .../repeaters/{name}`, and `POST .../{name}/pause|resume|requeue`.
 //!
 //! A PUT body is the repeater spec without `domain` and `name` (they come
@@ -11,23 +12,25 @@
 //! pause, last error and success, current concurrency and the plugin's
 //! version and last error.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
-use serde::Serialize;
-use serde_json::{Value, json};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::ApiState;
-use super::error::ApiError;
-use super::extract::{ApiPath, from_value, parse_json, path_slug, require_json};
+use super::auth::Grant;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{ApiPath, DomainPath, RepeaterPath, from_value, parse_json, require_json};
+use super::time::Timestamp;
 use crate::config::check_repeater_spec;
-use crate::model::{Millis, RepeaterSpec, now_millis};
+use crate::model::{RepeaterSpec, now_millis};
 use crate::store::{Backlog, RepeaterRow};
 
 /// The status of one repeater, as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RepeaterStatus {
     /// The domain.
     pub domain: String,
@@ -40,62 +43,149 @@ pub struct RepeaterStatus {
     /// Endpoint backoff.
     pub backoff: BackoffStatus,
     /// The lease, if one is recorded.
+    #[schema(required)]
     pub lease: Option<LeaseStatus>,
     /// Record counts by state.
-    pub backlog: Backlog,
+    pub backlog: BacklogCounts,
     /// The adaptive concurrency limit the dispatcher last reported.
+    #[schema(required)]
     pub concurrency: Option<u32>,
     /// The last failure seen.
+    #[schema(required)]
     pub last_error: Option<String>,
     /// When a record last succeeded.
-    pub last_success_at: Option<Millis>,
+    #[schema(required)]
+    pub last_success_at: Option<Timestamp>,
     /// The plugin in use.
     pub plugin: PluginStatus,
     /// When the repeater was first stored.
-    pub created_at: Millis,
+    pub created_at: Timestamp,
     /// When its spec or status last changed.
-    pub updated_at: Millis,
+    pub updated_at: Timestamp,
 }
 
 /// Endpoint backoff of a repeater.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackoffStatus {
     /// True while `until` is in the future.
     pub active: bool,
     /// Backed off until then.
-    pub until: Option<Millis>,
+    #[schema(required)]
+    pub until: Option<Timestamp>,
     /// Consecutive failed batches.
     pub step: u32,
 }
 
 /// Who holds a repeater's lane.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LeaseStatus {
     /// The holder's name.
     pub holder: String,
     /// The lease epoch.
     pub epoch: i64,
     /// When it expires unless renewed.
-    pub expires_at: Millis,
+    pub expires_at: Timestamp,
     /// True when it has expired (the next claim takes it over).
     pub expired: bool,
 }
 
+/// Record counts of a repeater by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BacklogCounts {
+    /// Never tried.
+    pub pending: i64,
+    /// Waiting for their next attempt.
+    pub retrying: i64,
+    /// Delivered.
+    pub succeeded: i64,
+    /// Refused as invalid.
+    pub rejected: i64,
+    /// Nothing to send.
+    pub empty: i64,
+    /// Given up.
+    pub cancelled: i64,
+}
+
+impl From<Backlog> for BacklogCounts {
+    fn from(backlog: Backlog) -> BacklogCounts {
+        BacklogCounts {
+            pending: backlog.pending,
+            retrying: backlog.retrying,
+            succeeded: backlog.succeeded,
+            rejected: backlog.rejected,
+            empty: backlog.empty,
+            cancelled: backlog.cancelled,
+        }
+    }
+}
+
 /// The plugin a repeater uses.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PluginStatus {
     /// Its name.
     pub name: String,
     /// The sha256 pin of the spec, if any.
+    #[schema(required)]
     pub pinned_sha256: Option<String>,
-    /// Whether the catalogue knows it (`None` without a catalogue).
+    /// Whether the catalogue knows it (`null` when the daemon has none).
+    #[schema(required)]
     pub known: Option<bool>,
     /// Its version, when the catalogue reports one.
+    #[schema(required)]
     pub version: Option<String>,
     /// Content hash of the version in use.
+    #[schema(required)]
     pub sha256: Option<String>,
     /// Its last load or reload error.
+    #[schema(required)]
     pub last_error: Option<String>,
+}
+
+/// A list of repeaters, ordered by domain and name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RepeaterList {
+    /// The repeaters with their status.
+    pub repeaters: Vec<RepeaterStatus>,
+}
+
+/// The answer of a requeue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RequeueAnswer {
+    /// How many records went back to pending.
+    pub requeued: u64,
+}
+
+/// The body of a repeater PUT: a [`RepeaterSpec`] without `domain` and
+/// `name`, which come from the path. Its schema is the spec's own, with
+/// those two fields taken out.
+pub struct RepeaterSpecBody;
+
+impl utoipa::PartialSchema for RepeaterSpecBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::Schema;
+        let mut schema = <RepeaterSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            for field in ["domain", "name"] {
+                object.properties.shift_remove(field);
+                object.required.retain(|required| required != field);
+            }
+            object.description =
+                Some("A repeater's spec; its domain and name come from the path.".into());
+        }
+        schema
+    }
+}
+
+impl utoipa::ToSchema for RepeaterSpecBody {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <RepeaterSpec as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 async fn status_of(state: &ApiState, row: RepeaterRow) -> Result<RepeaterStatus, ApiError> {
@@ -126,73 +216,168 @@ async fn status_of(state: &ApiState, row: RepeaterRow) -> Result<RepeaterStatus,
         paused: row.paused,
         backoff: BackoffStatus {
             active: row.backoff_until.is_some_and(|until| until > now),
-            until: row.backoff_until,
+            until: row.backoff_until.map(Timestamp),
             step: row.backoff_step,
         },
         lease: row.lease.map(|lease| LeaseStatus {
             expired: lease.expires_at <= now,
             holder: lease.holder,
             epoch: lease.epoch,
-            expires_at: lease.expires_at,
+            expires_at: Timestamp(lease.expires_at),
         }),
-        backlog,
+        backlog: BacklogCounts::from(backlog),
         last_error: row.last_error,
-        last_success_at: row.last_success_at,
+        last_success_at: row.last_success_at.map(Timestamp),
         plugin,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
+        created_at: Timestamp(row.created_at),
+        updated_at: Timestamp(row.updated_at),
         spec: row.spec,
     })
 }
 
-async fn find(state: &ApiState, domain: &str, name: &str) -> Result<RepeaterRow, ApiError> {
-    path_slug("domain", domain)?;
-    path_slug("repeater", name)?;
-    state
-        .store
-        .repeater(domain, name)
-        .await
-        .map_err(|err| ApiError::from_store("reading a repeater", err))?
-        .ok_or_else(|| ApiError::not_found(format!("repeater {domain}/{name} not found")))
-}
-
-/// `GET /v1/domains/{domain}/repeaters`
-pub async fn list(
-    State(state): State<ApiState>,
-    ApiPath(domain): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    path_slug("domain", &domain)?;
-    let rows = state
-        .store
-        .repeaters(Some(&domain))
-        .await
-        .map_err(|err| ApiError::from_store("listing repeaters", err))?;
+async fn statuses_of(state: &ApiState, rows: Vec<RepeaterRow>) -> Result<RepeaterList, ApiError> {
     let mut repeaters = Vec::with_capacity(rows.len());
     for row in rows {
-        repeaters.push(status_of(&state, row).await?);
+        repeaters.push(status_of(state, row).await?);
     }
-    Ok(Json(json!({ "repeaters": repeaters })))
+    Ok(RepeaterList { repeaters })
 }
 
-/// `GET /v1/domains/{domain}/repeaters/{name}`
+fn not_found(path: &RepeaterPath) -> ApiError {
+    ApiError::not_found(format!("repeater {}/{} not found", path.domain, path.name))
+}
+
+async fn find(state: &ApiState, path: &RepeaterPath) -> Result<RepeaterRow, ApiError> {
+    path.check()?;
+    state
+        .store
+        .repeater(&path.domain, &path.name)
+        .await
+        .map_err(|err| ApiError::from_store("reading a repeater", err))?
+        .ok_or_else(|| not_found(path))
+}
+
+/// Lists every repeater the token reaches, with its status.
+///
+/// The admin token (or an API without tokens) sees every domain's
+/// repeaters; a domain token sees its own domain's.
+#[utoipa::path(
+    get,
+    path = "/v1/repeaters",
+    operation_id = "list_repeaters",
+    tag = "repeaters",
+    responses(
+        (status = 200, description = "The repeaters, ordered by domain and name", body = RepeaterList),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub async fn list_all(
+    State(state): State<ApiState>,
+    Extension(grant): Extension<Grant>,
+) -> Result<Json<RepeaterList>, ApiError> {
+    let listing = |err| ApiError::from_store("listing repeaters", err);
+    let rows = match grant {
+        Grant::Admin => state.store.repeaters(None).await.map_err(listing)?,
+        Grant::Domains(mut domains) => {
+            domains.sort();
+            domains.dedup();
+            let mut rows = Vec::new();
+            for domain in domains {
+                rows.extend(
+                    state
+                        .store
+                        .repeaters(Some(&domain))
+                        .await
+                        .map_err(listing)?,
+                );
+            }
+            rows
+        }
+    };
+    Ok(Json(statuses_of(&state, rows).await?))
+}
+
+/// Lists a domain's repeaters with their status.
+#[utoipa::path(
+    get,
+    path = "/v1/domains/{domain}/repeaters",
+    operation_id = "list_domain_repeaters",
+    tag = "repeaters",
+    params(DomainPath),
+    responses(
+        (status = 200, description = "The domain's repeaters, ordered by name", body = RepeaterList),
+        (status = 400, description = "A bad domain name", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
+pub async fn list(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<DomainPath>,
+) -> Result<Json<RepeaterList>, ApiError> {
+    path.check()?;
+    let rows = state
+        .store
+        .repeaters(Some(&path.domain))
+        .await
+        .map_err(|err| ApiError::from_store("listing repeaters", err))?;
+    Ok(Json(statuses_of(&state, rows).await?))
+}
+
+/// Shows one repeater's status.
+///
+/// Backlog by state, backoff, lease, pause, last error and success, current
+/// concurrency, and the plugin's version and last error.
+#[utoipa::path(
+    get,
+    path = "/v1/domains/{domain}/repeaters/{name}",
+    operation_id = "show_repeater",
+    tag = "repeaters",
+    params(RepeaterPath),
+    responses(
+        (status = 200, description = "The repeater's status", body = RepeaterStatus),
+        (status = 400, description = "A bad domain or repeater name", body = ErrorBody),
+        (status = 404, description = "No such repeater", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<ApiState>,
-    ApiPath((domain, name)): ApiPath<(String, String)>,
+    ApiPath(path): ApiPath<RepeaterPath>,
 ) -> Result<Json<RepeaterStatus>, ApiError> {
-    let row = find(&state, &domain, &name).await?;
+    let row = find(&state, &path).await?;
     Ok(Json(status_of(&state, row).await?))
 }
 
-/// `PUT /v1/domains/{domain}/repeaters/{name}`: 201 when created, 200 when
-/// replaced (status and records are kept).
+/// Creates or replaces a repeater.
+///
+/// The spec is checked by the same rules as a `[[repeater]]` of the config
+/// file, and by its plugin's `validate-config`. Replacing keeps the
+/// repeater's status and records.
+#[utoipa::path(
+    put,
+    path = "/v1/domains/{domain}/repeaters/{name}",
+    operation_id = "put_repeater",
+    tag = "repeaters",
+    params(RepeaterPath),
+    request_body(content = RepeaterSpecBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = RepeaterStatus),
+        (status = 200, description = "Replaced", body = RepeaterStatus),
+        (status = 400, description = "Malformed JSON, a field of the wrong type, an unknown field or a bad name", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "The spec is refused: a bad URL, limit or reference, an unknown plugin, or a config the plugin refuses", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(state): State<ApiState>,
-    ApiPath((domain, name)): ApiPath<(String, String)>,
+    ApiPath(path): ApiPath<RepeaterPath>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RepeaterStatus>), ApiError> {
-    path_slug("domain", &domain)?;
-    path_slug("repeater", &name)?;
+    path.check()?;
+    let RepeaterPath { domain, name } = path;
     require_json(&headers)?;
     let bytes =
         body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
@@ -252,24 +437,34 @@ pub async fn put(
     Ok((status, Json(status_of(&state, row).await?)))
 }
 
-/// `DELETE /v1/domains/{domain}/repeaters/{name}`: 204; its unfinished
-/// records are cancelled.
+/// Deletes a repeater; its unfinished records are cancelled.
+#[utoipa::path(
+    delete,
+    path = "/v1/domains/{domain}/repeaters/{name}",
+    operation_id = "delete_repeater",
+    tag = "repeaters",
+    params(RepeaterPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "A bad domain or repeater name", body = ErrorBody),
+        (status = 404, description = "No such repeater", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<ApiState>,
-    ApiPath((domain, name)): ApiPath<(String, String)>,
+    ApiPath(path): ApiPath<RepeaterPath>,
 ) -> Result<StatusCode, ApiError> {
-    path_slug("domain", &domain)?;
-    path_slug("repeater", &name)?;
+    path.check()?;
     let deleted = state
         .store
-        .delete_repeater(&domain, &name, now_millis())
+        .delete_repeater(&path.domain, &path.name, now_millis())
         .await
         .map_err(|err| ApiError::from_store("deleting a repeater", err))?;
     if !deleted {
-        return Err(ApiError::not_found(format!(
-            "repeater {domain}/{name} not found"
-        )));
+        return Err(not_found(&path));
     }
+    let RepeaterPath { domain, name } = path;
     state.metrics.forget_repeater(&domain, &name);
     tracing::info!(%domain, repeater = %name, "repeater deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -277,53 +472,90 @@ pub async fn delete(
 
 async fn set_paused(
     state: ApiState,
-    domain: String,
-    name: String,
+    path: RepeaterPath,
     paused: bool,
 ) -> Result<Json<RepeaterStatus>, ApiError> {
-    path_slug("domain", &domain)?;
-    path_slug("repeater", &name)?;
+    path.check()?;
     let found = state
         .store
-        .set_paused(&domain, &name, paused, now_millis())
+        .set_paused(&path.domain, &path.name, paused, now_millis())
         .await
         .map_err(|err| ApiError::from_store("pausing or resuming a repeater", err))?;
     if !found {
-        return Err(ApiError::not_found(format!(
-            "repeater {domain}/{name} not found"
-        )));
+        return Err(not_found(&path));
     }
-    let row = find(&state, &domain, &name).await?;
+    let row = find(&state, &path).await?;
     Ok(Json(status_of(&state, row).await?))
 }
 
-/// `POST .../repeaters/{name}/pause`: the repeater's status, paused.
+/// Pauses a repeater: it is not scheduled, its records wait.
+#[utoipa::path(
+    post,
+    path = "/v1/domains/{domain}/repeaters/{name}/pause",
+    operation_id = "pause_repeater",
+    tag = "repeaters",
+    params(RepeaterPath),
+    responses(
+        (status = 200, description = "The repeater's status, paused", body = RepeaterStatus),
+        (status = 400, description = "A bad domain or repeater name", body = ErrorBody),
+        (status = 404, description = "No such repeater", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn pause(
     State(state): State<ApiState>,
-    ApiPath((domain, name)): ApiPath<(String, String)>,
+    ApiPath(path): ApiPath<RepeaterPath>,
 ) -> Result<Json<RepeaterStatus>, ApiError> {
-    set_paused(state, domain, name, true).await
+    set_paused(state, path, true).await
 }
 
-/// `POST .../repeaters/{name}/resume`: the repeater's status, running.
+/// Resumes a paused repeater.
+#[utoipa::path(
+    post,
+    path = "/v1/domains/{domain}/repeaters/{name}/resume",
+    operation_id = "resume_repeater",
+    tag = "repeaters",
+    params(RepeaterPath),
+    responses(
+        (status = 200, description = "The repeater's status, running", body = RepeaterStatus),
+        (status = 400, description = "A bad domain or repeater name", body = ErrorBody),
+        (status = 404, description = "No such repeater", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn resume(
     State(state): State<ApiState>,
-    ApiPath((domain, name)): ApiPath<(String, String)>,
+    ApiPath(path): ApiPath<RepeaterPath>,
 ) -> Result<Json<RepeaterStatus>, ApiError> {
-    set_paused(state, domain, name, false).await
+    set_paused(state, path, false).await
 }
 
-/// `POST .../repeaters/{name}/requeue`: puts retrying and cancelled records
-/// back to pending and clears the backoff; answers `{"requeued": n}`.
+/// Requeues a repeater's failures.
+///
+/// Puts its `retrying` and `cancelled` records back to `pending`, due now,
+/// and clears its backoff.
+#[utoipa::path(
+    post,
+    path = "/v1/domains/{domain}/repeaters/{name}/requeue",
+    operation_id = "requeue_repeater",
+    tag = "repeaters",
+    params(RepeaterPath),
+    responses(
+        (status = 200, description = "How many records went back to pending", body = RequeueAnswer),
+        (status = 400, description = "A bad domain or repeater name", body = ErrorBody),
+        (status = 404, description = "No such repeater", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+    )
+)]
 pub async fn requeue(
     State(state): State<ApiState>,
-    ApiPath((domain, name)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    find(&state, &domain, &name).await?;
-    let moved = state
+    ApiPath(path): ApiPath<RepeaterPath>,
+) -> Result<Json<RequeueAnswer>, ApiError> {
+    find(&state, &path).await?;
+    let requeued = state
         .store
-        .requeue(&domain, &name, now_millis())
+        .requeue(&path.domain, &path.name, now_millis())
         .await
         .map_err(|err| ApiError::from_store("requeueing a repeater", err))?;
-    Ok(Json(json!({ "requeued": moved })))
+    Ok(Json(RequeueAnswer { requeued }))
 }

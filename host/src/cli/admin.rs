@@ -1,15 +1,38 @@
-//! The admin verbs: `repeaterd records ...` and `repeaterd repeaters ...`
-//! call a running daemon's HTTP API and print its JSON answer, so operators
-//! script the same API the daemon documents.
+//! The admin verbs: `repeaterd records ...`, `repeaterd repeaters ...` and
+//! `repeaterd plugins ...` call a running daemon's HTTP API. For people
+//! (stdout is a terminal) they print aligned tables with times relative to
+//! now; for scripts (stdout piped or redirected) the API's JSON answer,
+//! unchanged. `--output table|json` chooses explicitly. Answers are read
+//! into the API's own answer types, so the tables follow the API.
+
+use std::io::IsTerminal;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
 
-/// Where the daemon's API is and how to authenticate.
+use repeaterd::api::plugins::PluginList;
+use repeaterd::api::records::{RecordDetail, RecordPage};
+use repeaterd::api::repeaters::{RepeaterList, RepeaterStatus, RequeueAnswer};
+use repeaterd::api::time::Timestamp;
+use repeaterd::model::{Millis, now_millis};
+
+use super::table::{Fields, Table, absolute_and_relative, relative, relative_or_dash};
+
+/// How the answer is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns and relative times, for people.
+    Table,
+    /// The API's JSON answer, for scripts.
+    Json,
+}
+
+/// Where the daemon's API is, how to authenticate and how to print.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
     /// Base URL of the daemon's API.
@@ -18,25 +41,48 @@ pub struct ApiArgs {
     /// Bearer token (admin, or the domain's token).
     #[arg(long, env = "REPEATERD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How to print: `table` (for people) or `json` (the API's answer, for
+    /// scripts). Default: table when stdout is a terminal, json when it is
+    /// piped or redirected.
+    #[arg(long, short = 'o', value_enum)]
+    pub output: Option<Output>,
+}
+
+impl ApiArgs {
+    fn output(&self) -> Output {
+        self.output.unwrap_or_else(|| {
+            if std::io::stdout().is_terminal() {
+                Output::Table
+            } else {
+                Output::Json
+            }
+        })
+    }
 }
 
 /// `repeaterd records ...`
 #[derive(Debug, Subcommand)]
 pub enum RecordsCommand {
-    /// List a domain's records.
+    /// List a domain's records, oldest first.
     List {
         /// The domain.
         domain: String,
         /// Only this repeater's records.
         #[arg(long)]
         repeater: Option<String>,
-        /// Only records in this state (pending, retrying, succeeded, ...).
+        /// Only records in this state (pending, retrying, succeeded,
+        /// rejected, empty, cancelled).
         #[arg(long)]
         state: Option<String>,
-        /// At most this many.
+        /// Only records registered since then: a duration back from now
+        /// (`90s`, `30min`, `1h`, `2d`) or an RFC 3339 UTC time
+        /// (`2026-12-05T07:10:28Z`).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (1 to 1000; the API's default is 100).
         #[arg(long)]
         limit: Option<u32>,
-        /// Only ids after this one (paging).
+        /// Only ids after this one (the next page starts after the last id shown).
         #[arg(long)]
         after: Option<i64>,
         #[command(flatten)]
@@ -44,21 +90,27 @@ pub enum RecordsCommand {
     },
     /// Show one record with its attempts.
     Show {
+        /// The domain.
         domain: String,
+        /// The record's id.
         id: i64,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Send a record again (back to pending, history kept).
     Resend {
+        /// The domain.
         domain: String,
+        /// The record's id.
         id: i64,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Cancel a record that is not finished yet.
     Cancel {
+        /// The domain.
         domain: String,
+        /// The record's id.
         id: i64,
         #[command(flatten)]
         api: ApiArgs,
@@ -68,38 +120,57 @@ pub enum RecordsCommand {
 /// `repeaterd repeaters ...`
 #[derive(Debug, Subcommand)]
 pub enum RepeatersCommand {
-    /// List repeaters with their status (all, or one domain's).
+    /// List repeaters with their status: one domain's, or without a domain
+    /// those of every domain the token reaches.
     List {
         /// Only this domain.
-        domain: String,
+        domain: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Show one repeater's status.
     Show {
+        /// The domain.
         domain: String,
+        /// The repeater's name.
         name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Stop scheduling a repeater; its records wait.
     Pause {
+        /// The domain.
         domain: String,
+        /// The repeater's name.
         name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Schedule a paused repeater again.
     Resume {
+        /// The domain.
         domain: String,
+        /// The repeater's name.
         name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Put retrying and cancelled records back to pending, clear the backoff.
     Requeue {
+        /// The domain.
         domain: String,
+        /// The repeater's name.
         name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `repeaterd plugins ...`
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List the plugins the daemon knows (admin token).
+    List {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -107,81 +178,164 @@ pub enum RepeatersCommand {
 
 /// Runs a `records` verb.
 pub fn records(command: RecordsCommand) -> anyhow::Result<()> {
-    let (api, method, path) = match command {
+    match command {
         RecordsCommand::List {
             domain,
             repeater,
             state,
+            since,
             limit,
             after,
             api,
         } => {
-            let mut query = Vec::new();
-            if let Some(r) = repeater {
-                query.push(format!("repeater={r}"));
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            if let Some(repeater) = &repeater {
+                query.append_pair("repeater", repeater);
             }
-            if let Some(s) = state {
-                query.push(format!("state={s}"));
+            if let Some(state) = &state {
+                query.append_pair("state", state);
             }
-            if let Some(l) = limit {
-                query.push(format!("limit={l}"));
+            if let Some(since) = &since {
+                query.append_pair("since", &since_time(since, now_millis())?.to_rfc3339());
             }
-            if let Some(a) = after {
-                query.push(format!("after={a}"));
+            if let Some(limit) = limit {
+                query.append_pair("limit", &limit.to_string());
             }
-            let mut path = format!("/v1/domains/{domain}/records");
+            if let Some(after) = after {
+                query.append_pair("after", &after.to_string());
+            }
+            let query = query.finish();
+            let mut path = format!("/v1/domains/{}/records", segment(&domain));
             if !query.is_empty() {
-                path = format!("{path}?{}", query.join("&"));
+                path = format!("{path}?{query}");
             }
-            (api, "GET", path)
+            show(&api, "GET", &path, print_record_page)
         }
         RecordsCommand::Show { domain, id, api } => {
-            (api, "GET", format!("/v1/domains/{domain}/records/{id}"))
+            let path = format!("/v1/domains/{}/records/{id}", segment(&domain));
+            show(&api, "GET", &path, print_record)
         }
-        RecordsCommand::Resend { domain, id, api } => (
-            api,
-            "POST",
-            format!("/v1/domains/{domain}/records/{id}/resend"),
-        ),
-        RecordsCommand::Cancel { domain, id, api } => (
-            api,
-            "POST",
-            format!("/v1/domains/{domain}/records/{id}/cancel"),
-        ),
-    };
-    call(&api, method, &path)
+        RecordsCommand::Resend { domain, id, api } => {
+            let path = format!("/v1/domains/{}/records/{id}/resend", segment(&domain));
+            show(&api, "POST", &path, print_record)
+        }
+        RecordsCommand::Cancel { domain, id, api } => {
+            let path = format!("/v1/domains/{}/records/{id}/cancel", segment(&domain));
+            show(&api, "POST", &path, print_record)
+        }
+    }
 }
 
 /// Runs a `repeaters` verb.
 pub fn repeaters(command: RepeatersCommand) -> anyhow::Result<()> {
-    let (api, method, path) = match command {
-        RepeatersCommand::List { domain, api } => {
-            (api, "GET", format!("/v1/domains/{domain}/repeaters"))
+    let one = |domain: &str, name: &str, action: &str| {
+        format!(
+            "/v1/domains/{}/repeaters/{}{action}",
+            segment(domain),
+            segment(name)
+        )
+    };
+    match command {
+        RepeatersCommand::List { domain: None, api } => {
+            show(&api, "GET", "/v1/repeaters", print_repeaters)
+        }
+        RepeatersCommand::List {
+            domain: Some(domain),
+            api,
+        } => {
+            let path = format!("/v1/domains/{}/repeaters", segment(&domain));
+            show(&api, "GET", &path, print_repeaters)
         }
         RepeatersCommand::Show { domain, name, api } => {
-            (api, "GET", format!("/v1/domains/{domain}/repeaters/{name}"))
+            show(&api, "GET", &one(&domain, &name, ""), print_repeater)
         }
-        RepeatersCommand::Pause { domain, name, api } => (
-            api,
+        RepeatersCommand::Pause { domain, name, api } => {
+            show(&api, "POST", &one(&domain, &name, "/pause"), print_repeater)
+        }
+        RepeatersCommand::Resume { domain, name, api } => show(
+            &api,
             "POST",
-            format!("/v1/domains/{domain}/repeaters/{name}/pause"),
+            &one(&domain, &name, "/resume"),
+            print_repeater,
         ),
-        RepeatersCommand::Resume { domain, name, api } => (
-            api,
+        RepeatersCommand::Requeue { domain, name, api } => show(
+            &api,
             "POST",
-            format!("/v1/domains/{domain}/repeaters/{name}/resume"),
+            &one(&domain, &name, "/requeue"),
+            |answer: RequeueAnswer, _now| {
+                format!("requeued {} records of {domain}/{name}\n", answer.requeued)
+            },
         ),
-        RepeatersCommand::Requeue { domain, name, api } => (
-            api,
-            "POST",
-            format!("/v1/domains/{domain}/repeaters/{name}/requeue"),
-        ),
-    };
-    call(&api, method, &path)
+    }
 }
 
-/// Sends one request and prints the answer; a non-2xx answer is an error.
-fn call(api: &ApiArgs, method: &str, path: &str) -> anyhow::Result<()> {
+/// Runs a `plugins` verb.
+pub fn plugins(command: PluginsCommand) -> anyhow::Result<()> {
+    match command {
+        PluginsCommand::List { api } => show(&api, "GET", "/v1/plugins", print_plugins),
+    }
+}
+
+/// Reads `--since`: a duration back from `now`, or an RFC 3339 UTC time.
+fn since_time(text: &str, now: Millis) -> anyhow::Result<Timestamp> {
+    if let Ok(back) = humantime::parse_duration(text) {
+        let back = Millis::try_from(back.as_millis()).unwrap_or(Millis::MAX);
+        return Ok(Timestamp(now.saturating_sub(back).max(0)));
+    }
+    Timestamp::parse(text).map_err(|_| {
+        anyhow::anyhow!(
+            "--since {text:?}: give a duration back from now (90s, 30min, 1h, 2d) or an RFC 3339 UTC time (2026-12-05T07:10:28Z)"
+        )
+    })
+}
+
+/// A name as one URL path segment: anything outside the slug alphabet is
+/// percent-encoded, so the daemon refuses it by name instead of routing it
+/// elsewhere.
+fn segment(name: &str) -> String {
+    let mut encoded = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// Calls the API and prints its answer: the JSON as answered, or `table`'s
+/// rendering of it read as `T`. A non-2xx answer is an error naming the
+/// API's message.
+fn show<T: DeserializeOwned>(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    table: impl FnOnce(T, Millis) -> String,
+) -> anyhow::Result<()> {
+    let body = call(api, method, path)?;
+    match api.output() {
+        Output::Json => {
+            let pretty = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|value| serde_json::to_string_pretty(&value).ok())
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+            println!("{pretty}");
+        }
+        Output::Table => {
+            let answer: T = serde_json::from_slice(&body).with_context(|| {
+                format!(
+                    "the answer of {method} {path} is not what this repeaterd expects (another version?)"
+                )
+            })?;
+            print!("{}", table(answer, now_millis()));
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request; returns the body of a 2xx answer.
+fn call(api: &ApiArgs, method: &str, path: &str) -> anyhow::Result<Bytes> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -218,15 +372,296 @@ fn call(api: &ApiArgs, method: &str, path: &str) -> anyhow::Result<()> {
             .to_bytes();
         anyhow::Ok((status, body))
     })?;
-    let text = String::from_utf8_lossy(&body);
-    let pretty = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| text.to_string());
     if status.is_success() {
-        println!("{pretty}");
-        Ok(())
-    } else {
-        bail!("{method} {url} answered {status}: {pretty}")
+        return Ok(body);
+    }
+    let error = serde_json::from_slice::<repeaterd::api::error::ErrorBody>(&body)
+        .map(|answer| format!("{}: {}", answer.error.code, answer.error.message))
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    bail!("{method} {url} answered {status}: {error}")
+}
+
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_owned()
+}
+
+fn print_record_page(page: RecordPage, now: Millis) -> String {
+    if page.records.is_empty() {
+        return "no records\n".to_owned();
+    }
+    let mut table = Table::new([
+        "ID",
+        "REPEATER",
+        "EVENT TYPE",
+        "STATE",
+        "ATTEMPTS",
+        "CREATED",
+        "NEXT ATTEMPT",
+        "LAST ERROR",
+    ]);
+    for view in &page.records {
+        let record = &view.record;
+        table.row([
+            record.id.to_string(),
+            record.repeater.clone(),
+            record.event_type.clone(),
+            record.state.to_string(),
+            view.attempts.to_string(),
+            relative(record.created_at.0, now),
+            next_attempt(record.next_attempt_at, now),
+            or_dash(record.last_error.as_deref()),
+        ]);
+    }
+    let mut text = table.to_string();
+    if let Some(next) = page.next_after {
+        text.push_str(&format!("more: add --after {next}\n"));
+    }
+    text
+}
+
+fn print_record(detail: RecordDetail, now: Millis) -> String {
+    let record = &detail.record;
+    let mut fields = Fields::default();
+    fields.add(
+        "record",
+        format!("{} ({}/{})", record.id, record.domain, record.repeater),
+    );
+    fields.add(
+        "event",
+        format!("{} ({})", record.event_id, record.event_type),
+    );
+    fields.add(
+        "state",
+        format!("{}, {} attempts", record.state, detail.attempt_count),
+    );
+    fields.add("created", absolute_and_relative(record.created_at, now));
+    fields.add("updated", absolute_and_relative(record.updated_at, now));
+    if let Some(next) = record.next_attempt_at {
+        fields.add(
+            "next attempt",
+            format!("{next} ({})", next_attempt(Some(next), now)),
+        );
+    }
+    fields.add("last error", or_dash(record.last_error.as_deref()));
+    let mut text = fields.to_string();
+    if detail.attempts.is_empty() {
+        text.push_str("\nno attempts yet\n");
+        return text;
+    }
+    let mut attempts = Table::new([
+        "ATTEMPT",
+        "STARTED",
+        "DURATION",
+        "STATUS",
+        "OUTCOME",
+        "ERROR OR RESPONSE",
+    ]);
+    for attempt in &detail.attempts {
+        attempts.row([
+            attempt.id.to_string(),
+            relative(attempt.started_at.0, now),
+            format!("{} ms", attempt.duration_ms),
+            attempt
+                .status
+                .map(|status| status.to_string())
+                .unwrap_or_else(|| "-".to_owned()),
+            attempt.outcome.as_str().to_owned(),
+            or_dash(
+                attempt
+                    .error
+                    .as_deref()
+                    .or(attempt.response_excerpt.as_deref()),
+            ),
+        ]);
+    }
+    text.push('\n');
+    text.push_str(&attempts.to_string());
+    text
+}
+
+/// When a record is tried next: "due" once its time has come.
+fn next_attempt(at: Option<Timestamp>, now: Millis) -> String {
+    match at {
+        Some(at) if at.0 <= now => "due".to_owned(),
+        other => relative_or_dash(other, now),
+    }
+}
+
+/// A repeater's state in a word or three: paused, backing off, or active.
+fn repeater_state(status: &RepeaterStatus, now: Millis) -> String {
+    if status.paused {
+        return "paused".to_owned();
+    }
+    match status.backoff.until {
+        Some(until) if status.backoff.active => format!("backoff, {}", relative(until.0, now)),
+        _ => "active".to_owned(),
+    }
+}
+
+/// Current concurrency against its cap, as far as they are known.
+fn concurrency(status: &RepeaterStatus) -> String {
+    match (status.concurrency, status.spec.limits.concurrency) {
+        (Some(now), Some(cap)) => format!("{now}/{cap}"),
+        (Some(now), None) => now.to_string(),
+        (None, Some(cap)) => format!("-/{cap}"),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+fn print_repeaters(list: RepeaterList, now: Millis) -> String {
+    if list.repeaters.is_empty() {
+        return "no repeaters\n".to_owned();
+    }
+    let mut table = Table::new([
+        "DOMAIN",
+        "NAME",
+        "STATE",
+        "PENDING",
+        "RETRYING",
+        "SUCCEEDED",
+        "FAILED",
+        "CONCURRENCY",
+        "PLUGIN",
+        "LAST SUCCESS",
+        "LAST ERROR",
+    ]);
+    for status in &list.repeaters {
+        let backlog = &status.backlog;
+        table.row([
+            status.domain.clone(),
+            status.name.clone(),
+            repeater_state(status, now),
+            backlog.pending.to_string(),
+            backlog.retrying.to_string(),
+            backlog.succeeded.to_string(),
+            (backlog.rejected + backlog.cancelled).to_string(),
+            concurrency(status),
+            status.plugin.name.clone(),
+            relative_or_dash(status.last_success_at, now),
+            or_dash(status.last_error.as_deref()),
+        ]);
+    }
+    table.to_string()
+}
+
+fn print_repeater(status: RepeaterStatus, now: Millis) -> String {
+    let mut fields = Fields::default();
+    fields.add("repeater", format!("{}/{}", status.domain, status.name));
+    fields.add("url", status.spec.url.clone());
+    fields.add("state", repeater_state(&status, now));
+    let plugin = &status.plugin;
+    let mut plugin_text = plugin.name.clone();
+    if let Some(version) = &plugin.version {
+        plugin_text.push_str(&format!(" {version}"));
+    }
+    if plugin.known == Some(false) {
+        plugin_text.push_str(" (not installed)");
+    }
+    fields.add("plugin", plugin_text);
+    if let Some(error) = &plugin.last_error {
+        fields.add("plugin error", error.clone());
+    }
+    let backlog = &status.backlog;
+    fields.add(
+        "backlog",
+        format!(
+            "{} pending, {} retrying, {} succeeded, {} rejected, {} empty, {} cancelled",
+            backlog.pending,
+            backlog.retrying,
+            backlog.succeeded,
+            backlog.rejected,
+            backlog.empty,
+            backlog.cancelled
+        ),
+    );
+    fields.add("concurrency", concurrency(&status));
+    if let Some(until) = status.backoff.until {
+        fields.add(
+            "backoff",
+            format!(
+                "step {}, until {}",
+                status.backoff.step,
+                absolute_and_relative(until, now)
+            ),
+        );
+    }
+    match &status.lease {
+        Some(lease) => fields.add(
+            "lease",
+            format!(
+                "{} (epoch {}), {} {}",
+                lease.holder,
+                lease.epoch,
+                if lease.expired { "expired" } else { "expires" },
+                relative(lease.expires_at.0, now)
+            ),
+        ),
+        None => fields.add("lease", "-"),
+    }
+    fields.add(
+        "last success",
+        status
+            .last_success_at
+            .map(|at| absolute_and_relative(at, now))
+            .unwrap_or_else(|| "-".to_owned()),
+    );
+    fields.add("last error", or_dash(status.last_error.as_deref()));
+    fields.add("updated", absolute_and_relative(status.updated_at, now));
+    fields.to_string()
+}
+
+fn print_plugins(list: PluginList, _now: Millis) -> String {
+    let mut table = Table::new(["NAME", "KIND", "VERSION", "SHA256", "LAST ERROR"]);
+    for plugin in &list.plugins {
+        table.row([
+            plugin.name.clone(),
+            if plugin.builtin {
+                "built-in"
+            } else {
+                "uploaded"
+            }
+            .to_owned(),
+            or_dash(plugin.version.as_deref()),
+            plugin
+                .sha256
+                .as_deref()
+                .map(|hash| hash.chars().take(12).collect())
+                .unwrap_or_else(|| "-".to_owned()),
+            or_dash(plugin.last_error.as_deref()),
+        ]);
+    }
+    table.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_duration_back_or_a_time() {
+        let now = Timestamp::parse("2026-12-05T07:10:28.123Z").unwrap().0;
+        assert_eq!(
+            since_time("1h", now).unwrap().to_rfc3339(),
+            "2026-12-05T06:10:28.123Z"
+        );
+        assert_eq!(
+            since_time("30min", now).unwrap().to_rfc3339(),
+            "2026-12-05T06:40:28.123Z"
+        );
+        assert_eq!(
+            since_time("2026-12-01T00:00:00Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-12-01T00:00:00.000Z"
+        );
+        let err = since_time("last tuesday", now).unwrap_err().to_string();
+        assert!(err.contains("last tuesday") && err.contains("1h"), "{err}");
+    }
+
+    #[test]
+    fn names_stay_one_path_segment() {
+        assert_eq!(segment("acme-1"), "acme-1");
+        assert_eq!(segment("a/../b"), "a%2F..%2Fb");
+        assert_eq!(segment("x y?z"), "x%20y%3Fz");
     }
 }

@@ -1,10 +1,12 @@
 //! Shared harness of the API tests: the real router over a real SQLite store
 //! in a temporary directory, and a real plugin catalogue of the built-in
-//! plugin names.
+//! plugin names. Every answer the harness receives is checked against the
+//! API's own OpenAPI description: its status must be one the operation
+//! lists, and its body must validate against that answer's JSON Schema.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use axum::body::{Body, to_bytes};
@@ -12,8 +14,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use repeaterd::api::{
     self, ApiAuth, ApiLimits, ApiState, PluginCatalog, PluginInfo, PluginInstallError,
 };
-use repeaterd::store::Store;
+use repeaterd::model::{AttemptOutcome, Millis, RecordState};
 use repeaterd::store::sqlite::SqliteStore;
+use repeaterd::store::{AttemptDraft, RecordOutcome, RepeaterHealth, Store};
 use repeaterd::telemetry::Metrics;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -198,6 +201,7 @@ impl TestApi {
         content_type: Option<&str>,
         body: impl Into<Body>,
     ) -> Answer {
+        let sent = method.clone();
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -215,12 +219,14 @@ impl TestApi {
         let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer {
+        let answer = Answer {
             status,
             headers,
             json,
             text,
-        }
+        };
+        check_against_description(&sent, path, &answer);
+        answer
     }
 
     /// An admin request with a JSON body.
@@ -271,6 +277,40 @@ impl TestApi {
             ..Default::default()
         };
         self.store.records(domain, &query).await.unwrap().len()
+    }
+}
+
+/// The outcome of an attempt the remote answered 503 ("busy"): the record
+/// retries at `next_attempt_at`.
+pub fn answered_503(
+    record_id: i64,
+    started_at: Millis,
+    duration_ms: i64,
+    next_attempt_at: Millis,
+) -> RecordOutcome {
+    RecordOutcome {
+        record_id,
+        state: RecordState::Retrying,
+        next_attempt_at: Some(next_attempt_at),
+        attempt: Some(AttemptDraft {
+            started_at,
+            duration_ms,
+            status: Some(503),
+            error: Some("HTTP 503".into()),
+            outcome: AttemptOutcome::Retry,
+            response_excerpt: Some(b"busy".to_vec()),
+        }),
+    }
+}
+
+/// A repeater's health after a batch that failed with 503: backed off
+/// until `until`.
+pub fn backed_off(until: Millis) -> RepeaterHealth {
+    RepeaterHealth {
+        backoff_until: Some(until),
+        backoff_step: 1,
+        last_error: Some("HTTP 503".into()),
+        last_success_at: None,
     }
 }
 
@@ -334,5 +374,126 @@ impl Drop for PgDatabase {
             });
         })
         .join();
+    }
+}
+
+/// The API's OpenAPI description as JSON, as `GET /v1/openapi.json` serves it.
+pub fn description() -> &'static Value {
+    static DESCRIPTION: OnceLock<Value> = OnceLock::new();
+    DESCRIPTION.get_or_init(|| {
+        serde_json::from_str(api::openapi::description_json()).expect("the description is JSON")
+    })
+}
+
+/// The described path template a request path falls under: the one whose
+/// segments match, preferring literal segments over parameters.
+pub fn template_of(path: &str) -> Option<&'static str> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    description()["paths"]
+        .as_object()?
+        .keys()
+        .filter_map(|template| {
+            let parts: Vec<&str> = template.split('/').collect();
+            if parts.len() != segments.len() {
+                return None;
+            }
+            let mut literal = 0;
+            for (part, segment) in parts.iter().zip(&segments) {
+                if part.starts_with('{') {
+                    continue;
+                }
+                if part != segment {
+                    return None;
+                }
+                literal += 1;
+            }
+            Some((literal, template.as_str()))
+        })
+        .max()
+        .map(|(_, template)| template)
+}
+
+/// A validator for a JSON Schema of the description, compiled once; the
+/// schema's `$ref`s resolve against the description's components.
+fn validator(key: &str, schema: &Value) -> Arc<jsonschema::Validator> {
+    static VALIDATORS: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> =
+        OnceLock::new();
+    let mut validators = VALIDATORS.get_or_init(Default::default).lock().unwrap();
+    validators
+        .entry(key.to_owned())
+        .or_insert_with(|| {
+            let root = serde_json::json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "components": description()["components"],
+                "allOf": [schema],
+            });
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&root)
+                .unwrap_or_else(|err| panic!("the schema of {key} does not compile: {err}"));
+            Arc::new(validator)
+        })
+        .clone()
+}
+
+/// Validates `body` against `schema`, naming every violation.
+pub fn assert_valid(key: &str, schema: &Value, body: &Value) {
+    let validator = validator(key, schema);
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|err| format!("{} at {}", err, err.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{key}: the answer does not match the description:\n  {}\nbody: {body}",
+        errors.join("\n  ")
+    );
+}
+
+/// Checks an answer against the description: a described operation must
+/// list the answer's status, with the answer's media type, and a JSON body
+/// must validate against that answer's schema. Answers outside every
+/// described operation (unknown paths, wrong methods) must be errors of the
+/// described error shape.
+pub fn check_against_description(method: &Method, path: &str, answer: &Answer) {
+    let error_schema = serde_json::json!({"$ref": "#/components/schemas/ErrorBody"});
+    let operation = template_of(path).and_then(|template| {
+        let operation = &description()["paths"][template][method.as_str().to_ascii_lowercase()];
+        operation.is_object().then_some((template, operation))
+    });
+    let Some((template, operation)) = operation else {
+        assert!(
+            answer.status.is_client_error(),
+            "{method} {path} is not described but answered {}",
+            answer.status
+        );
+        assert_valid("ErrorBody", &error_schema, &answer.json);
+        return;
+    };
+    let key = format!("{method} {template} {}", answer.status.as_u16());
+    let described = &operation["responses"][answer.status.as_str()];
+    assert!(
+        described.is_object(),
+        "{key}: this status is not in the description; the body was {}",
+        answer.text
+    );
+    let Some(content) = described["content"].as_object() else {
+        assert!(answer.text.is_empty(), "{key}: no body is described");
+        return;
+    };
+    let declared = answer
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let (media_type, media) = content
+        .iter()
+        .find(|(media_type, _)| declared.starts_with(media_type.as_str()))
+        .unwrap_or_else(|| panic!("{key}: answered {declared:?}, described {content:?}"));
+    if media_type == "application/json" {
+        let body: Value = serde_json::from_str(&answer.text)
+            .unwrap_or_else(|err| panic!("{key}: the body is not JSON ({err}): {}", answer.text));
+        assert_valid(&key, &media["schema"], &body);
     }
 }

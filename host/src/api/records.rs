@@ -10,7 +10,7 @@ use super::ApiState;
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery, path_slug};
 use crate::model::{RecordState, now_millis};
-use crate::store::{AttemptRow, RecordQuery, RecordRow, StoreError};
+use crate::store::{AttemptRow, RecordQuery, RecordRow};
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_PAGE: u32 = 100;
@@ -148,13 +148,10 @@ pub async fn resend(
     ApiPath((domain, id)): ApiPath<(String, i64)>,
 ) -> Result<Json<RecordDetail>, ApiError> {
     path_slug("domain", &domain)?;
-    // The store refuses (`Invalid`) a record whose repeater was deleted:
+    // The store refuses a record whose repeater was deleted as a conflict:
     // that is the record's state, not the request's shape, hence 409.
-    let found = match state.store.resend(&domain, id, now_millis()).await {
-        Ok(found) => found,
-        Err(StoreError::Invalid(why)) => return Err(ApiError::conflict(why)),
-        Err(err) => return Err(ApiError::from_store("resending a record", err)),
-    };
+    let found = (state.store.resend(&domain, id, now_millis()).await)
+        .map_err(|err| ApiError::from_store("resending a record", err))?;
     if !found {
         return Err(ApiError::not_found(format!(
             "record {id} not found in domain {domain}"
@@ -171,11 +168,8 @@ pub async fn cancel(
     ApiPath((domain, id)): ApiPath<(String, i64)>,
 ) -> Result<Json<RecordDetail>, ApiError> {
     path_slug("domain", &domain)?;
-    let found = match state.store.cancel(&domain, id, now_millis()).await {
-        Ok(found) => found,
-        Err(StoreError::Invalid(why)) => return Err(ApiError::conflict(why)),
-        Err(err) => return Err(ApiError::from_store("cancelling a record", err)),
-    };
+    let found = (state.store.cancel(&domain, id, now_millis()).await)
+        .map_err(|err| ApiError::from_store("cancelling a record", err))?;
     if !found {
         return Err(ApiError::not_found(format!(
             "record {id} not found in domain {domain}"

@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::{AttemptOutcome, RecordState};
-use crate::store::{Store, StoreError};
+use crate::store::{AdminStore, StoreError};
 
 /// Which plugin export was called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -393,7 +393,7 @@ impl Metrics {
     /// Replaces the backlog gauge with the store's current counts. On a
     /// store error the gauge keeps its last values, the error counter goes
     /// up and the error is returned for the caller to log.
-    pub async fn refresh_backlog(&self, store: &dyn Store) -> Result<(), StoreError> {
+    pub async fn refresh_backlog(&self, store: &dyn AdminStore) -> Result<(), StoreError> {
         let _guard = self.backlog_refresh.lock().await;
         match store.backlog_by_domain().await {
             Ok(rows) => {

@@ -70,6 +70,41 @@ fn the_state_predicates_are_the_partial_indexes_own() {
     }
 }
 
+/// PostgreSQL's generic plan of each hot query (the plan it keeps once a
+/// prepared statement has run a few times) reads the ready-set index: the
+/// predicate in the text is literal, so the planner matches the partial
+/// index without knowing any parameter.
+#[tokio::test]
+async fn hot_queries_read_the_ready_set_index_in_generic_plans_on_postgresql() {
+    let mut db = scratch::postgres().await;
+    sqlx::raw_sql("SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let lanes = &Statements::of(Dialect::Postgres).lanes;
+    let hot = [
+        ("ready", &lanes.ready, "0, 'holder'"),
+        ("wakeup", &lanes.wakeup, "'holder'"),
+        ("claim_any", &lanes.claim_any, "1, 0, 10"),
+        ("claim_key", &lanes.claim_key, "1, 0, 10"),
+    ];
+    for (name, text, arguments) in hot {
+        sqlx::raw_sql(&format!("PREPARE {name} AS {text}"))
+            .execute(&mut db)
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}({arguments})"))
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("using records_ready ")),
+            "{name}: {plan:#?}"
+        );
+    }
+}
+
 /// A hot query of either dialect reads the ready set with the predicate
 /// spelled out, and no query of the store compares a state with a
 /// placeholder: a bound state would hide the partial index from

@@ -5,8 +5,8 @@
 //! one of them.
 //!
 //! Record states appear in SQL as literal numbers, never as bound
-//! parameters: PostgreSQL uses a partial index (the ready set, `state IN
-//! (0, 1)`; the terminal records, `state >= 2`) only when the query's own
+//! parameters: PostgreSQL uses a partial index (the ready set of pending
+//! and retrying records; the terminal records) only when the query's own
 //! text implies the index's predicate. The numbers come from
 //! [`RecordState`] through the predicates below, so no source file spells
 //! them out.

@@ -7,7 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
+use crate::store::{ErrorKind, StoreError};
 
 /// An error answer: an HTTP status, a stable machine-readable code and a
 /// message for people that names what was wrong.
@@ -108,13 +108,39 @@ impl ApiError {
         )
     }
 
+    /// 503: the database cannot answer now; the answer carries
+    /// `Retry-After` (see [`ApiError::into_response`]).
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// Maps a store error met while doing `context` (for example
-    /// "ingest"): missing things are 404, refused input 422, the rest 500.
+    /// "ingest") by its kind: missing things are 404, clashes with the
+    /// stored state 409, refused input 422, a database that cannot answer
+    /// now 503, one without room 507, the rest 500. Driver errors are
+    /// logged here and never shown to the client.
     pub fn from_store(context: &str, err: StoreError) -> ApiError {
-        match err {
-            StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
-            StoreError::Invalid(why) => ApiError::invalid(why),
-            other => ApiError::internal(context, &other),
+        match err.kind() {
+            ErrorKind::NotFound => ApiError::not_found(store_message(context, &err)),
+            ErrorKind::Conflict | ErrorKind::LeaseLost => {
+                ApiError::conflict(store_message(context, &err))
+            }
+            ErrorKind::InvalidInput => ApiError::invalid(store_message(context, &err)),
+            ErrorKind::Unavailable => {
+                tracing::warn!(error = %err, "{context} failed: the database is unavailable");
+                ApiError::unavailable(format!(
+                    "{context} failed because the database is unavailable; try again shortly"
+                ))
+            }
+            ErrorKind::StorageFull => {
+                tracing::error!(error = %err, "{context} failed: the database is full");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    format!("{context} failed because the database has no room left"),
+                )
+            }
+            ErrorKind::Internal => ApiError::internal(context, &err),
         }
     }
 
@@ -141,6 +167,23 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Seconds a client is asked to wait after a 503.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// The message of a store error the client may see: the store's own words
+/// for what it refused, or, for a driver's error, only what was being done
+/// (the detail goes to the log).
+fn store_message(context: &str, err: &StoreError) -> String {
+    match err {
+        StoreError::NotFound(_) | StoreError::LeaseLost { .. } => err.to_string(),
+        StoreError::Invalid(why) | StoreError::Conflict(why) => why.clone(),
+        other => {
+            tracing::info!(error = %other, "{context} refused by the database");
+            format!("{context} conflicts with what is stored or cannot be stored as given")
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -154,6 +197,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
         response
     }
@@ -191,4 +239,91 @@ pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Ur
         "method_not_allowed",
         format!("{} does not take {method}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(err: StoreError) -> (ApiError, Response) {
+        let api = ApiError::from_store("listing records", err);
+        (api.clone(), api.into_response())
+    }
+
+    #[test]
+    fn store_errors_map_to_statuses_by_kind() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let cases = [
+            (
+                StoreError::NotFound("repeater acme/a".into()),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                StoreError::Conflict("record 7 is already succeeded".into()),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                StoreError::LeaseLost {
+                    repeater_id: 1,
+                    epoch: 2,
+                },
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                StoreError::Invalid("domain \"A\" is not a slug".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            ),
+            (
+                StoreError::Database(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+            (
+                StoreError::Sqlite(full),
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+            ),
+            (
+                StoreError::Corrupt {
+                    what: "records.state",
+                    detail: "unknown state 9".into(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let label = err.to_string();
+            let (api, response) = answer(err);
+            assert_eq!((api.status, api.code), (status, code), "{label}");
+            assert_eq!(response.status(), status, "{label}");
+            let retry_after = response.headers().get(header::RETRY_AFTER);
+            assert_eq!(
+                retry_after.is_some(),
+                status == StatusCode::SERVICE_UNAVAILABLE,
+                "{label}: {retry_after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_store_s_own_words_reach_the_client_and_driver_detail_does_not() {
+        let (api, _) = answer(StoreError::Conflict("record 7 is already succeeded".into()));
+        assert_eq!(api.message, "record 7 is already succeeded");
+        let (api, _) = answer(StoreError::NotFound("repeater acme/a".into()));
+        assert_eq!(api.message, "repeater acme/a not found");
+        let (api, response) = answer(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert!(!api.message.contains("pool"), "{}", api.message);
+        assert_eq!(
+            response.headers()[header::RETRY_AFTER],
+            RETRY_AFTER_SECONDS.to_string()
+        );
+    }
 }

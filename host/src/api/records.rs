@@ -365,13 +365,10 @@ pub async fn resend(
 ) -> Result<Json<RecordDetail>, ApiError> {
     path.check()?;
     let RecordPath { domain, id } = path;
-    // The store refuses (`Invalid`) a record whose repeater was deleted:
+    // The store refuses a record whose repeater was deleted as a conflict:
     // that is the record's state, not the request's shape, hence 409.
-    let found = match state.store.resend(&domain, id, now_millis()).await {
-        Ok(found) => found,
-        Err(StoreError::Invalid(why)) => return Err(ApiError::conflict(why)),
-        Err(err) => return Err(ApiError::from_store("resending a record", err)),
-    };
+    let found = (state.store.resend(&domain, id, now_millis()).await)
+        .map_err(|err| ApiError::from_store("resending a record", err))?;
     if !found {
         return Err(not_found(&domain, id));
     }
@@ -400,11 +397,8 @@ pub async fn cancel(
 ) -> Result<Json<RecordDetail>, ApiError> {
     path.check()?;
     let RecordPath { domain, id } = path;
-    let found = match state.store.cancel(&domain, id, now_millis()).await {
-        Ok(found) => found,
-        Err(StoreError::Invalid(why)) => return Err(ApiError::conflict(why)),
-        Err(err) => return Err(ApiError::from_store("cancelling a record", err)),
-    };
+    let found = (state.store.cancel(&domain, id, now_millis()).await)
+        .map_err(|err| ApiError::from_store("cancelling a record", err))?;
     if !found {
         return Err(not_found(&domain, id));
     }

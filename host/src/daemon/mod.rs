@@ -30,7 +30,7 @@ use crate::outbound::{
     AuthConfig, Authenticator, Credentials, EnvSecrets, Outbound, OutboundConfig,
 };
 use crate::plugin::{CallContext, PluginEngine, PluginError, PluginLimits, PluginRegistry};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, AdminStore, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// Why the daemon could not start or stopped with an error.
@@ -199,7 +199,7 @@ fn api_auth(config: &Config) -> Result<ApiAuth, DaemonError> {
 
 /// Waits for SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
 async fn signals(
-    store: &dyn Store,
+    store: &dyn AdminStore,
     plugins: &PluginRegistry,
     reload_from: Option<&Path>,
     dispatch_config: &watch::Sender<Arc<DispatchConfig>>,
@@ -229,7 +229,7 @@ async fn signals(
 /// Reads the config file again and applies what can change while running.
 /// A bad file is logged and the running config stays.
 async fn reload(
-    store: &dyn Store,
+    store: &dyn AdminStore,
     plugins: &PluginRegistry,
     path: &Path,
     dispatch_config: &watch::Sender<Arc<DispatchConfig>>,
@@ -280,7 +280,7 @@ pub async fn load_plugins(config: &Config) -> Result<PluginRegistry, DaemonError
 /// (the dispatcher backs it off with the reason in its status), so one bad
 /// entry never stops the daemon.
 pub async fn upsert_repeaters(
-    store: &dyn Store,
+    store: &dyn AdminStore,
     plugins: &PluginRegistry,
     config: &Config,
 ) -> Result<(), DaemonError> {

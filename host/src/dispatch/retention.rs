@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::model::now_millis;
-use crate::store::Store;
+use crate::store::RetentionStore;
 
 /// How the purge runs.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct RetentionSettings {
 
 /// Purges until `shutdown` turns true. Returns the records deleted.
 pub async fn run_retention(
-    store: Arc<dyn Store>,
+    store: Arc<dyn RetentionStore>,
     settings: RetentionSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> u64 {
@@ -46,7 +46,7 @@ pub async fn run_retention(
 
 /// One round: batches until fewer than a full batch is left.
 pub async fn purge_round(
-    store: &dyn Store,
+    store: &dyn RetentionStore,
     settings: &RetentionSettings,
     shutdown: &mut watch::Receiver<bool>,
 ) -> u64 {

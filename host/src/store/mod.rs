@@ -1,6 +1,16 @@
-//! Durable state: the [`Store`] trait is the one seam between scheduling and
-//! SQL. Two implementations live beside it: [`sqlite`] (the embedded default,
-//! one daemon per file) and [`postgres`] (several daemons sharing a database).
+//! Durable state: the store traits are the one seam between scheduling and
+//! SQL. Each caller sees the part it uses: [`IngestStore`] (the ingest API),
+//! [`LaneStore`] (the scheduler and the lanes), [`AdminStore`] (the admin
+//! API, the config loader, metrics) and [`RetentionStore`] (the purge);
+//! [`Store`] is all four, as the daemon opens it. Two backends implement
+//! them: [`sqlite`] (the embedded default, one daemon per file) and
+//! [`postgres`] (several daemons sharing a database).
+//!
+//! The SQL is written once for both. Each query is a named query beside the
+//! code that runs it (`lanes`, `ingest`, `admin`, `retention`), rendered
+//! for a backend by the `sql` module's dialect seam; what differs between
+//! the backends is only how they run the hot steps (the `backend` module's
+//! driver seam). Errors carry an [`ErrorKind`] for callers to act on.
 //!
 //! Invariants every implementation keeps:
 //! - A repeater is the lane: work on its records happens only under its lease.
@@ -22,10 +32,21 @@ use serde::Serialize;
 pub use crate::model::{AttemptDraft, ClaimedRecord, ReadyRepeater, RecordOutcome, RepeaterHealth};
 use crate::model::{AttemptOutcome, Millis, NewEvent, RecordState, RepeaterSpec};
 
+mod admin;
+mod backend;
+mod error;
+mod ingest;
 mod input;
+mod lanes;
 pub mod postgres;
+mod retention;
 mod rows;
+#[cfg(test)]
+mod scratch;
+mod sql;
 pub mod sqlite;
+
+pub use error::{ErrorKind, StoreError, StoreResult};
 
 /// How many connections a store opens to its database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,54 +110,6 @@ pub async fn open_with(
     store.migrate().await?;
     Ok(store)
 }
-
-/// Errors from the store. Callers match on the variant, not the text.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database said no (connection, query, constraint).
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// The SQLite writer's group commit failed (constraint, lock, I/O).
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// Another process has the SQLite file open as its store.
-    #[error("{path} is in use by another repeaterd process (it holds the lock on {lock})")]
-    InUse {
-        /// The database file.
-        path: String,
-        /// The lock file beside it.
-        lock: String,
-    },
-    /// Applying migrations failed.
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The named thing does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
-    /// The input cannot be stored (for example an event id reused with a
-    /// different payload is still fine, but an unknown domain is not).
-    #[error("invalid input: {0}")]
-    Invalid(String),
-    /// The lease this write was fenced by is no longer held.
-    #[error("lease on repeater {repeater_id} (epoch {epoch}) is no longer held")]
-    LeaseLost {
-        /// The repeater whose lane was lost.
-        repeater_id: i64,
-        /// The epoch the writer held.
-        epoch: i64,
-    },
-    /// A stored value could not be decoded.
-    #[error("corrupt stored value in {what}: {detail}")]
-    Corrupt {
-        /// Which column or row.
-        what: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-}
-
-/// Short alias for store results.
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A stored repeater with its live status.
 #[derive(Debug, Clone, Serialize)]
@@ -263,7 +236,7 @@ pub struct AttemptRow {
     pub response_excerpt: Option<String>,
 }
 
-/// Filter for [`Store::records`].
+/// Filter for [`AdminStore::records`].
 #[derive(Debug, Clone, Default)]
 pub struct RecordQuery {
     /// Only this repeater.
@@ -276,47 +249,18 @@ pub struct RecordQuery {
     pub limit: u32,
 }
 
-/// The durable state of the daemon. See the module docs for the invariants.
+/// The durable state of the daemon, whole: what the daemon opens and hands
+/// to its parts. Each part takes the narrower trait it uses. See the module
+/// docs for the invariants.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: IngestStore + LaneStore + AdminStore + RetentionStore + 'static {
     /// Applies the embedded migrations.
     async fn migrate(&self) -> StoreResult<()>;
+}
 
-    /// A signal notified when new work may be ready: after every ingest in
-    /// this process, and (PostgreSQL) when another process ingests. Both
-    /// implementations also notify after resend, requeue, resume and the
-    /// release of a lease (a freed lane may still have due records).
-    fn wake_signal(&self) -> Arc<tokio::sync::Notify>;
-
-    // --- repeaters -------------------------------------------------------
-
-    /// Creates or replaces a repeater's spec, keeping its status and records.
-    async fn upsert_repeater(&self, spec: &RepeaterSpec, now: Millis) -> StoreResult<RepeaterRow>;
-    /// Deletes a repeater; its unfinished records become `cancelled`.
-    /// Returns false when there was no such repeater.
-    async fn delete_repeater(&self, domain: &str, name: &str, now: Millis) -> StoreResult<bool>;
-    /// One repeater.
-    async fn repeater(&self, domain: &str, name: &str) -> StoreResult<Option<RepeaterRow>>;
-    /// Every repeater, or those of one domain, ordered by domain and name.
-    async fn repeaters(&self, domain: Option<&str>) -> StoreResult<Vec<RepeaterRow>>;
-    /// Record counts of one repeater by state.
-    async fn backlog(&self, repeater_id: i64) -> StoreResult<Backlog>;
-    /// Record counts of unfinished records by domain and state (for metrics).
-    async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>>;
-    /// Pauses or resumes a repeater. Returns false when there is no such repeater.
-    async fn set_paused(
-        &self,
-        domain: &str,
-        name: &str,
-        paused: bool,
-        now: Millis,
-    ) -> StoreResult<bool>;
-    /// Puts the repeater's `retrying` and `cancelled` records back to
-    /// `pending`, due now, and clears its backoff. Returns how many moved.
-    async fn requeue(&self, domain: &str, name: &str, now: Millis) -> StoreResult<u64>;
-
-    // --- ingest ----------------------------------------------------------
-
+/// What the ingest API needs: storing events.
+#[async_trait]
+pub trait IngestStore: Send + Sync {
     /// Stores events of one domain and makes one record per subscribed
     /// repeater, all or nothing. An event whose id was seen before in the
     /// domain creates nothing and reports the first answer.
@@ -326,9 +270,17 @@ pub trait Store: Send + Sync + 'static {
         events: &[NewEvent],
         now: Millis,
     ) -> StoreResult<Vec<Ingested>>;
+}
 
-    // --- scheduling ------------------------------------------------------
-
+/// What the scheduler and the lanes need: the ready set, the wake-up time,
+/// leases, claims and batch results.
+#[async_trait]
+pub trait LaneStore: Send + Sync {
+    /// A signal notified when new work may be ready: after every ingest in
+    /// this process, and (PostgreSQL) when another process ingests. Both
+    /// implementations also notify after resend, requeue, resume and the
+    /// release of a lease (a freed lane may still have due records).
+    fn wake_signal(&self) -> Arc<tokio::sync::Notify>;
     /// Repeaters that are not paused, not backed off, not leased by another
     /// holder than `holder` (or whose lease expired) and have at least one
     /// record due at `now`. A lease `holder` itself keeps between batches
@@ -359,9 +311,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ClaimedRecord>> {
         Ok(self.claim_lane(lease, limit, now).await?.1)
     }
-    /// [`Store::claim`], with the leased repeater's row as it is now (its
-    /// spec, pause and health), read under the same fence: a batch needs
-    /// both and gets them in two statements.
+    /// [`LaneStore::claim`], with the leased repeater's row as it is now
+    /// (its spec, pause and health), read under the same fence: a batch
+    /// needs both and gets them in two statements.
     async fn claim_lane(
         &self,
         lease: &Lease,
@@ -382,9 +334,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Gives the lease up without writing anything else.
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
+}
 
-    // --- records ---------------------------------------------------------
-
+/// What the admin API, the config loader and the metrics need: repeaters,
+/// their status and backlog, and records.
+#[async_trait]
+pub trait AdminStore: Send + Sync {
+    /// Creates or replaces a repeater's spec, keeping its status and records.
+    async fn upsert_repeater(&self, spec: &RepeaterSpec, now: Millis) -> StoreResult<RepeaterRow>;
+    /// Deletes a repeater; its unfinished records become `cancelled`.
+    /// Returns false when there was no such repeater.
+    async fn delete_repeater(&self, domain: &str, name: &str, now: Millis) -> StoreResult<bool>;
+    /// One repeater.
+    async fn repeater(&self, domain: &str, name: &str) -> StoreResult<Option<RepeaterRow>>;
+    /// Every repeater, or those of one domain, ordered by domain and name.
+    async fn repeaters(&self, domain: Option<&str>) -> StoreResult<Vec<RepeaterRow>>;
+    /// Record counts of one repeater by state.
+    async fn backlog(&self, repeater_id: i64) -> StoreResult<Backlog>;
+    /// Record counts of unfinished records by domain and state (for metrics).
+    async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>>;
+    /// Pauses or resumes a repeater. Returns false when there is no such repeater.
+    async fn set_paused(
+        &self,
+        domain: &str,
+        name: &str,
+        paused: bool,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Puts the repeater's `retrying` and `cancelled` records back to
+    /// `pending`, due now, and clears its backoff. Returns how many moved;
+    /// [`StoreError::NotFound`] when there is no such repeater.
+    async fn requeue(&self, domain: &str, name: &str, now: Millis) -> StoreResult<u64>;
     /// Records of a domain, ordered by id.
     async fn records(&self, domain: &str, query: &RecordQuery) -> StoreResult<Vec<RecordRow>>;
     /// One record with its attempts, oldest first.
@@ -394,14 +374,17 @@ pub trait Store: Send + Sync + 'static {
         id: i64,
     ) -> StoreResult<Option<(RecordRow, Vec<AttemptRow>)>>;
     /// Moves any record back to `pending`, due now, keeping its attempts;
-    /// its attempt count and age start again. False when there is no such record.
+    /// its attempt count and age start again. False when there is no such
+    /// record; [`StoreError::Conflict`] when its repeater was deleted.
     async fn resend(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool>;
     /// Cancels a record that is not yet terminal. False when there is no
-    /// such record; `Invalid` when it is already terminal.
+    /// such record; [`StoreError::Conflict`] when it is already terminal.
     async fn cancel(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool>;
+}
 
-    // --- retention -------------------------------------------------------
-
+/// What the retention task needs: deleting old terminal records.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
     /// Deletes up to `limit` terminal records last updated before `before`,
     /// with their attempts and any events left without records. Returns how
     /// many records went.

@@ -86,48 +86,6 @@ pub(crate) fn decode_spec(text: &str) -> StoreResult<RepeaterSpec> {
 pub(crate) const RECORD_COLUMNS: &str = "r.id, r.domain, r.repeater_name, e.event_key, e.event_type, \
      r.state, r.attempts, r.next_attempt_at, r.created_at, r.updated_at, r.last_error";
 
-/// The SQL of one page of [`Store::records`](super::Store::records), the
-/// same text for both backends. Its placeholders: `$1` the domain, `$2` the
-/// page size, `$3` the id to list after (0 for the first page) and, only
-/// when the query names a repeater, `$4` its name.
-///
-/// The records table has listing indexes by state only, `(domain, state,
-/// id)` and `(repeater_id, state, id)`, because every index on it costs each
-/// ingest and each delivery (ADR 10). A page over every state is therefore a
-/// merge: one branch per state reads at most a page of ids from its index,
-/// the merged ids are cut to a page, and only then are the page's rows read
-/// and joined with their events. That keeps a page's cost bounded by the
-/// number of states times the page size, however many records the domain
-/// holds.
-pub(crate) fn records_page_sql(query: &super::RecordQuery) -> String {
-    // A repeater's id belongs to one domain, so its branch needs no domain
-    // term, and the planner has only one index to choose.
-    let owner = if query.repeater.is_some() {
-        "repeater_id = (SELECT id FROM repeaters WHERE domain = $1 AND name = $4)"
-    } else {
-        "domain = $1"
-    };
-    let states: &[RecordState] = match &query.state {
-        Some(state) => std::slice::from_ref(state),
-        None => &RecordState::ALL,
-    };
-    let branches: Vec<String> = states
-        .iter()
-        .map(|state| {
-            format!(
-                "SELECT id FROM (SELECT id FROM records WHERE {owner} AND state = {state} \
-                 AND id > $3 ORDER BY id LIMIT $2) AS s{state}",
-                state = state.as_i16()
-            )
-        })
-        .collect();
-    format!(
-        "SELECT {RECORD_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
-         WHERE r.id IN ({} ORDER BY id LIMIT $2) ORDER BY r.id",
-        branches.join(" UNION ALL ")
-    )
-}
-
 /// A `records` row joined with its event.
 #[derive(sqlx::FromRow)]
 pub(crate) struct RecordRowRaw {

@@ -9,7 +9,7 @@
 //! one trip to the writer instead of three. Reads use read-only
 //! connections and never open long transactions, so WAL checkpoints keep
 //! up: the scheduler's reads (ready set, wake-up time, claims) step their
-//! own connections in place (see [`reads`]), the API's reads go through a
+//! own connections in place (the `reads` module), the API's reads go through a
 //! small pool. The file runs in WAL mode with `synchronous=NORMAL`:
 //! a power cut may lose the last commits, a process crash loses nothing.
 //!
@@ -22,7 +22,7 @@
 //! statements apiece and fill the writer's queue; grouped, the writer's
 //! cost per job falls as its queue grows. The group runs in one trip on the
 //! task's own connection, whose prepared statements live as long as the
-//! store (see [`group`], ADR 7).
+//! store (the `group` module, ADR 7).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,20 +30,14 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{QueryBuilder, Sqlite, Transaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::input::{self, ROWS_PER_STATEMENT, RecordUpdate, lease_lost, new_token};
-use super::rows::{
-    ATTEMPT_COLUMNS, AttemptRowRaw, RECORD_COLUMNS, REPEATER_COLUMNS, RecordRowRaw,
-    RepeaterRecordRaw, decode_state, records_page_sql,
-};
-use super::{
-    AttemptRow, Backlog, ClaimedRecord, Ingested, Lease, ReadyRepeater, RecordOutcome, RecordQuery,
-    RecordRow, RepeaterHealth, RepeaterRow, Store, StoreError, StoreResult,
-};
-use crate::model::{Millis, NewEvent, RecordState, RepeaterSpec};
+use super::backend::{Backend, BatchResults, Connections, Ingest, LaneClaim};
+use super::input::RecordUpdate;
+use super::{Ingested, Lease, ReadyRepeater, StoreError, StoreResult};
+use crate::model::Millis;
 
 mod group;
 mod reads;
@@ -85,13 +79,12 @@ const CONNECTION_PRAGMAS: [(&str, &str); 4] = [
 /// waits for room.
 const WRITE_QUEUE: usize = 1_024;
 
-/// The SQLite implementation of [`Store`].
+/// The SQLite implementation of [`Store`](super::Store).
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    /// The one-connection writer pool, the API's read pool, and the wake-up.
+    connections: Connections<Sqlite>,
     /// The scheduler's reads: the ready set, wake-up times and claims.
     lane_reads: LaneReads,
-    wake: Arc<Notify>,
     jobs: mpsc::Sender<WriteJob>,
     /// Bumped by every write that changes the repeaters table, so the
     /// writer task knows its copy of the subscribers is out of date.
@@ -111,7 +104,8 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file at `path`, with up to
     /// `readers` read-only connections for the API and as many kept for the
-    /// scheduler's reads. Does not migrate; call [`Store::migrate`] or use
+    /// scheduler's reads. Does not migrate; call
+    /// [`Store::migrate`](super::Store::migrate) or use
     /// [`super::open`].
     pub async fn open_with(path: &Path, readers: u32) -> StoreResult<SqliteStore> {
         let readers = readers.max(1);
@@ -166,10 +160,12 @@ impl SqliteStore {
         let lane_reads = LaneReads::open(path, readers as usize)?;
         tokio::spawn(group_commit(group_writer, wake.clone(), queue, subscribers));
         Ok(SqliteStore {
-            writer,
-            reader,
+            connections: Connections {
+                reads: reader,
+                writes: writer,
+                wake,
+            },
             lane_reads,
-            wake,
             jobs,
             repeaters_changed,
             _checkpoints: stop_checkpoints,
@@ -184,477 +180,69 @@ impl SqliteStore {
         answer: oneshot::Receiver<StoreResult<T>>,
     ) -> StoreResult<T> {
         // The writer task stops only with a closed pool or a panic.
-        let gone = || StoreError::Database(sqlx::Error::PoolClosed);
+        let gone = || StoreError::Stopped("group-commit writer");
         self.jobs.send(job).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
-    }
-
-    /// Marks the writer task's copy of the subscribers out of date. Called
-    /// inside the write transaction that changes the repeaters table: that
-    /// transaction holds the write lock, so the next group commit starts
-    /// after it committed and reads the new rows.
-    fn repeaters_changed(&self) {
-        self.repeaters_changed.fetch_add(1, AtomicOrdering::SeqCst);
-    }
-
-    /// [`begin_write`] on this store's writer.
-    async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        begin_write(&self.writer).await
-    }
-
-    async fn repeater_id(
-        tx: &mut Transaction<'static, Sqlite>,
-        domain: &str,
-        name: &str,
-    ) -> StoreResult<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM repeaters WHERE domain = $1 AND name = $2")
-                .bind(domain)
-                .bind(name)
-                .fetch_optional(&mut **tx)
-                .await?,
-        )
     }
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn migrate(&self) -> StoreResult<()> {
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&self.writer)
-            .await?;
-        Ok(())
-    }
+impl Backend for SqliteStore {
+    type Db = Sqlite;
 
-    fn wake_signal(&self) -> Arc<Notify> {
-        self.wake.clone()
-    }
-
-    async fn upsert_repeater(&self, spec: &RepeaterSpec, now: Millis) -> StoreResult<RepeaterRow> {
-        let json = input::spec_json(spec)?;
-        let mut tx = self.write().await?;
-        let raw: RepeaterRecordRaw = sqlx::query_as(&format!(
-            "INSERT INTO repeaters (domain, name, spec, ordering, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) \
-             ON CONFLICT (domain, name) DO UPDATE SET spec = excluded.spec, \
-             ordering = excluded.ordering, updated_at = excluded.updated_at \
-             RETURNING {REPEATER_COLUMNS}"
-        ))
-        .bind(&spec.domain)
-        .bind(&spec.name)
-        .bind(&json)
-        .bind(input::ordering_code(spec.ordering))
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        self.repeaters_changed();
-        tx.commit().await?;
-        raw.decode()
-    }
-
-    async fn delete_repeater(&self, domain: &str, name: &str, now: Millis) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
-        let Some(id) = Self::repeater_id(&mut tx, domain, name).await? else {
-            return Ok(false);
-        };
-        sqlx::query(
-            "UPDATE records SET state = 5, next_attempt_at = NULL, updated_at = $1, \
-             last_error = 'repeater deleted' WHERE repeater_id = $2 AND state IN (0, 1)",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM repeaters WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        self.repeaters_changed();
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn repeater(&self, domain: &str, name: &str) -> StoreResult<Option<RepeaterRow>> {
-        let raw: Option<RepeaterRecordRaw> = sqlx::query_as(&format!(
-            "SELECT {REPEATER_COLUMNS} FROM repeaters WHERE domain = $1 AND name = $2"
-        ))
-        .bind(domain)
-        .bind(name)
-        .fetch_optional(&self.reader)
-        .await?;
-        raw.map(RepeaterRecordRaw::decode).transpose()
-    }
-
-    async fn repeaters(&self, domain: Option<&str>) -> StoreResult<Vec<RepeaterRow>> {
-        let raws: Vec<RepeaterRecordRaw> = sqlx::query_as(&format!(
-            "SELECT {REPEATER_COLUMNS} FROM repeaters \
-             WHERE $1 IS NULL OR domain = $1 ORDER BY domain, name"
-        ))
-        .bind(domain)
-        .fetch_all(&self.reader)
-        .await?;
-        raws.into_iter().map(RepeaterRecordRaw::decode).collect()
-    }
-
-    async fn backlog(&self, repeater_id: i64) -> StoreResult<Backlog> {
-        let rows: Vec<(i16, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM records WHERE repeater_id = $1 GROUP BY state",
-        )
-        .bind(repeater_id)
-        .fetch_all(&self.reader)
-        .await?;
-        let mut backlog = Backlog::default();
-        for (state, count) in rows {
-            backlog.add(decode_state(state)?, count);
-        }
-        Ok(backlog)
-    }
-
-    async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>> {
-        let rows: Vec<(String, i16, i64)> = sqlx::query_as(
-            "SELECT domain, state, COUNT(*) FROM records WHERE state IN (0, 1) \
-             GROUP BY domain, state ORDER BY domain, state",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|(domain, state, count)| Ok((domain, decode_state(state)?, count)))
-            .collect()
-    }
-
-    async fn set_paused(
-        &self,
-        domain: &str,
-        name: &str,
-        paused: bool,
-        now: Millis,
-    ) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
-        let changed = sqlx::query(
-            "UPDATE repeaters SET paused = $1, updated_at = $2 WHERE domain = $3 AND name = $4",
-        )
-        .bind(paused)
-        .bind(now)
-        .bind(domain)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        if changed > 0 && !paused {
-            self.wake.notify_one();
-        }
-        Ok(changed > 0)
-    }
-
-    async fn requeue(&self, domain: &str, name: &str, now: Millis) -> StoreResult<u64> {
-        let mut tx = self.write().await?;
-        let Some(id) = Self::repeater_id(&mut tx, domain, name).await? else {
-            return Err(StoreError::NotFound(format!("repeater {domain}/{name}")));
-        };
-        let moved = sqlx::query(
-            "UPDATE records SET state = 0, attempts = 0, age_origin = $1, next_attempt_at = $1, \
-             updated_at = $1 WHERE repeater_id = $2 AND state IN (1, 5)",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "UPDATE repeaters SET backoff_until = NULL, backoff_step = 0, updated_at = $1 \
-             WHERE id = $2",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.wake.notify_one();
-        Ok(moved)
-    }
-
-    async fn ingest(
-        &self,
-        domain: &str,
-        events: &[NewEvent],
-        now: Millis,
-    ) -> StoreResult<Vec<Ingested>> {
-        let plan = input::plan_ingest(domain, events)?;
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
+    async fn write_events(&self, ingest: Ingest<'_>) -> StoreResult<Vec<Ingested>> {
         let (reply, answer) = oneshot::channel();
         let job = IngestJob {
-            domain: domain.to_owned(),
-            events: events.to_vec(),
-            plan,
-            now,
+            domain: ingest.domain.to_owned(),
+            events: ingest.events.to_vec(),
+            plan: ingest.plan,
+            now: ingest.now,
             reply,
         };
         self.send(WriteJob::Ingest(job), answer).await
     }
 
-    async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>> {
+    async fn ready_set(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>> {
         self.lane_reads.ready_repeaters(now, holder)
     }
 
-    async fn next_wakeup(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {
+    async fn earliest_due(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {
         self.lane_reads.next_wakeup(now, holder)
     }
 
-    async fn acquire_lease(
-        &self,
-        repeater_id: i64,
-        holder: &str,
-        now: Millis,
-        ttl_ms: i64,
-    ) -> StoreResult<Option<Lease>> {
-        let token = new_token();
-        let expires_at = now.saturating_add(ttl_ms);
-        let epochs: Vec<i64> = sqlx::query_scalar(
-            "UPDATE repeaters SET lease_epoch = lease_epoch + 1, lease_token = $1, \
-             lease_holder = $2, lease_expires_at = $3 \
-             WHERE id = $4 AND (lease_expires_at IS NULL OR lease_expires_at <= $5) \
-             RETURNING lease_epoch",
-        )
-        .bind(&token)
-        .bind(holder)
-        .bind(expires_at)
-        .bind(repeater_id)
-        .bind(now)
-        // Stepped to the end, so the statement has finished (and committed)
-        // before the connection goes back to the pool.
-        .fetch_all(&self.writer)
-        .await?;
-        let Some(&epoch) = epochs.first() else {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM repeaters WHERE id = $1")
-                .bind(repeater_id)
-                .fetch_optional(&self.reader)
-                .await?;
-            return match exists {
-                Some(_) => Ok(None),
-                None => Err(StoreError::NotFound(format!("repeater {repeater_id}"))),
-            };
-        };
-        Ok(Some(Lease {
-            repeater_id,
-            epoch,
-            token,
-            expires_at,
-        }))
-    }
-
-    async fn renew_lease(&self, lease: &Lease, now: Millis, ttl_ms: i64) -> StoreResult<Lease> {
-        let expires_at = now.saturating_add(ttl_ms);
-        let renewed = sqlx::query(
-            "UPDATE repeaters SET lease_expires_at = $1 \
-             WHERE id = $2 AND lease_epoch = $3 AND lease_token = $4",
-        )
-        .bind(expires_at)
-        .bind(lease.repeater_id)
-        .bind(lease.epoch)
-        .bind(&lease.token)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        if renewed != 1 {
-            return Err(lease_lost(lease));
-        }
-        Ok(Lease {
-            expires_at,
-            ..lease.clone()
-        })
-    }
-
-    async fn claim_lane(
-        &self,
-        lease: &Lease,
-        limit: u32,
-        now: Millis,
-    ) -> StoreResult<(RepeaterRow, Vec<ClaimedRecord>)> {
+    async fn read_lane(&self, lease: &Lease, limit: u32, now: Millis) -> StoreResult<LaneClaim> {
         self.lane_reads.claim_lane(lease, limit, now)
     }
 
-    async fn finish_batch(
-        &self,
-        lease: &Lease,
-        outcomes: &[RecordOutcome],
-        health: Option<&RepeaterHealth>,
-        release: bool,
-        now: Millis,
-    ) -> StoreResult<()> {
+    async fn write_results(&self, results: BatchResults<'_>) -> StoreResult<()> {
         let (reply, answer) = oneshot::channel();
+        let now = results.now;
         let job = FinishJob {
-            lease: lease.clone(),
-            updates: (outcomes.iter())
+            lease: results.lease.clone(),
+            updates: (results.outcomes.iter())
                 .map(|outcome| RecordUpdate::from_outcome(outcome, now))
                 .collect(),
-            attempts: (outcomes.iter())
+            attempts: (results.outcomes.iter())
                 .filter_map(|o| o.attempt.clone().map(|a| (o.record_id, a)))
                 .collect(),
-            health: health.cloned(),
-            release,
+            health: results.health.cloned(),
+            release: results.release,
             now,
             reply,
         };
         self.send(WriteJob::Finish(job), answer).await
     }
 
-    async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
-        let released = sqlx::query(
-            "UPDATE repeaters SET lease_holder = NULL, lease_token = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
-        )
-        .bind(lease.repeater_id)
-        .bind(lease.epoch)
-        .bind(&lease.token)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        if released > 0 {
-            self.wake.notify_one();
-        }
-        Ok(())
+    fn connections(&self) -> &Connections<Sqlite> {
+        &self.connections
     }
 
-    async fn records(&self, domain: &str, query: &RecordQuery) -> StoreResult<Vec<RecordRow>> {
-        let sql = records_page_sql(query);
-        let mut page = sqlx::query_as::<_, RecordRowRaw>(&sql)
-            .bind(domain)
-            .bind(i64::from(query.limit))
-            .bind(query.after.unwrap_or(0));
-        if let Some(repeater) = &query.repeater {
-            page = page.bind(repeater.as_str());
-        }
-        let raws = page.fetch_all(&self.reader).await?;
-        raws.into_iter().map(RecordRowRaw::decode).collect()
-    }
-
-    async fn record(
-        &self,
-        domain: &str,
-        id: i64,
-    ) -> StoreResult<Option<(RecordRow, Vec<AttemptRow>)>> {
-        let raw: Option<RecordRowRaw> = sqlx::query_as(&format!(
-            "SELECT {RECORD_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
-             WHERE r.domain = $1 AND r.id = $2"
-        ))
-        .bind(domain)
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some(raw) = raw else {
-            return Ok(None);
-        };
-        let attempts: Vec<AttemptRowRaw> = sqlx::query_as(&format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE record_id = $1 ORDER BY id"
-        ))
-        .bind(id)
-        .fetch_all(&self.reader)
-        .await?;
-        let attempts = attempts
-            .into_iter()
-            .map(AttemptRowRaw::decode)
-            .collect::<StoreResult<Vec<_>>>()?;
-        Ok(Some((raw.decode()?, attempts)))
-    }
-
-    async fn resend(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
-        let found: Option<(i64, bool)> = sqlx::query_as(
-            "SELECT r.repeater_id, EXISTS (SELECT 1 FROM repeaters p WHERE p.id = r.repeater_id) \
-             FROM records r WHERE r.domain = $1 AND r.id = $2",
-        )
-        .bind(domain)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match found {
-            None => return Ok(false),
-            Some((_, false)) => {
-                return Err(StoreError::Invalid(format!(
-                    "record {id} cannot be resent: its repeater was deleted"
-                )));
-            }
-            Some((_, true)) => {}
-        }
-        sqlx::query(
-            "UPDATE records SET state = 0, attempts = 0, age_origin = $1, next_attempt_at = $1, \
-             updated_at = $1 WHERE id = $2",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        self.wake.notify_one();
-        Ok(true)
-    }
-
-    async fn cancel(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
-        let state: Option<i16> =
-            sqlx::query_scalar("SELECT state FROM records WHERE domain = $1 AND id = $2")
-                .bind(domain)
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(state) = state else {
-            return Ok(false);
-        };
-        let state = decode_state(state)?;
-        if state.is_terminal() {
-            return Err(StoreError::Invalid(format!(
-                "record {id} is already {state} and cannot be cancelled"
-            )));
-        }
-        sqlx::query(
-            "UPDATE records SET state = 5, next_attempt_at = NULL, updated_at = $1 WHERE id = $2",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    async fn purge_terminal(&self, before: Millis, limit: u32) -> StoreResult<u64> {
-        let mut tx = self.write().await?;
-        let victims: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT id, event_id FROM records WHERE state >= 2 AND updated_at < $1 \
-             ORDER BY updated_at LIMIT $2",
-        )
-        .bind(before)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let record_ids: Vec<i64> = victims.iter().map(|(id, _)| *id).collect();
-        let mut event_ids: Vec<i64> = victims.iter().map(|(_, event)| *event).collect();
-        event_ids.sort_unstable();
-        event_ids.dedup();
-        for chunk in record_ids.chunks(ROWS_PER_STATEMENT) {
-            delete_in(
-                &mut tx,
-                "DELETE FROM attempts WHERE record_id IN (",
-                chunk,
-                ")",
-            )
-            .await?;
-            delete_in(&mut tx, "DELETE FROM records WHERE id IN (", chunk, ")").await?;
-        }
-        for chunk in event_ids.chunks(ROWS_PER_STATEMENT) {
-            delete_in(
-                &mut tx,
-                "DELETE FROM events WHERE id IN (",
-                chunk,
-                ") AND NOT EXISTS (SELECT 1 FROM records r WHERE r.event_id = events.id)",
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(record_ids.len() as u64)
+    /// The writer task's copy of the subscribers is out of date. Called
+    /// inside the write transaction that changes the repeaters table: that
+    /// transaction holds the write lock, so the next group commit starts
+    /// after it committed and reads the new rows.
+    fn repeaters_changing(&self) {
+        self.repeaters_changed.fetch_add(1, AtomicOrdering::SeqCst);
     }
 }
 
@@ -689,8 +277,9 @@ fn own_file(path: &Path) -> StoreResult<std::fs::File> {
     let mut lock = path.as_os_str().to_owned();
     lock.push(".lock");
     let lock = std::path::PathBuf::from(lock);
-    let cannot = |error: std::io::Error| {
-        StoreError::Invalid(format!("cannot lock {}: {error}", lock.display()))
+    let cannot = |source: std::io::Error| StoreError::LockFile {
+        lock: lock.display().to_string(),
+        source,
     };
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -757,31 +346,13 @@ async fn checkpoints(pool: SqlitePool, mut stop: oneshot::Receiver<()>) {
     pool.close().await;
 }
 
-/// Runs `head <ids> tail` with the ids as a bound list.
-async fn delete_in(
-    tx: &mut Transaction<'static, Sqlite>,
-    head: &str,
-    ids: &[i64],
-    tail: &str,
-) -> StoreResult<()> {
-    let mut query = QueryBuilder::<Sqlite>::new(head);
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    query.push(tail);
-    query.build().execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// A write transaction holding the write lock from its first statement.
-async fn begin_write(writer: &SqlitePool) -> StoreResult<Transaction<'static, Sqlite>> {
-    Ok(writer.begin_with("BEGIN IMMEDIATE").await?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RecordState;
+    use crate::store::admin::records_page_sql;
+    use crate::store::sql::Dialect;
+    use crate::store::{RecordQuery, Store};
 
     #[tokio::test]
     async fn the_configured_number_of_readers_sizes_both_read_paths() {
@@ -789,14 +360,14 @@ mod tests {
         let store = SqliteStore::open_with(&dir.path().join("readers.db"), 2)
             .await
             .unwrap();
-        assert_eq!(store.reader.options().get_max_connections(), 2);
+        assert_eq!(store.connections.reads.options().get_max_connections(), 2);
         assert_eq!(store.lane_reads.keep(), 2);
         drop(store);
         let store = SqliteStore::open(&dir.path().join("default.db"))
             .await
             .unwrap();
         assert_eq!(
-            store.reader.options().get_max_connections(),
+            store.connections.reads.options().get_max_connections(),
             READ_CONNECTIONS
         );
         assert_eq!(store.lane_reads.keep(), READ_CONNECTIONS as usize);
@@ -821,7 +392,10 @@ mod tests {
                     after: Some(7),
                     limit: 10,
                 };
-                let sql = format!("EXPLAIN QUERY PLAN {}", records_page_sql(&query));
+                let sql = format!(
+                    "EXPLAIN QUERY PLAN {}",
+                    records_page_sql(Dialect::Sqlite, &query)
+                );
                 let mut plan = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql)
                     .bind("acme")
                     .bind(10_i64)
@@ -830,7 +404,7 @@ mod tests {
                     plan = plan.bind(name.as_str());
                 }
                 let steps: Vec<String> = plan
-                    .fetch_all(&store.reader)
+                    .fetch_all(&store.connections.reads)
                     .await
                     .unwrap()
                     .into_iter()

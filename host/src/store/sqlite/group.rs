@@ -21,7 +21,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES, open_own};
 use crate::model::{Millis, NewEvent, RecordState};
+use crate::store::ingest::{EVENT_COLUMNS, RECORD_COLUMNS, insert_events, insert_records};
 use crate::store::input::{self, IngestPlan, RecordUpdate, Subscriber, lease_lost};
+use crate::store::lanes::{
+    ATTEMPT_COLUMNS, FENCE_COLUMNS, RECORD_UPDATE_COLUMNS, attempt_inserts, fence, record_updates,
+};
+use crate::store::sql::Dialect;
 use crate::store::{
     AttemptDraft, Ingested, IngestedRecord, Lease, RepeaterHealth, StoreError, StoreResult,
 };
@@ -384,12 +389,6 @@ fn runs<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `VALUES (?, ?), (?, ?)`: `rows` rows of `columns` parameters.
-fn values(rows: usize, columns: usize) -> String {
-    let row = format!("({})", vec!["?"; columns].join(", "));
-    format!("VALUES {}", vec![row; rows].join(", "))
-}
-
 /// Runs `sql` with `binds` and returns the first column of each row.
 fn query_ids(db: &Connection, sql: &str, binds: &[Bind<'_>]) -> StoreResult<Vec<i64>> {
     let mut statement = db.prepare_cached(sql)?;
@@ -407,26 +406,8 @@ fn query_ids(db: &Connection, sql: &str, binds: &[Bind<'_>]) -> StoreResult<Vec<
 fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
     let mut held = HashSet::new();
     for chunk in runs(jobs) {
-        // The fence: a row matches only while its batch's epoch holds the
-        // lane, and it carries that batch's health and release with it.
-        let sql = format!(
-            "WITH v (id, epoch, token, health, backoff_until, backoff_step, last_error, \
-             last_success_at, release, now) AS ({}) UPDATE OR FAIL repeaters SET \
-             backoff_until = CASE WHEN v.health THEN v.backoff_until ELSE repeaters.backoff_until END, \
-             backoff_step = CASE WHEN v.health THEN v.backoff_step ELSE repeaters.backoff_step END, \
-             last_error = CASE WHEN v.health THEN COALESCE(v.last_error, repeaters.last_error) \
-                          ELSE repeaters.last_error END, \
-             last_success_at = CASE WHEN v.health THEN COALESCE(v.last_success_at, repeaters.last_success_at) \
-                               ELSE repeaters.last_success_at END, \
-             updated_at = CASE WHEN v.health THEN v.now ELSE repeaters.updated_at END, \
-             lease_holder = CASE WHEN v.release THEN NULL ELSE repeaters.lease_holder END, \
-             lease_token = CASE WHEN v.release THEN NULL ELSE repeaters.lease_token END, \
-             lease_expires_at = CASE WHEN v.release THEN NULL ELSE repeaters.lease_expires_at END \
-             FROM v WHERE repeaters.id = v.id AND repeaters.lease_epoch = v.epoch \
-             AND repeaters.lease_token = v.token RETURNING repeaters.id",
-            values(chunk.len(), 10)
-        );
-        let mut binds = Vec::with_capacity(chunk.len() * 10);
+        let sql = fence(Dialect::Sqlite, chunk.len());
+        let mut binds = Vec::with_capacity(chunk.len() * FENCE_COLUMNS);
         for job in chunk {
             let health = job.health.as_ref();
             binds.extend([
@@ -452,17 +433,8 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
         .flat_map(|job| (job.updates.iter()).map(|u| (job.lease.repeater_id, u, job.now)))
         .collect();
     for chunk in runs(&updates) {
-        // Only records of the batch's own lane change.
-        let sql = format!(
-            "WITH v (record_id, repeater_id, state, next_attempt_at, counted, error, now) AS ({}) \
-             UPDATE OR FAIL records SET state = v.state, next_attempt_at = v.next_attempt_at, \
-             attempts = records.attempts + v.counted, \
-             last_error = CASE WHEN v.counted = 1 THEN v.error ELSE records.last_error END, \
-             updated_at = v.now \
-             FROM v WHERE records.id = v.record_id AND records.repeater_id = v.repeater_id",
-            values(chunk.len(), 7)
-        );
-        let mut binds = Vec::with_capacity(chunk.len() * 7);
+        let sql = record_updates(Dialect::Sqlite, chunk.len());
+        let mut binds = Vec::with_capacity(chunk.len() * RECORD_UPDATE_COLUMNS);
         for (repeater_id, update, now) in chunk {
             binds.extend([
                 int(update.record_id),
@@ -481,18 +453,8 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
         .flat_map(|job| job.attempts.iter().map(|a| (job.lease.repeater_id, a)))
         .collect();
     for chunk in runs(&attempts) {
-        // Only records of the batch's own lane get attempts: a stray id is
-        // skipped rather than failing the whole batch.
-        let sql = format!(
-            "WITH v (record_id, repeater_id, started_at, duration_ms, status, error, outcome, \
-             response_excerpt) AS ({}) INSERT OR FAIL INTO attempts \
-             (record_id, started_at, duration_ms, status, error, outcome, response_excerpt) \
-             SELECT v.record_id, v.started_at, v.duration_ms, v.status, v.error, v.outcome, \
-             v.response_excerpt FROM v JOIN records r ON r.id = v.record_id \
-             WHERE r.repeater_id = v.repeater_id",
-            values(chunk.len(), 8)
-        );
-        let mut binds = Vec::with_capacity(chunk.len() * 8);
+        let sql = attempt_inserts(Dialect::Sqlite, chunk.len());
+        let mut binds = Vec::with_capacity(chunk.len() * ATTEMPT_COLUMNS);
         for (repeater_id, (record_id, attempt)) in chunk {
             binds.extend([
                 int(*record_id),
@@ -554,12 +516,8 @@ fn ingest_group(
     // The writer lock is held, so no other insert of these ids can race us.
     let mut event_ids: HashMap<EventRef, i64> = HashMap::with_capacity(fresh.len());
     for chunk in runs(&fresh) {
-        let sql = format!(
-            "INSERT OR FAIL INTO events (domain, event_key, event_type, content_type, payload, \
-             ordering_key, created_at) {} RETURNING id",
-            values(chunk.len(), 7)
-        );
-        let mut binds = Vec::with_capacity(chunk.len() * 7);
+        let sql = insert_events(Dialect::Sqlite, chunk.len());
+        let mut binds = Vec::with_capacity(chunk.len() * EVENT_COLUMNS);
         for &(j, i) in chunk {
             let (job, event) = (&jobs[j], &jobs[j].events[i]);
             binds.extend([
@@ -592,12 +550,8 @@ fn ingest_group(
         }
     }
     for chunk in runs(&wanted) {
-        let sql = format!(
-            "INSERT OR FAIL INTO records (event_id, repeater_id, repeater_name, domain, state, attempts, \
-             age_origin, next_attempt_at, created_at, updated_at, ordering_key) {} RETURNING id",
-            values(chunk.len(), 11)
-        );
-        let mut binds = Vec::with_capacity(chunk.len() * 11);
+        let sql = insert_records(Dialect::Sqlite, chunk.len());
+        let mut binds = Vec::with_capacity(chunk.len() * RECORD_COLUMNS);
         for &(event_id, subscriber, j, i) in chunk {
             let job = &jobs[j];
             binds.extend([
@@ -767,7 +721,7 @@ fn existing_records<'a>(
              SELECT e.domain, e.event_key, r.id, r.repeater_name FROM v \
              CROSS JOIN events e ON e.domain = v.domain AND e.event_key = v.event_key \
              LEFT JOIN records r ON r.event_id = e.id",
-            values(chunk.len(), 2)
+            Dialect::Sqlite.values(chunk.len(), 2)
         );
         let binds: Vec<Bind> = (chunk.iter())
             .flat_map(|(domain, key)| [text(domain), text(key)])

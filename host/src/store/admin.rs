@@ -1,0 +1,377 @@
+//! Administration, status and listings: repeater changes, pause and
+//! requeue, backlog counts, record pages and details, resend and cancel.
+//! Written once for both backends, as a generic over the backend's sqlx
+//! database: the bounds below are what its statements bind and read.
+
+use async_trait::async_trait;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::backend::{Backend, RowsAffected};
+use super::input;
+use super::rows::{
+    ATTEMPT_COLUMNS, AttemptRowRaw, RECORD_COLUMNS, REPEATER_COLUMNS, RecordRowRaw,
+    RepeaterRecordRaw, decode_state,
+};
+use super::sql::{Dialect, named_queries, state_in, unfinished};
+use super::{
+    AdminStore, AttemptRow, Backlog, RecordQuery, RecordRow, RepeaterRow, StoreError, StoreResult,
+};
+use crate::model::{Millis, RecordState, RepeaterSpec};
+
+named_queries! {
+    /// The fixed queries of administration, status and listings.
+    pub(crate) struct AdminSql(dialect) {
+        /// Creates or replaces repeater `$1`/`$2` with spec `$3` and
+        /// ordering `$4` at `$5`, keeping its status.
+        upsert_repeater: format!(
+            "INSERT INTO repeaters (domain, name, spec, ordering, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) \
+             ON CONFLICT (domain, name) DO UPDATE SET spec = excluded.spec, \
+             ordering = excluded.ordering, updated_at = excluded.updated_at \
+             RETURNING {REPEATER_COLUMNS}"
+        ),
+        /// Cancels the unfinished records of deleted repeater `$2` at `$1`.
+        cancel_orphans: format!(
+            "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1, \
+             last_error = 'repeater deleted' WHERE repeater_id = $2 AND {}",
+            RecordState::Cancelled.as_i16(),
+            unfinished("state")
+        ),
+        /// Deletes repeater `$1`/`$2`, returning its id.
+        delete_repeater: "DELETE FROM repeaters WHERE domain = $1 AND name = $2 RETURNING id",
+        /// Repeater `$1`/`$2`.
+        repeater: format!(
+            "SELECT {REPEATER_COLUMNS} FROM repeaters WHERE domain = $1 AND name = $2"
+        ),
+        /// Every repeater, or those of domain `$1`.
+        repeaters: format!(
+            "SELECT {REPEATER_COLUMNS} FROM repeaters \
+             WHERE domain = $1 OR $1 IS NULL ORDER BY domain, name"
+        ),
+        /// Record counts of repeater `$1` by state.
+        backlog: "SELECT state, COUNT(*) FROM records WHERE repeater_id = $1 GROUP BY state",
+        /// Unfinished record counts by domain and state.
+        backlog_by_domain: format!(
+            "SELECT domain, state, COUNT(*) FROM records WHERE {} \
+             GROUP BY domain, state ORDER BY domain, state",
+            unfinished("state")
+        ),
+        /// Pauses (`$1` true) or resumes repeater `$3`/`$4` at `$2`.
+        set_paused: "UPDATE repeaters SET paused = $1, updated_at = $2 \
+                     WHERE domain = $3 AND name = $4",
+        /// Puts repeater `$2`'s retrying and cancelled records back to
+        /// pending at `$1`.
+        requeue: format!(
+            "UPDATE records SET {} WHERE repeater_id = $2 AND {}",
+            back_to_pending(),
+            state_in("state", &[RecordState::Retrying, RecordState::Cancelled])
+        ),
+        /// Clears repeater `$2`/`$3`'s backoff at `$1`, returning its id.
+        clear_backoff: "UPDATE repeaters SET backoff_until = NULL, backoff_step = 0, \
+                        updated_at = $1 WHERE domain = $2 AND name = $3 RETURNING id",
+        /// Record `$2` of domain `$1`, with its event.
+        record: format!(
+            "SELECT {RECORD_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
+             WHERE r.domain = $1 AND r.id = $2"
+        ),
+        /// The attempts of record `$1`, oldest first.
+        attempts: format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE record_id = $1 ORDER BY id"
+        ),
+        /// Whether record `$2` of domain `$1` exists, and its repeater still does.
+        resend_check: "SELECT r.repeater_id, \
+                       EXISTS (SELECT 1 FROM repeaters p WHERE p.id = r.repeater_id) \
+                       FROM records r WHERE r.domain = $1 AND r.id = $2",
+        /// Puts record `$2` back to pending at `$1`.
+        resend: format!("UPDATE records SET {} WHERE id = $2", back_to_pending()),
+        /// The state of record `$2` of domain `$1`.
+        record_state: "SELECT state FROM records WHERE domain = $1 AND id = $2",
+        /// Cancels record `$2` at `$1`.
+        cancel: format!(
+            "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 WHERE id = $2",
+            RecordState::Cancelled.as_i16()
+        ),
+    }
+}
+
+/// The assignments that put a record back to pending, due at `$1`, its
+/// attempt count and age starting again.
+fn back_to_pending() -> String {
+    format!(
+        "state = {}, attempts = 0, age_origin = $1, next_attempt_at = $1, updated_at = $1",
+        RecordState::Pending.as_i16()
+    )
+}
+
+/// The SQL of one page of [`AdminStore::records`], the same text for both
+/// backends. Its placeholders: `$1` the domain, `$2` the page size, `$3` the
+/// id to list after (0 for the first page) and, only when the query names a
+/// repeater, `$4` its name.
+///
+/// The records table has listing indexes by state only, `(domain, state,
+/// id)` and `(repeater_id, state, id)`, because every index on it costs each
+/// ingest and each delivery (ADR 10). A page over every state is therefore a
+/// merge: one branch per state reads at most a page of ids from its index,
+/// the merged ids are cut to a page, and only then are the page's rows read
+/// and joined with their events. That keeps a page's cost bounded by the
+/// number of states times the page size, however many records the domain
+/// holds.
+pub(crate) fn records_page_sql(dialect: Dialect, query: &RecordQuery) -> String {
+    // A repeater's id belongs to one domain, so its branch needs no domain
+    // term, and the planner has only one index to choose.
+    let owner = if query.repeater.is_some() {
+        "repeater_id = (SELECT id FROM repeaters WHERE domain = $1 AND name = $4)"
+    } else {
+        "domain = $1"
+    };
+    let states: &[RecordState] = match &query.state {
+        Some(state) => std::slice::from_ref(state),
+        None => &RecordState::ALL,
+    };
+    let branches: Vec<String> = states
+        .iter()
+        .map(|state| {
+            format!(
+                "SELECT id FROM (SELECT id FROM records WHERE {owner} AND state = {code} \
+                 AND id > $3 ORDER BY id LIMIT $2) AS s{code}",
+                code = state.as_i16()
+            )
+        })
+        .collect();
+    dialect.render(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
+         WHERE r.id IN ({} ORDER BY id LIMIT $2) ORDER BY r.id",
+        branches.join(" UNION ALL ")
+    ))
+}
+
+/// Administration for every backend: reads on its read pool, writes in
+/// short transactions on its write pool.
+#[async_trait]
+impl<S> AdminStore for S
+where
+    S: Backend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
+    for<'q> Option<&'q str>: Encode<'q, S::Db> + Type<S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> i16: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> bool: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'r> i32: Decode<'r, S::Db> + Type<S::Db>,
+    for<'r> String: Decode<'r, S::Db> + Type<S::Db>,
+    for<'r> Vec<u8>: Decode<'r, S::Db> + Type<S::Db>,
+    usize: ColumnIndex<<S::Db as Database>::Row>,
+    for<'n> &'n str: ColumnIndex<<S::Db as Database>::Row>,
+{
+    async fn upsert_repeater(&self, spec: &RepeaterSpec, now: Millis) -> StoreResult<RepeaterRow> {
+        let json = input::spec_json(spec)?;
+        let mut tx = self.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let raw: RepeaterRecordRaw = sqlx::query_as(&self.statements().admin.upsert_repeater)
+            .bind(spec.domain.as_str())
+            .bind(spec.name.as_str())
+            .bind(json.as_str())
+            .bind(input::ordering_code(spec.ordering))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        self.repeaters_changing();
+        tx.commit().await?;
+        raw.decode()
+    }
+
+    async fn delete_repeater(&self, domain: &str, name: &str, now: Millis) -> StoreResult<bool> {
+        let sql = &self.statements().admin;
+        let mut tx = self.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let id: Option<i64> = sqlx::query_scalar(&sql.delete_repeater)
+            .bind(domain)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        sqlx::query(&sql.cancel_orphans)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        self.repeaters_changing();
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn repeater(&self, domain: &str, name: &str) -> StoreResult<Option<RepeaterRow>> {
+        let raw: Option<RepeaterRecordRaw> = sqlx::query_as(&self.statements().admin.repeater)
+            .bind(domain)
+            .bind(name)
+            .fetch_optional(self.reads())
+            .await?;
+        raw.map(RepeaterRecordRaw::decode).transpose()
+    }
+
+    async fn repeaters(&self, domain: Option<&str>) -> StoreResult<Vec<RepeaterRow>> {
+        let raws: Vec<RepeaterRecordRaw> = sqlx::query_as(&self.statements().admin.repeaters)
+            .bind(domain)
+            .fetch_all(self.reads())
+            .await?;
+        raws.into_iter().map(RepeaterRecordRaw::decode).collect()
+    }
+
+    async fn backlog(&self, repeater_id: i64) -> StoreResult<Backlog> {
+        let rows: Vec<(i16, i64)> = sqlx::query_as(&self.statements().admin.backlog)
+            .bind(repeater_id)
+            .fetch_all(self.reads())
+            .await?;
+        let mut backlog = Backlog::default();
+        for (state, count) in rows {
+            backlog.add(decode_state(state)?, count);
+        }
+        Ok(backlog)
+    }
+
+    async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>> {
+        let rows: Vec<(String, i16, i64)> =
+            sqlx::query_as(&self.statements().admin.backlog_by_domain)
+                .fetch_all(self.reads())
+                .await?;
+        rows.into_iter()
+            .map(|(domain, state, count)| Ok((domain, decode_state(state)?, count)))
+            .collect()
+    }
+
+    async fn set_paused(
+        &self,
+        domain: &str,
+        name: &str,
+        paused: bool,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let changed = sqlx::query(&self.statements().admin.set_paused)
+            .bind(paused)
+            .bind(now)
+            .bind(domain)
+            .bind(name)
+            .execute(self.writes())
+            .await?
+            .rows_affected();
+        if changed > 0 && !paused {
+            self.work_may_be_ready();
+        }
+        Ok(changed > 0)
+    }
+
+    async fn requeue(&self, domain: &str, name: &str, now: Millis) -> StoreResult<u64> {
+        let sql = &self.statements().admin;
+        let mut tx = self.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let id: Option<i64> = sqlx::query_scalar(&sql.clear_backoff)
+            .bind(now)
+            .bind(domain)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(id) = id else {
+            return Err(StoreError::NotFound(format!("repeater {domain}/{name}")));
+        };
+        let moved = sqlx::query(&sql.requeue)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        self.work_may_be_ready();
+        Ok(moved)
+    }
+
+    async fn records(&self, domain: &str, query: &RecordQuery) -> StoreResult<Vec<RecordRow>> {
+        let sql = records_page_sql(S::DIALECT, query);
+        let mut page = sqlx::query_as::<_, RecordRowRaw>(&sql)
+            .bind(domain)
+            .bind(i64::from(query.limit))
+            .bind(query.after.unwrap_or(0));
+        if let Some(repeater) = &query.repeater {
+            page = page.bind(repeater.as_str());
+        }
+        let raws = page.fetch_all(self.reads()).await?;
+        raws.into_iter().map(RecordRowRaw::decode).collect()
+    }
+
+    async fn record(
+        &self,
+        domain: &str,
+        id: i64,
+    ) -> StoreResult<Option<(RecordRow, Vec<AttemptRow>)>> {
+        let sql = &self.statements().admin;
+        let raw: Option<RecordRowRaw> = sqlx::query_as(&sql.record)
+            .bind(domain)
+            .bind(id)
+            .fetch_optional(self.reads())
+            .await?;
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let attempts: Vec<AttemptRowRaw> = sqlx::query_as(&sql.attempts)
+            .bind(id)
+            .fetch_all(self.reads())
+            .await?;
+        let attempts = attempts
+            .into_iter()
+            .map(AttemptRowRaw::decode)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(Some((raw.decode()?, attempts)))
+    }
+
+    async fn resend(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool> {
+        let sql = &self.statements().admin;
+        let mut tx = self.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let found: Option<(i64, bool)> = sqlx::query_as(&sql.resend_check)
+            .bind(domain)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match found {
+            None => return Ok(false),
+            Some((_, false)) => {
+                return Err(StoreError::Conflict(format!(
+                    "record {id} cannot be resent: its repeater was deleted"
+                )));
+            }
+            Some((_, true)) => {}
+        }
+        sqlx::query(&sql.resend)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.work_may_be_ready();
+        Ok(true)
+    }
+
+    async fn cancel(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool> {
+        let sql = &self.statements().admin;
+        let mut tx = self.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let state: Option<i16> = sqlx::query_scalar(&sql.record_state)
+            .bind(domain)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(state) = state else {
+            return Ok(false);
+        };
+        let state = decode_state(state)?;
+        if state.is_terminal() {
+            return Err(StoreError::Conflict(format!(
+                "record {id} is already {state} and cannot be cancelled"
+            )));
+        }
+        sqlx::query(&sql.cancel)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

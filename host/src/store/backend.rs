@@ -1,0 +1,148 @@
+//! The driver seam: what a database backend supplies so that the store's
+//! traits ([`Store`], [`IngestStore`](super::IngestStore),
+//! [`LaneStore`](super::LaneStore), [`AdminStore`](super::AdminStore),
+//! [`RetentionStore`](super::RetentionStore)) can be written once for every
+//! backend. A backend gives its sqlx pools and wake-up signal, its dialect
+//! and migrations, and the four steps it runs its own way for speed:
+//! ingest's writes, the ready set with the wake-up time, the claim, and the
+//! batch results.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrate;
+use sqlx::{Database, Pool};
+use tokio::sync::Notify;
+
+use super::input::IngestPlan;
+use super::sql::{Dialect, SqlDatabase, Statements};
+use super::{
+    ClaimedRecord, Ingested, Lease, ReadyRepeater, RecordOutcome, RepeaterHealth, RepeaterRow,
+    Store, StoreResult,
+};
+use crate::model::{Millis, NewEvent};
+
+/// A database backend of the store. Implemented by
+/// [`SqliteStore`](super::sqlite::SqliteStore) and
+/// [`PostgresStore`](super::postgres::PostgresStore); every public store
+/// trait follows from it.
+#[async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// The database its sqlx pools speak to, with its dialect.
+    type Db: SqlDatabase<QueryResult: RowsAffected, Connection: Migrate>;
+    /// The dialect of its SQL.
+    const DIALECT: Dialect = <Self::Db as SqlDatabase>::DIALECT;
+
+    /// Its pools and wake-up signal.
+    fn connections(&self) -> &Connections<Self::Db>;
+
+    /// Something may have become ready (a resend, a requeue, a resume, a
+    /// released lease): wake the scheduler. A backend shared by several
+    /// processes tells the others too.
+    fn work_may_be_ready(&self) {
+        self.wake().notify_one();
+    }
+    /// Called inside a write transaction that changes the repeaters table,
+    /// before it commits.
+    fn repeaters_changing(&self) {}
+
+    /// Ingest's writes, once every event has been checked and given its id.
+    async fn write_events(&self, ingest: Ingest<'_>) -> StoreResult<Vec<Ingested>>;
+    /// See [`LaneStore::ready_repeaters`](super::LaneStore::ready_repeaters).
+    async fn ready_set(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>>;
+    /// See [`LaneStore::next_wakeup`](super::LaneStore::next_wakeup).
+    async fn earliest_due(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>>;
+    /// See [`LaneStore::claim_lane`](super::LaneStore::claim_lane).
+    async fn read_lane(&self, lease: &Lease, limit: u32, now: Millis) -> StoreResult<LaneClaim>;
+    /// See [`LaneStore::finish_batch`](super::LaneStore::finish_batch).
+    async fn write_results(&self, results: BatchResults<'_>) -> StoreResult<()>;
+
+    /// The named queries rendered for [`Backend::DIALECT`].
+    fn statements(&self) -> &'static Statements {
+        Statements::of(Self::DIALECT)
+    }
+    /// The pool that serves reads outside the lanes: status, listings.
+    fn reads(&self) -> &Pool<Self::Db> {
+        &self.connections().reads
+    }
+    /// The pool that serves writes other than ingest and batch results:
+    /// leases, repeaters, admin actions, the purge.
+    fn writes(&self) -> &Pool<Self::Db> {
+        &self.connections().writes
+    }
+    /// The signal the scheduler waits on.
+    fn wake(&self) -> &Arc<Notify> {
+        &self.connections().wake
+    }
+}
+
+/// The sqlx pools of a backend and the signal that wakes its scheduler.
+pub(crate) struct Connections<DB: Database> {
+    /// Reads outside the lanes.
+    pub reads: Pool<DB>,
+    /// Writes outside ingest and batch results (the same pool as `reads`
+    /// where the database has no single writer).
+    pub writes: Pool<DB>,
+    /// Notified when work may be ready.
+    pub wake: Arc<Notify>,
+}
+
+/// An ingest whose events have all been checked and given their ids.
+pub(crate) struct Ingest<'a> {
+    /// The domain posted to.
+    pub domain: &'a str,
+    /// The events, in the order posted.
+    pub events: &'a [NewEvent],
+    /// Their ids and which of them come first.
+    pub plan: IngestPlan,
+    /// When they were posted.
+    pub now: Millis,
+}
+
+/// A lane's repeater row and its claimed records.
+pub(crate) type LaneClaim = (RepeaterRow, Vec<ClaimedRecord>);
+
+/// One batch's results, to be written under its lease.
+pub(crate) struct BatchResults<'a> {
+    /// The lease the batch ran under; fences every write.
+    pub lease: &'a Lease,
+    /// Each record's outcome.
+    pub outcomes: &'a [RecordOutcome],
+    /// The repeater's health, or `None` to leave it as it is.
+    pub health: Option<&'a RepeaterHealth>,
+    /// Whether the lease ends with this write.
+    pub release: bool,
+    /// When the batch ended.
+    pub now: Millis,
+}
+
+/// How many rows a statement changed, as both drivers report it.
+pub(crate) trait RowsAffected {
+    /// Rows inserted, updated or deleted.
+    fn rows_affected(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows_affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+#[async_trait]
+impl<S> Store for S
+where
+    S: Backend + super::LaneStore + super::AdminStore + super::RetentionStore,
+{
+    async fn migrate(&self) -> StoreResult<()> {
+        <S::Db as SqlDatabase>::MIGRATIONS
+            .run(self.writes())
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,75 @@
+//! Retention: terminal records, their attempts and the events left without
+//! records are deleted in bounded batches, one short write transaction
+//! each, on every backend.
+
+use async_trait::async_trait;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
+
+use super::backend::Backend;
+use super::input::ROWS_PER_STATEMENT;
+use super::sql::{named_queries, terminal};
+use super::{RetentionStore, StoreResult};
+use crate::model::Millis;
+
+named_queries! {
+    /// The fixed queries of the purge.
+    pub(crate) struct RetentionSql(dialect) {
+        /// Up to `$2` terminal records last updated before `$1`, oldest
+        /// first, with their events; reads the terminal records' index.
+        victims: format!(
+            "SELECT id, event_id FROM records WHERE {} AND updated_at < $1 \
+             ORDER BY updated_at LIMIT $2",
+            terminal("state")
+        ),
+    }
+}
+
+/// The deletes of the purge, each with a list of `ids` (as placeholders):
+/// the attempts and the records of the victims, then their events that no
+/// record refers to any more.
+const DELETES: [fn(&str) -> String; 3] = [
+    |ids| format!("DELETE FROM attempts WHERE record_id IN ({ids})"),
+    |ids| format!("DELETE FROM records WHERE id IN ({ids})"),
+    |ids| {
+        format!(
+            "DELETE FROM events WHERE id IN ({ids}) \
+             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.event_id = events.id)"
+        )
+    },
+];
+
+#[async_trait]
+impl<S> RetentionStore for S
+where
+    S: Backend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    usize: ColumnIndex<<S::Db as Database>::Row>,
+{
+    async fn purge_terminal(&self, before: Millis, limit: u32) -> StoreResult<u64> {
+        let mut tx = self.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let victims: Vec<(i64, i64)> = sqlx::query_as(&self.statements().retention.victims)
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        let record_ids: Vec<i64> = victims.iter().map(|(id, _)| *id).collect();
+        let mut event_ids: Vec<i64> = victims.iter().map(|(_, event)| *event).collect();
+        event_ids.sort_unstable();
+        event_ids.dedup();
+        let lists = [&record_ids, &record_ids, &event_ids];
+        for (delete, ids) in DELETES.into_iter().zip(lists) {
+            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+                let sql = delete(&S::DIALECT.list(chunk.len()));
+                let mut query = sqlx::query(&sql);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(record_ids.len() as u64)
+    }
+}

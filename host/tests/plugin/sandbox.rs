@@ -2,11 +2,9 @@
 //! misbehaving ends as the error that names it, and the same engine keeps
 //! serving other plugins afterwards.
 
-mod plugin_fixtures;
-
 use std::time::{Duration, Instant};
 
-use plugin_fixtures::{build_hostile, ctx, engine, event, hostile, load_builtin, test_limits};
+use crate::fixtures::{build_hostile, ctx, engine, event, hostile, load_builtin, test_limits};
 use repeaterd::plugin::types::BuildOutcome;
 use repeaterd::plugin::{PluginEngine, PluginError, PluginLimits};
 

@@ -1,9 +1,7 @@
 //! Every API route's happy path and errors, through the real router over a
 //! real SQLite store.
 
-mod api_support;
-
-use api_support::{ACME, ADMIN, TestApi};
+use crate::support::{ACME, ADMIN, TestApi};
 use axum::body::Body;
 use axum::http::{Method, StatusCode, header};
 use repeaterd::api::ApiLimits;
@@ -178,7 +176,7 @@ async fn a_body_over_the_limit_is_413_json_and_stores_nothing() {
         max_body_bytes: 4096,
         ..ApiLimits::default()
     };
-    let api = TestApi::with(api_support::auth(), limits).await;
+    let api = TestApi::with(crate::support::auth(), limits).await;
     api.put_repeater("acme", "crm", &[]).await;
     let big = json!({"type": "t", "payload": "x".repeat(5000)}).to_string();
     let answer = api
@@ -740,7 +738,7 @@ async fn plugins_are_listed_and_uploaded() {
         max_plugin_bytes: 1024,
         ..ApiLimits::default()
     };
-    let small = TestApi::with(api_support::auth(), limits).await;
+    let small = TestApi::with(crate::support::auth(), limits).await;
     let fits = small
         .send(
             Method::PUT,

@@ -3,8 +3,16 @@
 
 use std::process::{Command, Output};
 
+use repeaterd_tests::binary;
+
+/// A component built against WIT 0.1.0, kept beside the plugin tests.
+const JSON_FORWARD_0_1_0: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../host/tests/plugin/fixtures/json-forward-0.1.0.wasm"
+);
+
 fn repeaterd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_repeaterd"))
+    Command::new(binary::repeaterd())
         .args(args)
         .env("REPEATERD_LOG", "warn")
         .output()
@@ -90,7 +98,7 @@ fn plugin_run_prints_a_reject_outcome() {
 fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
     let dir = tempfile::tempdir().unwrap();
     let event = event_file(&dir, r#"{"type":"t","payload":{}}"#);
-    let hostile = repeaterd::plugin::HOSTILE_PLUGIN_PATH;
+    let hostile = binary::hostile_plugin().to_str().unwrap();
     let output = repeaterd(&[
         "plugin",
         "run",
@@ -135,7 +143,7 @@ fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
 
 #[test]
 fn plugin_check_prints_world_version_sha_and_size() {
-    let hostile = repeaterd::plugin::HOSTILE_PLUGIN_PATH;
+    let hostile = binary::hostile_plugin().to_str().unwrap();
     let bytes = std::fs::read(hostile).unwrap();
     let output = repeaterd(&["plugin", "check", hostile]);
     assert!(
@@ -184,11 +192,7 @@ fn plugin_check_names_the_version_a_plugin_was_built_for_and_its_reply_rules() {
     );
 
     // A plugin built against 0.1.0, before the `classification` interface.
-    let old = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/plugin_fixtures/json-forward-0.1.0.wasm"
-    );
-    let output = repeaterd(&["plugin", "check", old]);
+    let output = repeaterd(&["plugin", "check", JSON_FORWARD_0_1_0]);
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
@@ -202,5 +206,27 @@ fn plugin_check_names_the_version_a_plugin_was_built_for_and_its_reply_rules() {
     assert!(
         stdout.contains("replies judged by: the plugin's own classify"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn the_binary_ships_the_builtin_plugins_and_never_the_hostile_fixture() {
+    // Run where no file named `hostile` exists, so the name can only mean a
+    // built-in plugin.
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(binary::repeaterd())
+        .args(["plugin", "check", "hostile"])
+        .current_dir(dir.path())
+        .env("REPEATERD_LOG", "warn")
+        .output()
+        .expect("running repeaterd");
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "no built-in plugin named \"hostile\" and no such file \
+             (built-ins: json-forward, form-xml, fhir-r4)"
+        ),
+        "{stderr}"
     );
 }

@@ -6,9 +6,6 @@
 //! The dynamic component API is used on purpose: this test checks the
 //! guest side without depending on the daemon's own bindings.
 
-#[path = "../src/plugin/builtin.rs"]
-mod builtin;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -162,7 +159,7 @@ impl Loaded {
 }
 
 fn builtin(name: &str) -> &'static [u8] {
-    builtin::BUILTIN_PLUGINS
+    repeaterd::plugin::BUILTIN_PLUGINS
         .iter()
         .find(|(plugin, _)| *plugin == name)
         .unwrap_or_else(|| panic!("{name} is built in"))
@@ -382,7 +379,7 @@ fn form_xml_forwards_xml_through_the_component() {
 
 #[test]
 fn hostile_ok_mode_logs_through_the_import_and_trap_mode_traps() {
-    let hostile = std::fs::read(builtin::HOSTILE_PLUGIN_PATH).unwrap();
+    let hostile = std::fs::read(crate::fixtures::HOSTILE_PLUGIN).unwrap();
 
     let mut plugin = load("hostile", &hostile);
     let request = sent(
@@ -413,7 +410,7 @@ fn hostile_ok_mode_logs_through_the_import_and_trap_mode_traps() {
 
 #[test]
 fn hostile_memory_bomb_is_stopped_by_a_memory_cap() {
-    let hostile = std::fs::read(builtin::HOSTILE_PLUGIN_PATH).unwrap();
+    let hostile = std::fs::read(crate::fixtures::HOSTILE_PLUGIN).unwrap();
     let mut plugin = load("hostile", &hostile);
     let config = string(r#"{"mode": "memory-bomb"}"#);
     let outcome = plugin.call("build", &[event("text/plain", b"hi"), config]);
@@ -432,7 +429,7 @@ fn hostile_memory_bomb_is_stopped_by_a_memory_cap() {
 
 #[test]
 fn hostile_loop_spins_until_an_epoch_deadline_stops_it() {
-    let hostile = std::fs::read(builtin::HOSTILE_PLUGIN_PATH).unwrap();
+    let hostile = std::fs::read(crate::fixtures::HOSTILE_PLUGIN).unwrap();
     let mut plugin = load("hostile", &hostile);
     plugin.store.set_epoch_deadline(1);
     let engine = plugin.store.engine().clone();

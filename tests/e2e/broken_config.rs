@@ -3,22 +3,21 @@
 //! and a broken config given to a running daemon by SIGHUP leaves the old
 //! repeaters serving.
 
-mod common;
-mod reliability;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{ADMIN_TOKEN, ADMIN_TOKEN_ENV, Backend, Receiver, TestDir};
-use reliability::{Lane, Rig};
+use repeaterd_tests::{
+    ADMIN_TOKEN, ADMIN_TOKEN_ENV, Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, TestDir,
+    binary, ingested_ids,
+};
 
 /// Runs `repeaterd serve` on `text`; returns its exit code and stderr.
 async fn serve_exit(dir: &TestDir, text: &str) -> (Option<i32>, String) {
     let path = dir.path().join("broken.toml");
     std::fs::write(&path, text).unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_repeaterd"))
+    let child = tokio::process::Command::new(binary::repeaterd())
         .arg("serve")
         .arg("--config")
         .arg(&path)
@@ -77,28 +76,26 @@ async fn serve_refuses_a_broken_config_naming_key_and_line() {
 async fn sighup_with_a_broken_config_keeps_the_old_repeaters_serving() {
     let receiver = Receiver::start().await;
     let dir = TestDir::new();
-    let rig = Rig {
-        lanes: vec![Lane::json_forward(
+    let config = DaemonConfig {
+        repeaters: vec![RepeaterConfig::json_forward(
             "reload",
             "sink",
             &format!("{}/reload/sink", receiver.url()),
         )],
-        ..Rig::default()
+        ..DaemonConfig::default()
     };
-    let mut daemon = rig.start(&dir, &Backend::Sqlite).await;
+    let mut daemon = Daemon::start(&dir, &config, &Backend::Sqlite).await;
     daemon
         .ingest("reload", json!({"type": "t", "payload": {"n": 1}}))
         .await;
     receiver.wait_for(1, Duration::from_secs(30)).await;
 
     // Break the file the daemon was started from, then ask it to reload.
-    let config_path = dir.path().join("repeaterd.toml");
+    let config_path = daemon.config_path().to_owned();
     let good = std::fs::read_to_string(&config_path).unwrap();
-    let broken = good.replace("max_inflight = 64", "max_inflight = \"oops\"");
-    assert_ne!(
-        broken, good,
-        "the test config has no `max_inflight = 64` line"
-    );
+    let line = format!("max_inflight = {}", config.max_inflight);
+    let broken = good.replace(&line, "max_inflight = \"oops\"");
+    assert_ne!(broken, good, "the test config has no `{line}` line");
     std::fs::write(&config_path, broken).unwrap();
     daemon.signal(libc::SIGHUP);
 
@@ -121,7 +118,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_repeaters_serving() {
     let answer = daemon
         .ingest("reload", json!({"type": "t", "payload": {"n": 2}}))
         .await;
-    let id = common::ingested_ids(&answer).pop().expect("a record");
+    let id = ingested_ids(&answer).pop().expect("a record");
     daemon
         .wait_record_state("reload", &id, "succeeded", Duration::from_secs(30))
         .await;

@@ -3,17 +3,15 @@
 //! own `classify` still runs it; and a plugin built against 0.1.0, before
 //! the declaration existed, still loads and runs on its own `classify`.
 
-mod plugin_fixtures;
-
 use std::sync::Arc;
 
-use plugin_fixtures::{ctx, engine, event, load_builtin, summary};
+use crate::fixtures::{ctx, engine, event, load_builtin, summary};
 use repeaterd::plugin::types::{BuildOutcome, Header, Reply, Response, Verdict};
 use repeaterd::plugin::{ClassifyRules, LoadedPlugin, PluginEngine};
 
 /// The `json-forward` component as built before 0.1.1 (its bytes are kept
 /// in the repository so this stays a test of an old plugin).
-const JSON_FORWARD_0_1_0: &[u8] = include_bytes!("plugin_fixtures/json-forward-0.1.0.wasm");
+const JSON_FORWARD_0_1_0: &[u8] = include_bytes!("fixtures/json-forward-0.1.0.wasm");
 
 fn throttled() -> Reply {
     Reply::Response(Response {

@@ -3,25 +3,30 @@
 //! are served while one domain floods (rule 1), and two daemons sharing one
 //! PostgreSQL database never both send a record (rule 3).
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use repeaterd_tests::{
+    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, ResettingEndpoint, TestDir,
+    on_both_stores,
+};
 use serde_json::json;
 
 async fn a_dead_endpoint_costs_one_batch_per_backoff_step(backend: Backend) {
     let endpoint = ResettingEndpoint::start().await;
     let dir = TestDir::new();
     let concurrency = 5;
-    let config = TestConfig {
-        repeaters: vec![RepeaterConf::json_forward("acme", "dead", &endpoint.url())],
+    let config = DaemonConfig {
+        repeaters: vec![RepeaterConfig::json_forward(
+            "acme",
+            "dead",
+            &endpoint.url(),
+        )],
         concurrency,
         max_attempts: 1000,
-        backoff_min_ms: 200,
-        backoff_max_ms: 1600,
-        ..TestConfig::default()
+        backoff_min: "200ms".to_owned(),
+        backoff_max: "1600ms".to_owned(),
+        ..DaemonConfig::default()
     };
     let daemon = Daemon::start(&dir, &config, &backend).await;
     daemon.repeater_action("acme", "dead", "pause").await;
@@ -88,9 +93,9 @@ async fn small_domains_are_served_while_one_domain_floods(backend: Backend) {
     let dir = TestDir::new();
     // The flooding domain has five repeaters, so without fairness across
     // domains it could fill every slot of the process by itself.
-    let mut repeaters: Vec<RepeaterConf> = (0..5)
+    let mut repeaters: Vec<RepeaterConfig> = (0..5)
         .map(|i| {
-            RepeaterConf::json_forward(
+            RepeaterConfig::json_forward(
                 "big",
                 &format!("sink-{i}"),
                 &format!("{}/big", receiver.url()),
@@ -98,17 +103,17 @@ async fn small_domains_are_served_while_one_domain_floods(backend: Backend) {
         })
         .collect();
     for i in 0..10 {
-        repeaters.push(RepeaterConf::json_forward(
+        repeaters.push(RepeaterConfig::json_forward(
             &format!("small-{i}"),
             "sink",
             &format!("{}/small-{i}", receiver.url()),
         ));
     }
-    let config = TestConfig {
+    let config = DaemonConfig {
         repeaters,
         max_inflight: 8,
         concurrency: 4,
-        ..TestConfig::default()
+        ..DaemonConfig::default()
     };
     let daemon = Daemon::start(&dir, &config, &backend).await;
     for r in &config.repeaters {
@@ -167,17 +172,18 @@ async fn two_daemons_on_one_database_never_both_send_a_record(backend: Backend) 
     let mut repeaters = Vec::new();
     for d in 0..5 {
         for r in 0..2 {
-            repeaters.push(RepeaterConf::json_forward(
+            repeaters.push(RepeaterConfig::json_forward(
                 &format!("d{d}"),
                 &format!("r{r}"),
                 &receiver.url(),
             ));
         }
     }
-    let config = TestConfig {
+    let config = DaemonConfig {
         repeaters,
         max_inflight: 16,
-        ..TestConfig::default()
+        concurrency: 7,
+        ..DaemonConfig::default()
     };
     let a = Daemon::start_named(&dir, "a", &config, &backend).await;
     let b = Daemon::start_named(&dir, "b", &config, &backend).await;
@@ -246,7 +252,7 @@ on_both_stores!(
 mod two_daemons_on_one_database_never_both_send_a_record {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        let backend = crate::common::Backend::postgres("two_daemons").await;
+        let backend = repeaterd_tests::Backend::postgres().await;
         super::two_daemons_on_one_database_never_both_send_a_record(backend).await
     }
 }

@@ -1,14 +1,12 @@
 //! The plugin registry: built-ins, a watched plugin directory with hot
 //! reload, uploads, version pins and swap notifications.
 
-mod plugin_fixtures;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use plugin_fixtures::{builtin, ctx, engine, event};
+use crate::fixtures::{builtin, ctx, engine, event};
 use repeaterd::plugin::types::BuildOutcome;
 use repeaterd::plugin::{PluginError, PluginRegistry, PluginSource, PluginSwapped};
 use sha2::{Digest, Sha256};

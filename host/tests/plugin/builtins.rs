@@ -2,9 +2,7 @@
 //! `validate-config`, `build` and `classify` through the real host on
 //! realistic events, and its outputs are what the plugin documents.
 
-mod plugin_fixtures;
-
-use plugin_fixtures::{ctx, engine, event, load_builtin, response, summary};
+use crate::fixtures::{ctx, engine, event, load_builtin, response, summary};
 use repeaterd::plugin::types::{
     BuildOutcome, Header, Method, Reply, Request, TransportError, TransportErrorKind, Verdict,
 };

@@ -10,19 +10,15 @@
 //! The throughput cost of the hostile repeaters is a measurement, not a
 //! test: see `host/benches/hostile_load.rs`.
 
-mod common;
-mod reliability;
-
-#[path = "../src/plugin/builtin.rs"]
-#[allow(dead_code)]
-mod builtin;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{Backend, Receiver, TestDir};
-use reliability::{Lane, Rig, list_records, record_id};
+use repeaterd_tests::binary::hostile_plugin;
+use repeaterd_tests::{
+    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, TestDir, list_records,
+    record_attempts, record_id,
+};
 
 const HEALTHY_EVENTS: usize = 1_000;
 const HOSTILE_EVENTS: usize = 8;
@@ -59,29 +55,26 @@ async fn hostile_plugins_do_not_hurt_healthy_repeaters() {
     let started = Instant::now();
     let receiver = Receiver::start().await;
     let dir = TestDir::new();
-    std::fs::copy(
-        builtin::HOSTILE_PLUGIN_PATH,
-        dir.path().join("plugins/hostile.wasm"),
-    )
-    .expect("copy the hostile plugin into the plugins dir");
-    let mut rig = Rig {
+    std::fs::copy(hostile_plugin(), dir.path().join("plugins/hostile.wasm"))
+        .expect("copy the hostile plugin into the plugins dir");
+    let mut config = DaemonConfig {
         plugin_memory_mb: PLUGIN_MEMORY_MB,
         plugin_cpu_ms: PLUGIN_CPU_MS,
         retry_schedule: vec!["300ms".to_owned()],
         backoff_min: "200ms".to_owned(),
         backoff_max: "1s".to_owned(),
-        ..Rig::default()
+        ..DaemonConfig::default()
     };
     for name in ["one", "two"] {
-        rig.lanes.push(Lane::json_forward(
+        config.repeaters.push(RepeaterConfig::json_forward(
             "healthy",
             name,
             &format!("{}/healthy/{name}", receiver.url()),
         ));
     }
     for (name, mode, _) in HOSTILE {
-        rig.lanes.push(
-            Lane::with_plugin(
+        config.repeaters.push(
+            RepeaterConfig::with_plugin(
                 "hostile",
                 name,
                 &format!("{}/hostile/{name}", receiver.url()),
@@ -92,7 +85,7 @@ async fn hostile_plugins_do_not_hurt_healthy_repeaters() {
             .extra("max_attempts = 3"),
         );
     }
-    let mut daemon = rig.start(&dir, &Backend::Sqlite).await;
+    let mut daemon = Daemon::start(&dir, &config, &Backend::Sqlite).await;
 
     let hostile_events = (0..HOSTILE_EVENTS)
         .map(|i| json!({"type": "hostile.test", "payload": {"n": i}}))
@@ -173,7 +166,7 @@ async fn hostile_plugins_do_not_hurt_healthy_repeaters() {
         assert_eq!(mine.len(), HOSTILE_EVENTS, "records of hostile/{name}");
         for record in mine.iter().take(3) {
             let full = daemon.record("hostile", &record_id(record)).await;
-            let attempts = common::record_attempts(&full);
+            let attempts = record_attempts(&full);
             assert!(
                 !attempts.is_empty(),
                 "hostile/{name} record without attempts: {full}"

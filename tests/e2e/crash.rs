@@ -14,9 +14,6 @@
 //! 2,500 = 20,000 records); `REPEATERD_CRASH_BATCH_SIZE` sets
 //! `dispatch.batch_size` (default 50).
 
-mod common;
-mod reliability;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +22,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use common::{Backend, Receiver, TestDir};
-use reliability::{Lane, Rig, ingest_until_accepted, list_records, seed_from_env};
+use repeaterd_tests::{
+    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, TestDir, ingest_until_accepted,
+    list_records, on_both_stores, seed_from_env,
+};
 
 const DOMAINS: [&str; 4] = ["crash-a", "crash-b", "crash-c", "crash-d"];
 const REPEATERS: [&str; 2] = ["one", "two"];
@@ -45,32 +44,29 @@ fn events_per_domain() -> usize {
 
 async fn survives_sigkill_under_load(backend: Backend) {
     let started = Instant::now();
-    let label = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres(_) => "postgres",
-    };
+    let label = backend.name();
     let seed = seed_from_env("REPEATERD_CRASH_SEED");
     println!("crash[{label}]: seed {seed} (set REPEATERD_CRASH_SEED={seed} to repeat)");
     let mut rng = StdRng::seed_from_u64(seed);
 
     let receiver = Arc::new(Receiver::start().await);
     let dir = TestDir::new();
-    let mut rig = Rig {
+    let mut config = DaemonConfig {
         max_inflight: MAX_INFLIGHT,
         lease_ttl: "2s".to_owned(),
         batch_size: env_number("REPEATERD_CRASH_BATCH_SIZE").unwrap_or(50),
-        ..Rig::default()
+        ..DaemonConfig::default()
     };
     for domain in DOMAINS {
         for name in REPEATERS {
-            rig.lanes.push(Lane::json_forward(
+            config.repeaters.push(RepeaterConfig::json_forward(
                 domain,
                 name,
                 &format!("{}/{domain}/{name}", receiver.url()),
             ));
         }
     }
-    let mut daemon = rig.start(&dir, &backend).await;
+    let mut daemon = Daemon::start(&dir, &config, &backend).await;
     let (base_tx, base_rx) = tokio::sync::watch::channel(daemon.base.clone());
 
     // Producers: one task per domain, each posting its events in batches
@@ -114,7 +110,7 @@ async fn survives_sigkill_under_load(backend: Backend) {
             receiver.count(),
             receiver.distinct_records()
         );
-        daemon = rig.start(&dir, &backend).await;
+        daemon = Daemon::start(&dir, &config, &backend).await;
         base_tx.send(daemon.base.clone()).unwrap();
     }
 

@@ -1,7 +1,6 @@
 //! Shared harness of the API tests: the real router over a real SQLite store
 //! in a temporary directory, and a real plugin catalogue of the built-in
 //! plugin names.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -178,9 +177,11 @@ impl TestApi {
         limits: ApiLimits,
     ) -> TestApi {
         let metrics = Arc::new(Metrics::new());
-        let state = ApiState::new(store.clone(), metrics.clone(), auth)
-            .with_limits(limits)
-            .with_plugins(Arc::new(BuiltinCatalog::default()));
+        let state = ApiState {
+            limits,
+            ..ApiState::new(store.clone(), metrics.clone(), auth)
+        }
+        .with_plugins(Arc::new(BuiltinCatalog::default()));
         TestApi {
             dir,
             store,
@@ -271,68 +272,5 @@ impl TestApi {
             ..Default::default()
         };
         self.store.records(domain, &query).await.unwrap().len()
-    }
-}
-
-/// A PostgreSQL database made for one test and dropped after it. Fails
-/// loudly when the server is unreachable.
-pub struct PgDatabase {
-    admin_url: String,
-    name: String,
-    /// The test database's URL.
-    pub url: String,
-}
-
-impl PgDatabase {
-    pub async fn create() -> PgDatabase {
-        use sqlx::Connection;
-        let url = std::env::var("REPEATERD_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let (server, _database) = url
-            .split('?')
-            .next()
-            .and_then(|base| base.rsplit_once('/'))
-            .expect("REPEATERD_TEST_PG_URL names a database");
-        let admin_url = format!("{server}/postgres");
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|err| {
-                panic!(
-                    "PostgreSQL at {admin_url} is unreachable ({err}); set REPEATERD_TEST_PG_URL"
-                )
-            });
-        let name = format!("repeaterd_api_{:016x}", rand::random::<u64>());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
-        let _ = admin.close().await;
-        PgDatabase {
-            url: format!("{server}/{name}"),
-            admin_url,
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // Drop may run inside a runtime: use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }

@@ -7,9 +7,6 @@
 //!
 //! `REPEATERD_FAULTS_SEED` repeats a run's fault choices.
 
-mod common;
-mod reliability;
-
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -17,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{Backend, Received, Receiver, Reply, TestDir};
-use reliability::{Lane, Rig, list_records, record_id, seed_from_env};
+use repeaterd_tests::{
+    Backend, Daemon, DaemonConfig, Received, Receiver, RepeaterConfig, Reply, TestDir,
+    list_records, on_both_stores, record_attempts, record_id, seed_from_env,
+};
 
 const DOMAINS: [&str; 2] = ["faults-a", "faults-b"];
 const REPEATERS: [&str; 4] = ["one", "two", "three", "four"];
@@ -95,25 +94,25 @@ async fn every_record_survives_a_faulty_receiver(backend: Backend) {
         .await,
     );
     let dir = TestDir::new();
-    let mut rig = Rig {
+    let mut config = DaemonConfig {
         timeout: "300ms".to_owned(),
         retry_schedule: vec!["200ms".to_owned(), "500ms".to_owned()],
         max_attempts: 30,
         backoff_min: "100ms".to_owned(),
         backoff_max: "1s".to_owned(),
         concurrency: 10,
-        ..Rig::default()
+        ..DaemonConfig::default()
     };
     for domain in DOMAINS {
         for name in REPEATERS {
-            rig.lanes.push(Lane::json_forward(
+            config.repeaters.push(RepeaterConfig::json_forward(
                 domain,
                 name,
                 &format!("{}/{domain}/{name}", receiver.url()),
             ));
         }
     }
-    let daemon = rig.start(&dir, &backend).await;
+    let daemon = Daemon::start(&dir, &config, &backend).await;
     for domain in DOMAINS {
         let events = (0..EVENTS_PER_DOMAIN)
             .map(|i| json!({"type": "faults.test", "payload": {"n": i}}))
@@ -246,7 +245,7 @@ async fn every_record_survives_a_faulty_receiver(backend: Backend) {
         })
         .unwrap();
     let record = daemon.record(domain, &stalled).await;
-    let first = &common::record_attempts(&record)[0];
+    let first = &record_attempts(&record)[0];
     let error = first["error"].as_str().unwrap_or_default().to_lowercase();
     assert!(
         error.contains("timeout") || error.contains("timed out"),

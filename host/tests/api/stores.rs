@@ -1,28 +1,38 @@
-//! The API over the PostgreSQL store (the real server on 127.0.0.1:5432,
-//! one fresh database per test): idempotent ingest, all-or-nothing batches,
-//! record pages and repeater status behave as over SQLite.
-
-mod api_support;
+//! The API over each store (a SQLite file, and a fresh database on the
+//! PostgreSQL test server): idempotent ingest, all-or-nothing batches,
+//! record pages and repeater status behave the same.
 
 use std::path::Path;
 
-use api_support::{ACME, PgDatabase, TestApi};
 use axum::http::{Method, StatusCode};
 use repeaterd::api::ApiLimits;
+use repeaterd_tests::{Backend, on_both_stores};
 use serde_json::{Value, json};
 
-async fn pg_api() -> (PgDatabase, TestApi) {
-    let database = PgDatabase::create().await;
-    let store = repeaterd::store::open(Some(&database.url), Path::new("unused.db"))
-        .await
-        .expect("open the PostgreSQL store");
-    let api = TestApi::over(store, None, api_support::auth(), ApiLimits::default());
-    (database, api)
+use crate::support::{ACME, TestApi};
+
+on_both_stores!(
+    open = api_over;
+    ingest_is_idempotent_and_batches_are_all_or_nothing,
+    records_and_repeater_status,
+);
+
+/// A router over the store `backend` names, and the backend, which must
+/// outlive the test.
+async fn api_over(backend: Backend) -> (TestApi, Backend) {
+    let api = match &backend {
+        Backend::Sqlite => TestApi::new().await,
+        Backend::Postgres(database) => {
+            let store = repeaterd::store::open(Some(&database.url), Path::new("unused.db"))
+                .await
+                .expect("open the PostgreSQL store");
+            TestApi::over(store, None, crate::support::auth(), ApiLimits::default())
+        }
+    };
+    (api, backend)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ingest_is_idempotent_and_batches_are_all_or_nothing_over_postgres() {
-    let (_database, api) = pg_api().await;
+async fn ingest_is_idempotent_and_batches_are_all_or_nothing(api: TestApi) {
     api.put_repeater("acme", "crm", &[]).await;
     api.put_repeater("acme", "audit", &["audit.*", "case.created"])
         .await;
@@ -55,9 +65,7 @@ async fn ingest_is_idempotent_and_batches_are_all_or_nothing_over_postgres() {
     assert_eq!(api.record_count("acme").await, 2 + 49);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_and_repeater_status_over_postgres() {
-    let (_database, api) = pg_api().await;
+async fn records_and_repeater_status(api: TestApi) {
     api.put_repeater("acme", "crm", &[]).await;
     for i in 0..7 {
         api.post_event("acme", json!({"type": "t", "payload": i}))

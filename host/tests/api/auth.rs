@@ -4,9 +4,7 @@
 //! `/metrics` and `/v1/plugins` are admin routes. With no token configured
 //! the API is open.
 
-mod api_support;
-
-use api_support::{ACME, ADMIN, GLOBEX, TestApi};
+use crate::support::{ACME, ADMIN, GLOBEX, TestApi};
 use axum::http::{Method, StatusCode, header};
 use repeaterd::api::{ApiAuth, ApiLimits};
 use serde_json::json;

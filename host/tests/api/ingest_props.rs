@@ -2,9 +2,7 @@
 //! answer is a 2xx or a 4xx JSON error, never a 5xx or a panic, and a
 //! refused request stores nothing.
 
-mod api_support;
-
-use api_support::{ADMIN, TestApi};
+use crate::support::{ADMIN, TestApi};
 use axum::http::{Method, StatusCode};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -3,20 +3,21 @@
 //! receiver as the plugin built them; retries, rejections, idempotent
 //! ingest and the admin actions behave as documented.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use repeaterd_tests::{
+    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, Reply, TestDir, ingested_ids,
+    on_both_stores, record_attempts, record_state,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn one_repeater(url: &str) -> TestConfig {
-    TestConfig {
-        repeaters: vec![RepeaterConf::json_forward("acme", "crm", url)],
-        ..TestConfig::default()
+fn one_repeater(url: &str) -> DaemonConfig {
+    DaemonConfig {
+        repeaters: vec![RepeaterConfig::json_forward("acme", "crm", url)],
+        ..DaemonConfig::default()
     }
 }
 
@@ -192,7 +193,7 @@ async fn a_duplicate_event_id_creates_nothing_new(backend: Backend) {
 async fn pause_resume_resend_cancel_and_requeue_work_through_the_api(backend: Backend) {
     let receiver = Receiver::start().await;
     let dir = TestDir::new();
-    let config = TestConfig {
+    let config = DaemonConfig {
         max_attempts: 2,
         ..one_repeater(&receiver.url())
     };
@@ -274,7 +275,7 @@ async fn sighup_reloads_the_repeaters_of_the_config_file(backend: Backend) {
     let mut config = one_repeater(&format!("{}/crm", receiver.url()));
     let daemon = Daemon::start(&dir, &config, &backend).await;
 
-    config.repeaters.push(RepeaterConf::json_forward(
+    config.repeaters.push(RepeaterConfig::json_forward(
         "acme",
         "audit",
         &format!("{}/audit", receiver.url()),

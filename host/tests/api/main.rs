@@ -1,0 +1,8 @@
+//! The HTTP API (`repeaterd::api`) in process: the real router over real
+//! stores, requests sent through it (and once over a real socket).
+
+mod auth;
+mod ingest_props;
+mod routes;
+mod stores;
+mod support;

@@ -95,7 +95,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, DaemonError> 
 /// Runs the daemon with an already loaded config; `reload_from` is the file
 /// read again on SIGHUP.
 pub async fn serve_config(config: Config, reload_from: Option<&Path>) -> Result<(), DaemonError> {
-    let auth = api_auth(&config)?;
+    let auth = ApiAuth::from_security(&config.security)?;
     let store = open_store(&config).await?;
     let plugins = load_plugins(&config).await?;
     let _watcher = match plugins.dir() {
@@ -177,19 +177,6 @@ pub async fn serve_config(config: Config, reload_from: Option<&Path>) -> Result<
     let _ = dispatcher.await;
     tracing::info!("stopped");
     result
-}
-
-/// The API tokens, resolved from the environment variables the config names.
-fn api_auth(config: &Config) -> Result<ApiAuth, DaemonError> {
-    let admin = match &config.security.admin_token_env {
-        Some(var) => Some(var.resolve()?.expose().to_owned()),
-        None => None,
-    };
-    let mut domains = Vec::new();
-    for (domain, var) in &config.security.domain_tokens {
-        domains.push((domain.clone(), var.resolve()?.expose().to_owned()));
-    }
-    Ok(ApiAuth::new(admin, domains)?)
 }
 
 /// Waits for SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.

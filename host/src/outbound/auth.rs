@@ -75,6 +75,7 @@ pub enum AuthError {
     },
 }
 
+#[cfg(test)]
 impl AuthError {
     /// True when retrying later may help (the token endpoint was unreachable
     /// or failed with 5xx/429); false for configuration mistakes.
@@ -203,6 +204,7 @@ impl Authenticator {
 
     /// Drops the cached OAuth2 token of `spec`, so the next request fetches a
     /// new one (for when the endpoint answers 401 to a token we thought valid).
+    #[cfg(test)]
     pub fn forget_token(&self, spec: &AuthSpec) {
         if let AuthSpec::Oauth2 {
             token_url,

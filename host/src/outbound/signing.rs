@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
+#[cfg(test)]
 use subtle::ConstantTimeEq;
 
 use super::secrets::SecretSource;
@@ -120,6 +121,7 @@ pub fn sign_standard_webhooks(
 
 /// True when any `v1` signature in `header` matches any of `keys` for this
 /// message (compared in constant time). Unknown versions are ignored.
+#[cfg(test)]
 pub fn verify_standard_webhooks(
     keys: &[SigningKey],
     msg_id: &str,

@@ -11,8 +11,9 @@
 //! The components are copied into `OUT_DIR`, checked (component magic and
 //! the `repeater:plugin/plugin@0.1.1` export), and described by
 //! `OUT_DIR/builtin_plugins.rs`, which defines `BUILTIN_PLUGINS` (name and
-//! bytes of each plugin shipped in the binary) and `HOSTILE_PLUGIN_PATH`
-//! (the misbehaving test fixture, for tests only; never embedded).
+//! bytes of each plugin shipped in the binary). The misbehaving test
+//! fixture is staged as `OUT_DIR/hostile.wasm` for the tests, which read it
+//! from there; it is never embedded.
 
 use std::env;
 use std::fmt::Write as _;
@@ -132,16 +133,8 @@ fn run() -> Result<(), String> {
         )
         .map_err(|err| err.to_string())?;
     }
-    generated.push_str("];\n\n");
-    let hostile = stage_component(&built, &out_dir, HOSTILE_PLUGIN)?;
-    writeln!(
-        generated,
-        "/// Absolute path of the `hostile` test plugin (misbehaves on purpose;\n\
-         /// for tests only, never embedded).\n\
-         pub const HOSTILE_PLUGIN_PATH: &str = {:?};",
-        path_str(&hostile)?
-    )
-    .map_err(|err| err.to_string())?;
+    generated.push_str("];\n");
+    stage_component(&built, &out_dir, HOSTILE_PLUGIN)?;
 
     write_if_changed(&out_dir.join("builtin_plugins.rs"), generated.as_bytes())
 }

@@ -11,20 +11,14 @@
 //! each hostile repeater, which costs a fixed ~0.5 s of CPU); `HOSTILE_LOAD_MODES` picks
 //! the hostile modes (comma-separated; default all four).
 
-#[path = "../src/plugin/builtin.rs"]
-#[allow(dead_code)]
-mod builtin;
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "../tests/reliability/mod.rs"]
-mod reliability;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{Backend, Receiver, TestDir};
-use reliability::{Lane, Rig};
+use repeaterd_tests::{Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, TestDir};
+
+/// The `hostile` test plugin, staged in `OUT_DIR` by `build.rs`.
+const HOSTILE_PLUGIN: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
 
 const HOSTILE_MODES: [&str; 4] = ["loop", "memory-bomb", "trap", "oversized-body"];
 
@@ -43,7 +37,7 @@ const HOSTILE_EVENTS: usize = 50;
 async fn healthy_rate(events: usize, with_hostile: bool) -> f64 {
     let receiver = Receiver::start().await;
     let dir = TestDir::new();
-    let mut rig = Rig {
+    let mut config = DaemonConfig {
         max_inflight: 64,
         plugin_memory_mb: 96,
         lease_ttl: "10s".to_owned(),
@@ -54,24 +48,21 @@ async fn healthy_rate(events: usize, with_hostile: bool) -> f64 {
         // (ADR 4). Records still retry every 300 ms, so traps keep coming.
         backoff_min: "30s".to_owned(),
         backoff_max: "1h".to_owned(),
-        ..Rig::default()
+        ..DaemonConfig::default()
     };
     for name in ["one", "two"] {
-        rig.lanes.push(Lane::json_forward(
+        config.repeaters.push(RepeaterConfig::json_forward(
             "healthy",
             name,
             &format!("{}/healthy/{name}", receiver.url()),
         ));
     }
     if with_hostile {
-        std::fs::copy(
-            builtin::HOSTILE_PLUGIN_PATH,
-            dir.path().join("plugins/hostile.wasm"),
-        )
-        .expect("copy the hostile plugin");
+        std::fs::copy(HOSTILE_PLUGIN, dir.path().join("plugins/hostile.wasm"))
+            .expect("copy the hostile plugin");
         for mode in hostile_modes() {
-            rig.lanes.push(
-                Lane::with_plugin(
+            config.repeaters.push(
+                RepeaterConfig::with_plugin(
                     "hostile",
                     &mode,
                     &format!("{}/hostile/{mode}", receiver.url()),
@@ -82,7 +73,7 @@ async fn healthy_rate(events: usize, with_hostile: bool) -> f64 {
             );
         }
     }
-    let mut daemon = rig.start(&dir, &Backend::Sqlite).await;
+    let mut daemon = Daemon::start(&dir, &config, &Backend::Sqlite).await;
     if with_hostile {
         let hostile = (0..HOSTILE_EVENTS)
             .map(|i| json!({"type": "hostile", "payload": {"n": i}}))

@@ -79,7 +79,7 @@ async fn call_pair(plugin: &LoadedPlugin, ctx: &CallContext, event: &Event) {
 
 /// The json-forward component as built against WIT 0.1.0.
 const JSON_FORWARD_0_1_0: &[u8] =
-    include_bytes!("../tests/plugin_fixtures/json-forward-0.1.0.wasm");
+    include_bytes!("../tests/plugin/fixtures/json-forward-0.1.0.wasm");
 
 fn plugin_call(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -3,12 +3,9 @@
 //! into the store reach the receiver, retries and rejections end in the
 //! right states, and shutdown releases every lease.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Receiver, Reply};
 use repeaterd::config::DispatchConfig;
 use repeaterd::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
 use repeaterd::model::{NewEvent, RecordState, RepeaterSpec, now_millis};
@@ -19,7 +16,11 @@ use repeaterd::outbound::{
 use repeaterd::plugin::{PluginEngine, PluginLimits, PluginRegistry};
 use repeaterd::store::{RecordQuery, RecordRow, Store};
 use repeaterd::telemetry::Metrics;
+use repeaterd_tests::{PgDatabase, Receiver, Reply};
 use tokio::sync::watch;
+
+/// The `hostile` test plugin, staged in `OUT_DIR` by `build.rs`.
+const HOSTILE_PLUGIN: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
 
 struct Harness {
     store: Arc<dyn Store>,
@@ -86,7 +87,7 @@ where
         .load_builtins(repeaterd::plugin::BUILTIN_PLUGINS)
         .await
         .unwrap();
-    let hostile = std::fs::read(repeaterd::plugin::HOSTILE_PLUGIN_PATH).unwrap();
+    let hostile = std::fs::read(HOSTILE_PLUGIN).unwrap();
     registry
         .load_builtins(&[("hostile", hostile.as_slice())])
         .await
@@ -265,7 +266,7 @@ async fn retryable_failures_retry_and_rejections_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_endpoint_is_probed_once_per_backoff_step() {
-    let endpoint = common::ResettingEndpoint::start().await;
+    let endpoint = repeaterd_tests::ResettingEndpoint::start().await;
     let dispatch = DispatchConfig {
         concurrency: 4,
         max_attempts: 1000,
@@ -430,7 +431,8 @@ async fn a_batch_gives_back_the_slots_of_records_it_did_not_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_dispatchers_on_one_postgres_database_never_both_send_a_record() {
     let receiver = Receiver::start().await;
-    let url = common::fresh_pg_database("two_dispatchers").await;
+    let database = PgDatabase::create().await;
+    let url = database.url.clone();
     let mut specs = Vec::new();
     for d in 0..4 {
         for r in 0..2 {
@@ -492,7 +494,8 @@ async fn a_long_batch_keeps_its_lease_so_a_peer_never_sends_its_records() {
     // would take the lane over and send the same records again.
     let receiver = Receiver::start().await;
     receiver.set_open(false);
-    let url = common::fresh_pg_database("lease_renewal").await;
+    let database = PgDatabase::create().await;
+    let url = database.url.clone();
     let specs = [spec("acme", "slow", &receiver.url())];
     let dispatch = DispatchConfig {
         lease_ttl: Duration::from_millis(600),

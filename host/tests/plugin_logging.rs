@@ -5,6 +5,7 @@
 //! subscriber could race it into caching "nobody" (seen as a rare empty log
 //! when it shared `plugin_sandbox` with tests that trap the same plugin).
 
+#[path = "plugin/fixtures/mod.rs"]
 mod plugin_fixtures;
 
 use plugin_fixtures::{build_hostile, engine, hostile};

@@ -14,6 +14,7 @@ use repeaterd::store::{
     AdminStore, AttemptDraft, ErrorKind, IngestStore, LaneStore, Lease, RecordOutcome, RecordQuery,
     RepeaterHealth, Store, StoreError,
 };
+use repeaterd_tests::{Backend, PgDatabase, on_both_stores};
 use sqlx::Connection;
 
 const T0: i64 = 1_700_000_000_000;
@@ -67,82 +68,11 @@ async fn sqlite_harness() -> Harness {
     }
 }
 
-fn pg_url() -> String {
-    std::env::var("REPEATERD_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// `url` with its database replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let (server, _) = base.rsplit_once('/').expect("database url has a path");
-    match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    }
-}
-
-/// A database made for one test and dropped after it (best effort).
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    async fn create() -> PgDatabase {
-        let url = pg_url();
-        let admin_url = with_database(&url, "postgres");
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .unwrap_or_else(|err| {
-                panic!(
-                    "PostgreSQL at {admin_url} is unreachable ({err}); start it or set \
-                 REPEATERD_TEST_PG_URL to a reachable server, e.g. \
-                 postgres://postgres@127.0.0.1:5432/test"
-                )
-            });
-        let name = format!("repeaterd_t_{:016x}", rand::random::<u64>());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        let _ = admin.close().await;
-        PgDatabase {
-            url: with_database(&url, &name),
-            admin_url,
-            name,
-        }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        // Drop runs inside the test's runtime; use a thread with its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 async fn pg_harness() -> Harness {
-    let database = PgDatabase::create().await;
+    pg_harness_on(PgDatabase::create().await).await
+}
+
+async fn pg_harness_on(database: PgDatabase) -> Harness {
     let store = repeaterd::store::open(Some(&database.url), std::path::Path::new("unused.db"))
         .await
         .expect("open PostgreSQL store");
@@ -153,31 +83,17 @@ async fn pg_harness() -> Harness {
     }
 }
 
-/// Generates one test per body and backend.
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let harness = super::sqlite_harness().await;
-                    super::$name(harness.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let harness = super::pg_harness().await;
-                    super::$name(harness.store.clone()).await;
-                }
-            )*
-        }
+/// The store a conformance test runs on, and the harness that keeps it.
+async fn open_store(backend: Backend) -> (Arc<dyn Store>, Harness) {
+    let harness = match backend {
+        Backend::Sqlite => sqlite_harness().await,
+        Backend::Postgres(database) => pg_harness_on(database).await,
     };
+    (harness.store.clone(), harness)
 }
 
-conformance!(
+on_both_stores!(
+    open = open_store;
     ingest_makes_one_record_per_subscribed_repeater,
     ingest_is_idempotent_by_event_id,
     concurrent_ingests_of_one_id_create_records_once,

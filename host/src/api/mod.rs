@@ -99,12 +99,6 @@ impl ApiState {
         self.plugins = Some(plugins);
         self
     }
-
-    /// Sets the limits.
-    pub fn with_limits(mut self, limits: ApiLimits) -> ApiState {
-        self.limits = limits;
-        self
-    }
 }
 
 /// The API's router, ready to serve (`axum::serve(listener, router(state))`).

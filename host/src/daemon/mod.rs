@@ -184,7 +184,7 @@ pub async fn serve_config(config: Config, reload_from: Option<&Path>) -> Result<
     result
 }
 
-/// The API tokens, resolved from the environment variables the config names.
+/// The API's tokens, read from the environment variables the config names.
 fn api_auth(config: &Config) -> Result<ApiAuth, DaemonError> {
     let admin = match &config.security.admin_token_env {
         Some(var) => Some(var.resolve()?.expose().to_owned()),

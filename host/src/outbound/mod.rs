@@ -27,5 +27,5 @@ pub use client::{
 pub use credentials::Credentials;
 pub use error::{TransportError, TransportErrorKind};
 pub use guard::{Refused, SsrfPolicy, is_forbidden};
-pub use secrets::{EnvSecrets, SecretSource, StaticSecrets};
+pub use secrets::{EnvSecrets, SecretSource};
 pub use signing::{SigningError, SigningKey, sign_request, sign_standard_webhooks};

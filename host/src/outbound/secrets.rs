@@ -5,6 +5,7 @@
 //! start: a missing variable then shows as an error on the attempt (naming the
 //! variable, never a value), and nothing long-lived holds the value.
 
+#[cfg(test)]
 use std::collections::HashMap;
 
 /// Looks up a secret by the name config gives it.
@@ -23,12 +24,13 @@ impl SecretSource for EnvSecrets {
     }
 }
 
-/// A fixed set of named secrets, for embedding the host where the secrets do
-/// not come from the environment (and for tests, which must not change the
-/// shared process environment while other tests run).
+/// A fixed set of named secrets, for tests, which must not change the shared
+/// process environment while other tests run.
+#[cfg(test)]
 #[derive(Clone, Default)]
 pub struct StaticSecrets(pub HashMap<String, String>);
 
+#[cfg(test)]
 impl std::fmt::Debug for StaticSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names: Vec<&String> = self.0.keys().collect();
@@ -39,6 +41,7 @@ impl std::fmt::Debug for StaticSecrets {
     }
 }
 
+#[cfg(test)]
 impl StaticSecrets {
     /// Secrets from `(name, value)` pairs.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> StaticSecrets {
@@ -51,6 +54,7 @@ impl StaticSecrets {
     }
 }
 
+#[cfg(test)]
 impl SecretSource for StaticSecrets {
     fn secret(&self, name: &str) -> Option<String> {
         self.0.get(name).cloned()

@@ -106,11 +106,6 @@ impl LoadedPlugin {
         self.size
     }
 
-    /// Whether the compiled code came from the on-disk cache rather than a compile.
-    pub fn loaded_from_cache(&self) -> bool {
-        self.from_cache
-    }
-
     /// The plugin interface the component exports, with the WIT package
     /// version it was built for, e.g. `repeater:plugin/plugin@0.1.0`.
     pub fn interface(&self) -> &str {

@@ -33,7 +33,7 @@ mod request_check;
 mod sandbox;
 
 pub use bindings::{CLASSIFICATION_INTERFACE, ClassifyRules, PLUGIN_INTERFACE};
-pub use builtin::{BUILTIN_PLUGINS, HOSTILE_PLUGIN_PATH};
+pub use builtin::BUILTIN_PLUGINS;
 pub use cache::CodeCache;
 pub use call::{CallContext, LoadedPlugin};
 pub(crate) use default_rules::judge_by_default_rules;

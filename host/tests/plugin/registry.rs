@@ -1,0 +1,266 @@
+//! The plugin registry: built-ins, a watched plugin directory with hot
+//! reload, uploads, version pins and swap notifications.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::fixtures::{builtin, ctx, engine, event};
+use repeaterd::plugin::types::BuildOutcome;
+use repeaterd::plugin::{PluginError, PluginRegistry, PluginSource, PluginSwapped};
+use sha2::{Digest, Sha256};
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Waits for the swap of `name` to `version`, skipping other swaps.
+async fn wait_for_swap(
+    swaps: &mut tokio::sync::broadcast::Receiver<PluginSwapped>,
+    name: &str,
+    version: &str,
+) {
+    let wanted = PluginSwapped {
+        name: name.to_owned(),
+        version: version.to_owned(),
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if swaps.recv().await.expect("swap channel") == wanted {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no swap of {name} to {version}"));
+}
+
+/// Polls until `check` holds, for at most a minute.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_is_swapped_in_while_calls_keep_succeeding() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.wasm");
+    let json_forward = builtin("json-forward");
+    let form_xml = builtin("form-xml");
+    write(&path, &json_forward);
+
+    let registry = PluginRegistry::new(engine(), Some(dir.path().to_owned()));
+    assert!(registry.load_dir().await.is_empty());
+    let first = registry
+        .get("relay")
+        .expect("relay loaded from the directory");
+    assert_eq!(first.version(), sha(&json_forward));
+    assert_eq!(
+        registry.status("relay").unwrap().source,
+        Some(PluginSource::File(path.clone()))
+    );
+    let _watch = registry.watch().unwrap();
+    let mut swaps = registry.subscribe();
+
+    // A JSON payload: json-forward sends it, form-xml rejects it as not XML,
+    // so each outcome tells which version served the call.
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = tokio::spawn({
+        let registry = registry.clone();
+        let stop = stop.clone();
+        async move {
+            let event = event("order.created", "application/json", br#"{"order":42}"#);
+            let mut outcomes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let plugin = registry.get("relay").expect("relay stays loaded");
+                let outcome = plugin.build(&ctx(), &event, "{}").await;
+                outcomes.push((plugin.version().to_owned(), outcome));
+                tokio::task::yield_now().await;
+            }
+            outcomes
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Overwrite in place, as a person copying a file would: the watcher may
+    // see a half-written file first, which must not replace the working one.
+    write(&path, &form_xml);
+    wait_for_swap(&mut swaps, "relay", &sha(&form_xml)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = caller.await.unwrap();
+
+    let old = sha(&json_forward);
+    let new = sha(&form_xml);
+    let mut seen_old = 0;
+    let mut seen_new = 0;
+    for (version, outcome) in &outcomes {
+        let outcome = outcome
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a call failed: {e}"));
+        if *version == old {
+            seen_old += 1;
+            assert!(matches!(outcome, BuildOutcome::Send(_)), "{outcome:?}");
+        } else {
+            assert_eq!(*version, new);
+            seen_new += 1;
+            assert!(matches!(outcome, BuildOutcome::Reject(_)), "{outcome:?}");
+        }
+    }
+    assert!(
+        seen_old > 0 && seen_new > 0,
+        "old {seen_old}, new {seen_new}"
+    );
+    // Once the new version is seen, no later call goes back to the old one.
+    let first_new = outcomes.iter().position(|(v, _)| *v == new).unwrap();
+    assert!(outcomes[first_new..].iter().all(|(v, _)| *v == new));
+    let status = registry.status("relay").unwrap();
+    assert_eq!(status.version.as_deref(), Some(new.as_str()));
+    assert_eq!(status.last_error, None);
+
+    // A broken file never replaces the working version; the error shows.
+    write(&path, b"this is not a wasm component at all");
+    eventually("the corrupt file's error in the status", || {
+        registry.status("relay").unwrap().last_error.is_some()
+    })
+    .await;
+    let status = registry.status("relay").unwrap();
+    assert_eq!(status.version.as_deref(), Some(new.as_str()));
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("cannot compile"),
+        "{status:?}"
+    );
+    let still = registry.get("relay").unwrap();
+    assert_eq!(still.version(), new);
+    let outcome = still
+        .build(&ctx(), &event("t", "application/xml", b"<ok/>"), "{}")
+        .await
+        .unwrap();
+    assert!(matches!(outcome, BuildOutcome::Send(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn builtins_load_and_report_their_source() {
+    let registry = PluginRegistry::new(engine(), None);
+    registry
+        .load_builtins(repeaterd::plugin::BUILTIN_PLUGINS)
+        .await
+        .unwrap();
+    for name in repeaterd::plugin::builtin_names() {
+        let status = registry.status(name).unwrap();
+        assert_eq!(status.source, Some(PluginSource::Builtin));
+        assert_eq!(status.version, Some(sha(&builtin(name))));
+        assert!(status.loaded_at.is_some());
+    }
+    assert_eq!(
+        registry.names().len(),
+        repeaterd::plugin::builtin_names().len()
+    );
+    assert!(registry.get("no-such-plugin").is_none());
+    assert_eq!(registry.status("no-such-plugin"), None);
+}
+
+#[tokio::test]
+async fn an_upload_is_checked_before_it_is_written_and_swapped_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = PluginRegistry::new(engine(), Some(dir.path().to_owned()));
+    let mut swaps = registry.subscribe();
+    let json_forward = builtin("json-forward");
+
+    let plugin = registry
+        .install("uploaded", json_forward.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(plugin.version(), sha(&json_forward));
+    let on_disk = dir.path().join("uploaded.wasm");
+    assert_eq!(std::fs::read(&on_disk).unwrap(), json_forward.to_vec());
+    assert_eq!(
+        swaps.recv().await.unwrap(),
+        PluginSwapped {
+            name: "uploaded".to_owned(),
+            version: sha(&json_forward)
+        }
+    );
+    assert_eq!(
+        registry.status("uploaded").unwrap().source,
+        Some(PluginSource::Upload)
+    );
+
+    // A broken upload is refused and leaves both the loaded version and the file alone.
+    let error = registry
+        .install("uploaded", b"\0asm\x0d\0\x01\0garbage".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PluginError::Compile { .. }), "{error}");
+    assert_eq!(
+        registry.get("uploaded").unwrap().version(),
+        sha(&json_forward)
+    );
+    assert_eq!(std::fs::read(&on_disk).unwrap(), json_forward.to_vec());
+    assert!(registry.status("uploaded").unwrap().last_error.is_some());
+
+    // No temporary files are left behind.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["uploaded.wasm"]);
+
+    let error = registry
+        .install("../escape", json_forward.to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PluginError::InvalidName { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn a_pinned_version_is_served_only_if_it_is_the_loaded_one() {
+    let registry = PluginRegistry::new(engine(), None);
+    registry
+        .load_builtins(repeaterd::plugin::BUILTIN_PLUGINS)
+        .await
+        .unwrap();
+    let version = sha(&builtin("json-forward"));
+    let pinned = registry
+        .get_pinned("json-forward", &version.to_uppercase())
+        .unwrap();
+    assert_eq!(pinned.version(), version);
+    let error = registry
+        .get_pinned("json-forward", &"0".repeat(64))
+        .unwrap_err();
+    assert!(matches!(error, PluginError::PinMismatch { .. }), "{error}");
+    let error = registry.get_pinned("absent", &version).unwrap_err();
+    assert!(matches!(error, PluginError::NotLoaded { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_plugin_is_reported_by_load_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("broken.wasm"), b"garbage");
+    write(&dir.path().join("good.wasm"), &builtin("form-xml"));
+    write(&dir.path().join("notes.txt"), b"ignored");
+    let registry = PluginRegistry::new(engine(), Some(dir.path().to_owned()));
+    let errors = registry.load_dir().await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].plugin(), Some("broken"));
+    assert!(registry.get("good").is_some());
+    assert!(registry.get("broken").is_none());
+    let status = registry.status("broken").unwrap();
+    assert_eq!(status.version, None);
+    assert!(status.last_error.unwrap().contains("broken"));
+    assert_eq!(registry.names(), ["broken", "good"]);
+}

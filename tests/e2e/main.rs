@@ -1,0 +1,12 @@
+//! End to end: the real `repeaterd` binary with its built-in plugins (and
+//! the `hostile` test plugin), real receivers on 127.0.0.1, SQLite files and
+//! the PostgreSQL test server. One test executable, one module per subject;
+//! run one subject with `cargo test -p repeaterd-tests delivery::`.
+
+mod broken_config;
+mod crash;
+mod delivery;
+mod faulty_receiver;
+mod hostile_plugins;
+mod plugin_cli;
+mod scheduling;

@@ -1,0 +1,258 @@
+//! End to end, with the real `repeaterd` binary and each store: a dead
+//! endpoint costs one probe batch per backoff step (rule 4), small domains
+//! are served while one domain floods (rule 1), and two daemons sharing one
+//! PostgreSQL database never both send a record (rule 3).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use repeaterd_tests::{
+    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, ResettingEndpoint, TestDir,
+    on_both_stores,
+};
+use serde_json::json;
+
+async fn a_dead_endpoint_costs_one_batch_per_backoff_step(backend: Backend) {
+    let endpoint = ResettingEndpoint::start().await;
+    let dir = TestDir::new();
+    let concurrency = 5;
+    let config = DaemonConfig {
+        repeaters: vec![RepeaterConfig::json_forward(
+            "acme",
+            "dead",
+            &endpoint.url(),
+        )],
+        concurrency,
+        max_attempts: 1000,
+        backoff_min: "200ms".to_owned(),
+        backoff_max: "1600ms".to_owned(),
+        ..DaemonConfig::default()
+    };
+    let daemon = Daemon::start(&dir, &config, &backend).await;
+    daemon.repeater_action("acme", "dead", "pause").await;
+    let events: Vec<_> = (0..1000)
+        .map(|i| json!({"type": "t", "payload": {"n": i}}))
+        .collect();
+    daemon.ingest_many("acme", events).await;
+    daemon.repeater_action("acme", "dead", "resume").await;
+
+    // Watch for four seconds after the first probe.
+    let started = Instant::now();
+    while endpoint.connections() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the endpoint was never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = endpoint.arrivals()[0];
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    let arrivals: Vec<Duration> = endpoint
+        .arrivals()
+        .into_iter()
+        .filter(|at| *at <= first + window)
+        .collect();
+
+    // Probes of one batch arrive together; batches are a backoff step apart
+    // (at least 160 ms: 200 ms minus 20 % jitter).
+    let mut batches = 1;
+    for pair in arrivals.windows(2) {
+        if pair[1] - pair[0] > Duration::from_millis(100) {
+            batches += 1;
+        }
+    }
+    // Steps of 200, 400, 800, 1600, 1600 ms, each at least 80 % of that,
+    // fit at most 6 batches into 4 s; each batch is at most `concurrency`.
+    let most_batches = 6;
+    println!(
+        "dead endpoint: {} connections in {} batches over {window:?} with 1000 queued records",
+        arrivals.len(),
+        batches
+    );
+    assert!(batches >= 3, "the repeater kept probing: {batches} batches");
+    assert!(
+        batches <= most_batches,
+        "{batches} batches in {window:?}: {arrivals:?}"
+    );
+    assert!(
+        arrivals.len() <= most_batches * concurrency as usize,
+        "{} connections for {batches} batches",
+        arrivals.len()
+    );
+
+    // The repeater shows its backoff and the error.
+    let (status, repeater) = daemon.get("/v1/domains/acme/repeaters/dead").await;
+    assert_eq!(status, 200);
+    let text = repeater.to_string();
+    assert!(text.contains("backoff"), "{repeater}");
+}
+
+async fn small_domains_are_served_while_one_domain_floods(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let dir = TestDir::new();
+    // The flooding domain has five repeaters, so without fairness across
+    // domains it could fill every slot of the process by itself.
+    let mut repeaters: Vec<RepeaterConfig> = (0..5)
+        .map(|i| {
+            RepeaterConfig::json_forward(
+                "big",
+                &format!("sink-{i}"),
+                &format!("{}/big", receiver.url()),
+            )
+        })
+        .collect();
+    for i in 0..10 {
+        repeaters.push(RepeaterConfig::json_forward(
+            &format!("small-{i}"),
+            "sink",
+            &format!("{}/small-{i}", receiver.url()),
+        ));
+    }
+    let config = DaemonConfig {
+        repeaters,
+        max_inflight: 8,
+        concurrency: 4,
+        ..DaemonConfig::default()
+    };
+    let daemon = Daemon::start(&dir, &config, &backend).await;
+    for r in &config.repeaters {
+        daemon.repeater_action(&r.domain, &r.name, "pause").await;
+    }
+    // 2,000 events, each recorded for the domain's five repeaters: 10,000 records.
+    let flood: Vec<_> = (0..2_000)
+        .map(|i| json!({"type": "t", "payload": {"n": i}}))
+        .collect();
+    daemon.ingest_many("big", flood).await;
+    for i in 0..10 {
+        let events: Vec<_> = (0..10)
+            .map(|n| json!({"type": "t", "payload": {"n": n}}))
+            .collect();
+        daemon.ingest_many(&format!("small-{i}"), events).await;
+    }
+    // The flooding domain gets its head start.
+    for r in &config.repeaters {
+        daemon.repeater_action(&r.domain, &r.name, "resume").await;
+    }
+
+    let got = receiver
+        .wait_until(
+            "every small domain's records delivered",
+            Duration::from_secs(120),
+            |got| got.iter().filter(|r| r.path.starts_with("/small-")).count() >= 100,
+        )
+        .await;
+    let last_small = got
+        .iter()
+        .rposition(|r| r.path.starts_with("/small-"))
+        .unwrap();
+    let big_before = got[..last_small]
+        .iter()
+        .filter(|r| r.path == "/big")
+        .count();
+    let mut per_domain: HashMap<&str, usize> = HashMap::new();
+    for r in &got[..=last_small] {
+        *per_domain.entry(r.path.as_str()).or_default() += 1;
+    }
+    println!(
+        "fairness: {big_before} of 10000 flood records went before the last small-domain record; {per_domain:?}"
+    );
+    for i in 0..10 {
+        assert_eq!(per_domain.get(format!("/small-{i}").as_str()), Some(&10));
+    }
+    assert!(
+        big_before < 5_000,
+        "the small domains waited for {big_before} flood records"
+    );
+}
+
+async fn two_daemons_on_one_database_never_both_send_a_record(backend: Backend) {
+    let receiver = Receiver::start().await;
+    let dir = TestDir::new();
+    let mut repeaters = Vec::new();
+    for d in 0..5 {
+        for r in 0..2 {
+            repeaters.push(RepeaterConfig::json_forward(
+                &format!("d{d}"),
+                &format!("r{r}"),
+                &receiver.url(),
+            ));
+        }
+    }
+    let config = DaemonConfig {
+        repeaters,
+        max_inflight: 16,
+        concurrency: 7,
+        ..DaemonConfig::default()
+    };
+    let a = Daemon::start_named(&dir, "a", &config, &backend).await;
+    let b = Daemon::start_named(&dir, "b", &config, &backend).await;
+    for d in 0..5 {
+        let events: Vec<_> = (0..500)
+            .map(|i| json!({"type": "t", "payload": {"n": i}}))
+            .collect();
+        // Half the domains are posted to each daemon.
+        let via = if d % 2 == 0 { &a } else { &b };
+        via.ingest_many(&format!("d{d}"), events).await;
+    }
+    let got = receiver
+        .wait_until(
+            "5000 distinct records delivered",
+            Duration::from_secs(180),
+            |got| {
+                let mut ids: Vec<_> = got.iter().filter_map(|r| r.record_id()).collect();
+                ids.sort();
+                ids.dedup();
+                ids.len() >= 5_000
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got_after = receiver.received();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in &got_after {
+        *counts
+            .entry(r.record_id().expect("record id header"))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "two daemons: {} requests for {} records ({} at the 5000 mark)",
+        got_after.len(),
+        counts.len(),
+        got.len()
+    );
+    assert_eq!(counts.len(), 5_000);
+    assert!(twice.is_empty(), "records sent more than once: {twice:?}");
+
+    // Both processes did part of the work.
+    let (sent_a, sent_b) = (attempts_counted(&a).await, attempts_counted(&b).await);
+    println!("two daemons: attempts by process: {sent_a} and {sent_b}");
+    assert!(sent_a > 0.0, "daemon a sent nothing:\n{}", a.log());
+    assert!(sent_b > 0.0, "daemon b sent nothing:\n{}", b.log());
+    assert_eq!(sent_a + sent_b, 5_000.0, "attempts beyond one per record");
+}
+
+/// Attempts this daemon made, summed from its Prometheus metrics.
+async fn attempts_counted(daemon: &Daemon) -> f64 {
+    let (status, text) = daemon.get("/metrics").await;
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .filter(|line| line.starts_with("repeaterd_delivery_attempts_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+on_both_stores!(
+    a_dead_endpoint_costs_one_batch_per_backoff_step,
+    small_domains_are_served_while_one_domain_floods,
+);
+
+mod two_daemons_on_one_database_never_both_send_a_record {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let backend = repeaterd_tests::Backend::postgres().await;
+        super::two_daemons_on_one_database_never_both_send_a_record(backend).await
+    }
+}

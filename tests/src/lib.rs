@@ -1,0 +1,25 @@
+//! What every test of the workspace shares: the real `repeaterd` binary
+//! (built once per test process) and the daemon process wrapper that runs
+//! it, the one config builder for it, a real HTTP receiver, the PostgreSQL
+//! test-database helper, and the macro that runs a test on both stores.
+//!
+//! This library never links the `repeaterd` library: it drives the daemon
+//! over HTTP, signals and SQL, so `repeaterd`'s own integration tests can
+//! use it too (as a dev-dependency, without a cycle).
+
+pub mod backend;
+pub mod binary;
+pub mod config;
+pub mod daemon;
+pub mod postgres;
+pub mod receiver;
+
+pub use backend::Backend;
+pub use config::{DaemonConfig, RepeaterConfig};
+pub use daemon::{
+    ADMIN_TOKEN, ADMIN_TOKEN_ENV, Daemon, TestDir, batch_record_ids, free_port,
+    ingest_until_accepted, ingested_ids, list_records, record_attempts, record_id, record_state,
+    seed_from_env,
+};
+pub use postgres::PgDatabase;
+pub use receiver::{Received, Receiver, Reply, ResettingEndpoint, Script};

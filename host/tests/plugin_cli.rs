@@ -104,6 +104,7 @@ fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("CPU time limit"), "{stderr}");
+    assert!(stderr.contains("plugins.cpu_ms"), "{stderr}");
     assert!(output.stdout.is_empty());
 
     let output = repeaterd(&[
@@ -131,6 +132,65 @@ fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no built-in plugin named"), "{stderr}");
+}
+
+#[test]
+fn the_caps_can_be_set_and_their_errors_name_the_config_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = event_file(&dir, r#"{"type":"t","payload":{}}"#);
+    let hostile = repeaterd::plugin::HOSTILE_PLUGIN_PATH;
+
+    // A plugin whose starting memory is above the cap is refused at load.
+    let output = repeaterd(&["plugin", "check", "json-forward", "--memory-mb", "1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("raise plugins.memory_mb"), "{stderr}");
+    let json = stdout_json(&repeaterd(&[
+        "plugin",
+        "run",
+        "--plugin",
+        "json-forward",
+        "--event",
+        &event,
+        "--memory-mb",
+        "2",
+    ]));
+    assert_eq!(json["outcome"], "send");
+
+    // One that grows past it while running names the cap too.
+    let output = repeaterd(&[
+        "plugin",
+        "run",
+        "--plugin",
+        hostile,
+        "--config",
+        r#"{"mode":"memory-bomb"}"#,
+        "--event",
+        &event,
+        "--memory-mb",
+        "8",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("limit 8388608"), "{stderr}");
+    assert!(stderr.contains("plugins.memory_mb"), "{stderr}");
+
+    // A looping plugin stops at the CPU cap given.
+    let output = repeaterd(&[
+        "plugin",
+        "run",
+        "--plugin",
+        hostile,
+        "--config",
+        r#"{"mode":"loop"}"#,
+        "--event",
+        &event,
+        "--cpu-ms",
+        "20",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("limit of 20ms"), "{stderr}");
 }
 
 #[test]

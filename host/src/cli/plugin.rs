@@ -27,7 +27,21 @@ pub enum PluginCommand {
     Check {
         /// A built-in plugin's name or a path to a `.wasm` component.
         plugin: String,
+        #[command(flatten)]
+        caps: CapArgs,
     },
+}
+
+/// The sandbox caps a dry run uses, named after the config keys they stand
+/// for, so an author can find the values a plugin needs before deploying it.
+#[derive(Debug, Args)]
+pub struct CapArgs {
+    /// Memory cap per call, MiB (the daemon's `plugins.memory_mb`).
+    #[arg(long, default_value_t = 64)]
+    memory_mb: u32,
+    /// CPU cap per call, milliseconds (the daemon's `plugins.cpu_ms`).
+    #[arg(long, default_value_t = 100)]
+    cpu_ms: u64,
 }
 
 const EVENT_HELP: &str = "\
@@ -74,6 +88,8 @@ pub struct RunArgs {
     /// The base URL the request would go to (shown in the output and given to `classify`).
     #[arg(long, default_value = "https://receiver.example")]
     url: String,
+    #[command(flatten)]
+    caps: CapArgs,
 }
 
 /// Runs one plugin verb.
@@ -85,7 +101,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
     runtime.block_on(async {
         match command {
             PluginCommand::Run(args) => run_plugin(args).await,
-            PluginCommand::Check { plugin } => check_plugin(&plugin).await,
+            PluginCommand::Check { plugin, caps } => check_plugin(&plugin, &caps).await,
         }
     })
 }
@@ -115,8 +131,8 @@ async fn load(engine: &PluginEngine, plugin: &str) -> anyhow::Result<LoadedPlugi
     Ok(engine.load(&name, Arc::from(bytes)).await?)
 }
 
-async fn check_plugin(plugin: &str) -> anyhow::Result<()> {
-    let engine = PluginEngine::new(cli_limits())?;
+async fn check_plugin(plugin: &str, caps: &CapArgs) -> anyhow::Result<()> {
+    let engine = PluginEngine::new(cli_limits(caps))?;
     let loaded = load(&engine, plugin).await?;
     let interface = loaded.interface();
     let package_version = interface
@@ -145,7 +161,7 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("event file {} is not a valid event", args.event.display()))?;
     serde_json::from_str::<Value>(&args.config).context("--config is not valid JSON")?;
 
-    let engine = PluginEngine::new(cli_limits())?;
+    let engine = PluginEngine::new(cli_limits(&args.caps))?;
     let plugin = load(&engine, &args.plugin).await?;
     let ctx = CallContext::new(&event.domain, &event.repeater);
     plugin.validate_config(&ctx, &args.config).await?;
@@ -167,9 +183,12 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon's default limits: a dry run should fail where the daemon would.
-fn cli_limits() -> PluginLimits {
+/// The daemon's limits with the caps given: a dry run should fail where
+/// the daemon would.
+fn cli_limits(caps: &CapArgs) -> PluginLimits {
     PluginLimits {
+        memory_bytes: (caps.memory_mb as usize).saturating_mul(1 << 20),
+        cpu_time: std::time::Duration::from_millis(caps.cpu_ms),
         max_instances: 4,
         ..PluginLimits::default()
     }

@@ -38,7 +38,7 @@ enum Command {
     /// Inspect and act on repeaters through a running daemon's API.
     #[command(subcommand)]
     Repeaters(cli::admin::RepeatersCommand),
-    /// Work with plugins: dry-run one or check a component.
+    /// Work with plugins: dry-run one, check a component, or start a new one.
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
 }

@@ -41,11 +41,7 @@ fn receiver_script() -> Script {
     Arc::new(|request: &Received, seen: usize| {
         let body = String::from_utf8_lossy(&request.body);
         if body.contains("fail-once") && seen == 0 {
-            Reply::Status(
-                503,
-                vec![("retry-after".into(), "1".into())],
-                "busy".into(),
-            )
+            Reply::Status(503, vec![("retry-after".into(), "1".into())], "busy".into())
         } else if body.contains("reject") {
             Reply::Status(400, Vec::new(), "bad sku".into())
         } else {
@@ -59,7 +55,11 @@ async fn delivers_through_the_daemon(language: &str) {
     let plugin = format!("forward-{language}");
     let receiver = Receiver::with_script(receiver_script()).await;
     let dir = TestDir::new();
-    std::fs::copy(&component, dir.path().join(format!("plugins/{plugin}.wasm"))).unwrap();
+    std::fs::copy(
+        &component,
+        dir.path().join(format!("plugins/{plugin}.wasm")),
+    )
+    .unwrap();
     let repeater = RepeaterConf {
         plugin: plugin.clone(),
         plugin_config: r#"{ path = "hooks" }"#.to_owned(),

@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod daemon;
 pub mod plugin;
+pub mod scaffold;

@@ -1,6 +1,7 @@
 //! `repeaterd plugin run` (dry-run a plugin's `build`, optionally
 //! `classify`) and `repeaterd plugin check` (compile and type-check a
-//! component). Both use the same engine and limits as the daemon.
+//! component), both with the same engine and limits as the daemon; and
+//! `repeaterd plugin new`, which writes a plugin project (`scaffold`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use repeaterd::plugin::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::scaffold::Language;
+
 /// Plugin verbs.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -29,6 +32,17 @@ pub enum PluginCommand {
         plugin: String,
         #[command(flatten)]
         caps: CapArgs,
+    },
+    /// Write a new plugin project that builds with one command and passes its own tests.
+    New {
+        /// The language to write the plugin in.
+        #[arg(long, value_enum)]
+        lang: Language,
+        /// The plugin's name, a slug such as `crm-forward`.
+        name: String,
+        /// Where to write it (default: `./NAME`); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -94,16 +108,20 @@ pub struct RunArgs {
 
 /// Runs one plugin verb.
 pub fn run(command: PluginCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    match command {
+        PluginCommand::Run(args) => block_on(run_plugin(args)),
+        PluginCommand::Check { plugin, caps } => block_on(check_plugin(&plugin, &caps)),
+        PluginCommand::New { lang, name, dir } => super::scaffold::new_project(lang, &name, dir),
+    }
+}
+
+/// Runs a verb that calls plugins on a runtime of its own.
+fn block_on(verb: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        match command {
-            PluginCommand::Run(args) => run_plugin(args).await,
-            PluginCommand::Check { plugin, caps } => check_plugin(&plugin, &caps).await,
-        }
-    })
+        .context("cannot start the async runtime")?
+        .block_on(verb)
 }
 
 /// Loads a plugin named on the command line: a built-in name or a file.

@@ -50,7 +50,7 @@ impl ProjectFile {
 }
 
 const WIT: &str = include_str!("../../../wit/v0.1/plugin.wit");
-const EVENT: &str = include_str!("templates/event.json");
+const EVENT: &str = include_str!("../../../examples/plugins/python/event.json");
 
 /// The name the JavaScript example's package has; the project's name
 /// replaces it.

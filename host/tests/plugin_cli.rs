@@ -32,6 +32,27 @@ fn event_file(dir: &tempfile::TempDir, json: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// Runs the `hostile` fixture in `mode` on `event`, with `caps` flags;
+/// returns its stderr, after checking that the run failed.
+fn run_hostile(event: &str, mode: &str, caps: &[&str]) -> String {
+    let config = format!(r#"{{"mode":"{mode}"}}"#);
+    let mut args = vec![
+        "plugin",
+        "run",
+        "--plugin",
+        repeaterd::plugin::HOSTILE_PLUGIN_PATH,
+        "--config",
+        &config,
+        "--event",
+        event,
+    ];
+    args.extend_from_slice(caps);
+    let output = repeaterd(&args);
+    assert!(!output.status.success(), "{mode} succeeded");
+    assert!(output.stdout.is_empty());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn plugin_run_prints_the_request_a_builtin_builds() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,22 +111,9 @@ fn plugin_run_prints_a_reject_outcome() {
 fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
     let dir = tempfile::tempdir().unwrap();
     let event = event_file(&dir, r#"{"type":"t","payload":{}}"#);
-    let hostile = repeaterd::plugin::HOSTILE_PLUGIN_PATH;
-    let output = repeaterd(&[
-        "plugin",
-        "run",
-        "--plugin",
-        hostile,
-        "--config",
-        r#"{"mode":"loop"}"#,
-        "--event",
-        &event,
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = run_hostile(&event, "loop", &[]);
     assert!(stderr.contains("CPU time limit"), "{stderr}");
     assert!(stderr.contains("plugins.cpu_ms"), "{stderr}");
-    assert!(output.stdout.is_empty());
 
     let output = repeaterd(&[
         "plugin",
@@ -138,7 +146,6 @@ fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
 fn the_caps_can_be_set_and_their_errors_name_the_config_keys() {
     let dir = tempfile::tempdir().unwrap();
     let event = event_file(&dir, r#"{"type":"t","payload":{}}"#);
-    let hostile = repeaterd::plugin::HOSTILE_PLUGIN_PATH;
 
     // A plugin whose starting memory is above the cap is refused at load.
     let output = repeaterd(&["plugin", "check", "json-forward", "--memory-mb", "1"]);
@@ -158,38 +165,12 @@ fn the_caps_can_be_set_and_their_errors_name_the_config_keys() {
     assert_eq!(json["outcome"], "send");
 
     // One that grows past it while running names the cap too.
-    let output = repeaterd(&[
-        "plugin",
-        "run",
-        "--plugin",
-        hostile,
-        "--config",
-        r#"{"mode":"memory-bomb"}"#,
-        "--event",
-        &event,
-        "--memory-mb",
-        "8",
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = run_hostile(&event, "memory-bomb", &["--memory-mb", "8"]);
     assert!(stderr.contains("limit 8388608"), "{stderr}");
     assert!(stderr.contains("plugins.memory_mb"), "{stderr}");
 
     // A looping plugin stops at the CPU cap given.
-    let output = repeaterd(&[
-        "plugin",
-        "run",
-        "--plugin",
-        hostile,
-        "--config",
-        r#"{"mode":"loop"}"#,
-        "--event",
-        &event,
-        "--cpu-ms",
-        "20",
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = run_hostile(&event, "loop", &["--cpu-ms", "20"]);
     assert!(stderr.contains("limit of 20ms"), "{stderr}");
 }
 

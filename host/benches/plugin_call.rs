@@ -9,12 +9,19 @@
 //!
 //! Prints each median also as one JSON line:
 //! `{"scenario":"plugin_call","plugin":...,"classify":...,"median_ns":...}`.
+//!
+//! Then `build` alone, in a fresh instance, for json-forward and for every
+//! component named in `REPEATERD_BENCH_PLUGINS` (paths separated by `:`,
+//! e.g. the Python and JavaScript examples), so plugins written in any
+//! language are measured the same way:
+//! `{"scenario":"plugin_build","plugin":...,"median_ns":...,"p99_ns":...}`.
+//! A named component must accept the config `{}` and send the event.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use repeaterd::plugin::types::{BuildOutcome, Event, Reply, RequestSummary, Response};
+use repeaterd::plugin::types::{BuildOutcome, Event, Reply, Request, RequestSummary, Response};
 use repeaterd::plugin::{CallContext, ClassifyRules, LoadedPlugin, PluginEngine, PluginLimits};
 
 /// The daemon's allocator (see `src/main.rs`), so the figure is the cost
@@ -55,11 +62,17 @@ fn event() -> Event {
     }
 }
 
-async fn call_pair(plugin: &LoadedPlugin, ctx: &CallContext, event: &Event) {
+/// `build` in a fresh instance; the request it sent.
+async fn build(plugin: &LoadedPlugin, ctx: &CallContext, event: &Event) -> Request {
     let outcome = plugin.build(ctx, event, "{}").await.expect("build");
     let BuildOutcome::Send(request) = outcome else {
-        panic!("json-forward did not send: {outcome:?}");
+        panic!("{} did not send: {outcome:?}", plugin.name());
     };
+    request
+}
+
+async fn call_pair(plugin: &LoadedPlugin, ctx: &CallContext, event: &Event) {
+    let request = build(plugin, ctx, event).await;
     let summary = RequestSummary {
         method: request.method,
         url: "https://crm.example/hooks".to_owned(),
@@ -117,22 +130,55 @@ fn plugin_call(c: &mut Criterion) {
 
         // Criterion's own report has the full distribution; this is the
         // comparable one-line figure.
-        let mut samples: Vec<Duration> = (0..2000)
-            .map(|_| {
-                let started = Instant::now();
-                runtime.block_on(call_pair(&plugin, &ctx, &event));
-                started.elapsed()
-            })
-            .collect();
-        samples.sort();
-        let median = samples[samples.len() / 2];
+        let (median, p99) = median_and_p99(|| runtime.block_on(call_pair(&plugin, &ctx, &event)));
         println!(
             "{{\"scenario\":\"plugin_call\",\"plugin\":\"{label}\",\"classify\":\"{classify}\",\"median_ns\":{},\"p99_ns\":{},\"payload_bytes\":{}}}",
             median.as_nanos(),
-            samples[samples.len() * 99 / 100].as_nanos(),
+            p99.as_nanos(),
             event.payload.len()
         );
     }
+
+    let mut plugins = vec![("json-forward".to_owned(), builtin.to_vec())];
+    let named = std::env::var("REPEATERD_BENCH_PLUGINS").unwrap_or_default();
+    for path in named.split(':').filter(|path| !path.is_empty()) {
+        let bytes = std::fs::read(path)
+            .unwrap_or_else(|e| panic!("REPEATERD_BENCH_PLUGINS: cannot read {path}: {e}"));
+        plugins.push((path.to_owned(), bytes));
+    }
+    for (label, bytes) in plugins {
+        let plugin = runtime
+            .block_on(engine.load("bench", Arc::from(bytes)))
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        c.bench_function(&format!("plugin_build/{label} 1KiB"), |b| {
+            b.iter(|| runtime.block_on(build(&plugin, &ctx, &event)))
+        });
+        let (median, p99) = median_and_p99(|| {
+            runtime.block_on(build(&plugin, &ctx, &event));
+        });
+        println!(
+            "{{\"scenario\":\"plugin_build\",\"plugin\":{label:?},\"median_ns\":{},\"p99_ns\":{},\"payload_bytes\":{}}}",
+            median.as_nanos(),
+            p99.as_nanos(),
+            event.payload.len()
+        );
+    }
+}
+
+/// Median and 99th percentile of 2000 runs of `call`.
+fn median_and_p99(mut call: impl FnMut()) -> (Duration, Duration) {
+    let mut samples: Vec<Duration> = (0..2000)
+        .map(|_| {
+            let started = Instant::now();
+            call();
+            started.elapsed()
+        })
+        .collect();
+    samples.sort();
+    (
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+    )
 }
 
 criterion_group!(benches, plugin_call);

@@ -50,7 +50,7 @@ enum Command {
     /// answer when it is piped or redirected; `--output table|json` chooses.
     #[command(subcommand)]
     Plugins(cli::admin::PluginsCommand),
-    /// Work with plugins: dry-run one or check a component.
+    /// Work with plugins: dry-run one, check a component, or start a new one.
     #[command(subcommand)]
     Plugin(cli::plugin::PluginCommand),
 }

@@ -9,4 +9,6 @@ mod delivery;
 mod faulty_receiver;
 mod hostile_plugins;
 mod plugin_cli;
+mod plugin_languages;
+mod plugin_new;
 mod scheduling;

@@ -11,7 +11,8 @@ const JSON_FORWARD_0_1_0: &str = concat!(
     "/../host/tests/plugin/fixtures/json-forward-0.1.0.wasm"
 );
 
-fn repeaterd(args: &[&str]) -> Output {
+/// Runs the real binary with `args`, its logs cut to warnings.
+pub(crate) fn repeaterd(args: &[&str]) -> Output {
     Command::new(binary::repeaterd())
         .args(args)
         .env("REPEATERD_LOG", "warn")
@@ -38,6 +39,21 @@ fn event_file(dir: &tempfile::TempDir, json: &str) -> String {
     let path = dir.path().join("event.json");
     std::fs::write(&path, json).unwrap();
     path.to_str().unwrap().to_owned()
+}
+
+/// Runs the `hostile` fixture in `mode` on `event`, with `caps` flags;
+/// returns its stderr, after checking that the run failed.
+fn run_hostile(event: &str, mode: &str, caps: &[&str]) -> String {
+    let config = format!(r#"{{"mode":"{mode}"}}"#);
+    let hostile = binary::hostile_plugin().to_str().unwrap();
+    let mut args = vec![
+        "plugin", "run", "--plugin", hostile, "--config", &config, "--event", event,
+    ];
+    args.extend_from_slice(caps);
+    let output = repeaterd(&args);
+    assert!(!output.status.success(), "{mode} succeeded");
+    assert!(output.stdout.is_empty());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
@@ -98,21 +114,9 @@ fn plugin_run_prints_a_reject_outcome() {
 fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
     let dir = tempfile::tempdir().unwrap();
     let event = event_file(&dir, r#"{"type":"t","payload":{}}"#);
-    let hostile = binary::hostile_plugin().to_str().unwrap();
-    let output = repeaterd(&[
-        "plugin",
-        "run",
-        "--plugin",
-        hostile,
-        "--config",
-        r#"{"mode":"loop"}"#,
-        "--event",
-        &event,
-    ]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = run_hostile(&event, "loop", &[]);
     assert!(stderr.contains("CPU time limit"), "{stderr}");
-    assert!(output.stdout.is_empty());
+    assert!(stderr.contains("plugins.cpu_ms"), "{stderr}");
 
     let output = repeaterd(&[
         "plugin",
@@ -139,6 +143,38 @@ fn plugin_run_fails_clearly_when_the_plugin_misbehaves() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no built-in plugin named"), "{stderr}");
+}
+
+#[test]
+fn the_caps_can_be_set_and_their_errors_name_the_config_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = event_file(&dir, r#"{"type":"t","payload":{}}"#);
+
+    // A plugin whose starting memory is above the cap is refused at load.
+    let output = repeaterd(&["plugin", "check", "json-forward", "--memory-mb", "1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("raise plugins.memory_mb"), "{stderr}");
+    let json = stdout_json(&repeaterd(&[
+        "plugin",
+        "run",
+        "--plugin",
+        "json-forward",
+        "--event",
+        &event,
+        "--memory-mb",
+        "2",
+    ]));
+    assert_eq!(json["outcome"], "send");
+
+    // One that grows past it while running names the cap too.
+    let stderr = run_hostile(&event, "memory-bomb", &["--memory-mb", "8"]);
+    assert!(stderr.contains("limit 8388608"), "{stderr}");
+    assert!(stderr.contains("plugins.memory_mb"), "{stderr}");
+
+    // A looping plugin stops at the CPU cap given.
+    let stderr = run_hostile(&event, "loop", &["--cpu-ms", "20"]);
+    assert!(stderr.contains("limit of 20ms"), "{stderr}");
 }
 
 #[test]

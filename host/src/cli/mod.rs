@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod daemon;
 pub mod plugin;
+pub mod scaffold;
 pub mod table;

@@ -1,6 +1,7 @@
 //! `repeaterd plugin run` (dry-run a plugin's `build`, optionally
 //! `classify`) and `repeaterd plugin check` (compile and type-check a
-//! component). Both use the same engine and limits as the daemon.
+//! component), both with the same engine and limits as the daemon; and
+//! `repeaterd plugin new`, which writes a plugin project (`scaffold`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use repeaterd::plugin::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::scaffold::Language;
+
 /// Plugin verbs.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -27,7 +30,32 @@ pub enum PluginCommand {
     Check {
         /// A built-in plugin's name or a path to a `.wasm` component.
         plugin: String,
+        #[command(flatten)]
+        caps: CapArgs,
     },
+    /// Write a new plugin project that builds with one command and passes its own tests.
+    New {
+        /// The language to write the plugin in.
+        #[arg(long, value_enum)]
+        lang: Language,
+        /// The plugin's name, a slug such as `crm-forward`.
+        name: String,
+        /// Where to write it (default: `./NAME`); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The sandbox caps a dry run uses, named after the config keys they stand
+/// for, so an author can find the values a plugin needs before deploying it.
+#[derive(Debug, Args)]
+pub struct CapArgs {
+    /// Memory cap per call, MiB (the daemon's `plugins.memory_mb`).
+    #[arg(long, default_value_t = 64)]
+    memory_mb: u32,
+    /// CPU cap per call, milliseconds (the daemon's `plugins.cpu_ms`).
+    #[arg(long, default_value_t = 100)]
+    cpu_ms: u64,
 }
 
 const EVENT_HELP: &str = "\
@@ -74,20 +102,26 @@ pub struct RunArgs {
     /// The base URL the request would go to (shown in the output and given to `classify`).
     #[arg(long, default_value = "https://receiver.example")]
     url: String,
+    #[command(flatten)]
+    caps: CapArgs,
 }
 
 /// Runs one plugin verb.
 pub fn run(command: PluginCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    match command {
+        PluginCommand::Run(args) => block_on(run_plugin(args)),
+        PluginCommand::Check { plugin, caps } => block_on(check_plugin(&plugin, &caps)),
+        PluginCommand::New { lang, name, dir } => super::scaffold::new_project(lang, &name, dir),
+    }
+}
+
+/// Runs a verb that calls plugins on a runtime of its own.
+fn block_on(verb: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        match command {
-            PluginCommand::Run(args) => run_plugin(args).await,
-            PluginCommand::Check { plugin } => check_plugin(&plugin).await,
-        }
-    })
+        .context("cannot start the async runtime")?
+        .block_on(verb)
 }
 
 /// Loads a plugin named on the command line: a built-in name or a file.
@@ -115,8 +149,8 @@ async fn load(engine: &PluginEngine, plugin: &str) -> anyhow::Result<LoadedPlugi
     Ok(engine.load(&name, Arc::from(bytes)).await?)
 }
 
-async fn check_plugin(plugin: &str) -> anyhow::Result<()> {
-    let engine = PluginEngine::new(cli_limits())?;
+async fn check_plugin(plugin: &str, caps: &CapArgs) -> anyhow::Result<()> {
+    let engine = PluginEngine::new(cli_limits(caps))?;
     let loaded = load(&engine, plugin).await?;
     let interface = loaded.interface();
     let package_version = interface
@@ -145,7 +179,7 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("event file {} is not a valid event", args.event.display()))?;
     serde_json::from_str::<Value>(&args.config).context("--config is not valid JSON")?;
 
-    let engine = PluginEngine::new(cli_limits())?;
+    let engine = PluginEngine::new(cli_limits(&args.caps))?;
     let plugin = load(&engine, &args.plugin).await?;
     let ctx = CallContext::new(&event.domain, &event.repeater);
     plugin.validate_config(&ctx, &args.config).await?;
@@ -167,9 +201,12 @@ async fn run_plugin(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The daemon's default limits: a dry run should fail where the daemon would.
-fn cli_limits() -> PluginLimits {
+/// The daemon's limits with the caps given: a dry run should fail where
+/// the daemon would.
+fn cli_limits(caps: &CapArgs) -> PluginLimits {
     PluginLimits {
+        memory_bytes: (caps.memory_mb as usize).saturating_mul(1 << 20),
+        cpu_time: std::time::Duration::from_millis(caps.cpu_ms),
         max_instances: 4,
         ..PluginLimits::default()
     }

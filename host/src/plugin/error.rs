@@ -8,7 +8,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The bytes are not a valid WebAssembly component, or wasmtime could not compile them.
-    #[error("plugin {plugin}: cannot compile component: {message}")]
+    #[error("plugin {plugin}: cannot compile component: {message}{hint}", hint = compile_hint(message))]
     Compile {
         /// The plugin's name.
         plugin: String,
@@ -37,7 +37,9 @@ pub enum PluginError {
         message: String,
     },
     /// The call used more than its CPU time budget.
-    #[error("plugin {plugin}: {call} ran past its CPU time limit of {limit:?}")]
+    #[error(
+        "plugin {plugin}: {call} ran past its CPU time limit of {limit:?} (the cap is plugins.cpu_ms in the config)"
+    )]
     Timeout {
         /// The plugin's name.
         plugin: String,
@@ -47,7 +49,9 @@ pub enum PluginError {
         limit: Duration,
     },
     /// The call tried to grow memory past the per-call cap.
-    #[error("plugin {plugin}: {call} tried to grow memory to {requested} bytes, limit {limit}")]
+    #[error(
+        "plugin {plugin}: {call} tried to grow memory to {requested} bytes, limit {limit} (the cap is plugins.memory_mb in the config)"
+    )]
     MemoryLimit {
         /// The plugin's name.
         plugin: String,
@@ -136,6 +140,18 @@ pub enum PluginError {
     /// for a reason that is not the plugin's fault.
     #[error("plugin engine: {0}")]
     Engine(String),
+}
+
+/// What to do about a compile error that is really the memory cap: the
+/// pooling allocator refuses, at compile time, a component whose starting
+/// memory is larger than `plugins.memory_mb`, and wasmtime's own words do
+/// not say which setting that is.
+fn compile_hint(message: &str) -> &'static str {
+    if message.contains("pooling allocator") && message.contains("exceeds the limit") {
+        " (its starting memory is larger than the memory cap: raise plugins.memory_mb in the config)"
+    } else {
+        ""
+    }
 }
 
 impl PluginError {

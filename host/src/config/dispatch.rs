@@ -47,7 +47,7 @@ pub struct DispatchConfig {
     #[serde(deserialize_with = "nonzero")]
     pub batch_size: u32,
     /// A batch taking longer than this counts towards making its repeater
-    /// yield to the others of its domain (rule 7). Default 30 s.
+    /// yield to the others of its domain (docs/scheduling.md, "Heavy repeaters yield"). Default 30 s.
     #[serde(deserialize_with = "duration::positive")]
     pub batch_time_budget: Duration,
     /// Default per-repeater concurrency ceiling (AIMD adapts below it). Default 7.

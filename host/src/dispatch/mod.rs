@@ -58,7 +58,7 @@ pub struct DispatchSettings {
     /// Sleep while something is due but cannot be handed out here.
     pub busy_poll_ms: u64,
     /// Batch time budget: repeaters whose batches keep exceeding it yield
-    /// their turns to the others of their domain (rule 7).
+    /// their turns to the others of their domain (docs/scheduling.md, "Heavy repeaters yield").
     pub batch_budget: Duration,
     /// How long running batches may take to finish at shutdown.
     pub shutdown_grace: Duration,

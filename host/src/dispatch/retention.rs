@@ -1,4 +1,4 @@
-//! Retention (rule 11): a background task deleting terminal records older
+//! Retention (docs/scheduling.md, "Retention"): a background task deleting terminal records older
 //! than `retention`, with their attempts, in bounded batches so no purge
 //! holds a long lock or a long transaction.
 

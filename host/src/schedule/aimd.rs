@@ -1,4 +1,4 @@
-//! Adaptive per-repeater concurrency (rule 2): additive increase on success,
+//! Adaptive per-repeater concurrency (docs/scheduling.md, "Bounded work"): additive increase on success,
 //! multiplicative decrease on overload (timeouts, 429, 5xx), never above the
 //! configured ceiling nor below 1. A slow endpoint thus shrinks its own share
 //! of the workers instead of holding all of them.

@@ -1,4 +1,4 @@
-//! Repeater backoff (rule 4): when every attempt of a batch fails retryably
+//! Repeater backoff (docs/scheduling.md, "Endpoint backoff"): when every attempt of a batch fails retryably
 //! the repeater, not each record, waits: doubling from `min_ms` to `max_ms`
 //! with jitter; any success resets it. A dead endpoint then costs one probe
 //! batch per step instead of one request per queued record.

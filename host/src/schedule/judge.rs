@@ -1,7 +1,8 @@
 //! Turning a batch's attempts into what the store writes: each record's new
-//! state and next attempt time (rule 5), and the repeater's health (rule 4,
-//! plus `Retry-After` from rule 6). Pure: the caller passes `now` and the
-//! random source, so every decision here is unit-tested.
+//! state and next attempt time, and the repeater's health, with
+//! `Retry-After` honoured (docs/scheduling.md: "Record retry", "Endpoint
+//! backoff", "Rate limits"). Pure: the caller passes `now` and the random
+//! source, so every decision here is unit-tested.
 
 use super::{
     AttemptResult, Backoff, BatchVerdict, RetryDecision, RetryPolicy, batch_verdict,

@@ -6,11 +6,11 @@
 //! `rand::Rng`, so tests use a seeded generator). The dispatcher owns the
 //! state objects and feeds them what happened.
 //!
-//! - [`retry`]: a record's next attempt time, or giving up (rule 5).
+//! - [`retry`]: a record's next attempt time, or giving up (docs/scheduling.md, "Record retry").
 //! - [`backoff`]: a repeater's backoff after a failed batch, and the rule
-//!   deciding from a batch's outcomes whether it backs off (rule 4).
-//! - [`aimd`]: the adaptive per-repeater concurrency cap (rule 2).
-//! - [`pacing`]: smooth rate limits per repeater and per domain (rule 6).
+//!   deciding from a batch's outcomes whether it backs off (docs/scheduling.md, "Endpoint backoff").
+//! - [`aimd`]: the adaptive per-repeater concurrency cap (docs/scheduling.md, "Bounded work").
+//! - [`pacing`]: smooth rate limits per repeater and per domain (docs/scheduling.md, "Rate limits").
 //! - [`grant`]: how many records and requests one batch gets.
 //! - [`fair`]: the fair choice of the next repeater across domains (rules 1
 //!   and 7).

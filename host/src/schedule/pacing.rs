@@ -1,4 +1,4 @@
-//! Smooth rate limits (rule 6) with the generic cell rate algorithm: each
+//! Smooth rate limits (docs/scheduling.md, "Rate limits") with the generic cell rate algorithm: each
 //! request pushes a "theoretical arrival time" forward by one emission
 //! interval (1 / rate); a request is allowed while that time is at most
 //! `burst` intervals ahead of now. This is a token bucket without a refill

@@ -1,4 +1,4 @@
-//! Record retry (rule 5): after a retryable failure a record waits for the
+//! Record retry (docs/scheduling.md, "Record retry"): after a retryable failure a record waits for the
 //! next step of the retry schedule (with jitter), or for the delay the
 //! endpoint or plugin asked for when that is longer; past `max_attempts` or
 //! `max_age` it is given up (cancelled) instead.

@@ -11,9 +11,9 @@
 //! The components are copied into `OUT_DIR`, checked (component magic and
 //! the `repeater:plugin/plugin@0.1.1` export), and described by
 //! `OUT_DIR/builtin_plugins.rs`, which defines `BUILTIN_PLUGINS` (name and
-//! bytes of each plugin shipped in the binary). The misbehaving test
-//! fixture is staged as `OUT_DIR/hostile.wasm` for the tests, which read it
-//! from there; it is never embedded.
+//! bytes of each plugin shipped in the binary). The test fixtures are
+//! staged as `OUT_DIR/<name>.wasm` (`hostile.wasm`, `strict-forward.wasm`)
+//! for the tests, which read them from there; they are never embedded.
 
 use std::env;
 use std::fmt::Write as _;
@@ -30,8 +30,10 @@ const PLUGIN_PROFILE: &str = "plugin";
 /// Plugins embedded in the daemon: (plugin name = crate name).
 const BUILTIN_PLUGINS: [&str; 3] = ["json-forward", "form-xml", "fhir-r4"];
 
-/// The test fixture that misbehaves on purpose; built, never embedded.
-const HOSTILE_PLUGIN: &str = "hostile";
+/// Test fixtures, built and staged in `OUT_DIR`, never embedded: one that
+/// misbehaves on purpose, and a stricter version of `json-forward` for the
+/// rollout tests.
+const TEST_PLUGINS: [&str; 2] = ["hostile", "strict-forward"];
 
 /// The interface every plugin must export, with the WIT package version.
 const PLUGIN_EXPORT: &str = "repeater:plugin/plugin@0.1.1";
@@ -115,7 +117,7 @@ fn run() -> Result<(), String> {
 
     let target_dir = workspace.join("target").join("plugins");
     let mut crates: Vec<&str> = BUILTIN_PLUGINS.to_vec();
-    crates.push(HOSTILE_PLUGIN);
+    crates.extend(TEST_PLUGINS);
     build_plugins(&workspace, &target_dir, &crates)?;
 
     let built = target_dir.join(PLUGIN_TARGET).join(PLUGIN_PROFILE);
@@ -134,7 +136,9 @@ fn run() -> Result<(), String> {
         .map_err(|err| err.to_string())?;
     }
     generated.push_str("];\n");
-    stage_component(&built, &out_dir, HOSTILE_PLUGIN)?;
+    for name in TEST_PLUGINS {
+        stage_component(&built, &out_dir, name)?;
+    }
 
     write_if_changed(&out_dir.join("builtin_plugins.rs"), generated.as_bytes())
 }

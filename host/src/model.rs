@@ -411,6 +411,8 @@ pub struct AttemptDraft {
     pub outcome: AttemptOutcome,
     /// The start of the response body (at most the configured excerpt size).
     pub response_excerpt: Option<Vec<u8>>,
+    /// The sha256 (hex) of the plugin version that built the request.
+    pub plugin_sha256: Option<String>,
 }
 
 /// The repeater's health after a batch. `None` in the store's

@@ -19,6 +19,8 @@ use sqlx::Connection;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
+/// The plugin version attempts are recorded as built by.
+const PLUGIN_SHA: &str = "5f0e3c7a9b1d2e4f60718293a4b5c6d7e8f90112233445566778899aabbccdde";
 /// The lease holder the tests take leases as.
 const HOLDER: &str = "test-holder";
 /// A holder that holds no lease: sees every held lease as taken.
@@ -159,6 +161,7 @@ fn attempt(outcome: AttemptOutcome, status: Option<u16>, error: Option<&str>) ->
         error: error.map(str::to_owned),
         outcome,
         response_excerpt: status.map(|s| format!("reply {s}").into_bytes()),
+        plugin_sha256: Some(PLUGIN_SHA.to_owned()),
     }
 }
 
@@ -1168,6 +1171,7 @@ async fn outcomes_update_records_and_write_attempts(store: Arc<dyn Store>) {
     assert_eq!(attempts[0].duration_ms, 42);
     assert_eq!(attempts[0].started_at, T0 + 10);
     assert_eq!(attempts[0].response_excerpt.as_deref(), Some("reply 200"));
+    assert_eq!(attempts[0].plugin_sha256.as_deref(), Some(PLUGIN_SHA));
 
     let (row, attempts) = store.record("acme", claimed[1].id).await.unwrap().unwrap();
     assert_eq!(row.state, RecordState::Retrying);

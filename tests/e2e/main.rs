@@ -11,4 +11,5 @@ mod hostile_plugins;
 mod plugin_cli;
 mod plugin_languages;
 mod plugin_new;
+mod rollout;
 mod scheduling;

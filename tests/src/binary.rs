@@ -29,6 +29,8 @@ struct Built {
     repeaterd: PathBuf,
     hostile: PathBuf,
     plugin_cache: PathBuf,
+    /// The build script's `OUT_DIR`, where every plugin is staged.
+    components: PathBuf,
 }
 
 /// Where this test executable lives in cargo's layout:
@@ -91,6 +93,19 @@ pub fn repeaterd() -> &'static Path {
 /// The `hostile` test plugin component (`plugins/hostile`).
 pub fn hostile_plugin() -> &'static Path {
     &built().hostile
+}
+
+/// A plugin component as `host/build.rs` staged it: a built-in
+/// (`json-forward`, ...) or a test fixture (`hostile`, `strict-forward`).
+pub fn plugin_component(name: &str) -> PathBuf {
+    let file = format!("{}.wasm", name.replace('-', "_"));
+    let path = built().components.join(file);
+    assert!(
+        path.is_file(),
+        "host/build.rs staged no plugin {name} at {}",
+        path.display()
+    );
+    path
 }
 
 /// A compiled-plugin cache shared by every test daemon: loading a cached
@@ -169,6 +184,7 @@ fn build() -> Built {
     let out_dir =
         out_dir.unwrap_or_else(|| panic!("{shown} reported no build script output of repeaterd"));
     let hostile = out_dir.join("hostile.wasm");
+    let components = out_dir.clone();
     assert!(
         hostile.is_file(),
         "host/build.rs did not stage the hostile plugin at {}",
@@ -182,6 +198,7 @@ fn build() -> Built {
         repeaterd,
         hostile,
         plugin_cache,
+        components,
     }
 }
 

@@ -247,6 +247,14 @@ impl Daemon {
         answer(request.bearer_auth(ADMIN_TOKEN).json(body).send().await).await
     }
 
+    /// PUT JSON to a path under the API as admin; returns status and body.
+    pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        let request = self.http.put(format!("{}{path}", self.base));
+        answer(request.bearer_auth(ADMIN_TOKEN).json(body).send().await)
+            .await
+            .unwrap_or_else(|err| panic!("PUT {path} did not reach repeaterd: {err}"))
+    }
+
     /// Posts one event; returns the 202 answer.
     pub async fn ingest(&self, domain: &str, event: Value) -> Value {
         let (status, body) = self

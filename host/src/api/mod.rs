@@ -40,7 +40,10 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{ApiAuth, AuthConfigError};
 pub use error::ApiError;
-pub use plugins::{PluginCatalog, PluginInfo, PluginInstallError};
+pub use plugins::{
+    PluginCatalog, PluginDetail, PluginInfo, PluginInstallError, PluginVersionView, RefusalView,
+    RepeaterRefusal, RepeaterVersion,
+};
 
 use crate::store::Store;
 use crate::telemetry::Metrics;

@@ -67,7 +67,10 @@ pub fn routes(limits: &ApiLimits) -> OpenApiRouter<ApiState> {
         .routes(routes!(records::cancel))
         .routes(routes!(plugins::list))
         // Components are larger than events: uploads have their own limit.
-        .routes(routes!(plugins::put).layer(DefaultBodyLimit::max(limits.max_plugin_bytes)))
+        .routes(
+            routes!(plugins::show, plugins::put)
+                .layer(DefaultBodyLimit::max(limits.max_plugin_bytes)),
+        )
         .routes(routes!(describe))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

@@ -1,4 +1,4 @@
-//! Plugin routes (`GET /v1/plugins`, `PUT /v1/plugins/{name}`) and the
+//! Plugin routes (`GET /v1/plugins`, `GET/PUT /v1/plugins/{name}`) and the
 //! [`PluginCatalog`] seam: what the API needs from the plugin registry,
 //! without depending on its internals. The daemon implements it for the
 //! real registry.
@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::ApiState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, PluginPath};
+use super::time::Timestamp;
 
 /// One plugin as the catalogue sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -33,6 +34,68 @@ pub struct PluginInfo {
     /// the version in use.
     #[schema(required)]
     pub last_error: Option<String>,
+}
+
+/// A version of a plugin that refused a repeater's config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RefusalView {
+    /// The refusing version's sha256 (hex).
+    pub sha256: String,
+    /// The plugin's message, or the failure (trap, timeout, memory cap).
+    pub message: String,
+    /// When it refused.
+    pub at: Timestamp,
+}
+
+/// The plugin version a repeater runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RepeaterVersion {
+    /// The version's sha256 (hex).
+    pub sha256: String,
+    /// True when the repeater pins it (`plugin_sha256`).
+    pub pinned: bool,
+    /// The latest refusal by a newer version while the repeater stays on
+    /// this one.
+    #[schema(required)]
+    pub refusal: Option<RefusalView>,
+}
+
+/// A repeater's refusal, as a version's detail lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RepeaterRefusal {
+    /// The repeater, as `domain/name`.
+    pub repeater: String,
+    /// The plugin's message, or the failure.
+    pub message: String,
+    /// When it refused.
+    pub at: Timestamp,
+}
+
+/// One version of a plugin kept in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginVersionView {
+    /// The component's sha256 (hex).
+    pub sha256: String,
+    /// When it was loaded.
+    pub loaded_at: Timestamp,
+    /// `builtin`, `file` or `upload`.
+    pub source: String,
+    /// True for the newest version, the one new repeaters are offered.
+    pub newest: bool,
+    /// The repeaters that run it, as `domain/name`.
+    pub repeaters: Vec<String>,
+    /// The repeaters whose config it refused; they stay on an older version.
+    pub refusals: Vec<RepeaterRefusal>,
+}
+
+/// One plugin with every version kept in memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PluginDetail {
+    /// The plugin as the list shows it (its newest version).
+    #[serde(flatten)]
+    pub plugin: PluginInfo,
+    /// The versions, oldest first; one repeater runs on exactly one.
+    pub versions: Vec<PluginVersionView>,
 }
 
 /// Why an upload was refused.
@@ -70,6 +133,36 @@ pub trait PluginCatalog: Send + Sync + 'static {
     /// Runs the plugin's `validate-config` on a repeater's plugin config;
     /// `Err` carries the plugin's reason.
     async fn validate(&self, plugin: &str, config: &Value) -> Result<(), String>;
+
+    /// Checks repeater `domain`/`name`'s new plugin, pin and config against
+    /// the version it would run (its pin, or the newest that accepts it);
+    /// `Err` carries the plugin's reason. Nothing changes either way.
+    async fn validate_repeater(
+        &self,
+        _domain: &str,
+        _name: &str,
+        plugin: &str,
+        _pin: Option<&str>,
+        config: &Value,
+    ) -> Result<(), String> {
+        self.validate(plugin, config).await
+    }
+
+    /// The version repeater `domain`/`name` runs, once it has run a batch.
+    fn repeater_version(&self, _domain: &str, _name: &str) -> Option<RepeaterVersion> {
+        None
+    }
+
+    /// One plugin with its versions; `None` for an unknown name.
+    fn detail(&self, name: &str) -> Option<PluginDetail> {
+        self.info(name).map(|plugin| PluginDetail {
+            plugin,
+            versions: Vec::new(),
+        })
+    }
+
+    /// Forgets a deleted repeater, so versions only it ran can be dropped.
+    fn forget_repeater(&self, _domain: &str, _name: &str) {}
 }
 
 fn catalog(state: &ApiState) -> Result<&dyn PluginCatalog, ApiError> {
@@ -108,6 +201,34 @@ pub struct ComponentBytes(pub Vec<u8>);
 pub async fn list(State(state): State<ApiState>) -> Result<Json<PluginList>, ApiError> {
     let plugins = catalog(&state)?.list();
     Ok(Json(PluginList { plugins }))
+}
+
+/// Shows one plugin with every version kept in memory.
+///
+/// For each version: when it was loaded, the repeaters that run it and the
+/// repeaters whose config it refused (they stay on an older version).
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{name}",
+    operation_id = "show_plugin",
+    tag = "plugins",
+    params(PluginPath),
+    responses(
+        (status = 200, description = "The plugin and its versions", body = PluginDetail),
+        (status = 400, description = "A bad plugin name", body = ErrorBody),
+        (status = 404, description = "No such plugin", body = ErrorBody),
+        (status = 501, description = "This daemon has no plugin catalogue", body = ErrorBody),
+    )
+)]
+pub async fn show(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<PluginPath>,
+) -> Result<Json<PluginDetail>, ApiError> {
+    path.check()?;
+    catalog(&state)?
+        .detail(&path.name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("plugin {} not found", path.name)))
 }
 
 /// True for the media types a component upload may declare.

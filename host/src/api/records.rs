@@ -126,6 +126,10 @@ pub struct AttemptView {
     /// The start of the response body, decoded as UTF-8 for display.
     #[schema(required)]
     pub response_excerpt: Option<String>,
+    /// The sha256 (hex) of the plugin version that built the request
+    /// (`null` for attempts stored before versions were recorded).
+    #[schema(required)]
+    pub plugin_sha256: Option<String>,
 }
 
 impl From<AttemptRow> for AttemptView {
@@ -138,6 +142,7 @@ impl From<AttemptRow> for AttemptView {
             error: row.error,
             outcome: row.outcome,
             response_excerpt: row.response_excerpt,
+            plugin_sha256: row.plugin_sha256,
         }
     }
 }

@@ -24,6 +24,7 @@ use super::ApiState;
 use super::auth::Grant;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, DomainPath, RepeaterPath, from_value, parse_json, require_json};
+use super::plugins::RepeaterVersion;
 use super::time::Timestamp;
 use crate::config::check_repeater_spec;
 use crate::model::{RepeaterSpec, now_millis};
@@ -133,9 +134,15 @@ pub struct PluginStatus {
     /// Its version, when the catalogue reports one.
     #[schema(required)]
     pub version: Option<String>,
-    /// Content hash of the version in use.
+    /// Content hash of the version this repeater runs (the newest version
+    /// until its first batch chose one).
     #[schema(required)]
     pub sha256: Option<String>,
+    /// The version this repeater runs, whether it is pinned, and the latest
+    /// refusal of its config by a newer version; `null` before its first
+    /// batch.
+    #[schema(required)]
+    pub running: Option<RepeaterVersion>,
     /// Its last load or reload error.
     #[schema(required)]
     pub last_error: Option<String>,
@@ -199,12 +206,18 @@ async fn status_of(state: &ApiState, row: RepeaterRow) -> Result<RepeaterStatus,
         .plugins
         .as_ref()
         .map(|catalog| catalog.info(&row.spec.plugin));
+    let running = (state.plugins.as_ref())
+        .and_then(|catalog| catalog.repeater_version(&row.spec.domain, &row.spec.name));
     let plugin = PluginStatus {
         name: row.spec.plugin.clone(),
         pinned_sha256: row.spec.plugin_sha256.clone(),
         known: info.as_ref().map(Option::is_some),
         version: info.as_ref().and_then(|i| i.as_ref()?.version.clone()),
-        sha256: info.as_ref().and_then(|i| i.as_ref()?.sha256.clone()),
+        sha256: match &running {
+            Some(running) => Some(running.sha256.clone()),
+            None => info.as_ref().and_then(|i| i.as_ref()?.sha256.clone()),
+        },
+        running,
         last_error: info.as_ref().and_then(|i| i.as_ref()?.last_error.clone()),
     };
     Ok(RepeaterStatus {
@@ -407,8 +420,16 @@ pub async fn put(
                 spec.plugin
             )));
         }
+        // Against the version the repeater would run: its pin, or the
+        // newest that accepts the config.
         catalog
-            .validate(&spec.plugin, &spec.plugin_config)
+            .validate_repeater(
+                &domain,
+                &name,
+                &spec.plugin,
+                spec.plugin_sha256.as_deref(),
+                &spec.plugin_config,
+            )
             .await
             .map_err(|why| {
                 ApiError::invalid(format!(
@@ -466,6 +487,9 @@ pub async fn delete(
     }
     let RepeaterPath { domain, name } = path;
     state.metrics.forget_repeater(&domain, &name);
+    if let Some(catalog) = &state.plugins {
+        catalog.forget_repeater(&domain, &name);
+    }
     tracing::info!(%domain, repeater = %name, "repeater deleted");
     Ok(StatusCode::NO_CONTENT)
 }

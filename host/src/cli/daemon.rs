@@ -28,7 +28,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `repeaterd serve --config FILE`.
 pub fn serve(args: ConfigArg) -> anyhow::Result<()> {
-    runtime()?.block_on(daemon::serve(&args.config))?;
+    // Plugins are compiled by this same executable in a child process, so
+    // the compiler's memory is not kept by the daemon.
+    let compiler = std::env::current_exe().ok();
+    runtime()?.block_on(daemon::serve(&args.config, compiler))?;
     Ok(())
 }
 

@@ -13,7 +13,8 @@ use repeaterd::plugin::types::{
     BuildOutcome, Event, Header, Method, Reply, Request, RequestSummary, Response, Verdict,
 };
 use repeaterd::plugin::{
-    CallContext, ClassifyRules, LoadedPlugin, PLUGIN_INTERFACE, PluginEngine, PluginLimits,
+    COMPILE_REFUSED, CallContext, ClassifyRules, LoadedPlugin, PLUGIN_INTERFACE, PluginEngine,
+    PluginError, PluginLimits, compile_into_cache,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -43,6 +44,24 @@ pub enum PluginCommand {
         /// Where to write it (default: `./NAME`); must not exist or be empty.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Compile the component on standard input into the daemon's
+    /// compiled-code cache. The daemon runs this as a child process, so
+    /// the compiler's memory goes back to the system when it exits.
+    #[command(hide = true)]
+    CompileCache {
+        /// The plugin's name, for messages.
+        #[arg(long)]
+        name: String,
+        /// The compiled-code cache directory (`plugins.cache_dir`).
+        #[arg(long)]
+        cache_dir: PathBuf,
+        /// The daemon's memory cap per call, bytes.
+        #[arg(long)]
+        memory_bytes: usize,
+        /// The daemon's instance pool size.
+        #[arg(long)]
+        max_instances: u32,
     },
 }
 
@@ -112,6 +131,40 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Run(args) => block_on(run_plugin(args)),
         PluginCommand::Check { plugin, caps } => block_on(check_plugin(&plugin, &caps)),
         PluginCommand::New { lang, name, dir } => super::scaffold::new_project(lang, &name, dir),
+        PluginCommand::CompileCache {
+            name,
+            cache_dir,
+            memory_bytes,
+            max_instances,
+        } => compile_cache(&name, &cache_dir, memory_bytes, max_instances),
+    }
+}
+
+/// `plugin compile-cache`: exits with [`COMPILE_REFUSED`] and the
+/// compiler's words when the bytes do not compile.
+fn compile_cache(
+    name: &str,
+    cache_dir: &Path,
+    memory_bytes: usize,
+    max_instances: u32,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("cannot read the component from standard input")?;
+    let limits = PluginLimits {
+        memory_bytes,
+        max_instances,
+        ..PluginLimits::default()
+    };
+    match compile_into_cache(&limits, cache_dir, name, &bytes) {
+        Ok(()) => Ok(()),
+        Err(PluginError::Compile { message, .. }) => {
+            eprintln!("{message}");
+            std::process::exit(COMPILE_REFUSED);
+        }
+        Err(error) => Err(error.into()),
     }
 }
 

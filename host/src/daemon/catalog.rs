@@ -4,8 +4,14 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::api::{PluginCatalog, PluginInfo, PluginInstallError};
-use crate::plugin::{CallContext, PluginError, PluginRegistry, PluginSource, PluginStatus};
+use crate::api::time::Timestamp;
+use crate::api::{
+    PluginCatalog, PluginDetail, PluginInfo, PluginInstallError, PluginVersionView, RefusalView,
+    RepeaterRefusal, RepeaterVersion,
+};
+use crate::plugin::{
+    CallContext, PluginError, PluginRegistry, PluginSource, PluginStatus, Refusal, RepeaterKey,
+};
 
 /// The daemon's plugin registry behind the API's catalogue trait.
 pub struct RegistryCatalog {
@@ -26,6 +32,31 @@ fn info(name: String, status: PluginStatus) -> PluginInfo {
         sha256: status.version,
         last_error: status.last_error,
         name,
+    }
+}
+
+fn source_name(source: &PluginSource) -> &'static str {
+    match source {
+        PluginSource::Builtin => "builtin",
+        PluginSource::File(_) => "file",
+        PluginSource::Upload => "upload",
+    }
+}
+
+fn refusal_view(refusal: Refusal) -> RefusalView {
+    RefusalView {
+        sha256: refusal.version,
+        message: refusal.message,
+        at: Timestamp::from_system_time(refusal.at),
+    }
+}
+
+/// The message a refused repeater config answers with: the plugin's own
+/// words when it refused, the whole error otherwise.
+fn refusal_reason(error: PluginError) -> String {
+    match error {
+        PluginError::Config { message, .. } => message,
+        error => error.to_string(),
     }
 }
 
@@ -76,10 +107,64 @@ impl PluginCatalog for RegistryCatalog {
             return Err(format!("plugin {plugin} is not loaded"));
         };
         let ctx = CallContext::new("api", "validate");
-        match loaded.validate_config(&ctx, &config.to_string()).await {
-            Ok(()) => Ok(()),
-            Err(PluginError::Config { message, .. }) => Err(message),
-            Err(error) => Err(error.to_string()),
-        }
+        (loaded.validate_config(&ctx, &config.to_string()).await).map_err(refusal_reason)
+    }
+
+    async fn validate_repeater(
+        &self,
+        domain: &str,
+        name: &str,
+        plugin: &str,
+        pin: Option<&str>,
+        config: &Value,
+    ) -> Result<(), String> {
+        let repeater = RepeaterKey::new(domain, name);
+        self.registry
+            .check_config(&repeater, plugin, pin, &config.to_string())
+            .await
+            .map(drop)
+            .map_err(refusal_reason)
+    }
+
+    fn repeater_version(&self, domain: &str, name: &str) -> Option<RepeaterVersion> {
+        let resolved = self.registry.resolved(&RepeaterKey::new(domain, name))?;
+        Some(RepeaterVersion {
+            sha256: resolved.version,
+            pinned: resolved.pinned,
+            refusal: resolved.refusal.map(refusal_view),
+        })
+    }
+
+    fn detail(&self, name: &str) -> Option<PluginDetail> {
+        let status = self.registry.status(name)?;
+        let versions = self
+            .registry
+            .versions(name)
+            .into_iter()
+            .map(|version| PluginVersionView {
+                sha256: version.version,
+                loaded_at: Timestamp::from_system_time(version.loaded_at),
+                source: source_name(&version.source).to_owned(),
+                newest: version.newest,
+                repeaters: version.repeaters.iter().map(|r| r.to_string()).collect(),
+                refusals: version
+                    .refusals
+                    .into_iter()
+                    .map(|(repeater, refusal)| RepeaterRefusal {
+                        repeater: repeater.to_string(),
+                        message: refusal.message,
+                        at: Timestamp::from_system_time(refusal.at),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Some(PluginDetail {
+            plugin: info(name.to_owned(), status),
+            versions,
+        })
+    }
+
+    fn forget_repeater(&self, domain: &str, name: &str) {
+        self.registry.forget(&RepeaterKey::new(domain, name));
     }
 }

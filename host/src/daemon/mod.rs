@@ -16,7 +16,7 @@ mod catalog;
 
 pub use catalog::RegistryCatalog;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use crate::model::now_millis;
 use crate::outbound::{
     AuthConfig, Authenticator, Credentials, EnvSecrets, Outbound, OutboundConfig,
 };
-use crate::plugin::{CallContext, PluginEngine, PluginError, PluginLimits, PluginRegistry};
+use crate::plugin::{PluginEngine, PluginError, PluginLimits, PluginRegistry, RepeaterKey};
 use crate::store::{self, AdminStore, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -70,10 +70,12 @@ pub enum DaemonError {
 }
 
 /// Runs the daemon with the config file at `config_path` until SIGTERM or
-/// SIGINT; SIGHUP reloads the file.
-pub async fn serve(config_path: &Path) -> Result<(), DaemonError> {
+/// SIGINT; SIGHUP reloads the file. `compiler` is the `repeaterd`
+/// executable that compiles plugins in a child process (see
+/// [`PluginEngine::compile_in_child`]); `None` compiles in process.
+pub async fn serve(config_path: &Path, compiler: Option<PathBuf>) -> Result<(), DaemonError> {
     let config = Config::load(config_path)?;
-    serve_config(config, Some(config_path)).await
+    serve_config(config, Some(config_path), compiler).await
 }
 
 /// Opens the store named by the config and applies the migrations
@@ -98,11 +100,15 @@ fn pool_sizes(database: &DatabaseConfig) -> store::PoolSizes {
 }
 
 /// Runs the daemon with an already loaded config; `reload_from` is the file
-/// read again on SIGHUP.
-pub async fn serve_config(config: Config, reload_from: Option<&Path>) -> Result<(), DaemonError> {
+/// read again on SIGHUP; `compiler` as for [`serve`].
+pub async fn serve_config(
+    config: Config,
+    reload_from: Option<&Path>,
+    compiler: Option<PathBuf>,
+) -> Result<(), DaemonError> {
     let auth = api_auth(&config)?;
     let store = open_store(&config).await?;
-    let plugins = load_plugins(&config).await?;
+    let plugins = load_plugins(&config, compiler).await?;
     let _watcher = match plugins.dir() {
         Some(dir) if dir.is_dir() => match plugins.watch() {
             Ok(watcher) => Some(watcher),
@@ -116,6 +122,7 @@ pub async fn serve_config(config: Config, reload_from: Option<&Path>) -> Result<
     upsert_repeaters(store.as_ref(), &plugins, &config).await?;
 
     let metrics = Arc::new(Metrics::new());
+    count_rollouts(&plugins, metrics.clone());
     let outbound = Outbound::new(OutboundConfig {
         allow: config.security.allow_private.clone(),
         // Every request in flight may go to the same receiver; keep them all
@@ -263,8 +270,16 @@ pub fn plugin_limits(config: &Config) -> PluginLimits {
 }
 
 /// The plugin registry: built-ins first, then the plugin directory.
-pub async fn load_plugins(config: &Config) -> Result<PluginRegistry, DaemonError> {
+/// Components missing from the compiled-code cache are compiled by
+/// `compiler` in a child process when given.
+pub async fn load_plugins(
+    config: &Config,
+    compiler: Option<PathBuf>,
+) -> Result<PluginRegistry, DaemonError> {
     let engine = PluginEngine::with_cache_dir(plugin_limits(config), &config.plugins.cache_dir)?;
+    if let Some(exe) = compiler {
+        engine.compile_in_child(exe);
+    }
     let registry = PluginRegistry::new(engine, config.plugins.dir.clone());
     registry
         .load_builtins(crate::plugin::BUILTIN_PLUGINS)
@@ -275,7 +290,10 @@ pub async fn load_plugins(config: &Config) -> Result<PluginRegistry, DaemonError
     Ok(registry)
 }
 
-/// Stores the config's repeaters, checking each plugin config first. A
+/// Stores the config's repeaters, checking each plugin config first
+/// against the version the repeater would run (its pin, or the newest
+/// version that accepts it). A changed repeater whose config is refused is
+/// not stored: it keeps its stored spec and the error is logged. A new
 /// repeater whose plugin refuses its config or is missing is still stored
 /// (the dispatcher backs it off with the reason in its status), so one bad
 /// entry never stops the daemon.
@@ -286,24 +304,50 @@ pub async fn upsert_repeaters(
 ) -> Result<(), DaemonError> {
     let now = now_millis();
     for spec in &config.repeaters {
-        let label = format!("{}/{}", spec.domain, spec.name);
-        match plugins.get(&spec.plugin) {
-            Some(plugin) => {
-                let ctx = CallContext::new(&spec.domain, &spec.name);
-                if let Err(error) = plugin
-                    .validate_config(&ctx, &spec.plugin_config.to_string())
-                    .await
-                {
-                    tracing::warn!(repeater = %label, %error, "plugin refused the repeater's config");
-                }
+        let repeater = RepeaterKey::new(&spec.domain, &spec.name);
+        let stored = store.repeater(&spec.domain, &spec.name).await?;
+        if stored.as_ref().is_some_and(|row| row.spec == *spec) {
+            continue;
+        }
+        let checked = plugins
+            .check_config(
+                &repeater,
+                &spec.plugin,
+                spec.plugin_sha256.as_deref(),
+                &spec.plugin_config.to_string(),
+            )
+            .await;
+        match (checked, stored) {
+            (Ok(_), _) => {}
+            (Err(error), Some(_)) => {
+                tracing::error!(%repeater, %error,
+                    "the repeater's changed config is refused by its plugin; its stored spec stays");
+                continue;
             }
-            None => {
-                tracing::warn!(repeater = %label, plugin = %spec.plugin, "plugin is not loaded");
+            (Err(error), None) => {
+                tracing::warn!(%repeater, %error, "plugin refused the repeater's config");
             }
         }
         store.upsert_repeater(spec, now).await?;
     }
     Ok(())
+}
+
+/// Counts every rollout of a new plugin version to a repeater, accepted or
+/// refused, until the registry is dropped.
+fn count_rollouts(plugins: &PluginRegistry, metrics: Arc<Metrics>) {
+    let mut rollouts = plugins.subscribe_rollouts();
+    tokio::spawn(async move {
+        loop {
+            match rollouts.recv().await {
+                Ok(event) => metrics.plugin_rollout(&event.plugin, event.refused.is_some()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "plugin rollout events were not counted");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -30,7 +30,7 @@ use crate::model::{
     AttemptOutcome, ClaimedRecord, ReadyRepeater, RecordOutcome, RecordState, RepeaterHealth,
     now_millis,
 };
-use crate::plugin::{CallContext, LoadedPlugin, PluginError};
+use crate::plugin::{CallContext, LoadedPlugin, PluginError, RepeaterKey};
 use crate::schedule::{AttemptReport, JudgePolicy, Verdict, judge_batch};
 use crate::store::{Lease, RepeaterRow, StoreError};
 
@@ -163,7 +163,8 @@ async fn run_lane(
     let limits = limits_of(deps, &row.spec);
     done.limits = Some(limits.clone());
 
-    let plugin = match plugin_for(deps, &row) {
+    let plugin_config = row.spec.plugin_config.to_string();
+    let plugin = match plugin_for(deps, &row, &plugin_config).await {
         Ok(plugin) => plugin,
         Err(error) => {
             // Without its plugin the repeater cannot send anything: back it
@@ -198,7 +199,7 @@ async fn run_lane(
     let ctx = AttemptContext {
         plugin,
         call: CallContext::new(&row.spec.domain, &row.spec.name),
-        plugin_config: row.spec.plugin_config.to_string(),
+        plugin_config,
         spec: row.spec.clone(),
         timeout: limits.timeout,
         excerpt_limit: limits.response_excerpt_bytes,
@@ -230,7 +231,7 @@ async fn run_lane(
         retry: &retry,
         backoff: &backoff,
     };
-    let judgement = judge_batch(
+    let mut judgement = judge_batch(
         &records,
         &reports,
         row.backoff_step,
@@ -238,6 +239,13 @@ async fn run_lane(
         now,
         &mut rand::rng(),
     );
+    // Every attempt records the plugin version that built it.
+    let version = ctx.plugin.version();
+    for outcome in &mut judgement.outcomes {
+        if let Some(attempt) = &mut outcome.attempt {
+            attempt.plugin_sha256 = Some(version.to_owned());
+        }
+    }
     // A backed-off lane is not ready again before its backoff ends: let
     // its lease go with the results.
     let backed_off = (judgement.health.as_ref()).is_some_and(|h| h.backoff_until.is_some());
@@ -303,16 +311,23 @@ async fn run_window(
     reports
 }
 
-fn plugin_for(deps: &DispatchDeps, row: &RepeaterRow) -> Result<Arc<LoadedPlugin>, PluginError> {
-    match &row.spec.plugin_sha256 {
-        Some(pin) => deps.plugins.get_pinned(&row.spec.plugin, pin),
-        None => deps
-            .plugins
-            .get(&row.spec.plugin)
-            .ok_or_else(|| PluginError::NotLoaded {
-                plugin: row.spec.plugin.clone(),
-            }),
-    }
+/// The plugin version this batch runs on: the repeater's pin, or the
+/// newest version that accepted its config (the registry remembers the
+/// choice, so this is a map lookup unless something changed).
+async fn plugin_for(
+    deps: &DispatchDeps,
+    row: &RepeaterRow,
+    plugin_config: &str,
+) -> Result<Arc<LoadedPlugin>, PluginError> {
+    let spec = &row.spec;
+    deps.plugins
+        .resolve(
+            &RepeaterKey::new(&spec.domain, &spec.name),
+            &spec.plugin,
+            spec.plugin_sha256.as_deref(),
+            plugin_config,
+        )
+        .await
 }
 
 /// Awaits `work` while renewing the lease every third of its TTL. Returns

@@ -11,8 +11,10 @@
 //! counted in ticks of guest execution, and the dispatch loop awaits a call
 //! like any other future without a thread hop per record.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -51,6 +53,9 @@ pub(crate) struct EngineInner {
     pub(crate) slots: Arc<Semaphore>,
     /// Plugin instances created so far, for [`PluginEngine::instances_started`].
     pub(crate) instances_started: AtomicU64,
+    /// The executable that compiles components in a child process, if set
+    /// ([`PluginEngine::compile_in_child`]).
+    compiler: OnceLock<PathBuf>,
 }
 
 /// What type-checking a component found.
@@ -118,6 +123,7 @@ impl PluginEngine {
                 cache,
                 slots,
                 instances_started: AtomicU64::new(0),
+                compiler: OnceLock::new(),
             }),
         })
     }
@@ -138,6 +144,18 @@ impl PluginEngine {
         self.inner.cache.as_ref()
     }
 
+    /// Compiles components that are not in the cache in a child process,
+    /// `exe plugin compile-cache ...` (see [`compile_into_cache`]), which
+    /// writes the compiled code into the cache; this process then loads it
+    /// from there. Compiling a large component takes hundreds of megabytes
+    /// that the allocator keeps after the compiler returns them; in a child
+    /// they go back to the system when it exits. Needs a cache directory;
+    /// without one (or if the child cannot start) compilation stays in
+    /// process. Set once; later calls are ignored.
+    pub fn compile_in_child(&self, exe: PathBuf) {
+        let _ = self.inner.compiler.set(exe);
+    }
+
     /// Hashes, compiles or fetches from the cache, type-checks and
     /// pre-instantiates a component. Blocking: compilation takes a while.
     pub(crate) fn prepare(&self, name: &str, bytes: &[u8]) -> Result<Prepared, PluginError> {
@@ -148,14 +166,17 @@ impl PluginEngine {
                 let key = cache.key(engine, &digest);
                 match cache.load(engine, &key) {
                     Some(component) => (component, true),
-                    None => {
-                        let component = compile(engine, name, bytes)?;
-                        // A cache that cannot be written only costs a recompile later.
-                        if let Err(error) = cache.store(&key, &component) {
-                            tracing::warn!(plugin = name, %error, "cannot cache compiled plugin");
+                    None => match self.compile_by_child(cache, &key, name, bytes) {
+                        Some(compiled) => (compiled?, false),
+                        None => {
+                            let component = compile(engine, name, bytes)?;
+                            // A cache that cannot be written only costs a recompile later.
+                            if let Err(error) = cache.store(&key, &component) {
+                                tracing::warn!(plugin = name, %error, "cannot cache compiled plugin");
+                            }
+                            (component, false)
                         }
-                        (component, false)
-                    }
+                    },
                 }
             }
             None => (compile(engine, name, bytes)?, false),
@@ -166,6 +187,73 @@ impl PluginEngine {
             size: bytes.len(),
             from_cache,
         })
+    }
+
+    /// Compiles `bytes` in the child process into the cache and loads the
+    /// result. `None` when there is no child compiler or it could not do
+    /// its work for reasons of its own (the caller compiles in process).
+    fn compile_by_child(
+        &self,
+        cache: &CodeCache,
+        key: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> Option<Result<Component, PluginError>> {
+        let exe = self.inner.compiler.get()?;
+        let limits = &self.inner.limits;
+        let child = Command::new(exe)
+            .args(["plugin", "compile-cache", "--name", name, "--cache-dir"])
+            .arg(cache.dir())
+            .arg("--memory-bytes")
+            .arg(limits.memory_bytes.to_string())
+            .arg("--max-instances")
+            .arg(limits.max_instances.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(error) => {
+                tracing::warn!(plugin = name, exe = %exe.display(), %error,
+                    "cannot start the plugin compiler process; compiling in process");
+                return None;
+            }
+        };
+        let fed = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(bytes))
+            .unwrap_or(Ok(()));
+        let output = match child.wait_with_output() {
+            Ok(output) => output,
+            Err(error) => {
+                tracing::warn!(plugin = name, %error, "the plugin compiler process failed; compiling in process");
+                return None;
+            }
+        };
+        let said = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        match output.status.code() {
+            Some(0) if fed.is_ok() => {}
+            Some(COMPILE_REFUSED) => {
+                return Some(Err(PluginError::Compile {
+                    plugin: name.to_owned(),
+                    message: said,
+                }));
+            }
+            _ => {
+                tracing::warn!(plugin = name, status = %output.status, stderr = said,
+                    "the plugin compiler process failed; compiling in process");
+                return None;
+            }
+        }
+        match cache.load(&self.inner.engine, key) {
+            Some(component) => Some(Ok(component)),
+            None => {
+                tracing::warn!(plugin = name, "the plugin compiler process left nothing usable in the cache; compiling in process");
+                None
+            }
+        }
     }
 
     /// Checks that the component exports the v0.1 plugin interface (any
@@ -227,6 +315,28 @@ impl PluginEngine {
             rules,
         })
     }
+}
+
+/// The exit status of `plugin compile-cache` when the bytes do not compile
+/// (its standard error then holds the compiler's words).
+pub const COMPILE_REFUSED: i32 = 3;
+
+/// The work of the compiler child process (`repeaterd plugin compile-cache`):
+/// compiles a component on an engine configured from `limits` exactly as
+/// the daemon's, and writes the code into the cache at `cache_dir` under
+/// the key the daemon looks for.
+pub fn compile_into_cache(
+    limits: &PluginLimits,
+    cache_dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), PluginError> {
+    let engine = Engine::new(&engine_config(limits))
+        .map_err(|e| PluginError::Engine(format!("cannot create wasmtime engine: {e:#}")))?;
+    let cache = CodeCache::open(cache_dir)?;
+    let digest: [u8; 32] = Sha256::digest(bytes).into();
+    let component = compile(&engine, name, bytes)?;
+    cache.store(&cache.key(&engine, &digest), &component)
 }
 
 fn compile(engine: &Engine, name: &str, bytes: &[u8]) -> Result<Component, PluginError> {

@@ -118,14 +118,16 @@ pub enum PluginError {
         /// The plugin's name.
         plugin: String,
     },
-    /// The repeater pins a version of the plugin other than the one loaded.
-    #[error("plugin {plugin}: pinned sha256 {pinned} but the loaded version is {loaded}")]
+    /// The repeater pins a version of the plugin that is not loaded.
+    #[error(
+        "plugin {plugin}: pinned sha256 {pinned} is not loaded (loaded versions: {loaded}); load that version again (a file in plugins.dir or an upload) or change plugin_sha256"
+    )]
     PinMismatch {
         /// The plugin's name.
         plugin: String,
         /// The sha256 the repeater asks for.
         pinned: String,
-        /// The sha256 of the version loaded.
+        /// The sha256 of every version kept, comma-separated.
         loaded: String,
     },
     /// The plugin name is not usable (empty, has a path separator, ...).

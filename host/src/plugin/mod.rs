@@ -12,11 +12,12 @@
 //!   [`PluginError`] naming the cause. A plugin that declares the default
 //!   reply rules ([`ClassifyRules::Default`]) is judged by them in the host,
 //!   with no instance.
-//! - [`PluginRegistry`] maps names to the current version, loads built-ins
-//!   and a plugin directory, and hot-reloads changed files.
+//! - [`PluginRegistry`] maps names to the versions repeaters use, loads
+//!   built-ins and a plugin directory, hot-reloads changed files and rolls
+//!   a new version out repeater by repeater (ADR 14).
 //!
-//! The dispatch loop's use is: `registry.get(name)` once per batch, then
-//! `plugin.build(..)` / `plugin.classify(..)` per record.
+//! The dispatch loop's use is: `registry.resolve(repeater, ..)` once per
+//! batch, then `plugin.build(..)` / `plugin.classify(..)` per record.
 
 mod bindings;
 mod builtin;
@@ -37,11 +38,12 @@ pub use builtin::BUILTIN_PLUGINS;
 pub use cache::CodeCache;
 pub use call::{CallContext, LoadedPlugin};
 pub(crate) use default_rules::judge_by_default_rules;
-pub use engine::PluginEngine;
+pub use engine::{COMPILE_REFUSED, PluginEngine, compile_into_cache};
 pub use error::PluginError;
 pub use limits::PluginLimits;
 pub use registry::{
-    DirWatcher, PluginRegistry, PluginSource, PluginStatus, PluginSwapped, check_name,
+    DirWatcher, PluginRegistry, PluginSource, PluginStatus, PluginSwapped, Refusal, RepeaterKey,
+    ResolvedVersion, RolloutEvent, VersionStatus, check_name,
 };
 
 /// The WIT types plugins exchange with the host (`repeater:plugin/types@0.1.1`).

@@ -1,14 +1,24 @@
-//! The plugins the daemon can use, by name, and their hot reload.
+//! The plugins the daemon can use, by name, with every version some
+//! repeater still runs, and their rollout repeater by repeater.
 //!
-//! Each name maps to the current [`LoadedPlugin`] behind an `Arc`: a call
-//! takes a clone and finishes on that version even if a new one is swapped
-//! in meanwhile. Built-in plugins come from the binary; user plugins are the
-//! `*.wasm` files of a directory (name = file stem), watched for changes, or
-//! uploads written into that directory. A new version is compiled off the
-//! hot path and type-checked before the swap; a version that fails never
-//! replaces a working one, and its error is kept for the plugin's status.
-//! Every swap is broadcast so the daemon can re-run `validate-config` for
-//! the repeaters that use the plugin.
+//! Each name maps to the versions kept in memory, content-addressed by
+//! sha256; the last one to arrive is the newest. A version is kept while it
+//! is the newest or some repeater resolves to it; otherwise it is dropped
+//! from the registry, and freed once the batches holding its `Arc` end.
+//! Built-in plugins come from the binary; user plugins are the `*.wasm`
+//! files of a directory (name = file stem), watched for changes, or uploads
+//! written into that directory. A new version is compiled off the hot path
+//! and type-checked first; a version that fails is never added, and its
+//! error is kept for the plugin's status.
+//!
+//! Each repeater resolves to exactly one version ([`PluginRegistry::resolve`]):
+//! its pin, or the newest version that accepted its config. When a new
+//! version arrives, its `validate-config` runs with the config of every
+//! unpinned repeater already resolved to an older one ([`RolloutEvent`]):
+//! accepted, the repeater's next batch uses it; refused (or trapped, timed
+//! out, hit a cap), the repeater stays where it was and the refusal is kept
+//! for its status. A batch in flight finishes on the version it started
+//! with. ADR 14 records the rules.
 //!
 //! A file that disappears from the directory is not unloaded: repeaters that
 //! use it keep working until the daemon restarts or a new file appears.
@@ -22,7 +32,7 @@ use notify::Watcher;
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 
-use super::call::LoadedPlugin;
+use super::call::{CallContext, LoadedPlugin};
 use super::engine::PluginEngine;
 use super::error::PluginError;
 
@@ -30,7 +40,7 @@ use super::error::PluginError;
 /// copying a file produces several events.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Where the current version of a plugin came from.
+/// Where a version of a plugin came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
     /// Shipped inside the binary.
@@ -44,18 +54,18 @@ pub enum PluginSource {
 /// What the registry knows about one plugin name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginStatus {
-    /// The sha256 (hex) of the version in use, if one loaded.
+    /// The sha256 (hex) of the newest version, if one loaded.
     pub version: Option<String>,
-    /// When the version in use was swapped in.
+    /// When the newest version arrived.
     pub loaded_at: Option<SystemTime>,
-    /// Where the version in use came from.
+    /// Where the newest version came from.
     pub source: Option<PluginSource>,
     /// Why the latest attempt to load a new version failed, if it did.
     /// Cleared by the next successful load.
     pub last_error: Option<String>,
 }
 
-/// Broadcast when a new version of a plugin is in use.
+/// Broadcast when a new version of a plugin becomes the newest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginSwapped {
     /// The plugin's name.
@@ -64,30 +74,175 @@ pub struct PluginSwapped {
     pub version: String,
 }
 
-#[derive(Debug, Default)]
-struct Slot {
-    current: Option<Current>,
-    last_error: Option<String>,
+/// A repeater, as the registry knows it: by domain and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepeaterKey {
+    /// The repeater's domain.
+    pub domain: String,
+    /// The repeater's name.
+    pub name: String,
+}
+
+impl RepeaterKey {
+    /// The key of repeater `domain`/`name`.
+    pub fn new(domain: &str, name: &str) -> RepeaterKey {
+        RepeaterKey {
+            domain: domain.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for RepeaterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.domain, self.name)
+    }
+}
+
+/// A version of a plugin that refused a repeater's config (or failed
+/// running its `validate-config`), so the repeater stayed where it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The refusing version's sha256 (hex).
+    pub version: String,
+    /// The plugin's message, or the failure (trap, timeout, memory cap).
+    pub message: String,
+    /// When it refused.
+    pub at: SystemTime,
+}
+
+/// The version a repeater resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedVersion {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The version's sha256 (hex).
+    pub version: String,
+    /// True when the repeater pins this version.
+    pub pinned: bool,
+    /// The latest refusal by a newer version, while the repeater stays on
+    /// this one.
+    pub refusal: Option<Refusal>,
+}
+
+/// One kept version of a plugin, for the plugin's detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionStatus {
+    /// The sha256 (hex).
+    pub version: String,
+    /// When it arrived.
+    pub loaded_at: SystemTime,
+    /// Where it came from.
+    pub source: PluginSource,
+    /// True for the newest version.
+    pub newest: bool,
+    /// The repeaters resolved to it, sorted.
+    pub repeaters: Vec<RepeaterKey>,
+    /// The repeaters whose config it refused, with the refusal.
+    pub refusals: Vec<(RepeaterKey, Refusal)>,
+}
+
+/// Broadcast for every repeater a new version was offered to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutEvent {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The new version's sha256 (hex).
+    pub version: String,
+    /// The repeater.
+    pub repeater: RepeaterKey,
+    /// `None` when the repeater moved to the version; the refusal's message
+    /// when it stayed where it was.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug)]
-struct Current {
+struct Version {
     plugin: Arc<LoadedPlugin>,
     loaded_at: SystemTime,
     source: PluginSource,
 }
 
+#[derive(Debug, Default)]
+struct Slot {
+    /// The kept versions in order of arrival: the last is the newest.
+    versions: Vec<Version>,
+    last_error: Option<String>,
+}
+
+impl Slot {
+    fn newest(&self) -> Option<&Version> {
+        self.versions.last()
+    }
+
+    fn find(&self, sha256_hex: &str) -> Option<&Version> {
+        self.versions
+            .iter()
+            .find(|v| v.plugin.version().eq_ignore_ascii_case(sha256_hex))
+    }
+}
+
+/// The version a repeater runs and what it was resolved with.
+#[derive(Debug, Clone)]
+struct Assignment {
+    plugin: String,
+    version: String,
+    /// The repeater's pin, as its spec spells it.
+    pin: Option<String>,
+    /// The plugin config (JSON text) the version accepted.
+    config: String,
+    refusal: Option<Refusal>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots: HashMap<String, Slot>,
+    assignments: HashMap<RepeaterKey, Assignment>,
+}
+
+impl State {
+    /// Drops the versions of `plugin` that are not the newest and that no
+    /// repeater resolves to. Calls in flight keep their own `Arc`.
+    fn prune(&mut self, plugin: &str) {
+        let in_use: BTreeSet<&str> = self
+            .assignments
+            .values()
+            .filter(|a| a.plugin == plugin)
+            .map(|a| a.version.as_str())
+            .collect();
+        let Some(slot) = self.slots.get_mut(plugin) else {
+            return;
+        };
+        let newest = slot.versions.len().saturating_sub(1);
+        let mut index = 0;
+        slot.versions.retain(|version| {
+            let keep = index == newest || in_use.contains(version.plugin.version());
+            index += 1;
+            if !keep {
+                tracing::info!(
+                    plugin,
+                    version = version.plugin.version(),
+                    "plugin version no longer used; dropped once its calls end"
+                );
+            }
+            keep
+        });
+    }
+}
+
 struct RegistryInner {
     engine: PluginEngine,
     dir: Option<PathBuf>,
-    slots: RwLock<HashMap<String, Slot>>,
+    state: RwLock<State>,
     swaps: broadcast::Sender<PluginSwapped>,
+    rollouts: broadcast::Sender<RolloutEvent>,
     /// Loads are rare; running them one at a time keeps an older file that
     /// finished compiling late from replacing a newer one.
     loading: tokio::sync::Mutex<()>,
 }
 
-/// Name → current plugin version, with hot reload. Cheap to clone.
+/// Name → kept plugin versions, with hot reload and rollout per repeater.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct PluginRegistry {
     inner: Arc<RegistryInner>,
@@ -107,12 +262,14 @@ impl PluginRegistry {
     /// uploads are written (none: uploads stay in memory only).
     pub fn new(engine: PluginEngine, dir: Option<PathBuf>) -> Self {
         let (swaps, _) = broadcast::channel(64);
+        let (rollouts, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(RegistryInner {
                 engine,
                 dir,
-                slots: RwLock::new(HashMap::new()),
+                state: RwLock::new(State::default()),
                 swaps,
+                rollouts,
                 loading: tokio::sync::Mutex::new(()),
             }),
         }
@@ -128,46 +285,195 @@ impl PluginRegistry {
         self.inner.dir.as_deref()
     }
 
-    /// The current version of `name`, if one is loaded. This is the call the
-    /// dispatch loop makes per batch: a read lock held for a map lookup.
+    /// The newest version of `name`, if one is loaded.
     pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
         self.read()
+            .slots
             .get(name)
-            .and_then(|slot| slot.current.as_ref())
-            .map(|current| current.plugin.clone())
+            .and_then(Slot::newest)
+            .map(|version| version.plugin.clone())
     }
 
-    /// The current version of `name`, only if its sha256 is `sha256_hex`
+    /// The kept version of `name` whose sha256 is `sha256_hex`
     /// (case-insensitive), for repeaters that pin a plugin version.
     pub fn get_pinned(
         &self,
         name: &str,
         sha256_hex: &str,
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let plugin = self.get(name).ok_or_else(|| PluginError::NotLoaded {
-            plugin: name.to_owned(),
-        })?;
-        if plugin.version().eq_ignore_ascii_case(sha256_hex) {
-            Ok(plugin)
-        } else {
-            Err(PluginError::PinMismatch {
+        let state = self.read();
+        let slot = state
+            .slots
+            .get(name)
+            .filter(|slot| !slot.versions.is_empty())
+            .ok_or_else(|| PluginError::NotLoaded {
+                plugin: name.to_owned(),
+            })?;
+        match slot.find(sha256_hex) {
+            Some(version) => Ok(version.plugin.clone()),
+            None => Err(PluginError::PinMismatch {
                 plugin: name.to_owned(),
                 pinned: sha256_hex.to_owned(),
-                loaded: plugin.version().to_owned(),
-            })
+                loaded: slot
+                    .versions
+                    .iter()
+                    .map(|v| v.plugin.version())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
         }
     }
 
-    /// What the registry knows about `name`: the version in use and the
+    /// The version `repeater` runs, given its plugin, pin and plugin config
+    /// (JSON text). This is the call the dispatch loop makes per batch: a
+    /// read lock and a map lookup while nothing changed. Otherwise (a new
+    /// repeater, a changed config or pin, a dropped version) the version is
+    /// chosen again: the pin, or the newest version whose `validate-config`
+    /// accepts the config; the error of the newest version when none does.
+    pub async fn resolve(
+        &self,
+        repeater: &RepeaterKey,
+        plugin: &str,
+        pin: Option<&str>,
+        config: &str,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        {
+            let state = self.read();
+            if let Some(assigned) = state.assignments.get(repeater)
+                && assigned.plugin == plugin
+                && assigned.pin.as_deref() == pin
+                && assigned.config == config
+                && let Some(version) = state.slots.get(plugin).and_then(|s| s.find(&assigned.version))
+            {
+                return Ok(version.plugin.clone());
+            }
+        }
+        let (chosen, refusal) = self.choose(repeater, plugin, pin, config).await?;
+        let mut state = self.write();
+        let previous = state.assignments.insert(
+            repeater.clone(),
+            Assignment {
+                plugin: plugin.to_owned(),
+                version: chosen.version().to_owned(),
+                pin: pin.map(str::to_owned),
+                config: config.to_owned(),
+                refusal,
+            },
+        );
+        if let Some(previous) = previous {
+            tracing::info!(%repeater, plugin, version = chosen.version(), "repeater resolved to a plugin version");
+            state.prune(&previous.plugin);
+        }
+        Ok(chosen)
+    }
+
+    /// Checks a repeater's new plugin, pin and config before they are
+    /// stored, changing nothing: against its pin; else against the version
+    /// it runs now, when it stays unpinned on the same plugin; else (a new
+    /// repeater, another plugin) against the newest version that accepts
+    /// it. Returns the sha256 of the version that accepted, or its error.
+    pub async fn check_config(
+        &self,
+        repeater: &RepeaterKey,
+        plugin: &str,
+        pin: Option<&str>,
+        config: &str,
+    ) -> Result<String, PluginError> {
+        let running = match pin {
+            Some(_) => None,
+            None => {
+                let state = self.read();
+                (state.assignments.get(repeater))
+                    .filter(|assigned| assigned.plugin == plugin && assigned.pin.is_none())
+                    .and_then(|assigned| state.slots.get(plugin)?.find(&assigned.version))
+                    .map(|version| version.plugin.clone())
+            }
+        };
+        let chosen = match running {
+            Some(running) => {
+                let ctx = CallContext::new(&repeater.domain, &repeater.name);
+                running.validate_config(&ctx, config).await?;
+                running
+            }
+            None => self.choose(repeater, plugin, pin, config).await?.0,
+        };
+        Ok(chosen.version().to_owned())
+    }
+
+    /// Forgets a deleted repeater; versions only it used are dropped.
+    pub fn forget(&self, repeater: &RepeaterKey) {
+        let mut state = self.write();
+        if let Some(assigned) = state.assignments.remove(repeater) {
+            state.prune(&assigned.plugin);
+        }
+    }
+
+    /// The version `repeater` resolved to, if it resolved yet.
+    pub fn resolved(&self, repeater: &RepeaterKey) -> Option<ResolvedVersion> {
+        self.read()
+            .assignments
+            .get(repeater)
+            .map(|assigned| ResolvedVersion {
+                plugin: assigned.plugin.clone(),
+                version: assigned.version.clone(),
+                pinned: assigned.pin.is_some(),
+                refusal: assigned.refusal.clone(),
+            })
+    }
+
+    /// The kept versions of `name`, oldest first, with the repeaters on
+    /// each and the refusals each gave. Empty when none is loaded.
+    pub fn versions(&self, name: &str) -> Vec<VersionStatus> {
+        let state = self.read();
+        let Some(slot) = state.slots.get(name) else {
+            return Vec::new();
+        };
+        let newest = slot.newest().map(|v| v.plugin.version());
+        let mut versions: Vec<VersionStatus> = slot
+            .versions
+            .iter()
+            .map(|v| VersionStatus {
+                version: v.plugin.version().to_owned(),
+                loaded_at: v.loaded_at,
+                source: v.source.clone(),
+                newest: Some(v.plugin.version()) == newest,
+                repeaters: Vec::new(),
+                refusals: Vec::new(),
+            })
+            .collect();
+        for (repeater, assigned) in &state.assignments {
+            if assigned.plugin != name {
+                continue;
+            }
+            for version in &mut versions {
+                if version.version == assigned.version {
+                    version.repeaters.push(repeater.clone());
+                }
+                if let Some(refusal) = &assigned.refusal
+                    && refusal.version == version.version
+                {
+                    version.refusals.push((repeater.clone(), refusal.clone()));
+                }
+            }
+        }
+        for version in &mut versions {
+            version.repeaters.sort();
+            version.refusals.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        versions
+    }
+
+    /// What the registry knows about `name`: the newest version and the
     /// error of the latest failed load. `None` if the name was never seen.
     pub fn status(&self, name: &str) -> Option<PluginStatus> {
-        self.read().get(name).map(slot_status)
+        self.read().slots.get(name).map(slot_status)
     }
 
     /// Status of every known plugin, sorted by name.
     pub fn list(&self) -> Vec<(String, PluginStatus)> {
         let mut all: Vec<_> = self
             .read()
+            .slots
             .iter()
             .map(|(name, slot)| (name.clone(), slot_status(slot)))
             .collect();
@@ -180,9 +486,15 @@ impl PluginRegistry {
         self.list().into_iter().map(|(name, _)| name).collect()
     }
 
-    /// Receives a message each time a new plugin version is swapped in.
+    /// Receives a message each time a new plugin version becomes the newest.
     pub fn subscribe(&self) -> broadcast::Receiver<PluginSwapped> {
         self.inner.swaps.subscribe()
+    }
+
+    /// Receives a message for every repeater a new version was offered to,
+    /// accepted or refused.
+    pub fn subscribe_rollouts(&self) -> broadcast::Receiver<RolloutEvent> {
+        self.inner.rollouts.subscribe()
     }
 
     /// Loads built-in plugins given as (name, component bytes).
@@ -228,7 +540,8 @@ impl PluginRegistry {
     /// Installs an uploaded component as `name`. It is compiled and
     /// type-checked first, so a broken upload neither replaces the working
     /// version nor overwrites its file; then it is written into the plugin
-    /// directory (temporary file + rename) and swapped in.
+    /// directory (temporary file + rename), becomes the newest version and
+    /// is rolled out to the repeaters that use `name`.
     pub async fn install(
         &self,
         name: &str,
@@ -267,6 +580,7 @@ impl PluginRegistry {
             }
         }
         self.swap(name, plugin.clone(), PluginSource::Upload);
+        self.roll_out(name).await;
         Ok(plugin)
     }
 
@@ -324,7 +638,7 @@ impl PluginRegistry {
     }
 
     /// Loads the plugin file at `path` if it exists and differs from the
-    /// version in use. Errors are also kept in the plugin's status.
+    /// newest version. Errors are also kept in the plugin's status.
     pub async fn reload_file(&self, path: &Path) -> Result<(), PluginError> {
         let Some(name) = plugin_name_of(path) else {
             return Ok(());
@@ -372,6 +686,7 @@ impl PluginRegistry {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
                 self.swap(name, plugin.clone(), source);
+                self.roll_out(name).await;
                 Ok(plugin)
             }
             Err(error) => {
@@ -381,37 +696,176 @@ impl PluginRegistry {
         }
     }
 
+    /// Makes `plugin` the newest version of `name` (moving it to the end
+    /// when that version is kept already).
     fn swap(&self, name: &str, plugin: Arc<LoadedPlugin>, source: PluginSource) {
         let version = plugin.version().to_owned();
         {
-            let mut slots = self.write();
-            let slot = slots.entry(name.to_owned()).or_default();
-            slot.current = Some(Current {
+            let mut state = self.write();
+            let slot = state.slots.entry(name.to_owned()).or_default();
+            let kept = slot.versions.iter().position(|v| v.plugin.version() == version);
+            let plugin = match kept {
+                Some(index) => slot.versions.remove(index).plugin,
+                None => plugin,
+            };
+            slot.versions.push(Version {
                 plugin,
                 loaded_at: SystemTime::now(),
                 source,
             });
             slot.last_error = None;
         }
-        tracing::info!(plugin = name, version, "plugin version in use");
-        // No subscriber is fine: nobody needs to re-validate.
+        tracing::info!(plugin = name, version, "plugin version loaded as the newest");
+        // No subscriber is fine: nobody needs to hear of it.
         let _ = self.inner.swaps.send(PluginSwapped {
             name: name.to_owned(),
             version,
         });
     }
 
+    /// Offers the newest version of `name` to every unpinned repeater that
+    /// resolved to another version of it, one `validate-config` each, then
+    /// drops the versions nobody uses any more.
+    async fn roll_out(&self, name: &str) {
+        let (newest, offers) = {
+            let state = self.read();
+            let Some(newest) = state.slots.get(name).and_then(Slot::newest) else {
+                return;
+            };
+            let newest = newest.plugin.clone();
+            let offers: Vec<(RepeaterKey, String)> = state
+                .assignments
+                .iter()
+                .filter(|(_, a)| {
+                    a.plugin == name && a.pin.is_none() && a.version != newest.version()
+                })
+                .map(|(key, a)| (key.clone(), a.config.clone()))
+                .collect();
+            (newest, offers)
+        };
+        for (repeater, config) in offers {
+            let ctx = CallContext::new(&repeater.domain, &repeater.name);
+            let refused = newest
+                .validate_config(&ctx, &config)
+                .await
+                .err()
+                .map(|error| refusal_message(&error));
+            let mut state = self.write();
+            let Some(assigned) = state.assignments.get_mut(&repeater) else {
+                continue;
+            };
+            if assigned.plugin != name || assigned.pin.is_some() || assigned.config != config {
+                // Changed meanwhile: its next batch resolves it again.
+                continue;
+            }
+            match &refused {
+                None => {
+                    tracing::info!(%repeater, plugin = name, version = newest.version(), "repeater moves to the new plugin version");
+                    assigned.version = newest.version().to_owned();
+                    assigned.refusal = None;
+                }
+                Some(message) => {
+                    tracing::warn!(%repeater, plugin = name, version = newest.version(), %message,
+                        "the new plugin version refused the repeater's config; it stays on its version");
+                    assigned.refusal = Some(Refusal {
+                        version: newest.version().to_owned(),
+                        message: message.clone(),
+                        at: SystemTime::now(),
+                    });
+                }
+            }
+            drop(state);
+            let _ = self.inner.rollouts.send(RolloutEvent {
+                plugin: name.to_owned(),
+                version: newest.version().to_owned(),
+                repeater,
+                refused,
+            });
+        }
+        self.write().prune(name);
+    }
+
+    /// Chooses the version a repeater would run: its pin, or the newest
+    /// that accepts `config`; with the refusal of the newest version when
+    /// an older one was chosen.
+    async fn choose(
+        &self,
+        repeater: &RepeaterKey,
+        plugin: &str,
+        pin: Option<&str>,
+        config: &str,
+    ) -> Result<(Arc<LoadedPlugin>, Option<Refusal>), PluginError> {
+        let ctx = CallContext::new(&repeater.domain, &repeater.name);
+        if let Some(pin) = pin {
+            let pinned = self.get_pinned(plugin, pin)?;
+            pinned.validate_config(&ctx, config).await?;
+            return Ok((pinned, None));
+        }
+        let candidates: Vec<Arc<LoadedPlugin>> = {
+            let state = self.read();
+            let slot = state.slots.get(plugin);
+            let mut candidates: Vec<_> = slot
+                .map(|s| s.versions.iter().rev().map(|v| v.plugin.clone()).collect())
+                .unwrap_or_default();
+            // The version the repeater runs now is tried right after the
+            // newest, so a config an old version takes does not pull it
+            // further back than it was.
+            if let Some(current) = state.assignments.get(repeater)
+                && current.plugin == plugin
+                && let Some(at) = candidates.iter().position(|c| c.version() == current.version)
+                && at > 1
+            {
+                let current = candidates.remove(at);
+                candidates.insert(1, current);
+            }
+            candidates
+        };
+        let mut first_error = None;
+        let mut refusal = None;
+        for candidate in candidates {
+            match candidate.validate_config(&ctx, config).await {
+                Ok(()) => return Ok((candidate, refusal)),
+                Err(error) => {
+                    if refusal.is_none() {
+                        refusal = Some(Refusal {
+                            version: candidate.version().to_owned(),
+                            message: refusal_message(&error),
+                            at: SystemTime::now(),
+                        });
+                    }
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| PluginError::NotLoaded {
+            plugin: plugin.to_owned(),
+        }))
+    }
+
     fn record_error(&self, name: &str, error: &PluginError) {
-        self.write().entry(name.to_owned()).or_default().last_error = Some(error.to_string());
+        self.write()
+            .slots
+            .entry(name.to_owned())
+            .or_default()
+            .last_error = Some(error.to_string());
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Slot>> {
+    fn read(&self) -> RwLockReadGuard<'_, State> {
         // Nothing panics while holding the lock; recover rather than spread a poison.
-        self.inner.slots.read().unwrap_or_else(|e| e.into_inner())
+        self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Slot>> {
-        self.inner.slots.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.inner.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What a refusal shows: the plugin's own message for a refused config,
+/// the whole error for a trap, timeout or cap.
+fn refusal_message(error: &PluginError) -> String {
+    match error {
+        PluginError::Config { message, .. } => message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -434,10 +888,11 @@ impl std::fmt::Debug for DirWatcher {
 }
 
 fn slot_status(slot: &Slot) -> PluginStatus {
+    let newest = slot.newest();
     PluginStatus {
-        version: slot.current.as_ref().map(|c| c.plugin.version().to_owned()),
-        loaded_at: slot.current.as_ref().map(|c| c.loaded_at),
-        source: slot.current.as_ref().map(|c| c.source.clone()),
+        version: newest.map(|v| v.plugin.version().to_owned()),
+        loaded_at: newest.map(|v| v.loaded_at),
+        source: newest.map(|v| v.source.clone()),
         last_error: slot.last_error.clone(),
     }
 }

@@ -215,6 +215,8 @@ fn record_outcome(
             error,
             outcome,
             response_excerpt: report.response_excerpt.clone(),
+            // The lane knows the plugin version; it fills this in.
+            plugin_sha256: None,
         }),
     }
 }

@@ -234,6 +234,9 @@ pub struct AttemptRow {
     pub outcome: AttemptOutcome,
     /// Response body start, lossily decoded as UTF-8 for display.
     pub response_excerpt: Option<String>,
+    /// The sha256 (hex) of the plugin version that built the request
+    /// (none for attempts stored before versions were recorded).
+    pub plugin_sha256: Option<String>,
 }
 
 /// Filter for [`AdminStore::records`].

@@ -260,7 +260,8 @@ impl Backend for PostgresStore {
                     .bind(attempt.status.map(i32::from))
                     .bind(attempt.error.as_deref())
                     .bind(attempt.outcome.as_i16())
-                    .bind(attempt.response_excerpt.as_deref());
+                    .bind(attempt.response_excerpt.as_deref())
+                    .bind(attempt.plugin_sha256.as_deref());
             }
             query.execute(&mut *tx).await?;
         }

@@ -130,7 +130,7 @@ pub(crate) fn decode_state(value: i16) -> StoreResult<RecordState> {
 
 /// The select list for [`AttemptRowRaw`].
 pub(crate) const ATTEMPT_COLUMNS: &str =
-    "id, record_id, started_at, duration_ms, status, error, outcome, response_excerpt";
+    "id, record_id, started_at, duration_ms, status, error, outcome, response_excerpt, plugin_sha256";
 
 /// An `attempts` row.
 #[derive(sqlx::FromRow)]
@@ -143,6 +143,7 @@ pub(crate) struct AttemptRowRaw {
     error: Option<String>,
     outcome: i16,
     response_excerpt: Option<Vec<u8>>,
+    plugin_sha256: Option<String>,
 }
 
 impl AttemptRowRaw {
@@ -163,6 +164,7 @@ impl AttemptRowRaw {
             response_excerpt: self
                 .response_excerpt
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+            plugin_sha256: self.plugin_sha256,
         })
     }
 }

@@ -66,6 +66,12 @@ struct PluginFailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginRolloutLabels {
+    plugin: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DomainLabel {
     domain: String,
 }
@@ -107,6 +113,7 @@ pub struct Metrics {
     backlog_refresh_errors: Counter,
     plugin_call_duration: HistogramFamily<PluginCallLabels>,
     plugin_failures: Family<PluginFailureLabels, Counter>,
+    plugin_rollouts: Family<PluginRolloutLabels, Counter>,
     leases_acquired: Counter,
     leases_lost: Counter,
     inflight: Gauge,
@@ -176,6 +183,13 @@ impl Metrics {
             "Plugin calls that failed (trap, timeout, memory limit, bad output...) by plugin and kind",
             plugin_failures.clone(),
         );
+        let plugin_rollouts = Family::<PluginRolloutLabels, Counter>::default();
+        registry.register(
+            "plugin_rollouts",
+            "New plugin versions offered to a repeater, by plugin and result (accepted: the \
+             repeater moved; refused: its config was refused and it stayed on its version)",
+            plugin_rollouts.clone(),
+        );
         let leases_acquired = Counter::default();
         registry.register(
             "leases_acquired",
@@ -233,6 +247,7 @@ impl Metrics {
             backlog_refresh_errors,
             plugin_call_duration,
             plugin_failures,
+            plugin_rollouts,
             leases_acquired,
             leases_lost,
             inflight,
@@ -292,6 +307,17 @@ impl Metrics {
             .get_or_create(&PluginFailureLabels {
                 plugin: plugin.to_owned(),
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A new version of `plugin` was offered to a repeater, which moved to
+    /// it or, `refused`, stayed on its version.
+    pub fn plugin_rollout(&self, plugin: &str, refused: bool) {
+        self.plugin_rollouts
+            .get_or_create(&PluginRolloutLabels {
+                plugin: plugin.to_owned(),
+                result: if refused { "refused" } else { "accepted" },
             })
             .inc();
     }

@@ -300,6 +300,7 @@ pub fn answered_503(
             error: Some("HTTP 503".into()),
             outcome: AttemptOutcome::Retry,
             response_excerpt: Some(b"busy".to_vec()),
+            plugin_sha256: Some("ab".repeat(32)),
         }),
     }
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::fixtures::{builtin, ctx, engine, event};
+use crate::fixtures::{builtin, ctx, engine, event, strict_forward};
 use repeaterd::plugin::types::BuildOutcome;
-use repeaterd::plugin::{PluginError, PluginRegistry, PluginSource, PluginSwapped};
+use repeaterd::plugin::{PluginError, PluginRegistry, PluginSource, PluginSwapped, RepeaterKey};
 use sha2::{Digest, Sha256};
 
 fn sha(bytes: &[u8]) -> String {
@@ -263,4 +263,105 @@ async fn a_file_that_is_not_a_plugin_is_reported_by_load_dir() {
     assert_eq!(status.version, None);
     assert!(status.last_error.unwrap().contains("broken"));
     assert_eq!(registry.names(), ["broken", "good"]);
+}
+
+/// Rollout per repeater, in process: a new version is offered to each
+/// repeater through its `validate-config`; one refused stays on its version
+/// with the refusal kept; a pin holds a version; versions nobody runs are
+/// dropped while a call holding one finishes on it.
+#[tokio::test]
+async fn a_new_version_rolls_out_repeater_by_repeater() {
+    let registry = PluginRegistry::new(engine(), None);
+    let mut rollouts = registry.subscribe_rollouts();
+    let v1_bytes = builtin("json-forward");
+    let v2_bytes = strict_forward();
+    let (v1, v2) = (sha(&v1_bytes), sha(&v2_bytes));
+    registry.install("relay", v1_bytes.to_vec()).await.unwrap();
+
+    let a = RepeaterKey::new("acme", "a");
+    let b = RepeaterKey::new("acme", "b");
+    let (a_config, b_config) = ("{}", r#"{"headers": {"x-legacy-id": "b"}}"#);
+    let resolve = |key: RepeaterKey, config: &'static str, pin: Option<String>| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .resolve(&key, "relay", pin.as_deref(), config)
+                .await
+                .map(|plugin| plugin.version().to_owned())
+        }
+    };
+    assert_eq!(resolve(a.clone(), a_config, None).await.unwrap(), v1);
+    let held_by_b = registry
+        .resolve(&b, "relay", None, b_config)
+        .await
+        .unwrap();
+    assert_eq!(held_by_b.version(), v1);
+
+    registry.install("relay", v2_bytes.to_vec()).await.unwrap();
+    let mut events = Vec::new();
+    while let Ok(event) = rollouts.try_recv() {
+        events.push(event);
+    }
+    events.sort_by(|x, y| x.repeater.cmp(&y.repeater));
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[0].repeater.clone(), events[0].refused.clone()), (a.clone(), None));
+    assert_eq!(events[1].repeater, b);
+    assert!(
+        events[1].refused.as_deref().is_some_and(|m| m.contains("x-legacy-id")),
+        "{events:?}"
+    );
+
+    assert_eq!(resolve(a.clone(), a_config, None).await.unwrap(), v2);
+    assert_eq!(resolve(b.clone(), b_config, None).await.unwrap(), v1);
+    let b_version = registry.resolved(&b).unwrap();
+    let refusal = b_version.refusal.expect("b's refusal is kept");
+    assert_eq!(refusal.version, v2);
+    assert!(refusal.message.contains("no longer supported"), "{refusal:?}");
+
+    let versions = registry.versions("relay");
+    assert_eq!(versions.len(), 2);
+    assert_eq!((versions[0].version.as_str(), versions[0].newest), (v1.as_str(), false));
+    assert_eq!(versions[0].repeaters, vec![b.clone()]);
+    assert_eq!((versions[1].version.as_str(), versions[1].newest), (v2.as_str(), true));
+    assert_eq!(versions[1].repeaters, vec![a.clone()]);
+    assert_eq!(versions[1].refusals.len(), 1);
+
+    // A config change is checked against the version the repeater runs.
+    let error = registry
+        .check_config(&a, "relay", None, r#"{"headers": {"x-legacy-id": "a"}}"#)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PluginError::Config { .. }), "{error}");
+    // A new repeater takes the newest version that accepts its config.
+    let c = RepeaterKey::new("acme", "c");
+    assert_eq!(
+        registry.check_config(&c, "relay", None, b_config).await.unwrap(),
+        v1
+    );
+
+    // A pin rolls a back; an unknown pin names the versions loaded.
+    assert_eq!(resolve(a.clone(), a_config, Some(v1.clone())).await.unwrap(), v1);
+    let error = resolve(a.clone(), a_config, Some("0".repeat(64))).await.unwrap_err();
+    assert!(
+        matches!(&error, PluginError::PinMismatch { loaded, .. } if loaded.contains(&v1)),
+        "{error}"
+    );
+    assert_eq!(resolve(a.clone(), a_config, Some(v1.clone())).await.unwrap(), v1);
+
+    // Forgetting b leaves v1 to a's pin; unpinning a drops v1 from the
+    // registry while the call b still holds keeps running on it.
+    registry.forget(&b);
+    assert_eq!(registry.versions("relay").len(), 2);
+    assert_eq!(resolve(a.clone(), a_config, None).await.unwrap(), v2);
+    let kept: Vec<_> = registry
+        .versions("relay")
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(kept, vec![v2.clone()]);
+    let outcome = held_by_b
+        .build(&ctx(), &event("t", "application/json", b"{}"), b_config)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, BuildOutcome::Send(_)), "{outcome:?}");
 }

@@ -78,7 +78,8 @@ fn millis(text: &str) -> i64 {
             .unwrap_or_else(|| panic!("{text:?} is not an RFC 3339 time with milliseconds"))
     };
     let (year, month, day) = (field(0..4), field(5..7), field(8..10));
-    let (hour, minute, second, milli) = (field(11..13), field(14..16), field(17..19), field(20..23));
+    let (hour, minute, second, milli) =
+        (field(11..13), field(14..16), field(17..19), field(20..23));
     // Days from the civil date (proleptic Gregorian), 1970-01-01 = 0.
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -231,7 +232,10 @@ async fn a_new_version_rolls_out_per_repeater_and_a_pin_rolls_back() {
             let mut sent = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 daemon
-                    .ingest(DOMAIN, json!({"id": format!("e{sent}"), "type": "tick", "payload": {"n": sent}}))
+                    .ingest(
+                        DOMAIN,
+                        json!({"id": format!("e{sent}"), "type": "tick", "payload": {"n": sent}}),
+                    )
                     .await;
                 sent += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -268,8 +272,16 @@ async fn a_new_version_rolls_out_per_repeater_and_a_pin_rolls_back() {
     })
     .await;
     assert_eq!(detail["sha256"], v2.as_str(), "v2 is the newest: {detail}");
-    assert_eq!(version(&detail, &v2)["repeaters"], json!(["rollout/a"]), "{detail}");
-    assert_eq!(version(&detail, &v1)["repeaters"], json!(["rollout/b"]), "{detail}");
+    assert_eq!(
+        version(&detail, &v2)["repeaters"],
+        json!(["rollout/a"]),
+        "{detail}"
+    );
+    assert_eq!(
+        version(&detail, &v1)["repeaters"],
+        json!(["rollout/b"]),
+        "{detail}"
+    );
     let v2_loaded_at = millis(version(&detail, &v2)["loaded_at"].as_str().unwrap());
     let b = repeater(&daemon, "b").await;
     let running_b = &b["plugin"]["running"];
@@ -294,13 +306,23 @@ async fn a_new_version_rolls_out_per_repeater_and_a_pin_rolls_back() {
 
     // A config change that a's running version (v2) refuses: 422 with the
     // plugin's message, nothing stored.
-    let (status, body) =
-        put_repeater(&daemon, &receiver, "a", json!({"headers": {"x-legacy-id": "a"}}), None).await;
+    let (status, body) = put_repeater(
+        &daemon,
+        &receiver,
+        "a",
+        json!({"headers": {"x-legacy-id": "a"}}),
+        None,
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     let said = body["error"]["message"].as_str().unwrap_or_default();
     assert!(said.contains("no longer supported"), "{body}");
     let a = repeater(&daemon, "a").await;
-    assert_eq!(a["spec"]["plugin_config"], json!({}), "nothing changed: {a}");
+    assert_eq!(
+        a["spec"]["plugin_config"],
+        json!({}),
+        "nothing changed: {a}"
+    );
 
     // Let both deliver on their versions for a while.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -375,7 +397,9 @@ async fn a_new_version_rolls_out_per_repeater_and_a_pin_rolls_back() {
     stop.store(true, Ordering::Relaxed);
     let events = producer.await.expect("the producer");
     let received = receiver
-        .wait_until("every record delivered", WAIT, |all| all.len() >= 2 * events)
+        .wait_until("every record delivered", WAIT, |all| {
+            all.len() >= 2 * events
+        })
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let received = if receiver.count() > received.len() {
@@ -472,25 +496,43 @@ async fn a_refused_config_change_in_the_file_is_not_stored() {
         )
     };
     let mut config = DaemonConfig::default();
-    config.repeaters.push(repeater_with(r#"{ headers = { x-source = "one" } }"#));
+    config
+        .repeaters
+        .push(repeater_with(r#"{ headers = { x-source = "one" } }"#));
     let daemon = Daemon::start(&dir, &config, &Backend::Sqlite).await;
-    daemon.ingest(DOMAIN, json!({"id": "first", "type": "tick", "payload": {}})).await;
+    daemon
+        .ingest(
+            DOMAIN,
+            json!({"id": "first", "type": "tick", "payload": {}}),
+        )
+        .await;
     receiver.wait_for(1, WAIT).await;
 
     config.repeaters = vec![repeater_with(r#"{ headers = { x-legacy-id = "one" } }"#)];
     daemon.reload(&config);
     let deadline = Instant::now() + WAIT;
     while !daemon.log().contains("refused by its plugin") {
-        assert!(Instant::now() < deadline, "no refusal logged:\n{}", daemon.log());
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            daemon.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, a) = daemon.get(&format!("/v1/domains/{DOMAIN}/repeaters/a")).await;
+    let (_, a) = daemon
+        .get(&format!("/v1/domains/{DOMAIN}/repeaters/a"))
+        .await;
     assert_eq!(
         a["spec"]["plugin_config"],
         json!({"headers": {"x-source": "one"}}),
         "the stored spec stays: {a}"
     );
-    daemon.ingest(DOMAIN, json!({"id": "second", "type": "tick", "payload": {}})).await;
+    daemon
+        .ingest(
+            DOMAIN,
+            json!({"id": "second", "type": "tick", "payload": {}}),
+        )
+        .await;
     let received = receiver.wait_for(2, WAIT).await;
     assert_eq!(received[1].header("x-source").as_deref(), Some("one"));
     assert!(

@@ -14,8 +14,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -250,7 +250,10 @@ impl PluginEngine {
         match cache.load(&self.inner.engine, key) {
             Some(component) => Some(Ok(component)),
             None => {
-                tracing::warn!(plugin = name, "the plugin compiler process left nothing usable in the cache; compiling in process");
+                tracing::warn!(
+                    plugin = name,
+                    "the plugin compiler process left nothing usable in the cache; compiling in process"
+                );
                 None
             }
         }

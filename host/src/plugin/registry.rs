@@ -343,7 +343,10 @@ impl PluginRegistry {
                 && assigned.plugin == plugin
                 && assigned.pin.as_deref() == pin
                 && assigned.config == config
-                && let Some(version) = state.slots.get(plugin).and_then(|s| s.find(&assigned.version))
+                && let Some(version) = state
+                    .slots
+                    .get(plugin)
+                    .and_then(|s| s.find(&assigned.version))
             {
                 return Ok(version.plugin.clone());
             }
@@ -703,7 +706,10 @@ impl PluginRegistry {
         {
             let mut state = self.write();
             let slot = state.slots.entry(name.to_owned()).or_default();
-            let kept = slot.versions.iter().position(|v| v.plugin.version() == version);
+            let kept = slot
+                .versions
+                .iter()
+                .position(|v| v.plugin.version() == version);
             let plugin = match kept {
                 Some(index) => slot.versions.remove(index).plugin,
                 None => plugin,
@@ -715,7 +721,11 @@ impl PluginRegistry {
             });
             slot.last_error = None;
         }
-        tracing::info!(plugin = name, version, "plugin version loaded as the newest");
+        tracing::info!(
+            plugin = name,
+            version,
+            "plugin version loaded as the newest"
+        );
         // No subscriber is fine: nobody needs to hear of it.
         let _ = self.inner.swaps.send(PluginSwapped {
             name: name.to_owned(),
@@ -812,7 +822,9 @@ impl PluginRegistry {
             // further back than it was.
             if let Some(current) = state.assignments.get(repeater)
                 && current.plugin == plugin
-                && let Some(at) = candidates.iter().position(|c| c.version() == current.version)
+                && let Some(at) = candidates
+                    .iter()
+                    .position(|c| c.version() == current.version)
                 && at > 1
             {
                 let current = candidates.remove(at);

@@ -129,8 +129,7 @@ pub(crate) fn decode_state(value: i16) -> StoreResult<RecordState> {
 }
 
 /// The select list for [`AttemptRowRaw`].
-pub(crate) const ATTEMPT_COLUMNS: &str =
-    "id, record_id, started_at, duration_ms, status, error, outcome, response_excerpt, plugin_sha256";
+pub(crate) const ATTEMPT_COLUMNS: &str = "id, record_id, started_at, duration_ms, status, error, outcome, response_excerpt, plugin_sha256";
 
 /// An `attempts` row.
 #[derive(sqlx::FromRow)]

@@ -291,10 +291,7 @@ async fn a_new_version_rolls_out_repeater_by_repeater() {
         }
     };
     assert_eq!(resolve(a.clone(), a_config, None).await.unwrap(), v1);
-    let held_by_b = registry
-        .resolve(&b, "relay", None, b_config)
-        .await
-        .unwrap();
+    let held_by_b = registry.resolve(&b, "relay", None, b_config).await.unwrap();
     assert_eq!(held_by_b.version(), v1);
 
     registry.install("relay", v2_bytes.to_vec()).await.unwrap();
@@ -304,10 +301,16 @@ async fn a_new_version_rolls_out_repeater_by_repeater() {
     }
     events.sort_by(|x, y| x.repeater.cmp(&y.repeater));
     assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!((events[0].repeater.clone(), events[0].refused.clone()), (a.clone(), None));
+    assert_eq!(
+        (events[0].repeater.clone(), events[0].refused.clone()),
+        (a.clone(), None)
+    );
     assert_eq!(events[1].repeater, b);
     assert!(
-        events[1].refused.as_deref().is_some_and(|m| m.contains("x-legacy-id")),
+        events[1]
+            .refused
+            .as_deref()
+            .is_some_and(|m| m.contains("x-legacy-id")),
         "{events:?}"
     );
 
@@ -316,13 +319,22 @@ async fn a_new_version_rolls_out_repeater_by_repeater() {
     let b_version = registry.resolved(&b).unwrap();
     let refusal = b_version.refusal.expect("b's refusal is kept");
     assert_eq!(refusal.version, v2);
-    assert!(refusal.message.contains("no longer supported"), "{refusal:?}");
+    assert!(
+        refusal.message.contains("no longer supported"),
+        "{refusal:?}"
+    );
 
     let versions = registry.versions("relay");
     assert_eq!(versions.len(), 2);
-    assert_eq!((versions[0].version.as_str(), versions[0].newest), (v1.as_str(), false));
+    assert_eq!(
+        (versions[0].version.as_str(), versions[0].newest),
+        (v1.as_str(), false)
+    );
     assert_eq!(versions[0].repeaters, vec![b.clone()]);
-    assert_eq!((versions[1].version.as_str(), versions[1].newest), (v2.as_str(), true));
+    assert_eq!(
+        (versions[1].version.as_str(), versions[1].newest),
+        (v2.as_str(), true)
+    );
     assert_eq!(versions[1].repeaters, vec![a.clone()]);
     assert_eq!(versions[1].refusals.len(), 1);
 
@@ -335,18 +347,33 @@ async fn a_new_version_rolls_out_repeater_by_repeater() {
     // A new repeater takes the newest version that accepts its config.
     let c = RepeaterKey::new("acme", "c");
     assert_eq!(
-        registry.check_config(&c, "relay", None, b_config).await.unwrap(),
+        registry
+            .check_config(&c, "relay", None, b_config)
+            .await
+            .unwrap(),
         v1
     );
 
     // A pin rolls a back; an unknown pin names the versions loaded.
-    assert_eq!(resolve(a.clone(), a_config, Some(v1.clone())).await.unwrap(), v1);
-    let error = resolve(a.clone(), a_config, Some("0".repeat(64))).await.unwrap_err();
+    assert_eq!(
+        resolve(a.clone(), a_config, Some(v1.clone()))
+            .await
+            .unwrap(),
+        v1
+    );
+    let error = resolve(a.clone(), a_config, Some("0".repeat(64)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&error, PluginError::PinMismatch { loaded, .. } if loaded.contains(&v1)),
         "{error}"
     );
-    assert_eq!(resolve(a.clone(), a_config, Some(v1.clone())).await.unwrap(), v1);
+    assert_eq!(
+        resolve(a.clone(), a_config, Some(v1.clone()))
+            .await
+            .unwrap(),
+        v1
+    );
 
     // Forgetting b leaves v1 to a's pin; unpinning a drops v1 from the
     // registry while the call b still holds keeps running on it.

@@ -70,9 +70,8 @@ mod tests {
 
     #[test]
     fn legacy_headers_are_refused_and_others_taken() {
-        let err =
-            testing::validate_config::<StrictForward>(r#"{"headers": {"X-Legacy-Id": "1"}}"#)
-                .unwrap_err();
+        let err = testing::validate_config::<StrictForward>(r#"{"headers": {"X-Legacy-Id": "1"}}"#)
+            .unwrap_err();
         assert!(err.contains("X-Legacy-Id"), "{err}");
         assert_eq!(
             testing::validate_config::<StrictForward>(r#"{"headers": {"x-source": "crm"}}"#),

@@ -114,7 +114,7 @@ where
             max_inflight: dispatch.max_inflight,
             batch_size: dispatch.batch_size,
             default_concurrency: dispatch.concurrency,
-            lease_ttl_ms: dispatch.lease_ttl.as_millis() as i64,
+            lease_ttl_ms: dispatch.lease_ttl_on(true).as_millis() as i64,
             max_sleep: Duration::from_secs(1),
             busy_poll_ms: 50,
             batch_budget: Duration::from_secs(10),
@@ -146,7 +146,7 @@ fn fast() -> DispatchConfig {
         backoff_max: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
         max_attempts: 10,
-        lease_ttl: Duration::from_secs(5),
+        lease_ttl: Some(Duration::from_secs(5)),
         ..DispatchConfig::default()
     }
 }
@@ -498,7 +498,7 @@ async fn a_long_batch_keeps_its_lease_so_a_peer_never_sends_its_records() {
     let url = database.url.clone();
     let specs = [spec("acme", "slow", &receiver.url())];
     let dispatch = DispatchConfig {
-        lease_ttl: Duration::from_millis(600),
+        lease_ttl: Some(Duration::from_millis(600)),
         ..fast()
     };
     let open = || async {

@@ -6,6 +6,7 @@
 mod broken_config;
 mod crash;
 mod delivery;
+mod failover;
 mod faulty_receiver;
 mod hostile_plugins;
 mod plugin_cli;

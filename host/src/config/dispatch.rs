@@ -40,9 +40,14 @@ pub struct DispatchConfig {
     /// Most requests in flight across the process. Default 256.
     #[serde(deserialize_with = "nonzero")]
     pub max_inflight: u32,
-    /// How long a repeater's lease lasts unless renewed. Default 60 s.
-    #[serde(deserialize_with = "duration::positive")]
-    pub lease_ttl: Duration,
+    /// How long a repeater's lease lasts unless renewed; renewed every third
+    /// of it while a batch runs, so a crashed daemon's repeaters move to
+    /// another daemon within about this long. Unset: 3 s on PostgreSQL,
+    /// where daemons share the database, and 60 s on SQLite, which one
+    /// process owns and frees at restart (ADR 16); see
+    /// [`DispatchConfig::lease_ttl_on`].
+    #[serde(deserialize_with = "duration::positive_opt")]
+    pub lease_ttl: Option<Duration>,
     /// Most records claimed per batch. Default 50.
     #[serde(deserialize_with = "nonzero")]
     pub batch_size: u32,
@@ -101,13 +106,36 @@ pub struct DispatchConfig {
     pub retention_batch: u32,
 }
 
+/// The lease TTL when the config leaves it unset and the database is
+/// shared by daemons (PostgreSQL): a crashed daemon's repeaters move within
+/// it and one scheduler sleep.
+pub const SHARED_LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// The lease TTL when the config leaves it unset and one process owns the
+/// database (SQLite): no other daemon can take over, and a restart frees
+/// the dead process's leases at once, so a long TTL saves lease writes.
+pub const OWNED_LEASE_TTL: Duration = Duration::from_secs(60);
+
+impl DispatchConfig {
+    /// The lease TTL in force: the configured one, or the default for a
+    /// database shared by daemons (`shared`, PostgreSQL) or owned by one
+    /// (SQLite).
+    pub fn lease_ttl_on(&self, shared: bool) -> Duration {
+        self.lease_ttl.unwrap_or(if shared {
+            SHARED_LEASE_TTL
+        } else {
+            OWNED_LEASE_TTL
+        })
+    }
+}
+
 impl Default for DispatchConfig {
     fn default() -> DispatchConfig {
         const MIN: u64 = 60;
         const HOUR: u64 = 3600;
         DispatchConfig {
             max_inflight: 256,
-            lease_ttl: Duration::from_secs(60),
+            lease_ttl: None,
             batch_size: 50,
             batch_time_budget: Duration::from_secs(30),
             concurrency: 7,

@@ -362,7 +362,10 @@ pub fn dispatch_settings(config: &Config) -> DispatchSettings {
         max_inflight: dispatch.max_inflight,
         batch_size: dispatch.batch_size,
         default_concurrency: dispatch.concurrency,
-        lease_ttl_ms: millis(dispatch.lease_ttl),
+        lease_ttl_ms: millis(
+            dispatch
+                .lease_ttl_on(config.database.url.is_some() || config.database.url_env.is_some()),
+        ),
         max_sleep: Duration::from_secs(1),
         busy_poll_ms: 50,
         batch_budget: dispatch.batch_time_budget,

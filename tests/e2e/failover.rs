@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use repeaterd_tests::{Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, Reply, TestDir};
+use repeaterd_tests::{
+    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, Reply, TestDir, eventually,
+};
 use serde_json::{Value, json};
 
 const DOMAINS: usize = 6;
@@ -179,18 +181,17 @@ async fn wait_all(receiver: &Receiver, ids: &BTreeSet<String>, limit: Duration) 
 
 /// Waits until the daemon with `pid` holds at least one lease.
 async fn wait_holds_some(observer: &Daemon, pid: u32) -> BTreeSet<String> {
-    let started = Instant::now();
-    loop {
-        let held = held_by(observer, pid).await;
-        if !held.is_empty() {
-            return held;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "daemon {pid} never took a lease"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("daemon {pid} to take a lease");
+    eventually(
+        &what,
+        Duration::from_secs(30),
+        || observer.log(),
+        || async {
+            let held = held_by(observer, pid).await;
+            (!held.is_empty()).then_some(held)
+        },
+    )
+    .await
 }
 
 fn metric(text: &str, name: &str) -> f64 {

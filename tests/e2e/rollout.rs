@@ -113,23 +113,12 @@ async fn running(daemon: &Daemon, name: &str) -> Option<String> {
 }
 
 /// Polls `check` every 20 ms until it returns something, for at most [`WAIT`].
-async fn eventually<T, F, Fut>(daemon: &Daemon, what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(daemon: &Daemon, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    repeaterd_tests::eventually(what, WAIT, || daemon.log(), check).await
 }
 
 /// The kept versions of `relay` in the plugin detail.

@@ -477,3 +477,29 @@ pub fn seed_from_env(var: &str) -> u64 {
         Err(_) => rand::random(),
     }
 }
+
+/// Polls `check` every 20 ms until it returns something, failing after
+/// `limit` with `what` and `context()` (a daemon's log, say).
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    context: impl Fn() -> String,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}:\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -17,7 +17,7 @@ pub mod receiver;
 pub use backend::Backend;
 pub use config::{DaemonConfig, RepeaterConfig};
 pub use daemon::{
-    ADMIN_TOKEN, ADMIN_TOKEN_ENV, Daemon, TestDir, batch_record_ids, free_port,
+    ADMIN_TOKEN, ADMIN_TOKEN_ENV, Daemon, TestDir, batch_record_ids, eventually, free_port,
     ingest_until_accepted, ingested_ids, list_records, record_attempts, record_id, record_state,
     seed_from_env,
 };

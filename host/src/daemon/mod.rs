@@ -106,6 +106,7 @@ pub async fn serve_config(
     reload_from: Option<&Path>,
     compiler: Option<PathBuf>,
 ) -> Result<(), DaemonError> {
+    let signals = Signals::install()?;
     let auth = api_auth(&config)?;
     let store = open_store(&config).await?;
     let plugins = load_plugins(&config, compiler).await?;
@@ -175,7 +176,9 @@ pub async fn serve_config(
     });
     tracing::info!(%listen, config = %config, "repeaterd is serving");
 
-    let result = signals(store.as_ref(), &plugins, reload_from, &dispatch_config_tx).await;
+    let result = signals
+        .run(store.as_ref(), &plugins, reload_from, &dispatch_config_tx)
+        .await;
     tracing::info!(
         grace = ?config.server.shutdown_grace,
         "shutting down: no new batches; running batches may finish"
@@ -204,30 +207,48 @@ fn api_auth(config: &Config) -> Result<ApiAuth, DaemonError> {
     Ok(ApiAuth::new(admin, domains)?)
 }
 
-/// Waits for SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
-async fn signals(
-    store: &dyn AdminStore,
-    plugins: &PluginRegistry,
-    reload_from: Option<&Path>,
-    dispatch_config: &watch::Sender<Arc<DispatchConfig>>,
-) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let install = |kind, name| {
-        signal(kind).map_err(|source| DaemonError::Signal {
-            signal: name,
-            source,
+/// The signals the daemon answers, registered before anything is served:
+/// until a handler is registered, SIGHUP's default action ends the
+/// process, so a reload sent as soon as the API answers must already be
+/// caught.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind, name| {
+            signal(kind).map_err(|source| DaemonError::Signal {
+                signal: name,
+                source,
+            })
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
         })
-    };
-    let mut term = install(SignalKind::terminate(), "SIGTERM")?;
-    let mut int = install(SignalKind::interrupt(), "SIGINT")?;
-    let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                let Some(path) = reload_from else { continue };
-                reload(store, plugins, path, dispatch_config).await;
+    }
+
+    /// Waits for SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
+    async fn run(
+        mut self,
+        store: &dyn AdminStore,
+        plugins: &PluginRegistry,
+        reload_from: Option<&Path>,
+        dispatch_config: &watch::Sender<Arc<DispatchConfig>>,
+    ) -> Result<(), DaemonError> {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return Ok(()),
+                _ = self.int.recv() => return Ok(()),
+                _ = self.hup.recv() => {
+                    let Some(path) = reload_from else { continue };
+                    reload(store, plugins, path, dispatch_config).await;
+                }
             }
         }
     }

@@ -10,11 +10,12 @@
 //! process into this store's wake signal.
 
 use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -36,6 +37,13 @@ pub(crate) const POOL_CONNECTIONS: u32 = 10;
 const ANNOUNCE_WINDOW: Duration = Duration::from_millis(20);
 /// How long to wait before listening again after the connection failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// How long the server keeps a session that sits idle inside a transaction
+/// before ending it. Store transactions last milliseconds; a session idle
+/// in one belongs to a process that is frozen (SIGSTOP, a paused VM) or
+/// stuck, and its row locks would make every other daemon's
+/// `SKIP LOCKED` claim pass over that lane until it woke. Shorter than the
+/// shared lease (3 s), so a frozen holder's lanes fail over on time.
+pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The PostgreSQL implementation of [`Store`](super::Store).
 pub struct PostgresStore {
@@ -56,6 +64,15 @@ impl Drop for BackgroundTasks {
     }
 }
 
+/// The options of every store connection to `url`: the URL's own, and the
+/// server ending sessions left idle inside a transaction.
+fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?.options([(
+        "idle_in_transaction_session_timeout",
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string(),
+    )]))
+}
+
 impl PostgresStore {
     /// [`PostgresStore::connect_with`] with the default pool size.
     pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
@@ -72,7 +89,7 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .test_before_acquire(false)
-            .connect(url)
+            .connect_with(connect_options(url)?)
             .await?;
         let wake = Arc::new(Notify::new());
         // Listen before returning, so a NOTIFY sent after `connect` is seen.
@@ -447,4 +464,28 @@ async fn ingest_in(
     }
     let created: HashSet<String> = event_ids.into_keys().collect();
     Ok(answers(plan, &created, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, PgConnection};
+
+    use super::*;
+
+    /// A store session frozen inside a transaction is ended by the server,
+    /// which frees the lane rows it locked for the other daemons.
+    #[tokio::test]
+    async fn the_server_ends_a_session_left_idle_in_a_transaction() {
+        let url = super::super::scratch::pg_url();
+        let mut session = PgConnection::connect_with(&connect_options(&url).unwrap())
+            .await
+            .unwrap_or_else(|error| panic!("PostgreSQL at {url} is unreachable: {error}"));
+        sqlx::raw_sql("BEGIN").execute(&mut session).await.unwrap();
+        tokio::time::sleep(IDLE_IN_TRANSACTION_TIMEOUT + Duration::from_millis(500)).await;
+        let after = sqlx::query("SELECT 1").execute(&mut session).await;
+        assert!(
+            after.is_err(),
+            "a session idle in a transaction for longer than {IDLE_IN_TRANSACTION_TIMEOUT:?} still answers"
+        );
+    }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use repeaterd::model::{AttemptOutcome, NewEvent, Ordering, RecordState, RepeaterSpec};
 use repeaterd::store::postgres::PostgresStore;
 use repeaterd::store::{
-    AdminStore, AttemptDraft, ErrorKind, IngestStore, LaneStore, Lease, RecordOutcome, RecordQuery,
-    RepeaterHealth, Store, StoreError,
+    AdminStore, AttemptDraft, ErrorKind, IngestStore, LaneStore, Lease, PayloadPreview,
+    RecordOutcome, RecordQuery, RepeaterHealth, Store, StoreError,
 };
 use repeaterd_tests::{Backend, PgDatabase, on_both_stores};
 use sqlx::Connection;
@@ -109,6 +109,8 @@ on_both_stores!(
     claim_returns_due_records_oldest_first_with_their_events,
     outcomes_update_records_and_write_attempts,
     resend_and_cancel_follow_the_record_rules,
+    failures_are_grouped_by_last_error_and_acted_on_by_group,
+    payload_previews_show_the_event_and_its_size,
     requeue_and_pause_act_on_the_repeater,
     delete_repeater_cancels_unfinished_records,
     purge_terminal_deletes_only_old_terminal_records_in_batches,
@@ -1316,6 +1318,184 @@ async fn resend_and_cancel_follow_the_record_rules(store: Arc<dyn Store>) {
     assert!(
         store
             .record("other", claimed[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn failures_are_grouped_by_last_error_and_acted_on_by_group(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let events: Vec<NewEvent> = (0..6).map(|i| event(Some(&format!("f{i}")), "t")).collect();
+    store.ingest("acme", &events, T0).await.unwrap();
+    let held = lease(&store, id, T0).await;
+    let claimed = store.claim(&held, 10, T0).await.unwrap();
+    let failed = |i: usize, state, error: &str, at: i64| RecordOutcome {
+        record_id: claimed[i].id,
+        state,
+        next_attempt_at: (state == RecordState::Retrying).then_some(at + 60_000),
+        attempt: Some(attempt(AttemptOutcome::Retry, None, Some(error))),
+    };
+    let outcomes = vec![
+        failed(0, RecordState::Retrying, "HTTP status 503", T0),
+        failed(1, RecordState::Retrying, "HTTP status 503", T0),
+        failed(2, RecordState::Rejected, "HTTP status 503", T0),
+        failed(3, RecordState::Rejected, "plugin rejected: no email", T0),
+        failed(4, RecordState::Retrying, "timed out", T0),
+        RecordOutcome {
+            record_id: claimed[5].id,
+            state: RecordState::Succeeded,
+            next_attempt_at: None,
+            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+        },
+    ];
+    store
+        .finish_batch(&held, &outcomes, None, true, T0 + 100)
+        .await
+        .unwrap();
+
+    let counts = store.unfinished_counts(Some("acme")).await.unwrap();
+    assert_eq!(
+        counts
+            .iter()
+            .map(|c| (c.name.as_str(), c.pending, c.retrying))
+            .collect::<Vec<_>>(),
+        [("a", 0, 3)]
+    );
+    store
+        .upsert_repeater(&spec("globex", "b", &[]), T0)
+        .await
+        .unwrap();
+    store
+        .ingest("globex", &[event(Some("g"), "t")], T0)
+        .await
+        .unwrap();
+    let all = store.unfinished_counts(None).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|c| (c.domain.as_str(), c.pending, c.retrying))
+            .collect::<Vec<_>>(),
+        [("acme", 0, 3), ("globex", 1, 0)]
+    );
+
+    let groups = store.failure_groups("acme", "a", 10).await.unwrap();
+    let summary: Vec<(&str, i64, i64)> = groups
+        .iter()
+        .map(|g| (g.error.as_str(), g.count, g.retrying))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("HTTP status 503", 3, 2),
+            ("plugin rejected: no email", 1, 0),
+            ("timed out", 1, 1)
+        ],
+        "largest group first, then by error"
+    );
+    assert_eq!(groups[0].sample_id, claimed[2].id, "the newest as sample");
+    assert_eq!(
+        (groups[0].first_seen, groups[0].last_seen),
+        (T0 + 100, T0 + 100)
+    );
+    assert_eq!(store.failure_groups("acme", "a", 1).await.unwrap().len(), 1);
+    assert!(
+        store
+            .failure_groups("acme", "nope", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .failure_groups("other", "a", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Cancel reaches only the group's retrying records; resend reaches
+    // retrying and rejected ones, and only this group's.
+    let cancelled = store
+        .cancel_failures("acme", "a", "HTTP status 503", T0 + 200)
+        .await
+        .unwrap();
+    assert_eq!(cancelled, 2);
+    assert_eq!(
+        state_of(&store, "acme", claimed[0].id).await,
+        RecordState::Cancelled
+    );
+    assert_eq!(
+        state_of(&store, "acme", claimed[2].id).await,
+        RecordState::Rejected
+    );
+    let resent = store
+        .resend_failures("acme", "a", "plugin rejected: no email", T0 + 300)
+        .await
+        .unwrap();
+    assert_eq!(resent, 1);
+    let (row, attempts) = store.record("acme", claimed[3].id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (RecordState::Pending, 0));
+    assert_eq!(row.next_attempt_at, Some(T0 + 300));
+    assert_eq!(attempts.len(), 1, "the history is kept");
+    assert_eq!(
+        state_of(&store, "acme", claimed[4].id).await,
+        RecordState::Retrying
+    );
+    assert_eq!(
+        store
+            .resend_failures("other", "a", "timed out", T0 + 300)
+            .await
+            .unwrap(),
+        0,
+        "another domain's name reaches nothing"
+    );
+    assert_eq!(
+        state_of(&store, "acme", claimed[5].id).await,
+        RecordState::Succeeded
+    );
+}
+
+async fn payload_previews_show_the_event_and_its_size(store: Arc<dyn Store>) {
+    store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap();
+    let big = "x".repeat(PayloadPreview::MAX_BYTES + 10);
+    let events = [
+        NewEvent {
+            ordering_key: Some("patient-7".into()),
+            ..event(Some("small"), "t")
+        },
+        NewEvent {
+            payload: big.clone().into_bytes(),
+            content_type: "text/plain".into(),
+            ..event(Some("big"), "t")
+        },
+    ];
+    let ingested = store.ingest("acme", &events, T0).await.unwrap();
+    let small = store
+        .payload("acme", ingested[0].records[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(small.bytes, br#"{"type":"t"}"#);
+    assert_eq!(small.total_bytes, small.bytes.len() as i64);
+    assert_eq!(small.content_type, "application/json");
+    assert_eq!(small.ordering_key.as_deref(), Some("patient-7"));
+    let large = store
+        .payload("acme", ingested[1].records[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(large.bytes.len(), PayloadPreview::MAX_BYTES);
+    assert_eq!(large.total_bytes, big.len() as i64);
+    assert!(
+        store
+            .payload("other", ingested[0].records[0].id)
             .await
             .unwrap()
             .is_none()

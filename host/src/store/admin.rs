@@ -14,7 +14,8 @@ use super::rows::{
 };
 use super::sql::{Dialect, named_queries, state_in, unfinished};
 use super::{
-    AdminStore, AttemptRow, Backlog, RecordQuery, RecordRow, RepeaterRow, StoreError, StoreResult,
+    AdminStore, AttemptRow, Backlog, FAILURE_SCAN, FailureGroup, PayloadPreview, RecordQuery,
+    RecordRow, RepeaterRow, StoreError, StoreResult, UnfinishedCount,
 };
 use crate::model::{Millis, RecordState, RepeaterSpec};
 
@@ -50,6 +51,16 @@ named_queries! {
         ),
         /// Record counts of repeater `$1` by state.
         backlog: "SELECT state, COUNT(*) FROM records WHERE repeater_id = $1 GROUP BY state",
+        /// Unfinished record counts of every repeater, or domain `$1`'s:
+        /// counted on the `(repeater_id, state, id)` index, one range each.
+        unfinished_counts: format!(
+            "SELECT p.domain, p.name, \
+             (SELECT COUNT(*) FROM records WHERE repeater_id = p.id AND state = {}), \
+             (SELECT COUNT(*) FROM records WHERE repeater_id = p.id AND state = {}) \
+             FROM repeaters p WHERE p.domain = $1 OR $1 IS NULL ORDER BY p.domain, p.name",
+            RecordState::Pending.as_i16(),
+            RecordState::Retrying.as_i16()
+        ),
         /// Unfinished record counts by domain and state.
         backlog_by_domain: format!(
             "SELECT domain, state, COUNT(*) FROM records WHERE {} \
@@ -86,6 +97,49 @@ named_queries! {
         resend: format!("UPDATE records SET {} WHERE id = $2", back_to_pending()),
         /// The state of record `$2` of domain `$1`.
         record_state: "SELECT state FROM records WHERE domain = $1 AND id = $2",
+        /// The payload preview of record `$2` of domain `$1`.
+        payload: format!(
+            "SELECT e.content_type, substr(e.payload, 1, {}), CAST(length(e.payload) AS BIGINT), e.ordering_key \
+             FROM records r JOIN events e ON e.id = r.event_id WHERE r.domain = $1 AND r.id = $2",
+            PayloadPreview::MAX_BYTES
+        ),
+        /// The failure groups of repeater `$1`/`$2`, at most `$3`: the
+        /// newest failures of each failed state, grouped by last error.
+        failure_groups: {
+            let branch = |state: RecordState| format!(
+                "SELECT * FROM (SELECT last_error, state, updated_at, id FROM records \
+                 WHERE repeater_id = (SELECT id FROM repeaters WHERE domain = $1 AND name = $2) \
+                 AND state = {} ORDER BY id DESC LIMIT {FAILURE_SCAN}) AS s{}",
+                state.as_i16(), state.as_i16()
+            );
+            format!(
+                "SELECT COALESCE(last_error, '') AS error, COUNT(*), \
+                 SUM(CASE WHEN state = {} THEN 1 ELSE 0 END), MIN(updated_at), MAX(updated_at), MAX(id) \
+                 FROM ({} UNION ALL {}) AS failed \
+                 GROUP BY COALESCE(last_error, '') ORDER BY COUNT(*) DESC, error LIMIT $3",
+                RecordState::Retrying.as_i16(),
+                branch(RecordState::Retrying),
+                branch(RecordState::Rejected)
+            )
+        },
+        /// Puts the failed records of repeater `$2`/`$3` whose last error
+        /// is `$4` back to pending at `$1`.
+        resend_failures: format!(
+            "UPDATE records SET {} WHERE repeater_id = \
+             (SELECT id FROM repeaters WHERE domain = $2 AND name = $3) \
+             AND {} AND COALESCE(last_error, '') = $4",
+            back_to_pending(),
+            state_in("state", &[RecordState::Retrying, RecordState::Rejected])
+        ),
+        /// Cancels the retrying records of repeater `$2`/`$3` whose last
+        /// error is `$4`, at `$1`.
+        cancel_failures: format!(
+            "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 \
+             WHERE repeater_id = (SELECT id FROM repeaters WHERE domain = $2 AND name = $3) \
+             AND state = {} AND COALESCE(last_error, '') = $4",
+            RecordState::Cancelled.as_i16(),
+            RecordState::Retrying.as_i16()
+        ),
         /// Cancels record `$2` at `$1`.
         cancel: format!(
             "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 WHERE id = $2",
@@ -228,6 +282,23 @@ where
             backlog.add(decode_state(state)?, count);
         }
         Ok(backlog)
+    }
+
+    async fn unfinished_counts(&self, domain: Option<&str>) -> StoreResult<Vec<UnfinishedCount>> {
+        let rows: Vec<(String, String, i64, i64)> =
+            sqlx::query_as(&self.statements().admin.unfinished_counts)
+                .bind(domain)
+                .fetch_all(self.reads())
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(domain, name, pending, retrying)| UnfinishedCount {
+                domain,
+                name,
+                pending,
+                retrying,
+            })
+            .collect())
     }
 
     async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>> {
@@ -373,5 +444,88 @@ where
             .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn payload(&self, domain: &str, id: i64) -> StoreResult<Option<PayloadPreview>> {
+        let row: Option<(String, Vec<u8>, i64, Option<String>)> =
+            sqlx::query_as(&self.statements().admin.payload)
+                .bind(domain)
+                .bind(id)
+                .fetch_optional(self.reads())
+                .await?;
+        Ok(row.map(
+            |(content_type, bytes, total_bytes, ordering_key)| PayloadPreview {
+                content_type,
+                bytes,
+                total_bytes,
+                ordering_key,
+            },
+        ))
+    }
+
+    async fn failure_groups(
+        &self,
+        domain: &str,
+        name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<FailureGroup>> {
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> =
+            sqlx::query_as(&self.statements().admin.failure_groups)
+                .bind(domain)
+                .bind(name)
+                .bind(i64::from(limit))
+                .fetch_all(self.reads())
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(error, count, retrying, first_seen, last_seen, sample_id)| FailureGroup {
+                    error,
+                    count,
+                    retrying,
+                    first_seen,
+                    last_seen,
+                    sample_id,
+                },
+            )
+            .collect())
+    }
+
+    async fn resend_failures(
+        &self,
+        domain: &str,
+        name: &str,
+        error: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let moved = sqlx::query(&self.statements().admin.resend_failures)
+            .bind(now)
+            .bind(domain)
+            .bind(name)
+            .bind(error)
+            .execute(self.writes())
+            .await?
+            .rows_affected();
+        if moved > 0 {
+            self.work_may_be_ready();
+        }
+        Ok(moved)
+    }
+
+    async fn cancel_failures(
+        &self,
+        domain: &str,
+        name: &str,
+        error: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        Ok(sqlx::query(&self.statements().admin.cancel_failures)
+            .bind(now)
+            .bind(domain)
+            .bind(name)
+            .bind(error)
+            .execute(self.writes())
+            .await?
+            .rows_affected())
     }
 }

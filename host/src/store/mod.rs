@@ -239,6 +239,55 @@ pub struct AttemptRow {
     pub plugin_sha256: Option<String>,
 }
 
+/// How many unfinished records one repeater has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnfinishedCount {
+    /// Its domain.
+    pub domain: String,
+    /// Its name.
+    pub name: String,
+    /// Records waiting for their first attempt (or a resend).
+    pub pending: i64,
+    /// Records waiting for a retry.
+    pub retrying: i64,
+}
+
+/// Failed records of one repeater that share their last error, as the
+/// console groups them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureGroup {
+    /// The last error they share (empty when none was stored).
+    pub error: String,
+    /// How many records are in the group, retrying and rejected.
+    pub count: i64,
+    /// How many of them are still `retrying` (the ones a cancel reaches).
+    pub retrying: i64,
+    /// When the earliest of them last changed state.
+    pub first_seen: Millis,
+    /// When the latest of them last changed state.
+    pub last_seen: Millis,
+    /// The newest record of the group, as a sample to open.
+    pub sample_id: i64,
+}
+
+/// The start of an event's payload, for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadPreview {
+    /// The event's content type.
+    pub content_type: String,
+    /// The payload's first bytes, at most [`PayloadPreview::MAX_BYTES`].
+    pub bytes: Vec<u8>,
+    /// The payload's whole length, bytes.
+    pub total_bytes: i64,
+    /// The event's ordering key, if it has one.
+    pub ordering_key: Option<String>,
+}
+
+impl PayloadPreview {
+    /// The most bytes of a payload a preview holds.
+    pub const MAX_BYTES: usize = 64 * 1024;
+}
+
 /// Filter for [`AdminStore::records`].
 #[derive(Debug, Clone, Default)]
 pub struct RecordQuery {
@@ -354,6 +403,10 @@ pub trait AdminStore: Send + Sync {
     async fn repeaters(&self, domain: Option<&str>) -> StoreResult<Vec<RepeaterRow>>;
     /// Record counts of one repeater by state.
     async fn backlog(&self, repeater_id: i64) -> StoreResult<Backlog>;
+    /// The unfinished records of every repeater, or of one domain's,
+    /// ordered by domain and name: one index range count per repeater and
+    /// state, so the cost follows the backlog, never the finished records.
+    async fn unfinished_counts(&self, domain: Option<&str>) -> StoreResult<Vec<UnfinishedCount>>;
     /// Record counts of unfinished records by domain and state (for metrics).
     async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>>;
     /// Pauses or resumes a repeater. Returns false when there is no such repeater.
@@ -383,7 +436,43 @@ pub trait AdminStore: Send + Sync {
     /// Cancels a record that is not yet terminal. False when there is no
     /// such record; [`StoreError::Conflict`] when it is already terminal.
     async fn cancel(&self, domain: &str, id: i64, now: Millis) -> StoreResult<bool>;
+    /// The start of the payload of a record's event; `None` when there is
+    /// no such record.
+    async fn payload(&self, domain: &str, id: i64) -> StoreResult<Option<PayloadPreview>>;
+    /// A repeater's `retrying` and `rejected` records grouped by last
+    /// error, largest group first, at most `limit` groups. Only the newest
+    /// [`FAILURE_SCAN`] records of each of the two states are read, so the
+    /// cost is bounded however many failures a repeater has collected.
+    async fn failure_groups(
+        &self,
+        domain: &str,
+        name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<FailureGroup>>;
+    /// Puts every `retrying` or `rejected` record of a repeater whose last
+    /// error is `error` (empty: none) back to `pending`, due now. Returns
+    /// how many moved.
+    async fn resend_failures(
+        &self,
+        domain: &str,
+        name: &str,
+        error: &str,
+        now: Millis,
+    ) -> StoreResult<u64>;
+    /// Cancels every `retrying` record of a repeater whose last error is
+    /// `error` (empty: none). Returns how many were cancelled.
+    async fn cancel_failures(
+        &self,
+        domain: &str,
+        name: &str,
+        error: &str,
+        now: Millis,
+    ) -> StoreResult<u64>;
 }
+
+/// How many of the newest records per failed state
+/// [`AdminStore::failure_groups`] reads.
+pub const FAILURE_SCAN: u32 = 10_000;
 
 /// What the retention task needs: deleting old terminal records.
 #[async_trait]

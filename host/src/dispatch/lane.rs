@@ -265,7 +265,7 @@ async fn run_lane(
     }
     done.more_due = done.written && !backed_off && done.claimed >= take;
     if done.written {
-        count_outcomes(deps, &repeater.domain, &reports, &judgement.outcomes);
+        count_outcomes(deps, repeater, &reports, &judgement.outcomes);
     }
 }
 
@@ -399,10 +399,12 @@ pub(crate) async fn release(deps: &DispatchDeps, lease: &Lease) {
 
 fn count_outcomes(
     deps: &DispatchDeps,
-    domain: &str,
+    repeater: &ReadyRepeater,
     reports: &[AttemptReport],
     outcomes: &[RecordOutcome],
 ) {
+    let domain = repeater.domain.as_str();
+    let mut attempts = Vec::with_capacity(reports.len());
     for report in reports {
         let outcome = match report.verdict {
             Verdict::Success => AttemptOutcome::Success,
@@ -412,7 +414,11 @@ fn count_outcomes(
         };
         deps.metrics
             .record_attempt(domain, outcome, report.duration_ms as f64 / 1000.0);
+        attempts.push((outcome, report.duration_ms));
     }
+    deps.metrics
+        .history()
+        .record_batch(domain, &repeater.name, now_millis(), attempts);
     for outcome in outcomes {
         if outcome.state != RecordState::Retrying {
             deps.metrics.record_finished(domain, outcome.state);

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use super::history::History;
 use crate::model::{AttemptOutcome, RecordState};
 
 /// Which plugin export was called.
@@ -125,6 +126,8 @@ pub struct Metrics {
     /// Serialises backlog refreshes so two scrapes do not interleave their
     /// clear-and-fill of the gauge.
     backlog_refresh: tokio::sync::Mutex<()>,
+    /// The last quarter hour per repeater, for the console.
+    history: History,
 }
 
 impl Default for Metrics {
@@ -257,6 +260,7 @@ impl Metrics {
             ingest_refused,
             api_requests,
             backlog_refresh: tokio::sync::Mutex::new(()),
+            history: History::default(),
         }
     }
 
@@ -337,6 +341,11 @@ impl Metrics {
         self.inflight.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// Requests in flight now, across every repeater.
+    pub fn inflight(&self) -> i64 {
+        self.inflight.get()
+    }
+
     /// The current adaptive concurrency limit of a repeater, also shown in
     /// its status by the API.
     pub fn set_repeater_concurrency(&self, domain: &str, repeater: &str, limit: u32) {
@@ -358,8 +367,14 @@ impl Metrics {
             .and_then(|gauge| u32::try_from(gauge.get()).ok())
     }
 
+    /// The last quarter hour of deliveries per repeater.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
     /// Drops a deleted repeater's series.
     pub fn forget_repeater(&self, domain: &str, repeater: &str) {
+        self.history.forget(domain, repeater);
         self.repeater_concurrency.remove(&RepeaterLabels {
             domain: domain.to_owned(),
             repeater: repeater.to_owned(),

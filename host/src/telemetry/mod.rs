@@ -1,5 +1,6 @@
 //! Telemetry: what the daemon tells operators about itself, as Prometheus
-//! metrics ([`Metrics`], exposed by the API at `GET /metrics`). Log lines go
+//! metrics ([`Metrics`], exposed by the API at `GET /metrics`) and the last
+//! quarter hour per repeater ([`History`], shown by the console). Log lines go
 //! through `tracing`, whose subscriber the binary installs (`main.rs`).
 //!
 //! Label values stay bounded: domains come from stored repeaters or
@@ -8,6 +9,8 @@
 //! caller. Nothing request-specific (event ids, URLs, record ids) becomes a
 //! label.
 
+mod history;
 mod metrics;
 
+pub use history::{History, WINDOW_MINUTES, WindowStats};
 pub use metrics::{Metrics, PluginCall};

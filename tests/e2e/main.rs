@@ -4,6 +4,7 @@
 //! run one subject with `cargo test -p repeaterd-tests delivery::`.
 
 mod broken_config;
+mod console;
 mod crash;
 mod delivery;
 mod failover;

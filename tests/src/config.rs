@@ -73,6 +73,24 @@ pub struct DaemonConfig {
     pub retry_after_max: String,
     pub plugin_memory_mb: u32,
     pub plugin_cpu_ms: u32,
+    /// Domains that get a token of their own ([`domain_token`]).
+    pub domain_tokens: Vec<String>,
+    /// Extra `key = value` lines of the `[server]` table.
+    pub server_extra: Vec<String>,
+}
+
+/// The environment variable that holds `domain`'s token in a test daemon.
+pub fn domain_token_env(domain: &str) -> String {
+    format!(
+        "REPEATERD_E2E_TOKEN_{}",
+        domain.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// The token of `domain` in a test daemon started with it in
+/// [`DaemonConfig::domain_tokens`].
+pub fn domain_token(domain: &str) -> String {
+    format!("e2e-{domain}-token-0123456789")
 }
 
 impl Default for DaemonConfig {
@@ -91,6 +109,8 @@ impl Default for DaemonConfig {
             retry_after_max: "30s".to_owned(),
             plugin_memory_mb: 64,
             plugin_cpu_ms: 100,
+            domain_tokens: Vec::new(),
+            server_extra: Vec::new(),
         }
     }
 }
@@ -109,6 +129,7 @@ impl DaemonConfig {
             r#"[server]
 listen = "127.0.0.1:{port}"
 shutdown_grace = "5s"
+{server_extra}
 
 [database]
 {database}
@@ -135,6 +156,7 @@ cpu_ms = {cpu_ms}
 admin_token_env = "{ADMIN_TOKEN_ENV}"
 allow_private = ["127.0.0.1/32"]
 "#,
+            server_extra = self.server_extra.join("\n"),
             max_inflight = self.max_inflight,
             lease_ttl = self.lease_ttl,
             batch_size = self.batch_size,
@@ -150,6 +172,12 @@ allow_private = ["127.0.0.1/32"]
             memory_mb = self.plugin_memory_mb,
             cpu_ms = self.plugin_cpu_ms,
         );
+        if !self.domain_tokens.is_empty() {
+            text.push_str("\n[security.domain_tokens]\n");
+            for domain in &self.domain_tokens {
+                text.push_str(&format!("{domain} = {:?}\n", domain_token_env(domain)));
+            }
+        }
         for repeater in &self.repeaters {
             text.push_str(&format!(
                 "\n[[repeater]]\ndomain = {:?}\nname = {:?}\nurl = {:?}\nplugin = {:?}\nplugin_config = {}\n",

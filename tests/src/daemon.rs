@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 use crate::backend::Backend;
 use crate::binary;
-use crate::config::DaemonConfig;
+use crate::config::{DaemonConfig, domain_token, domain_token_env};
 
 /// The admin token every test daemon accepts.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
@@ -100,6 +100,12 @@ impl Daemon {
             .arg("--config")
             .arg(&config_path)
             .env(ADMIN_TOKEN_ENV, ADMIN_TOKEN)
+            .envs(
+                config
+                    .domain_tokens
+                    .iter()
+                    .map(|domain| (domain_token_env(domain), domain_token(domain))),
+            )
             .env("REPEATERD_LOG", "repeaterd=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log file twice"))

@@ -15,7 +15,7 @@ pub mod postgres;
 pub mod receiver;
 
 pub use backend::Backend;
-pub use config::{DaemonConfig, RepeaterConfig};
+pub use config::{DaemonConfig, RepeaterConfig, domain_token, domain_token_env};
 pub use daemon::{
     ADMIN_TOKEN, ADMIN_TOKEN_ENV, Daemon, TestDir, batch_record_ids, eventually, free_port,
     ingest_until_accepted, ingested_ids, list_records, record_attempts, record_id, record_state,

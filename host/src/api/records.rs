@@ -258,7 +258,7 @@ pub async fn list(
 /// `query.after` with doubling steps and halves back, each probe a bounded
 /// read of the listing indexes, about 2·log2(records skipped) probes in all
 /// and one when nothing needs skipping (every page after the first).
-async fn first_page_after(
+pub(crate) async fn first_page_after(
     state: &ApiState,
     domain: &str,
     query: &RecordQuery,

@@ -48,6 +48,12 @@ pub struct ServerConfig {
     /// How long in-flight work may take to finish on shutdown. Default 30 s.
     #[serde(deserialize_with = "duration::positive")]
     pub shutdown_grace: Duration,
+    /// Serve the operator console at `/ui` on the same listener. Default true.
+    pub ui: bool,
+    /// How long a console login lasts before it asks for the token again.
+    /// Default 8 h.
+    #[serde(deserialize_with = "duration::positive")]
+    pub ui_session_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +62,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            ui: true,
+            ui_session_ttl: Duration::from_secs(8 * 3600),
         }
     }
 }

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiAuth, ApiLimits, ApiState, AuthConfigError};
 use crate::config::{Config, ConfigError, DatabaseConfig, DispatchConfig};
+use crate::console::{self, ConsoleState};
 use crate::dispatch::{DispatchDeps, DispatchSettings, Dispatcher, RetentionSettings};
 use crate::model::now_millis;
 use crate::outbound::{
@@ -139,13 +140,15 @@ pub async fn serve_config(
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (dispatch_config_tx, dispatch_config) = watch::channel(Arc::new(config.dispatch.clone()));
+    let settings = dispatch_settings(&config);
+    let holder = settings.holder.clone();
     let dispatcher = Dispatcher::new(DispatchDeps {
         store: store.clone(),
         plugins: plugins.clone(),
         outbound,
         credentials,
         metrics: metrics.clone(),
-        settings: dispatch_settings(&config),
+        settings: settings.clone(),
         config: dispatch_config,
     })
     .spawn(shutdown.clone());
@@ -165,7 +168,15 @@ pub async fn serve_config(
         ..ApiState::new(store.clone(), metrics.clone(), auth)
     }
     .with_plugins(Arc::new(RegistryCatalog::new(plugins.clone())));
-    let router = api::router(state);
+    let mut router = api::router(state.clone());
+    if config.server.ui {
+        router = router.merge(console::router(ConsoleState::new(
+            state,
+            config.server.ui_session_ttl,
+            holder.clone(),
+            dispatch_config_tx.subscribe(),
+        )));
+    }
     let mut api_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)

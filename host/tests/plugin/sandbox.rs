@@ -44,7 +44,14 @@ async fn endless_loop_is_stopped_by_the_cpu_deadline() {
 
 #[tokio::test]
 async fn memory_bomb_is_stopped_by_the_memory_cap() {
-    let engine = engine();
+    // Touching 64 MiB takes tens of milliseconds, more on a loaded machine:
+    // with the default 100 ms CPU cap the deadline sometimes fired first.
+    // A generous CPU cap leaves the memory cap as the only limit in play.
+    let engine = PluginEngine::new(PluginLimits {
+        cpu_time: Duration::from_secs(5),
+        ..test_limits()
+    })
+    .expect("plugin engine");
     let plugin = engine.load("hostile", hostile()).await.unwrap();
     let error = build_hostile(&plugin, "memory-bomb").await.unwrap_err();
     match &error {

@@ -18,6 +18,20 @@ use crate::receiver::record_key;
 /// How long one API call may take.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
+/// `key=value`, form-encoded (the token is ASCII without `&` or `=` in
+/// the bench; anything else is percent-encoded).
+fn form_urlencoded_pair(key: &str, value: &str) -> String {
+    let mut out = format!("{key}=");
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// The daemon's API, reached over pooled keep-alive connections.
 #[derive(Clone)]
 pub struct Api {
@@ -74,6 +88,70 @@ impl Api {
                 .map_err(|err| format!("{what}: reading the answer: {err}"))?
                 .to_bytes();
             Ok((status, body))
+        };
+        tokio::time::timeout(CALL_LIMIT, exchange)
+            .await
+            .map_err(|_| format!("{what}: no answer within {} s", CALL_LIMIT.as_secs()))?
+    }
+
+    /// Logs in to the console with the admin token; returns the session
+    /// cookie (`name=value`) to send with [`Api::console_get`].
+    pub async fn console_login(&self) -> Result<String, String> {
+        let body: String = form_urlencoded_pair("token", &self.token);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/ui/login", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|err| format!("console login: {err}"))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|err| format!("console login: {err}"))?;
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .find(|value| value.starts_with("repeaterd_session="))
+            .and_then(|value| value.split(';').next())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                format!(
+                    "console login: HTTP {} without a session",
+                    response.status()
+                )
+            })
+    }
+
+    /// Loads a console page with a session cookie; returns the status and
+    /// the page's size.
+    pub async fn console_get(
+        &self,
+        path: &str,
+        cookie: &str,
+    ) -> Result<(StatusCode, usize), String> {
+        let what = format!("GET {path}");
+        let request = Request::builder()
+            .uri(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .body(Full::new(Bytes::new()))
+            .map_err(|err| format!("{what}: {err}"))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|err| format!("{what}: {err}"))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|err| format!("{what}: {err}"))?
+                .to_bytes();
+            Ok((status, body.len()))
         };
         tokio::time::timeout(CALL_LIMIT, exchange)
             .await

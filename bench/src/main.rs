@@ -47,6 +47,9 @@ enum Scenario {
     Fairness,
     /// Claim cost and start-up time with a million queued records.
     Scale,
+    /// Console page times with a million records, and delivery with the
+    /// overview refreshing against without.
+    Console,
 }
 
 /// Which store the daemon runs on.
@@ -230,6 +233,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario, backend: Backend, budget: D
                 Scenario::Latency => scenario::latency::run(ctx, backend, &mut fields).await,
                 Scenario::Fairness => scenario::fairness::run(ctx, backend, &mut fields).await,
                 Scenario::Scale => scenario::scale::run(ctx, backend, &mut fields).await,
+                Scenario::Console => scenario::console::run(ctx, backend, &mut fields).await,
                 Scenario::All | Scenario::Ceiling => Ok(()),
             }
         };
@@ -258,6 +262,7 @@ fn default_budget(scenario: Scenario, quick: bool) -> u64 {
         Scenario::Latency => 600,
         Scenario::Fairness => 900,
         Scenario::Scale => 2400,
+        Scenario::Console => 1200,
         Scenario::All | Scenario::Ceiling => 60,
     };
     if quick { full / 4 } else { full }
@@ -356,6 +361,7 @@ async fn run(args: Args) -> i32 {
             Scenario::Latency,
             Scenario::Fairness,
             Scenario::Scale,
+            Scenario::Console,
         ],
         one => vec![one],
     };

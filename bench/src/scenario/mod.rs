@@ -2,6 +2,7 @@
 //! scenario's own directory and database, the repeater layout, and checks
 //! against the daemon's own view of its records.
 
+pub mod console;
 pub mod fairness;
 pub mod latency;
 pub mod scale;

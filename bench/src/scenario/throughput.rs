@@ -54,6 +54,18 @@ pub async fn measure(
     events: u64,
     label: &str,
 ) -> Result<Throughput, String> {
+    measure_watched(ctx, backend, events, label, false).await
+}
+
+/// [`measure`], with the console's overview loaded every 2 s throughout
+/// when `console` is true (an operator watching the run).
+pub async fn measure_watched(
+    ctx: &Ctx,
+    backend: Backend,
+    events: u64,
+    label: &str,
+    console: bool,
+) -> Result<Throughput, String> {
     let (dir, db) = prepare(ctx, label, backend)?;
     let domains = domain_names("tp");
     let receiver = Receiver::start(&domains).await?;
@@ -74,6 +86,19 @@ pub async fn measure(
         payload_bytes: BODY_BYTES,
         prefix: "tp".into(),
     };
+    let watcher = if console {
+        let api = daemon.api().clone();
+        let cookie = api.console_login().await?;
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let _ = api.console_get("/ui", &cookie).await;
+            }
+        }))
+    } else {
+        None
+    };
     let cpu = CpuSpan::start(&daemon);
     let ingested = ingest(daemon.api(), &plan).await?;
     let records = ingested.records();
@@ -87,6 +112,9 @@ pub async fn measure(
     let limit = Duration::from_secs(60 + expected as u64 / 500);
     receiver.wait_for(records, limit).await?;
     let cpu = cpu.end(&daemon, records);
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     let last = receiver.last_arrival().unwrap_or(ingested.finished);
     let seconds = last
         .saturating_duration_since(ingested.started)

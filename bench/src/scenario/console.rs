@@ -1,0 +1,148 @@
+//! Console: what the operator console costs. First, how long its pages
+//! take with a million records stored (the throughput layout, every record
+//! delivered); then deliveries per second of the throughput run with and
+//! without the overview loaded every 2 s, in interleaved pairs on the same
+//! machine.
+
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use serde_json::Value;
+
+use super::throughput::{DOMAINS, REPEATERS_PER_DOMAIN, domain_names, measure_watched};
+use super::{Ctx, Fields, prepare, put, repeaters_of};
+use crate::database::Backend;
+use crate::ingest::{IngestPlan, ingest};
+use crate::payload::BODY_BYTES;
+use crate::receiver::Receiver;
+use crate::stats::quantile;
+
+/// The page-time target, milliseconds.
+const PAGE_TARGET_MS: f64 = 50.0;
+/// The largest change of deliveries/s the open overview may cause.
+const DELIVERY_TARGET: f64 = 0.05;
+/// Interleaved throughput runs without and with the console open.
+const PAIRS: usize = 3;
+/// Loads of each page timed.
+const LOADS: usize = 30;
+
+/// Times `LOADS` loads of `path`; returns (p50, max) milliseconds.
+async fn time_page(api: &crate::api::Api, cookie: &str, path: &str) -> Result<(f64, f64), String> {
+    let mut took = Vec::with_capacity(LOADS);
+    for _ in 0..LOADS {
+        let started = Instant::now();
+        let (status, _) = api.console_get(path, cookie).await?;
+        if status != StatusCode::OK {
+            return Err(format!("GET {path}: HTTP {status}"));
+        }
+        took.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let max = took.iter().copied().fold(0.0, f64::max);
+    Ok((quantile(&mut took, 0.5).unwrap_or(0.0), max))
+}
+
+/// The console scenario.
+pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(), String> {
+    let records_wanted = ctx.scaled(1_000_000);
+    let per_domain = records_wanted / (DOMAINS * REPEATERS_PER_DOMAIN) as u64;
+    let (dir, db) = prepare(ctx, "console", backend)?;
+    let domains = domain_names("cs");
+    let receiver = Receiver::start(&domains).await?;
+    let repeaters: Vec<_> = domains
+        .iter()
+        .flat_map(|domain| repeaters_of(&receiver, domain, REPEATERS_PER_DOMAIN))
+        .collect();
+    let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
+    let (daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
+    let plan = IngestPlan {
+        domains: domains
+            .iter()
+            .map(|domain| (domain.clone(), per_domain))
+            .collect(),
+        batch: ctx.batch,
+        tasks: ctx.ingest_tasks,
+        payload_bytes: BODY_BYTES,
+        prefix: "cs".into(),
+    };
+    let ingested = ingest(daemon.api(), &plan).await?;
+    let records = ingested.records();
+    receiver
+        .wait_for(records, Duration::from_secs(120 + records as u64 / 500))
+        .await?;
+    fields.insert("records".into(), Value::from(records));
+
+    let api = daemon.api().clone();
+    let cookie = api.console_login().await?;
+    let domain = &domains[0];
+    let listing = api
+        .call_ok(
+            hyper::Method::GET,
+            &format!("/v1/domains/{domain}/records?limit=1"),
+            Default::default(),
+        )
+        .await?;
+    let listing: Value = serde_json::from_slice(&listing).map_err(|e| e.to_string())?;
+    let first_record = listing["records"][0]["id"]
+        .as_i64()
+        .ok_or("the records listing has no id")?;
+    let pages = [
+        ("overview", "/ui".to_owned()),
+        ("domain", format!("/ui/domains/{domain}")),
+        ("repeater", format!("/ui/domains/{domain}/repeaters/r0")),
+        (
+            "repeater_since",
+            format!("/ui/domains/{domain}/repeaters/r0?state=succeeded&since=1h"),
+        ),
+        (
+            "record",
+            format!("/ui/domains/{domain}/records/{first_record}"),
+        ),
+    ];
+    let mut worst: f64 = 0.0;
+    for (name, path) in &pages {
+        let (p50, max) = time_page(&api, &cookie, path).await?;
+        put(fields, &format!("{name}_p50_ms"), p50);
+        put(fields, &format!("{name}_max_ms"), max);
+        worst = worst.max(p50);
+    }
+    put(fields, "worst_page_p50_ms", worst);
+    let _ = daemon.stop().await?;
+    drop(dir);
+
+    // Delivery with and without an operator watching, in interleaved
+    // pairs so drift of the machine falls on both sides; medians reported.
+    let events = ctx.scaled(ctx.events);
+    let (mut plain, mut watched) = (Vec::new(), Vec::new());
+    for pair in 0..PAIRS {
+        let label = format!("console-plain-{pair}");
+        plain.push(
+            measure_watched(ctx, backend, events, &label, false)
+                .await?
+                .deliveries_per_s,
+        );
+        let label = format!("console-watched-{pair}");
+        watched.push(
+            measure_watched(ctx, backend, events, &label, true)
+                .await?
+                .deliveries_per_s,
+        );
+    }
+    fields.insert("pairs".into(), Value::from(PAIRS));
+    let plain = quantile(&mut plain, 0.5).unwrap_or(0.0);
+    let watched = quantile(&mut watched, 0.5).unwrap_or(0.0);
+    put(fields, "deliveries_per_s_without_console", plain);
+    put(fields, "deliveries_per_s_with_console", watched);
+    let change = watched / plain - 1.0;
+    put(fields, "console_delivery_change", change);
+    fields.insert(
+        "target".into(),
+        Value::from(
+            "every page p50 <= 50 ms with 1M records; delivery within 5 % with the overview open",
+        ),
+    );
+    fields.insert(
+        "met".into(),
+        Value::from(worst <= PAGE_TARGET_MS && change.abs() <= DELIVERY_TARGET),
+    );
+    Ok(())
+}

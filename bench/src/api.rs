@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -17,20 +17,6 @@ use crate::receiver::record_key;
 
 /// How long one API call may take.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
-
-/// `key=value`, form-encoded (the token is ASCII without `&` or `=` in
-/// the bench; anything else is percent-encoded).
-fn form_urlencoded_pair(key: &str, value: &str) -> String {
-    let mut out = format!("{key}=");
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
 
 /// The daemon's API, reached over pooled keep-alive connections.
 #[derive(Clone)]
@@ -74,20 +60,30 @@ impl Api {
         let request = request
             .body(Full::new(body))
             .map_err(|err| format!("{what}: {err}"))?;
+        let (status, _, body) = self.exchange(&what, request).await?;
+        Ok((status, body))
+    }
+
+    /// Sends `request` and reads the whole answer within [`CALL_LIMIT`];
+    /// errors start with `what`.
+    async fn exchange(
+        &self,
+        what: &str,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
         let exchange = async {
             let response = self
                 .client
                 .request(request)
                 .await
                 .map_err(|err| format!("{what}: {err}"))?;
-            let status = response.status();
-            let body = response
-                .into_body()
+            let (parts, body) = response.into_parts();
+            let body = body
                 .collect()
                 .await
                 .map_err(|err| format!("{what}: reading the answer: {err}"))?
                 .to_bytes();
-            Ok((status, body))
+            Ok((parts.status, parts.headers, body))
         };
         tokio::time::timeout(CALL_LIMIT, exchange)
             .await
@@ -97,32 +93,25 @@ impl Api {
     /// Logs in to the console with the admin token; returns the session
     /// cookie (`name=value`) to send with [`Api::console_get`].
     pub async fn console_login(&self) -> Result<String, String> {
-        let body: String = form_urlencoded_pair("token", &self.token);
+        let what = "POST /ui/login";
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", &self.token)
+            .finish();
         let request = Request::builder()
             .method(Method::POST)
             .uri(format!("{}/ui/login", self.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|err| format!("console login: {err}"))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|err| format!("console login: {err}"))?;
-        response
-            .headers()
+            .map_err(|err| format!("{what}: {err}"))?;
+        let (status, headers, _) = self.exchange(what, request).await?;
+        headers
             .get_all("set-cookie")
             .iter()
             .filter_map(|value| value.to_str().ok())
             .find(|value| value.starts_with("repeaterd_session="))
             .and_then(|value| value.split(';').next())
             .map(str::to_owned)
-            .ok_or_else(|| {
-                format!(
-                    "console login: HTTP {} without a session",
-                    response.status()
-                )
-            })
+            .ok_or_else(|| format!("{what}: HTTP {status} without a session"))
     }
 
     /// Loads a console page with a session cookie; returns the status and
@@ -138,24 +127,8 @@ impl Api {
             .header("cookie", cookie)
             .body(Full::new(Bytes::new()))
             .map_err(|err| format!("{what}: {err}"))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|err| format!("{what}: {err}"))?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|err| format!("{what}: {err}"))?
-                .to_bytes();
-            Ok((status, body.len()))
-        };
-        tokio::time::timeout(CALL_LIMIT, exchange)
-            .await
-            .map_err(|_| format!("{what}: no answer within {} s", CALL_LIMIT.as_secs()))?
+        let (status, _, body) = self.exchange(&what, request).await?;
+        Ok((status, body.len()))
     }
 
     /// Like [`Api::call`], but a non-2xx answer is an error quoting the body.

@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use serde_json::Value;
 
-use super::throughput::{DOMAINS, REPEATERS_PER_DOMAIN, domain_names, measure_watched};
-use super::{Ctx, Fields, prepare, put, repeaters_of};
+use super::throughput::{DOMAINS, Layout, REPEATERS_PER_DOMAIN, measure_watched};
+use super::{Ctx, Fields, put};
 use crate::database::Backend;
-use crate::ingest::{IngestPlan, ingest};
-use crate::payload::BODY_BYTES;
-use crate::receiver::Receiver;
+use crate::ingest::ingest;
 use crate::stats::quantile;
 
 /// The page-time target, milliseconds.
@@ -45,35 +43,19 @@ async fn time_page(api: &crate::api::Api, cookie: &str, path: &str) -> Result<(f
 pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(), String> {
     let records_wanted = ctx.scaled(1_000_000);
     let per_domain = records_wanted / (DOMAINS * REPEATERS_PER_DOMAIN) as u64;
-    let (dir, db) = prepare(ctx, "console", backend)?;
-    let domains = domain_names("cs");
-    let receiver = Receiver::start(&domains).await?;
-    let repeaters: Vec<_> = domains
-        .iter()
-        .flat_map(|domain| repeaters_of(&receiver, domain, REPEATERS_PER_DOMAIN))
-        .collect();
-    let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
-    let (daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
-    let plan = IngestPlan {
-        domains: domains
-            .iter()
-            .map(|domain| (domain.clone(), per_domain))
-            .collect(),
-        batch: ctx.batch,
-        tasks: ctx.ingest_tasks,
-        payload_bytes: BODY_BYTES,
-        prefix: "cs".into(),
-    };
-    let ingested = ingest(daemon.api(), &plan).await?;
+    let layout = Layout::start(ctx, backend, "console", "cs").await?;
+    let plan = layout.plan(ctx, per_domain);
+    let ingested = ingest(layout.daemon.api(), &plan).await?;
     let records = ingested.records();
-    receiver
+    layout
+        .receiver
         .wait_for(records, Duration::from_secs(120 + records as u64 / 500))
         .await?;
     fields.insert("records".into(), Value::from(records));
 
-    let api = daemon.api().clone();
+    let api = layout.daemon.api().clone();
     let cookie = api.console_login().await?;
-    let domain = &domains[0];
+    let domain = &layout.domains[0];
     let listing = api
         .call_ok(
             hyper::Method::GET,
@@ -106,8 +88,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
         worst = worst.max(p50);
     }
     put(fields, "worst_page_p50_ms", worst);
-    let _ = daemon.stop().await?;
-    drop(dir);
+    layout.daemon.stop().await?;
 
     // Delivery with and without an operator watching, in interleaved
     // pairs so drift of the machine falls on both sides; medians reported.

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{CpuSpan, CpuUse, Ctx, Fields, prepare, put, repeaters_of, verify_succeeded};
-use crate::database::Backend;
+use super::{
+    CpuSpan, CpuUse, Ctx, Fields, ScenarioDir, prepare, put, repeaters_of, verify_succeeded,
+};
+use crate::daemon::{Daemon, RepeaterDef};
+use crate::database::{Backend, ScenarioDb};
 use crate::ingest::{IngestPlan, ingest};
 use crate::payload::BODY_BYTES;
 use crate::receiver::Receiver;
@@ -26,6 +29,68 @@ pub fn domain_names(prefix: &str) -> Vec<String> {
     (0..DOMAINS)
         .map(|index| format!("{prefix}-{index:02}"))
         .collect()
+}
+
+/// A fresh daemon serving the throughput layout, its receiver, and the
+/// files and database it runs on (dropped after the daemon).
+pub struct Layout {
+    /// The daemon, started and ready.
+    pub daemon: Daemon,
+    /// The receiver every repeater posts to.
+    pub receiver: Receiver,
+    /// Every repeater of the layout.
+    pub repeaters: Vec<RepeaterDef>,
+    /// The layout's domains.
+    pub domains: Vec<String>,
+    /// Event ids of this run are `<prefix>-<seq>`.
+    prefix: String,
+    _dir: ScenarioDir,
+    _db: ScenarioDb,
+}
+
+impl Layout {
+    /// Starts a daemon on `backend` with the layout's domains named
+    /// `<prefix>-NN`.
+    pub async fn start(
+        ctx: &Ctx,
+        backend: Backend,
+        label: &str,
+        prefix: &str,
+    ) -> Result<Layout, String> {
+        let (dir, db) = prepare(ctx, label, backend)?;
+        let domains = domain_names(prefix);
+        let receiver = Receiver::start(&domains).await?;
+        let repeaters: Vec<_> = domains
+            .iter()
+            .flat_map(|domain| repeaters_of(&receiver, domain, REPEATERS_PER_DOMAIN))
+            .collect();
+        let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
+        let (daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
+        Ok(Layout {
+            daemon,
+            receiver,
+            repeaters,
+            domains,
+            prefix: prefix.to_owned(),
+            _dir: dir,
+            _db: db,
+        })
+    }
+
+    /// Ingest of `per_domain` events into every domain, 1 KiB each.
+    pub fn plan(&self, ctx: &Ctx, per_domain: u64) -> IngestPlan {
+        IngestPlan {
+            domains: self
+                .domains
+                .iter()
+                .map(|domain| (domain.clone(), per_domain))
+                .collect(),
+            batch: ctx.batch,
+            tasks: ctx.ingest_tasks,
+            payload_bytes: BODY_BYTES,
+            prefix: self.prefix.clone(),
+        }
+    }
 }
 
 /// One measured run.
@@ -66,28 +131,11 @@ pub async fn measure_watched(
     label: &str,
     console: bool,
 ) -> Result<Throughput, String> {
-    let (dir, db) = prepare(ctx, label, backend)?;
-    let domains = domain_names("tp");
-    let receiver = Receiver::start(&domains).await?;
-    let repeaters: Vec<_> = domains
-        .iter()
-        .flat_map(|domain| repeaters_of(&receiver, domain, REPEATERS_PER_DOMAIN))
-        .collect();
-    let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
-    let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
+    let mut layout = Layout::start(ctx, backend, label, "tp").await?;
     let per_domain = events / DOMAINS as u64;
-    let plan = IngestPlan {
-        domains: domains
-            .iter()
-            .map(|domain| (domain.clone(), per_domain))
-            .collect(),
-        batch: ctx.batch,
-        tasks: ctx.ingest_tasks,
-        payload_bytes: BODY_BYTES,
-        prefix: "tp".into(),
-    };
+    let plan = layout.plan(ctx, per_domain);
     let watcher = if console {
-        let api = daemon.api().clone();
+        let api = layout.daemon.api().clone();
         let cookie = api.console_login().await?;
         Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -99,8 +147,8 @@ pub async fn measure_watched(
     } else {
         None
     };
-    let cpu = CpuSpan::start(&daemon);
-    let ingested = ingest(daemon.api(), &plan).await?;
+    let cpu = CpuSpan::start(&layout.daemon);
+    let ingested = ingest(layout.daemon.api(), &plan).await?;
     let records = ingested.records();
     let expected = per_domain as usize * DOMAINS * REPEATERS_PER_DOMAIN;
     if records != expected {
@@ -108,19 +156,19 @@ pub async fn measure_watched(
             "ingest made {records} records, expected {expected}"
         ));
     }
-    daemon.sample_rss();
+    layout.daemon.sample_rss();
     let limit = Duration::from_secs(60 + expected as u64 / 500);
-    receiver.wait_for(records, limit).await?;
-    let cpu = cpu.end(&daemon, records);
+    layout.receiver.wait_for(records, limit).await?;
+    let cpu = cpu.end(&layout.daemon, records);
     if let Some(watcher) = watcher {
         watcher.abort();
     }
-    let last = receiver.last_arrival().unwrap_or(ingested.finished);
+    let last = layout.receiver.last_arrival().unwrap_or(ingested.finished);
     let seconds = last
         .saturating_duration_since(ingested.started)
         .as_secs_f64();
-    verify_succeeded(daemon.api(), &repeaters, records).await?;
-    let peak_rss_mb = daemon.stop().await?;
+    verify_succeeded(layout.daemon.api(), &layout.repeaters, records).await?;
+    let peak_rss_mb = layout.daemon.stop().await?;
     Ok(Throughput {
         deliveries_per_s: records as f64 / seconds,
         records,
@@ -129,7 +177,10 @@ pub async fn measure_watched(
             .finished
             .saturating_duration_since(ingested.started)
             .as_secs_f64(),
-        repeats: receiver.requests().saturating_sub(receiver.distinct()),
+        repeats: layout
+            .receiver
+            .requests()
+            .saturating_sub(layout.receiver.distinct()),
         peak_rss_mb,
         cpu,
     })

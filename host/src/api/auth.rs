@@ -82,6 +82,16 @@ pub enum Grant {
     Domains(Vec<String>),
 }
 
+impl Grant {
+    /// Whether this grant reaches `domain`'s routes and pages.
+    pub fn reaches(&self, domain: &str) -> bool {
+        match self {
+            Grant::Admin => true,
+            Grant::Domains(domains) => domains.iter().any(|d| d == domain),
+        }
+    }
+}
+
 /// Which token a route needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope<'a> {
@@ -177,9 +187,9 @@ impl ApiAuth {
         match (grant, scope) {
             (Grant::Admin, _) => Ok(Grant::Admin),
             (grant @ Grant::Domains(_), Scope::AnyToken) => Ok(grant),
-            (Grant::Domains(domains), Scope::Domain(domain)) => {
-                if domains.iter().any(|d| d == domain) {
-                    Ok(Grant::Domains(domains))
+            (grant @ Grant::Domains(_), Scope::Domain(domain)) => {
+                if grant.reaches(domain) {
+                    Ok(grant)
                 } else {
                     Err(ApiError::forbidden(format!(
                         "this token does not reach domain {domain:?}"

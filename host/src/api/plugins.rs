@@ -295,12 +295,21 @@ pub async fn put(
             };
             Ok((status, Json(info)))
         }
-        Err(PluginInstallError::Invalid(why)) => Err(ApiError::invalid(format!(
-            "plugin {name:?} is not a usable component: {why}"
-        ))),
-        Err(PluginInstallError::Conflict(why)) => Err(ApiError::conflict(why)),
-        Err(err @ PluginInstallError::Internal(_)) => {
-            Err(ApiError::internal("installing a plugin", &err))
+        Err(error) => Err(install_error(&name, error)),
+    }
+}
+
+/// The answer to a refused install of plugin `name`: 422 for bytes that
+/// are not a usable component, 409 for a name that cannot be replaced, 500
+/// (logged) for the host's own failures.
+pub(crate) fn install_error(name: &str, error: PluginInstallError) -> ApiError {
+    match error {
+        PluginInstallError::Invalid(why) => {
+            ApiError::invalid(format!("plugin {name:?} is not a usable component: {why}"))
+        }
+        PluginInstallError::Conflict(why) => ApiError::conflict(why),
+        error @ PluginInstallError::Internal(_) => {
+            ApiError::internal("installing a plugin", &error)
         }
     }
 }

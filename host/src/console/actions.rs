@@ -16,8 +16,9 @@ use super::pages::{check_domain, find_repeater};
 use super::session::{NOTICE_COOKIE, Viewer, set_cookie};
 use super::view::count;
 use super::{ConsoleError, ConsoleState, Page};
-use crate::api::PluginInstallError;
+use crate::api::plugins::install_error;
 use crate::model::{check_slug, now_millis};
+use crate::store::FailureGroup;
 
 /// Refuses a form whose CSRF token is missing or not the session's.
 pub(super) fn check_csrf(viewer: &Viewer, presented: Option<&str>) -> Result<(), ConsoleError> {
@@ -106,13 +107,60 @@ pub(super) struct GroupQuery {
     error: Option<String>,
 }
 
-fn group_action(action: &str) -> Result<(&'static str, &'static str), ConsoleError> {
-    match action {
-        "resend" => Ok(("Resend", "put back to pending, due now")),
-        "cancel" => Ok(("Cancel", "cancelled (only those still retrying)")),
-        other => Err(ConsoleError::not_found(format!(
-            "There is no failure group action {other:?}."
-        ))),
+/// What a bulk action does to a failure group.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GroupAction {
+    Resend,
+    Cancel,
+}
+
+impl GroupAction {
+    /// The action named by the URL's last segment.
+    fn parse(action: &str) -> Result<GroupAction, ConsoleError> {
+        match action {
+            "resend" => Ok(GroupAction::Resend),
+            "cancel" => Ok(GroupAction::Cancel),
+            other => Err(ConsoleError::not_found(format!(
+                "There is no failure group action {other:?}."
+            ))),
+        }
+    }
+
+    fn segment(self) -> &'static str {
+        match self {
+            GroupAction::Resend => "resend",
+            GroupAction::Cancel => "cancel",
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            GroupAction::Resend => "Resend",
+            GroupAction::Cancel => "Cancel",
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            GroupAction::Resend => "Resent",
+            GroupAction::Cancel => "Cancelled",
+        }
+    }
+
+    /// What happens to the records it touches.
+    fn effect(self) -> &'static str {
+        match self {
+            GroupAction::Resend => "put back to pending, due now",
+            GroupAction::Cancel => "cancelled (only those still retrying)",
+        }
+    }
+
+    /// How many records of `group` it touches.
+    fn touches(self, group: &FailureGroup) -> i64 {
+        match self {
+            GroupAction::Resend => group.count,
+            GroupAction::Cancel => group.retrying,
+        }
     }
 }
 
@@ -124,7 +172,8 @@ pub(super) async fn confirm_group(
     Path((domain, name, action)): Path<(String, String, String)>,
     Query(query): Query<GroupQuery>,
 ) -> Result<Page, ConsoleError> {
-    let (verb, effect) = group_action(&action)?;
+    let action = GroupAction::parse(&action)?;
+    let (verb, effect) = (action.verb(), action.effect());
     find_repeater(&state, &viewer, &domain, &name).await?;
     let error = query.error.unwrap_or_default();
     let groups = state
@@ -138,11 +187,7 @@ pub(super) async fn confirm_group(
             "{domain}/{name} has no failures with the last error {error:?} any more."
         ))
     })?;
-    let touched = if action == "cancel" {
-        group.retrying
-    } else {
-        group.count
-    };
+    let touched = action.touches(group);
     let base = format!("/ui/domains/{domain}/repeaters/{name}");
     let body = html! {
         p {
@@ -151,7 +196,7 @@ pub(super) async fn confirm_group(
         pre { (if error.is_empty() { "(none)" } else { error.as_str() }) }
         p { "They will be " (effect) ". Their attempts stay in their history." }
         div.actions {
-            form.inline method="post" action={ (base) "/failures/" (action) } {
+            form.inline method="post" action={ (base) "/failures/" (action.segment()) } {
                 input type="hidden" name="csrf" value=(viewer.csrf);
                 input type="hidden" name="error" value=(error);
                 button.primary type="submit" id="confirm" { (verb) " " (count(touched)) " records" }
@@ -183,25 +228,19 @@ pub(super) async fn group(
     axum::Form(form): axum::Form<GroupForm>,
 ) -> Result<Response, ConsoleError> {
     check_csrf(&viewer, form.csrf.as_deref())?;
-    let (verb, _) = group_action(&action)?;
+    let action = GroupAction::parse(&action)?;
     find_repeater(&state, &viewer, &domain, &name).await?;
     let error = form.error.unwrap_or_default();
     let store = &state.api.store;
     let now = now_millis();
-    let moved = if action == "resend" {
-        store.resend_failures(&domain, &name, &error, now).await
-    } else {
-        store.cancel_failures(&domain, &name, &error, now).await
+    let moved = match action {
+        GroupAction::Resend => store.resend_failures(&domain, &name, &error, now).await,
+        GroupAction::Cancel => store.cancel_failures(&domain, &name, &error, now).await,
     }
     .map_err(|e| ConsoleError::store("acting on a failure group", e))?;
-    let past = if verb == "Resend" {
-        "Resent"
-    } else {
-        "Cancelled"
-    };
     Ok(done(
         &format!("/ui/domains/{domain}/repeaters/{name}"),
-        &format!("{past} {} records.", count(moved as i64)),
+        &format!("{} {} records.", action.done(), count(moved as i64)),
         &headers,
     ))
 }
@@ -280,25 +319,17 @@ pub(super) async fn upload(
             "This daemon has no plugin catalogue.",
         ));
     };
-    match catalog.install(&name, bytes.to_vec()).await {
-        Ok(info) => Ok(done(
-            "/ui/plugins",
-            &format!(
-                "Plugin {} loaded ({}).",
-                info.name,
-                info.sha256.as_deref().map_or("", |s| &s[..s.len().min(12)])
-            ),
-            &headers,
-        )),
-        Err(PluginInstallError::Invalid(message)) => Err(ConsoleError::bad_request(format!(
-            "The file is not a usable plugin: {message}"
-        ))),
-        Err(PluginInstallError::Conflict(message)) => Err(ConsoleError::conflict(message)),
-        Err(PluginInstallError::Internal(message)) => {
-            tracing::error!(%message, plugin = %name, "console: plugin upload failed");
-            Err(ConsoleError::conflict(format!(
-                "Installing the plugin failed: {message}"
-            )))
-        }
-    }
+    let info = catalog
+        .install(&name, bytes.to_vec())
+        .await
+        .map_err(|error| ConsoleError::from(install_error(&name, error)))?;
+    Ok(done(
+        "/ui/plugins",
+        &format!(
+            "Plugin {} loaded ({}).",
+            info.name,
+            info.sha256.as_deref().map_or("", |s| &s[..s.len().min(12)])
+        ),
+        &headers,
+    ))
 }

@@ -39,8 +39,8 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::api::ApiState;
 use crate::api::auth::Grant;
+use crate::api::{ApiError, ApiState};
 use crate::config::DispatchConfig;
 use session::{NOTICE_COOKIE, SESSION_COOKIE, Sessions, Viewer, set_cookie};
 
@@ -119,72 +119,57 @@ pub fn router(state: ConsoleState) -> Router {
 #[derive(Debug)]
 pub struct ConsoleError {
     status: StatusCode,
-    title: &'static str,
     message: String,
 }
 
 impl ConsoleError {
-    /// 404: what was asked for does not exist.
-    pub fn not_found(message: impl Into<String>) -> ConsoleError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ConsoleError {
         ConsoleError {
-            status: StatusCode::NOT_FOUND,
-            title: "Not found",
+            status,
             message: message.into(),
         }
+    }
+
+    /// 404: what was asked for does not exist.
+    pub fn not_found(message: impl Into<String>) -> ConsoleError {
+        ConsoleError::new(StatusCode::NOT_FOUND, message)
     }
 
     /// 403: the session does not reach it.
     pub fn forbidden(message: impl Into<String>) -> ConsoleError {
-        ConsoleError {
-            status: StatusCode::FORBIDDEN,
-            title: "Not allowed",
-            message: message.into(),
-        }
+        ConsoleError::new(StatusCode::FORBIDDEN, message)
     }
 
     /// 400: the request itself was wrong.
     pub fn bad_request(message: impl Into<String>) -> ConsoleError {
-        ConsoleError {
-            status: StatusCode::BAD_REQUEST,
-            title: "Bad request",
-            message: message.into(),
-        }
+        ConsoleError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    /// 409: the action does not fit the current state.
-    pub fn conflict(message: impl Into<String>) -> ConsoleError {
-        ConsoleError {
-            status: StatusCode::CONFLICT,
-            title: "Not possible now",
-            message: message.into(),
-        }
-    }
-
-    /// 503 (store unreachable) or 500, logged with what was being done.
+    /// A store failure while `doing` something, with the status and
+    /// message the API gives the same failure (and its logging).
     pub fn store(doing: &str, error: crate::store::StoreError) -> ConsoleError {
-        use crate::store::ErrorKind;
-        match error.kind() {
-            ErrorKind::NotFound => ConsoleError::not_found(error.to_string()),
-            ErrorKind::Conflict => ConsoleError::conflict(error.to_string()),
-            ErrorKind::Unavailable => {
-                tracing::warn!(%error, "console: {doing}");
-                ConsoleError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    title: "Store unavailable",
-                    message: format!(
-                        "{doing}: the store did not answer; the page will work again when it does"
-                    ),
-                }
-            }
-            _ => {
-                tracing::error!(%error, "console: {doing}");
-                ConsoleError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    title: "Something failed",
-                    message: format!("{doing} failed; see the daemon log"),
-                }
-            }
+        ConsoleError::from(ApiError::from_store(doing, error))
+    }
+
+    /// The page's heading.
+    fn title(&self) -> &'static str {
+        match self.status {
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::BAD_REQUEST => "Bad request",
+            StatusCode::CONFLICT => "Not possible now",
+            StatusCode::UNPROCESSABLE_ENTITY => "Not accepted",
+            StatusCode::SERVICE_UNAVAILABLE => "Store unavailable",
+            StatusCode::INSUFFICIENT_STORAGE => "Store full",
+            _ => "Something failed",
         }
+    }
+}
+
+/// The API's answer to a failure, shown as a page.
+impl From<ApiError> for ConsoleError {
+    fn from(error: ApiError) -> ConsoleError {
+        ConsoleError::new(error.status, error.message)
     }
 }
 
@@ -196,7 +181,7 @@ impl IntoResponse for ConsoleError {
                 p { a href="/ui" { "Back to the overview" } }
             }
         };
-        let mut response = document(self.title, None, &[], body, false).into_response();
+        let mut response = document(self.title(), None, &[], body, false).into_response();
         *response.status_mut() = self.status;
         response
     }
@@ -396,8 +381,9 @@ async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
-async fn not_found(viewer: Viewer) -> Response {
-    let _ = viewer;
+/// Unknown console paths: a 404 page, after the login like every page, so
+/// the console's layout is not shown to visitors without a session.
+async fn not_found(_viewer: Viewer) -> Response {
     ConsoleError::not_found("There is no console page at this address.").into_response()
 }
 

@@ -168,10 +168,7 @@ pub struct Viewer {
 impl Viewer {
     /// Whether the visitor reaches `domain`.
     pub fn reaches(&self, domain: &str) -> bool {
-        match &self.grant {
-            Grant::Admin => true,
-            Grant::Domains(domains) => domains.iter().any(|d| d == domain),
-        }
+        self.grant.reaches(domain)
     }
 
     /// Whether the visitor holds the admin token (or the console is open).

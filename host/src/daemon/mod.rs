@@ -148,7 +148,7 @@ pub async fn serve_config(
         outbound,
         credentials,
         metrics: metrics.clone(),
-        settings: settings.clone(),
+        settings,
         config: dispatch_config,
     })
     .spawn(shutdown.clone());

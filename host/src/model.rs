@@ -413,6 +413,35 @@ pub struct AttemptDraft {
     pub response_excerpt: Option<Vec<u8>>,
     /// The sha256 (hex) of the plugin version that built the request.
     pub plugin_sha256: Option<String>,
+    /// What was sent, redacted, as the JSON text of a [`SentRequest`]
+    /// (serialized by the lane, so the store's writer only copies bytes).
+    pub request: Option<String>,
+}
+
+/// What an attempt sent, kept for people reading a record's history:
+/// method, final URL, headers as sent (credentials and signatures
+/// redacted before anything is stored) and the body's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SentRequest {
+    /// HTTP method.
+    pub method: String,
+    /// The URL the request went to; a password or secret-looking query
+    /// value in it is redacted.
+    pub url: String,
+    /// Headers in the order sent; secret values are replaced by
+    /// `redacted`.
+    pub headers: Vec<SentHeader>,
+    /// Size of the body in bytes.
+    pub body_bytes: u64,
+}
+
+/// One header of a [`SentRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SentHeader {
+    /// Header name, lower case.
+    pub name: String,
+    /// Its value, or `redacted`.
+    pub value: String,
 }
 
 /// The repeater's health after a batch. `None` in the store's

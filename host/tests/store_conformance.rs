@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use repeaterd::model::{AttemptOutcome, NewEvent, Ordering, RecordState, RepeaterSpec};
+use repeaterd::model::{
+    AttemptOutcome, NewEvent, Ordering, RecordState, RepeaterSpec, SentHeader, SentRequest,
+};
 use repeaterd::store::postgres::PostgresStore;
 use repeaterd::store::{
     AdminStore, AttemptDraft, ErrorKind, IngestStore, LaneStore, Lease, PayloadPreview,
@@ -164,6 +166,20 @@ fn attempt(outcome: AttemptOutcome, status: Option<u16>, error: Option<&str>) ->
         outcome,
         response_excerpt: status.map(|s| format!("reply {s}").into_bytes()),
         plugin_sha256: Some(PLUGIN_SHA.to_owned()),
+        request: Some(serde_json::to_string(&sent_request()).unwrap()),
+    }
+}
+
+/// What the attempts of [`attempt`] sent.
+fn sent_request() -> SentRequest {
+    SentRequest {
+        method: "POST".into(),
+        url: "https://api.example.com/hooks?page=2".into(),
+        headers: vec![SentHeader {
+            name: "content-type".into(),
+            value: "application/json".into(),
+        }],
+        body_bytes: 17,
     }
 }
 
@@ -1174,6 +1190,7 @@ async fn outcomes_update_records_and_write_attempts(store: Arc<dyn Store>) {
     assert_eq!(attempts[0].started_at, T0 + 10);
     assert_eq!(attempts[0].response_excerpt.as_deref(), Some("reply 200"));
     assert_eq!(attempts[0].plugin_sha256.as_deref(), Some(PLUGIN_SHA));
+    assert_eq!(attempts[0].request, Some(sent_request()));
 
     let (row, attempts) = store.record("acme", claimed[1].id).await.unwrap().unwrap();
     assert_eq!(row.state, RecordState::Retrying);

@@ -330,6 +330,8 @@ async fn an_operator_watches_and_repairs_deliveries_in_a_browser() {
     browser.wait_text("Attempts", Duration::from_secs(5)).await;
     let attempts = browser.text_of("#attempts").await;
     assert!(attempts.contains("422"), "{attempts}");
+    // What was sent is summarised on the attempt: method and URL.
+    assert!(attempts.contains("POST http://127.0.0.1:"), "{attempts}");
     assert!(browser.text_of("#payload").await.contains("\"bad\": true"));
     browser.screenshot("record.png").await;
 

@@ -84,6 +84,67 @@ async fn events_reach_the_receiver_transformed_by_the_plugin(backend: Backend) {
     );
 }
 
+/// Every attempt keeps what it sent, and nothing secret in it: the host's
+/// bearer token and signature reach the receiver but are redacted in the
+/// stored summary the API (and the console) shows.
+async fn attempts_show_what_was_sent_with_credentials_redacted(backend: Backend) {
+    const TOKEN: &str = "tok-e2e-0123456789-secret";
+    const SIGNING: &str = "whsec_c2VjcmV0LWtleS1mb3ItZTJlLXRlc3RzLTAxMjM=";
+    let receiver = Receiver::start().await;
+    let dir = TestDir::new();
+    let repeater =
+        RepeaterConfig::json_forward("acme", "crm", &format!("{}/hooks", receiver.url()))
+            .extra(r#"auth = { type = "bearer", token_env = "E2E_CRM_TOKEN" }"#)
+            .extra(r#"signing = { secret_envs = ["E2E_CRM_SIGNING"] }"#);
+    let config = DaemonConfig {
+        repeaters: vec![repeater],
+        env: vec![
+            ("E2E_CRM_TOKEN".into(), TOKEN.into()),
+            ("E2E_CRM_SIGNING".into(), SIGNING.into()),
+        ],
+        ..DaemonConfig::default()
+    };
+    let daemon = Daemon::start(&dir, &config, &backend).await;
+
+    let answer = daemon
+        .ingest(
+            "acme",
+            json!({"type": "case.created", "id": "evt-1", "payload": {"case": 42}}),
+        )
+        .await;
+    let ids = ingested_ids(&answer);
+    let got = receiver.wait_for(1, WAIT).await;
+    let sent_signature = got[0].header("webhook-signature").expect("a signature");
+    assert_eq!(
+        got[0].header("authorization").as_deref(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+
+    let record = daemon
+        .wait_record_state("acme", &ids[0], "succeeded", WAIT)
+        .await;
+    let attempts = record_attempts(&record);
+    let request = &attempts[0]["request"];
+    assert_eq!(request["method"], "POST", "{record}");
+    assert_eq!(request["url"], format!("{}/hooks", receiver.url()));
+    assert_eq!(request["body_bytes"], got[0].body.len());
+    let header = |name: &str| {
+        (request["headers"].as_array().expect("headers").iter())
+            .find(|h| h["name"] == name)
+            .map(|h| h["value"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(header("webhook-id").as_deref(), Some(ids[0].as_str()));
+    assert_eq!(header("authorization").as_deref(), Some("redacted"));
+    assert_eq!(header("webhook-signature").as_deref(), Some("redacted"));
+    let shown = record.to_string();
+    assert!(!shown.contains(TOKEN), "the token leaked: {shown}");
+    assert!(
+        !shown.contains(&sent_signature),
+        "the signature leaked: {shown}"
+    );
+}
+
 async fn a_503_then_200_is_retried_then_succeeds(backend: Backend) {
     let receiver = Receiver::with_script(Arc::new(|_, seen| {
         if seen < 2 {
@@ -311,6 +372,7 @@ fn list_items(list: &Value) -> Vec<Value> {
 
 on_both_stores!(
     events_reach_the_receiver_transformed_by_the_plugin,
+    attempts_show_what_was_sent_with_credentials_redacted,
     a_503_then_200_is_retried_then_succeeds,
     a_400_is_rejected_without_retrying,
     a_duplicate_event_id_creates_nothing_new,

@@ -77,6 +77,9 @@ pub struct DaemonConfig {
     pub domain_tokens: Vec<String>,
     /// Extra `key = value` lines of the `[server]` table.
     pub server_extra: Vec<String>,
+    /// Further environment variables of the daemon (secrets named by
+    /// `token_env`, `secret_envs` and the like).
+    pub env: Vec<(String, String)>,
 }
 
 /// The environment variable that holds `domain`'s token in a test daemon.
@@ -111,6 +114,7 @@ impl Default for DaemonConfig {
             plugin_cpu_ms: 100,
             domain_tokens: Vec::new(),
             server_extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 }

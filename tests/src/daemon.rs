@@ -106,6 +106,7 @@ impl Daemon {
                     .iter()
                     .map(|domain| (domain_token_env(domain), domain_token(domain))),
             )
+            .envs(config.env.iter().map(|(name, value)| (name, value)))
             .env("REPEATERD_LOG", "repeaterd=info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log file twice"))

@@ -14,7 +14,7 @@ use super::ApiState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiPath, ApiQuery, DomainPath, RecordPath};
 use super::time::Timestamp;
-use crate::model::{AttemptOutcome, Millis, RecordState, now_millis};
+use crate::model::{AttemptOutcome, Millis, RecordState, SentRequest, now_millis};
 use crate::store::{AttemptRow, RecordQuery, RecordRow, StoreError};
 
 /// Page size when `limit` is not given.
@@ -130,6 +130,11 @@ pub struct AttemptView {
     /// (`null` for attempts stored before versions were recorded).
     #[schema(required)]
     pub plugin_sha256: Option<String>,
+    /// What was sent: method, URL, headers (credentials and signatures
+    /// redacted) and body size; `null` when no request was built or for
+    /// attempts stored before requests were recorded.
+    #[schema(required)]
+    pub request: Option<SentRequest>,
 }
 
 impl From<AttemptRow> for AttemptView {
@@ -143,6 +148,7 @@ impl From<AttemptRow> for AttemptView {
             outcome: row.outcome,
             response_excerpt: row.response_excerpt,
             plugin_sha256: row.plugin_sha256,
+            request: row.request,
         }
     }
 }

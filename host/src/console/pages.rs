@@ -8,7 +8,9 @@ use axum::extract::{Path, Query, State};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::view::{ago, count, millis, minute_bars, rate, state_chip, this_minute, when, when_opt};
+use super::view::{
+    ago, count, millis, minute_bars, rate, sent_request, state_chip, this_minute, when, when_opt,
+};
 use super::{ConsoleError, ConsoleState, Page, Viewer};
 use crate::api::records::first_page_after;
 use crate::api::time::Timestamp;
@@ -604,7 +606,7 @@ pub(super) async fn record(
                 div.scroll {
                     table id="attempts" {
                         thead { tr {
-                            th { "#" } th { "Started" } th.num { "Took" } th { "Status" } th { "Outcome" } th { "Error" } th { "Plugin version" } th { "Response" }
+                            th { "#" } th { "Started" } th.num { "Took" } th { "Request" } th { "Status" } th { "Outcome" } th { "Error" } th { "Plugin version" } th { "Response" }
                         } }
                         tbody {
                             @for (n, attempt) in attempts.iter().enumerate() {
@@ -612,6 +614,7 @@ pub(super) async fn record(
                                     td { (n + 1) }
                                     td { (when(attempt.started_at, now)) }
                                     td.num { (millis(attempt.duration_ms as f64)) }
+                                    td.req { (sent_request(attempt.id, attempt.request.as_ref())) }
                                     td { @match attempt.status { Some(s) => (s), None => span.muted { "–" } } }
                                     td { span.chip { (attempt.outcome.as_str()) } }
                                     td.err { (attempt.error.as_deref().unwrap_or("–")) }

@@ -1,11 +1,12 @@
 //! Small pieces every console page draws: times as "3 min ago" with the
 //! RFC 3339 time on hover, state chips, counts, latency, and the
-//! per-minute bar chart drawn as inline SVG (no script, no library).
+//! per-minute bar chart drawn as inline SVG (no script, no library), and
+//! what an attempt sent.
 
 use maud::{Markup, html};
 
 use crate::api::time::Timestamp;
-use crate::model::{Millis, RecordState};
+use crate::model::{Millis, RecordState, SentRequest};
 use crate::telemetry::WindowStats;
 
 /// How long ago `at` was, for people: "12 s ago", "3 min ago", "in 5 s".
@@ -134,6 +135,24 @@ pub fn minute_bars(stats: &WindowStats, width: u32, height: u32) -> Markup {
 /// entry).
 pub fn this_minute(stats: &WindowStats) -> (u64, u64) {
     stats.per_minute.last().copied().unwrap_or((0, 0))
+}
+
+/// What an attempt sent: its method and URL, with the headers (already
+/// redacted when stored) and body size folded under them. `id` keys the
+/// fold so a live refresh keeps it open.
+pub fn sent_request(attempt_id: i64, request: Option<&SentRequest>) -> Markup {
+    let Some(request) = request else {
+        return html! { span.muted { "–" } };
+    };
+    html! {
+        details id={ "attempt-" (attempt_id) "-request" } {
+            summary.mono { (request.method) " " (request.url) }
+            pre.headers {
+                @for header in &request.headers { (header.name) ": " (header.value) "\n" }
+                "(" (count(request.body_bytes as i64)) " bytes of body)"
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::dispatch::target::request_url;
 use crate::model::{ClaimedRecord, Millis, RepeaterSpec, now_millis};
-use crate::outbound::{self, Credentials, Outbound, OutboundRequest, credentials};
+use crate::outbound::{self, Credentials, Outbound, OutboundRequest, credentials, redact};
 use crate::plugin::types::{
     BuildOutcome, Event, Header, Method, Reply, RequestSummary, Response, TransportError,
     TransportErrorKind, Verdict as PluginVerdict,
@@ -72,6 +72,7 @@ pub async fn run_attempt(ctx: &AttemptContext, record: &ClaimedRecord) -> Attemp
         duration_ms: 0,
         status: None,
         response_excerpt: None,
+        request: None,
         sent: false,
         timed_out: false,
         repeater_fault: false,
@@ -157,10 +158,13 @@ async fn attempt(
         };
     }
 
+    let method = http_method(request.method);
+    let sent_request = redact::sent_request(&method, &url, &headers, body.len());
+    report.request = serde_json::to_string(&sent_request).ok();
     let sent = ctx
         .outbound
         .send(OutboundRequest {
-            method: http_method(request.method),
+            method,
             url,
             headers,
             body,

@@ -5,7 +5,8 @@
 //! where connections are opened ([`connector`]), the transport error kinds
 //! plugins see ([`error`]), the authentication the host adds after `build`
 //! ([`auth`]), Standard Webhooks signatures ([`signing`]), and both applied
-//! to a built request with the secrets they read ([`credentials`]).
+//! to a built request with the secrets they read ([`credentials`]), and the
+//! redacted summary of what was sent that an attempt keeps ([`redact`]).
 
 pub mod auth;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod connector;
 pub mod credentials;
 pub mod error;
 pub mod guard;
+pub mod redact;
 pub mod secrets;
 pub mod signing;
 

@@ -45,6 +45,8 @@ pub struct AttemptReport {
     pub status: Option<u16>,
     /// The start of the response body.
     pub response_excerpt: Option<Vec<u8>>,
+    /// What was sent, redacted, as JSON text (none when nothing was built).
+    pub request: Option<String>,
     /// True when a request went out on the network (so the result speaks
     /// about the endpoint, not only about the payload or the plugin).
     pub sent: bool,
@@ -215,6 +217,7 @@ fn record_outcome(
             error,
             outcome,
             response_excerpt: report.response_excerpt.clone(),
+            request: report.request.clone(),
             // The lane knows the plugin version; it fills this in.
             plugin_sha256: None,
         }),
@@ -251,6 +254,7 @@ mod tests {
             duration_ms: 10,
             status,
             response_excerpt: None,
+            request: None,
             sent,
             timed_out: false,
             repeater_fault: false,

@@ -220,21 +220,21 @@ pub(crate) fn record_updates(dialect: Dialect, rows: usize) -> String {
 }
 
 /// Columns of a row of [`attempt_inserts`].
-pub(crate) const ATTEMPT_COLUMNS: usize = 9;
+pub(crate) const ATTEMPT_COLUMNS: usize = 10;
 
 /// Stores `rows` attempts. Only records of the batch's own lane get one: a
 /// stray id is skipped rather than failing the whole batch, and the join
 /// keeps the reference whole where foreign keys are not checked (ADR 9). A
 /// row: `(record_id, repeater_id, started_at, duration_ms, status, error,
-/// outcome, response_excerpt, plugin_sha256)`.
+/// outcome, response_excerpt, plugin_sha256, request)`.
 pub(crate) fn attempt_inserts(dialect: Dialect, rows: usize) -> String {
     format!(
         "WITH v (record_id, repeater_id, started_at, duration_ms, status, error, outcome, \
-         response_excerpt, plugin_sha256) AS ({}) INSERT{} INTO attempts \
+         response_excerpt, plugin_sha256, request) AS ({}) INSERT{} INTO attempts \
          (record_id, started_at, duration_ms, status, error, outcome, response_excerpt, \
-         plugin_sha256) \
+         plugin_sha256, request) \
          SELECT v.record_id, v.started_at, v.duration_ms, v.status, v.error, v.outcome, \
-         v.response_excerpt, v.plugin_sha256 FROM v JOIN records r ON r.id = v.record_id \
+         v.response_excerpt, v.plugin_sha256, v.request FROM v JOIN records r ON r.id = v.record_id \
          WHERE r.repeater_id = v.repeater_id",
         dialect.values(rows, ATTEMPT_COLUMNS),
         dialect.or_fail()

@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::model::{AttemptDraft, ClaimedRecord, ReadyRepeater, RecordOutcome, RepeaterHealth};
-use crate::model::{AttemptOutcome, Millis, NewEvent, RecordState, RepeaterSpec};
+use crate::model::{AttemptOutcome, Millis, NewEvent, RecordState, RepeaterSpec, SentRequest};
 
 mod admin;
 mod backend;
@@ -237,6 +237,9 @@ pub struct AttemptRow {
     /// The sha256 (hex) of the plugin version that built the request
     /// (none for attempts stored before versions were recorded).
     pub plugin_sha256: Option<String>,
+    /// What was sent, redacted (none when nothing was built, or for
+    /// attempts stored before requests were recorded).
+    pub request: Option<SentRequest>,
 }
 
 /// How many unfinished records one repeater has.

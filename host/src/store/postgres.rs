@@ -278,7 +278,8 @@ impl Backend for PostgresStore {
                     .bind(attempt.error.as_deref())
                     .bind(attempt.outcome.as_i16())
                     .bind(attempt.response_excerpt.as_deref())
-                    .bind(attempt.plugin_sha256.as_deref());
+                    .bind(attempt.plugin_sha256.as_deref())
+                    .bind(attempt.request.as_deref());
             }
             query.execute(&mut *tx).await?;
         }

@@ -129,7 +129,7 @@ pub(crate) fn decode_state(value: i16) -> StoreResult<RecordState> {
 }
 
 /// The select list for [`AttemptRowRaw`].
-pub(crate) const ATTEMPT_COLUMNS: &str = "id, record_id, started_at, duration_ms, status, error, outcome, response_excerpt, plugin_sha256";
+pub(crate) const ATTEMPT_COLUMNS: &str = "id, record_id, started_at, duration_ms, status, error, outcome, response_excerpt, plugin_sha256, request";
 
 /// An `attempts` row.
 #[derive(sqlx::FromRow)]
@@ -143,6 +143,7 @@ pub(crate) struct AttemptRowRaw {
     outcome: i16,
     response_excerpt: Option<Vec<u8>>,
     plugin_sha256: Option<String>,
+    request: Option<String>,
 }
 
 impl AttemptRowRaw {
@@ -164,6 +165,17 @@ impl AttemptRowRaw {
                 .response_excerpt
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
             plugin_sha256: self.plugin_sha256,
+            request: match self.request {
+                Some(json) => {
+                    Some(
+                        serde_json::from_str(&json).map_err(|error| StoreError::Corrupt {
+                            what: "attempts.request",
+                            detail: format!("attempt {}: {error}", self.id),
+                        })?,
+                    )
+                }
+                None => None,
+            },
         })
     }
 }

@@ -301,6 +301,7 @@ pub fn answered_503(
             outcome: AttemptOutcome::Retry,
             response_excerpt: Some(b"busy".to_vec()),
             plugin_sha256: Some("ab".repeat(32)),
+            request: None,
         }),
     }
 }

@@ -1,7 +1,8 @@
 // repeaterd console: live refresh. A page that marks itself with
 // data-refresh="<seconds>" on <main> is fetched again on that period while
 // the tab is visible, and each element marked data-live is swapped for its
-// namesake in the new copy; forms and everything else stay as they are.
+// namesake in the new copy (open <details> kept open); forms and everything
+// else stay as they are.
 (function () {
   "use strict";
   var main = document.querySelector("main[data-refresh]");
@@ -20,7 +21,13 @@
         var fresh = new DOMParser().parseFromString(text, "text/html");
         document.querySelectorAll("[data-live]").forEach(function (old) {
           var next = fresh.getElementById(old.id);
-          if (next) { old.replaceWith(next); }
+          if (!next) { return; }
+          // A <details> the reader opened stays open across the swap.
+          old.querySelectorAll("details[open][id]").forEach(function (opened) {
+            var again = next.querySelector("#" + CSS.escape(opened.id));
+            if (again) { again.open = true; }
+          });
+          old.replaceWith(next);
         });
         var stamp = document.getElementById("refreshed");
         if (stamp) { stamp.textContent = new Date().toLocaleTimeString(); }

@@ -303,7 +303,7 @@ fn multi_row(dialect: Dialect) -> Vec<(String, String, &'static [&'static str])>
         (
             "lanes.attempt_inserts".to_owned(),
             lanes::attempt_inserts(dialect, 2),
-            &[INT8, INT8, INT8, INT8, INT4, TEXT, INT2, BYTEA, TEXT][..],
+            &[INT8, INT8, INT8, INT8, INT4, TEXT, INT2, BYTEA, TEXT, TEXT][..],
         ),
         (
             "ingest.insert_events".to_owned(),

@@ -466,6 +466,7 @@ fn finish_group(db: &Connection, jobs: &[FinishJob]) -> StoreResult<Vec<bool>> {
                 int(attempt.outcome.as_i16()),
                 opt_blob(attempt.response_excerpt.as_deref()),
                 opt_text(attempt.plugin_sha256.as_deref()),
+                opt_text(attempt.request.as_deref()),
             ]);
         }
         db.prepare_cached(&sql)?.execute(params_from_iter(&binds))?;

@@ -32,7 +32,8 @@ enum Command {
     Migrate(cli::daemon::ConfigArg),
     /// Load a config file and print a summary, or the error naming key and line.
     CheckConfig(cli::daemon::ConfigArg),
-    /// Inspect and act on records through a running daemon's API.
+    /// Inspect and act on records through a running daemon's API: one by
+    /// id, or a repeater's in bulk by state or by last error.
     ///
     /// Prints a table for people when stdout is a terminal, the API's JSON
     /// answer when it is piped or redirected; `--output table|json` chooses.

@@ -13,7 +13,7 @@ use repeaterd::model::{
 };
 use repeaterd::store::postgres::PostgresStore;
 use repeaterd::store::{
-    AdminStore, AttemptDraft, ErrorKind, IngestStore, LaneStore, Lease, PayloadPreview,
+    AdminStore, AttemptDraft, BULK_BATCH, ErrorKind, IngestStore, LaneStore, Lease, PayloadPreview,
     RecordOutcome, RecordQuery, RepeaterHealth, Store, StoreError,
 };
 use repeaterd_tests::{Backend, PgDatabase, on_both_stores};
@@ -112,6 +112,7 @@ on_both_stores!(
     outcomes_update_records_and_write_attempts,
     resend_and_cancel_follow_the_record_rules,
     failures_are_grouped_by_last_error_and_acted_on_by_group,
+    records_in_a_state_are_resent_or_cancelled_in_bulk,
     payload_previews_show_the_event_and_its_size,
     requeue_and_pause_act_on_the_repeater,
     delete_repeater_cancels_unfinished_records,
@@ -1474,6 +1475,200 @@ async fn failures_are_grouped_by_last_error_and_acted_on_by_group(store: Arc<dyn
         state_of(&store, "acme", claimed[5].id).await,
         RecordState::Succeeded
     );
+}
+
+async fn records_in_a_state_are_resent_or_cancelled_in_bulk(store: Arc<dyn Store>) {
+    let a = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let b = store
+        .upsert_repeater(&spec("acme", "b", &["b.only"]), T0)
+        .await
+        .unwrap()
+        .id;
+    let elsewhere = store
+        .upsert_repeater(&spec("globex", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    // More than two batches' worth, so the walk crosses batch boundaries.
+    let many = 2 * BULK_BATCH as usize + 1;
+    let events: Vec<NewEvent> = (0..many)
+        .map(|i| event(Some(&format!("e{i}")), "t"))
+        .collect();
+    for chunk in events.chunks(250) {
+        store.ingest("acme", chunk, T0).await.unwrap();
+    }
+    store
+        .ingest("acme", &[event(Some("both"), "b.only")], T0)
+        .await
+        .unwrap();
+    store
+        .ingest("globex", &[event(Some("g"), "t")], T0)
+        .await
+        .unwrap();
+    let total = many as i64 + 1;
+    let backlog = |id: i64| {
+        let store = store.clone();
+        async move { store.backlog(id).await.unwrap() }
+    };
+
+    // Cancel every pending record of acme/a: no other repeater's.
+    let cancelled = store
+        .cancel_in_state("acme", "a", RecordState::Pending, T0 + 100)
+        .await
+        .unwrap();
+    assert_eq!(cancelled, total as u64);
+    let counts = backlog(a).await;
+    assert_eq!((counts.pending, counts.cancelled), (0, total));
+    assert_eq!(
+        backlog(b).await.pending,
+        1,
+        "another repeater's records stay"
+    );
+    assert_eq!(backlog(elsewhere).await.pending, 1, "another domain's stay");
+    let rows = all_records(&store, "acme").await;
+    let of_a: Vec<_> = rows.iter().filter(|r| r.repeater == "a").collect();
+    assert!(of_a.iter().all(|r| r.state == RecordState::Cancelled
+        && r.next_attempt_at.is_none()
+        && r.updated_at == T0 + 100));
+    assert!(
+        store
+            .ready_repeaters(T0 + 100, OTHER)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.id != a),
+        "a has nothing left to send"
+    );
+
+    // Resend every cancelled one: pending again, due now.
+    let resent = store
+        .resend_in_state("acme", "a", RecordState::Cancelled, T0 + 200)
+        .await
+        .unwrap();
+    assert_eq!(resent, total as u64);
+    assert_eq!(backlog(a).await.pending, total);
+    let rows = all_records(&store, "acme").await;
+    assert!(
+        rows.iter()
+            .filter(|r| r.repeater == "a")
+            .all(|r| r.state == RecordState::Pending
+                && r.attempts == 0
+                && r.next_attempt_at == Some(T0 + 200))
+    );
+    assert!(
+        store
+            .ready_repeaters(T0 + 200, OTHER)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == a)
+    );
+
+    // Failed records: resend keeps the attempt history and restarts the
+    // count, as a single resend does; cancel reaches only its state.
+    let held = lease(&store, a, T0 + 200).await;
+    let c = store.claim(&held, 3, T0 + 200).await.unwrap();
+    let outcome = |i: usize, state, next| RecordOutcome {
+        record_id: c[i].id,
+        state,
+        next_attempt_at: next,
+        attempt: Some(attempt(AttemptOutcome::Retry, Some(500), Some("HTTP 500"))),
+    };
+    store
+        .finish_batch(
+            &held,
+            &[
+                outcome(0, RecordState::Retrying, Some(T0 + 60_000)),
+                outcome(1, RecordState::Rejected, None),
+                RecordOutcome {
+                    record_id: c[2].id,
+                    state: RecordState::Succeeded,
+                    next_attempt_at: None,
+                    attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+                },
+            ],
+            None,
+            true,
+            T0 + 300,
+        )
+        .await
+        .unwrap();
+    let resent = store
+        .resend_in_state("acme", "a", RecordState::Rejected, T0 + 400)
+        .await
+        .unwrap();
+    assert_eq!(resent, 1);
+    let (row, attempts) = store.record("acme", c[1].id).await.unwrap().unwrap();
+    assert_eq!((row.state, row.attempts), (RecordState::Pending, 0));
+    assert_eq!(row.next_attempt_at, Some(T0 + 400));
+    assert_eq!(attempts.len(), 1, "the history is kept");
+    assert_eq!(
+        store
+            .cancel_in_state("acme", "a", RecordState::Retrying, T0 + 500)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        state_of(&store, "acme", c[0].id).await,
+        RecordState::Cancelled
+    );
+
+    // Finished records cannot be cancelled; nothing changes.
+    for state in [
+        RecordState::Succeeded,
+        RecordState::Rejected,
+        RecordState::Empty,
+        RecordState::Cancelled,
+    ] {
+        let refused = store
+            .cancel_in_state("acme", "a", state, T0 + 600)
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::InvalidInput, "{state}");
+        assert!(refused.to_string().contains(state.as_str()), "{refused}");
+    }
+    assert_eq!(
+        state_of(&store, "acme", c[2].id).await,
+        RecordState::Succeeded
+    );
+    // Any state can be resent, succeeded ones included; an empty state
+    // moves nothing.
+    assert_eq!(
+        store
+            .resend_in_state("acme", "a", RecordState::Succeeded, T0 + 700)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .resend_in_state("acme", "a", RecordState::Empty, T0 + 700)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Unknown repeaters, and names of another domain, are not found.
+    for (domain, name) in [("acme", "nope"), ("globex", "b")] {
+        let missing = store
+            .resend_in_state(domain, name, RecordState::Pending, T0)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound, "{domain}/{name}");
+        assert!(missing.to_string().contains(&format!("{domain}/{name}")));
+        let missing = store
+            .cancel_in_state(domain, name, RecordState::Pending, T0)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound, "{domain}/{name}");
+    }
+    assert_eq!(backlog(b).await.pending, 1);
+    assert_eq!(backlog(elsewhere).await.pending, 1);
 }
 
 async fn payload_previews_show_the_event_and_its_size(store: Arc<dyn Store>) {

@@ -18,9 +18,11 @@
 //! description built from it in [`openapi`] (served at
 //! `GET /v1/openapi.json`, rendered for people as `docs/api.md` by
 //! [`reference`]); the routes themselves in [`ingest`],
-//! [`repeaters`], [`records`], [`plugins`] and [`health`].
+//! [`repeaters`], [`records`], [`bulk`] (a repeater's failure groups, and
+//! resend or cancel by group or by state), [`plugins`] and [`health`].
 
 pub mod auth;
+pub mod bulk;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 
 use super::auth::{self, Scope};
 use super::error::ErrorBody;
-use super::{ApiLimits, ApiState, health, ingest, plugins, records, repeaters};
+use super::{ApiLimits, ApiState, bulk, health, ingest, plugins, records, repeaters};
 
 /// The name of the bearer-token security scheme in the description.
 pub const BEARER: &str = "bearer";
@@ -61,6 +61,11 @@ pub fn routes(limits: &ApiLimits) -> OpenApiRouter<ApiState> {
         .routes(routes!(repeaters::pause))
         .routes(routes!(repeaters::resume))
         .routes(routes!(repeaters::requeue))
+        .routes(routes!(bulk::failures))
+        .routes(routes!(bulk::resend_failures))
+        .routes(routes!(bulk::cancel_failures))
+        .routes(routes!(bulk::resend_state))
+        .routes(routes!(bulk::cancel_state))
         .routes(routes!(records::list))
         .routes(routes!(records::show))
         .routes(routes!(records::resend))

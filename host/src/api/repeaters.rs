@@ -260,7 +260,8 @@ fn not_found(path: &RepeaterPath) -> ApiError {
     ApiError::not_found(format!("repeater {}/{} not found", path.domain, path.name))
 }
 
-async fn find(state: &ApiState, path: &RepeaterPath) -> Result<RepeaterRow, ApiError> {
+/// The repeater the path names; 404 naming it when there is none.
+pub(crate) async fn find(state: &ApiState, path: &RepeaterPath) -> Result<RepeaterRow, ApiError> {
     path.check()?;
     state
         .store

@@ -4,17 +4,23 @@
 //! now; for scripts (stdout piped or redirected) the API's JSON answer,
 //! unchanged. `--output table|json` chooses explicitly. Answers are read
 //! into the API's own answer types, so the tables follow the API.
+//!
+//! `records resend|cancel` act on one record by id, or on a repeater's
+//! records in bulk: `--repeater` with `--state` (every record in that
+//! state) or `--error` (a failure group, as `records failures` lists them).
+//! clap refuses any other mix before a request is sent.
 
 use std::io::IsTerminal;
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+use repeaterd::api::bulk::{CancelAnswer, FailureGroupList, ResendAnswer};
 use repeaterd::api::plugins::PluginList;
 use repeaterd::api::records::{RecordDetail, RecordPage};
 use repeaterd::api::repeaters::{RepeaterList, RepeaterStatus, RequeueAnswer};
@@ -97,24 +103,124 @@ pub enum RecordsCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Send a record again (back to pending, history kept).
+    /// Show a repeater's failed records grouped by last error, largest first.
+    ///
+    /// A group's error, passed whole to `records resend|cancel DOMAIN
+    /// --repeater NAME --error ERROR`, acts on the group (`--output json`
+    /// shows errors uncut).
+    Failures {
+        /// The domain.
+        domain: String,
+        /// The repeater's name.
+        repeater: String,
+        /// At most this many groups (1 to 1000; the API's default is 20).
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Send records again (back to pending, due now, history kept): one
+    /// record by id, or with `--repeater` every record of that repeater in
+    /// one `--state` or with one last `--error`.
+    #[command(
+        override_usage = "repeaterd records resend [OPTIONS] <DOMAIN> <ID>\n       \
+            repeaterd records resend [OPTIONS] <DOMAIN> --repeater <REPEATER> \
+            (--state <STATE> | --error <ERROR>)"
+    )]
+    #[command(after_help = "Examples:\n  \
+        repeaterd records resend acme 42\n  \
+        repeaterd records resend acme --repeater crm --state rejected\n  \
+        repeaterd records resend acme --repeater crm --error 'HTTP 503'")]
     Resend {
         /// The domain.
         domain: String,
-        /// The record's id.
-        id: i64,
+        #[command(flatten)]
+        which: Selection,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Cancel a record that is not finished yet.
+    /// Cancel records that are not finished yet: one record by id, or with
+    /// `--repeater` every record of that repeater in one `--state` (pending
+    /// or retrying) or every retrying one with one last `--error`.
+    #[command(
+        override_usage = "repeaterd records cancel [OPTIONS] <DOMAIN> <ID>\n       \
+            repeaterd records cancel [OPTIONS] <DOMAIN> --repeater <REPEATER> \
+            (--state <STATE> | --error <ERROR>)"
+    )]
+    #[command(after_help = "Examples:\n  \
+        repeaterd records cancel acme 42\n  \
+        repeaterd records cancel acme --repeater crm --state retrying\n  \
+        repeaterd records cancel acme --repeater crm --error 'HTTP 503'")]
     Cancel {
         /// The domain.
         domain: String,
-        /// The record's id.
-        id: i64,
+        #[command(flatten)]
+        which: Selection,
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+/// Which records `records resend` and `records cancel` act on: a record
+/// id, or a repeater with exactly one of a state or a last error.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("match").args(["state", "error"])))]
+pub struct Selection {
+    /// The record's id.
+    #[arg(
+        required_unless_present_any = ["repeater", "state", "error"],
+        conflicts_with_all = ["repeater", "state", "error"]
+    )]
+    id: Option<i64>,
+    /// Act on this repeater's records instead, chosen by `--state` or `--error`.
+    #[arg(long, requires = "match")]
+    repeater: Option<String>,
+    /// With `--repeater`: its records in this state (pending, retrying,
+    /// succeeded, rejected, empty, cancelled; cancel takes pending or retrying).
+    #[arg(long, requires = "repeater")]
+    state: Option<String>,
+    /// With `--repeater`: its failed records whose last error is exactly
+    /// this, as `records failures` shows it ("" for none).
+    #[arg(long, requires = "repeater")]
+    error: Option<String>,
+}
+
+/// The records a [`Selection`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// One record.
+    Record(i64),
+    /// A repeater's records in a state.
+    State { repeater: String, state: String },
+    /// A repeater's failed records with this last error.
+    Error { repeater: String, error: String },
+}
+
+impl Selection {
+    /// The records named; clap has already refused every other mix.
+    fn target(self) -> anyhow::Result<Target> {
+        match self {
+            Selection {
+                id: Some(id),
+                repeater: None,
+                state: None,
+                error: None,
+            } => Ok(Target::Record(id)),
+            Selection {
+                id: None,
+                repeater: Some(repeater),
+                state: Some(state),
+                error: None,
+            } => Ok(Target::State { repeater, state }),
+            Selection {
+                id: None,
+                repeater: Some(repeater),
+                state: None,
+                error: Some(error),
+            } => Ok(Target::Error { repeater, error }),
+            _ => bail!("give a record id, or --repeater with exactly one of --state or --error"),
+        }
+    }
 }
 
 /// `repeaterd repeaters ...`
@@ -215,14 +321,104 @@ pub fn records(command: RecordsCommand) -> anyhow::Result<()> {
             let path = format!("/v1/domains/{}/records/{id}", segment(&domain));
             show(&api, "GET", &path, print_record)
         }
-        RecordsCommand::Resend { domain, id, api } => {
-            let path = format!("/v1/domains/{}/records/{id}/resend", segment(&domain));
-            show(&api, "POST", &path, print_record)
+        RecordsCommand::Failures {
+            domain,
+            repeater,
+            limit,
+            api,
+        } => {
+            let mut path = format!(
+                "/v1/domains/{}/repeaters/{}/failures",
+                segment(&domain),
+                segment(&repeater)
+            );
+            if let Some(limit) = limit {
+                path = format!("{path}?limit={limit}");
+            }
+            show(&api, "GET", &path, |list: FailureGroupList, now| {
+                print_failure_groups(list, &domain, &repeater, now)
+            })
         }
-        RecordsCommand::Cancel { domain, id, api } => {
-            let path = format!("/v1/domains/{}/records/{id}/cancel", segment(&domain));
-            show(&api, "POST", &path, print_record)
+        RecordsCommand::Resend { domain, which, api } => {
+            act(&api, &domain, which.target()?, BulkVerb::Resend)
         }
+        RecordsCommand::Cancel { domain, which, api } => {
+            act(&api, &domain, which.target()?, BulkVerb::Cancel)
+        }
+    }
+}
+
+/// What `records resend` and `records cancel` do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkVerb {
+    Resend,
+    Cancel,
+}
+
+impl BulkVerb {
+    /// The last segment of the API's path.
+    fn segment(self) -> &'static str {
+        match self {
+            BulkVerb::Resend => "resend",
+            BulkVerb::Cancel => "cancel",
+        }
+    }
+
+    /// The past tense, for the summary line.
+    fn done(self) -> &'static str {
+        match self {
+            BulkVerb::Resend => "resent",
+            BulkVerb::Cancel => "cancelled",
+        }
+    }
+}
+
+/// Runs `records resend|cancel` on the records `target` names: one record
+/// (printed as `records show` prints it), or a repeater's records by state
+/// or by last error (a line saying how many moved).
+fn act(api: &ApiArgs, domain: &str, target: Target, verb: BulkVerb) -> anyhow::Result<()> {
+    let (repeater, rest, body, which) = match target {
+        Target::Record(id) => {
+            let path = format!(
+                "/v1/domains/{}/records/{id}/{}",
+                segment(domain),
+                verb.segment()
+            );
+            return show(api, "POST", &path, print_record);
+        }
+        Target::State { repeater, state } => (
+            repeater,
+            "",
+            serde_json::json!({ "state": state }),
+            (format!("{state} "), String::new()),
+        ),
+        Target::Error { repeater, error } => (
+            repeater,
+            "/failures",
+            serde_json::json!({ "error": error }),
+            (String::new(), format!(" whose last error is {error:?}")),
+        ),
+    };
+    let path = format!(
+        "/v1/domains/{}/repeaters/{}{rest}/{}",
+        segment(domain),
+        segment(&repeater),
+        verb.segment()
+    );
+    let (kind, condition) = which;
+    let summary = |count: u64| {
+        format!(
+            "{} {count} {kind}records of {domain}/{repeater}{condition}\n",
+            verb.done()
+        )
+    };
+    match verb {
+        BulkVerb::Resend => show_posting(api, &path, &body, |answer: ResendAnswer, _now| {
+            summary(answer.resent)
+        }),
+        BulkVerb::Cancel => show_posting(api, &path, &body, |answer: CancelAnswer, _now| {
+            summary(answer.cancelled)
+        }),
     }
 }
 
@@ -313,17 +509,39 @@ fn show<T: DeserializeOwned>(
     path: &str,
     table: impl FnOnce(T, Millis) -> String,
 ) -> anyhow::Result<()> {
-    let body = call(api, method, path)?;
+    let body = call(api, method, path, None)?;
+    print_answer(api, method, path, &body, table)
+}
+
+/// [`show`] for a POST with a JSON body.
+fn show_posting<T: DeserializeOwned>(
+    api: &ApiArgs,
+    path: &str,
+    request: &serde_json::Value,
+    table: impl FnOnce(T, Millis) -> String,
+) -> anyhow::Result<()> {
+    let body = call(api, "POST", path, Some(request))?;
+    print_answer(api, "POST", path, &body, table)
+}
+
+/// Prints an API answer's `body` as [`show`] describes.
+fn print_answer<T: DeserializeOwned>(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    table: impl FnOnce(T, Millis) -> String,
+) -> anyhow::Result<()> {
     match api.output() {
         Output::Json => {
-            let pretty = serde_json::from_slice::<serde_json::Value>(&body)
+            let pretty = serde_json::from_slice::<serde_json::Value>(body)
                 .ok()
                 .and_then(|value| serde_json::to_string_pretty(&value).ok())
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
             println!("{pretty}");
         }
         Output::Table => {
-            let answer: T = serde_json::from_slice(&body).with_context(|| {
+            let answer: T = serde_json::from_slice(body).with_context(|| {
                 format!(
                     "the answer of {method} {path} is not what this repeaterd expects (another version?)"
                 )
@@ -334,8 +552,18 @@ fn show<T: DeserializeOwned>(
     Ok(())
 }
 
-/// Sends one request; returns the body of a 2xx answer.
-fn call(api: &ApiArgs, method: &str, path: &str) -> anyhow::Result<Bytes> {
+/// Sends one request; returns the body of a 2xx answer. A POST carries
+/// `body` as JSON, or `{}` without one.
+fn call(
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> anyhow::Result<Bytes> {
+    let request_body = match body {
+        Some(body) => Bytes::from(body.to_string()),
+        None => Bytes::from_static(b"{}"),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -352,7 +580,7 @@ fn call(api: &ApiArgs, method: &str, path: &str) -> anyhow::Result<Bytes> {
         }
         let body = if method == "POST" {
             request = request.header("content-type", "application/json");
-            Full::new(Bytes::from_static(b"{}"))
+            Full::new(request_body)
         } else {
             Full::new(Bytes::new())
         };
@@ -476,6 +704,44 @@ fn print_record(detail: RecordDetail, now: Millis) -> String {
     }
     text.push('\n');
     text.push_str(&attempts.to_string());
+    text
+}
+
+fn print_failure_groups(
+    list: FailureGroupList,
+    domain: &str,
+    repeater: &str,
+    now: Millis,
+) -> String {
+    if list.groups.is_empty() {
+        return format!("no failures for {domain}/{repeater}\n");
+    }
+    let mut table = Table::new([
+        "COUNT",
+        "RETRYING",
+        "FIRST SEEN",
+        "LAST SEEN",
+        "SAMPLE",
+        "ERROR",
+    ]);
+    for group in &list.groups {
+        table.row([
+            group.count.to_string(),
+            group.retrying.to_string(),
+            relative(group.first_seen_at.0, now),
+            relative(group.last_seen_at.0, now),
+            group.sample_record_id.to_string(),
+            if group.error.is_empty() {
+                "(none)".to_owned()
+            } else {
+                group.error.clone()
+            },
+        ]);
+    }
+    let mut text = table.to_string();
+    text.push_str(&format!(
+        "act on a group: repeaterd records resend|cancel {domain} --repeater {repeater} --error ERROR\n"
+    ));
     text
 }
 
@@ -656,6 +922,68 @@ mod tests {
         );
         let err = since_time("last tuesday", now).unwrap_err().to_string();
         assert!(err.contains("last tuesday") && err.contains("1h"), "{err}");
+    }
+
+    /// `records ...` as the binary parses it.
+    #[derive(Debug, clap::Parser)]
+    struct RecordsCli {
+        #[command(subcommand)]
+        command: RecordsCommand,
+    }
+
+    fn parse(args: &str) -> Result<RecordsCommand, String> {
+        use clap::Parser;
+        let words = std::iter::once("records").chain(args.split_whitespace());
+        RecordsCli::try_parse_from(words)
+            .map(|cli| cli.command)
+            .map_err(|err| err.to_string())
+    }
+
+    fn target(args: &str) -> Target {
+        match parse(args).unwrap() {
+            RecordsCommand::Resend { which, .. } | RecordsCommand::Cancel { which, .. } => {
+                which.target().unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn resend_and_cancel_take_an_id_or_a_repeater_with_a_state_or_an_error() {
+        assert_eq!(target("resend acme 42"), Target::Record(42));
+        assert_eq!(
+            target("cancel acme --repeater crm --state retrying"),
+            Target::State {
+                repeater: "crm".into(),
+                state: "retrying".into()
+            }
+        );
+        assert_eq!(
+            target("resend acme --repeater crm --error HTTP-503"),
+            Target::Error {
+                repeater: "crm".into(),
+                error: "HTTP-503".into()
+            }
+        );
+        let refusals = [
+            (
+                "resend acme 42 --repeater crm --state pending",
+                "cannot be used with",
+            ),
+            ("resend acme 42 --state pending", "cannot be used with"),
+            ("cancel acme --state pending", "--repeater"),
+            ("cancel acme --error x", "--repeater"),
+            ("resend acme --repeater crm", "--state"),
+            (
+                "resend acme --repeater crm --state pending --error x",
+                "cannot be used with",
+            ),
+            ("resend acme", "<ID>"),
+        ];
+        for (args, says) in refusals {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(says), "{args}: {err}");
+        }
     }
 
     #[test]

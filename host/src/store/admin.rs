@@ -1,5 +1,6 @@
 //! Administration, status and listings: repeater changes, pause and
-//! requeue, backlog counts, record pages and details, resend and cancel.
+//! requeue, backlog counts, record pages and details, resend and cancel of
+//! one record, of a failure group, or of every record in a state.
 //! Written once for both backends, as a generic over the backend's sqlx
 //! database: the bounds below are what its statements bind and read.
 
@@ -14,8 +15,8 @@ use super::rows::{
 };
 use super::sql::{Dialect, named_queries, state_in, unfinished};
 use super::{
-    AdminStore, AttemptRow, Backlog, FAILURE_SCAN, FailureGroup, PayloadPreview, RecordQuery,
-    RecordRow, RepeaterRow, StoreError, StoreResult, UnfinishedCount,
+    AdminStore, AttemptRow, BULK_BATCH, Backlog, FAILURE_SCAN, FailureGroup, PayloadPreview,
+    RecordQuery, RecordRow, RepeaterRow, StoreError, StoreResult, UnfinishedCount,
 };
 use crate::model::{Millis, RecordState, RepeaterSpec};
 
@@ -145,7 +146,139 @@ named_queries! {
             "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 WHERE id = $2",
             RecordState::Cancelled.as_i16()
         ),
+        /// The id of repeater `$1`/`$2`.
+        repeater_id: "SELECT id FROM repeaters WHERE domain = $1 AND name = $2",
     }
+}
+
+/// The SQL of a bulk action on the records of one repeater in one state
+/// ([`AdminStore::resend_in_state`], [`AdminStore::cancel_in_state`]). The
+/// state is written into the text, as every state in the store's SQL is
+/// (see the `sql` module), so each state has its own texts; each reads
+/// the `(repeater_id, state, id)` index by range.
+///
+/// An action walks the state's ids in batches: `last` fixes where it
+/// stops, then each batch, in its own write transaction, finds its end
+/// with `batch_end` and changes that id range with `resend` or `cancel`.
+pub(crate) struct StateSql {
+    /// The newest id of repeater `$1`'s records in the state.
+    pub last: String,
+    /// The last id of the next batch of repeater `$1`'s records in the
+    /// state: at most `$4` ids above `$2` and up to `$3`. NULL when none
+    /// is left.
+    pub batch_end: String,
+    /// Puts repeater `$2`'s records in the state with ids above `$3` and
+    /// up to `$4` back to pending at `$1`.
+    pub resend: String,
+    /// Cancels repeater `$2`'s records in the state with ids above `$3`
+    /// and up to `$4`, at `$1`.
+    pub cancel: String,
+}
+
+impl StateSql {
+    /// The texts for the records in `state`, written for `dialect`.
+    pub(crate) fn new(dialect: Dialect, state: RecordState) -> StateSql {
+        let code = state.as_i16();
+        let range = format!("repeater_id = $2 AND state = {code} AND id > $3 AND id <= $4");
+        StateSql {
+            last: dialect.render(&format!(
+                "SELECT id FROM records WHERE repeater_id = $1 AND state = {code} \
+                 ORDER BY id DESC LIMIT 1"
+            )),
+            batch_end: dialect.render(&format!(
+                "SELECT MAX(id) FROM (SELECT id FROM records WHERE repeater_id = $1 \
+                 AND state = {code} AND id > $2 AND id <= $3 ORDER BY id LIMIT $4) AS batch"
+            )),
+            resend: dialect.render(&format!(
+                "UPDATE records SET {} WHERE {range}",
+                back_to_pending()
+            )),
+            cancel: dialect.render(&format!(
+                "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 \
+                 WHERE {range}",
+                RecordState::Cancelled.as_i16()
+            )),
+        }
+    }
+}
+
+/// What a bulk action by state does to each record it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BulkAction {
+    /// Back to pending, due now.
+    Resend,
+    /// Cancelled.
+    Cancel,
+}
+
+/// Runs `action` on every record of repeater `domain`/`name` in `state`,
+/// up to the newest such record at the start, [`BULK_BATCH`] records per
+/// write transaction so no batch holds the writer long. Returns how many
+/// records changed.
+async fn in_batches<S>(
+    store: &S,
+    domain: &str,
+    name: &str,
+    state: RecordState,
+    action: BulkAction,
+    now: Millis,
+) -> StoreResult<u64>
+where
+    S: Backend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    usize: ColumnIndex<<S::Db as Database>::Row>,
+{
+    let id: Option<i64> = sqlx::query_scalar(&store.statements().admin.repeater_id)
+        .bind(domain)
+        .bind(name)
+        .fetch_optional(store.writes())
+        .await?;
+    let Some(id) = id else {
+        return Err(StoreError::NotFound(format!("repeater {domain}/{name}")));
+    };
+    let sql = StateSql::new(S::DIALECT, state);
+    let change = match action {
+        BulkAction::Resend => &sql.resend,
+        BulkAction::Cancel => &sql.cancel,
+    };
+    // Records that enter the state meanwhile (new ingests, fresh failures)
+    // lie above this id and are left alone, so the walk ends.
+    let last: Option<i64> = sqlx::query_scalar(&sql.last)
+        .bind(id)
+        .fetch_optional(store.writes())
+        .await?;
+    let Some(last) = last else {
+        return Ok(0);
+    };
+    let mut after = 0;
+    let mut changed = 0;
+    loop {
+        let mut tx = store.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let end: Option<i64> = sqlx::query_scalar(&sql.batch_end)
+            .bind(id)
+            .bind(after)
+            .bind(last)
+            .bind(i64::from(BULK_BATCH))
+            .fetch_one(&mut *tx)
+            .await?;
+        let Some(end) = end else {
+            break;
+        };
+        changed += sqlx::query(change)
+            .bind(now)
+            .bind(id)
+            .bind(after)
+            .bind(end)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        after = end;
+    }
+    Ok(changed)
 }
 
 /// The assignments that put a record back to pending, due at `$1`, its
@@ -527,5 +660,34 @@ where
             .execute(self.writes())
             .await?
             .rows_affected())
+    }
+
+    async fn resend_in_state(
+        &self,
+        domain: &str,
+        name: &str,
+        state: RecordState,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let moved = in_batches(self, domain, name, state, BulkAction::Resend, now).await?;
+        if moved > 0 {
+            self.work_may_be_ready();
+        }
+        Ok(moved)
+    }
+
+    async fn cancel_in_state(
+        &self,
+        domain: &str,
+        name: &str,
+        state: RecordState,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        if state.is_terminal() {
+            return Err(StoreError::Invalid(format!(
+                "{state} records are already finished and cannot be cancelled; only pending or retrying records can"
+            )));
+        }
+        in_batches(self, domain, name, state, BulkAction::Cancel, now).await
     }
 }

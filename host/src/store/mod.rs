@@ -471,7 +471,40 @@ pub trait AdminStore: Send + Sync {
         error: &str,
         now: Millis,
     ) -> StoreResult<u64>;
+    /// Puts every record of a repeater that is in `state` back to
+    /// `pending`, due now, keeping its attempts; its attempt count and age
+    /// start again, as [`AdminStore::resend`] does for one record. It
+    /// reaches up to the newest record in `state` when the call begins, so
+    /// it ends however fast records enter the state meanwhile. Moves at
+    /// most [`BULK_BATCH`] records per write transaction. Returns how many
+    /// moved; [`StoreError::NotFound`] when there is no such repeater.
+    async fn resend_in_state(
+        &self,
+        domain: &str,
+        name: &str,
+        state: RecordState,
+        now: Millis,
+    ) -> StoreResult<u64>;
+    /// Cancels every record of a repeater that is in `state`, which must
+    /// be unfinished (`pending` or `retrying`; a terminal state is
+    /// [`StoreError::Invalid`]). It reaches up to the newest record in
+    /// `state` when the call begins. Cancels at most [`BULK_BATCH`] records
+    /// per write transaction. Returns how many were cancelled;
+    /// [`StoreError::NotFound`] when there is no such repeater.
+    async fn cancel_in_state(
+        &self,
+        domain: &str,
+        name: &str,
+        state: RecordState,
+        now: Millis,
+    ) -> StoreResult<u64>;
 }
+
+/// How many records one write transaction of
+/// [`AdminStore::resend_in_state`] or [`AdminStore::cancel_in_state`]
+/// changes: small enough that ingest and the lanes, which share the one
+/// SQLite writer, wait no longer than a batch.
+pub const BULK_BATCH: u32 = 500;
 
 /// How many of the newest records per failed state
 /// [`AdminStore::failure_groups`] reads.

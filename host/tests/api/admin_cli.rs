@@ -381,3 +381,191 @@ async fn plugins_are_listed_and_errors_name_what_was_wrong() {
     // The records are untouched by the refused calls.
     assert_eq!(daemon.api.record_count("acme").await, 5);
 }
+
+/// The states of a repeater's records, by id.
+async fn states(daemon: &Daemon, repeater: &str) -> Vec<(i64, String)> {
+    let query = repeaterd::store::RecordQuery {
+        repeater: Some(repeater.to_owned()),
+        limit: 1000,
+        ..Default::default()
+    };
+    let records = daemon.api.store.records("acme", &query).await.unwrap();
+    records
+        .into_iter()
+        .map(|record| (record.id, record.state.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn failures_are_listed_and_records_are_resent_or_cancelled_in_bulk() {
+    let daemon = daemon().await;
+    let table = daemon
+        .stdout(
+            ADMIN,
+            &["records", "failures", "acme", "crm", "--output", "table"],
+        )
+        .await;
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 1 + 1 + 1, "{table}");
+    let rows = lines[..2].join("\n");
+    for title in ["RETRYING", "FIRST SEEN", "LAST SEEN", "SAMPLE", "ERROR"] {
+        assert_aligned(&rows, title);
+    }
+    let row = lines[1];
+    assert!(row.starts_with("1 "), "one record in the group: {row}");
+    assert!(row.contains("just now") || row.contains(" s ago"), "{row}");
+    assert!(row.contains(&daemon.failed_record.to_string()), "{row}");
+    assert!(row.ends_with("HTTP 503"), "{row}");
+    assert!(
+        lines[2].contains("records resend|cancel acme --repeater crm --error"),
+        "{table}"
+    );
+    let json = daemon
+        .json(ADMIN, &["records", "failures", "acme", "crm"])
+        .await;
+    assert_eq!(json["groups"][0]["error"], "HTTP 503");
+    assert_eq!(json["groups"][0]["sample_record_id"], daemon.failed_record);
+    let none = daemon
+        .stdout(
+            ACME,
+            &["records", "failures", "acme", "audit", "-o", "table"],
+        )
+        .await;
+    assert_eq!(none, "no failures for acme/audit\n");
+
+    // A failure group, by its last error.
+    let resent = daemon
+        .stdout(
+            ACME,
+            &[
+                "records",
+                "resend",
+                "acme",
+                "--repeater",
+                "crm",
+                "--error",
+                "HTTP 503",
+                "-o",
+                "table",
+            ],
+        )
+        .await;
+    assert_eq!(
+        resent,
+        "resent 1 records of acme/crm whose last error is \"HTTP 503\"\n"
+    );
+    let crm = states(&daemon, "crm").await;
+    assert_eq!(crm.len(), 4);
+    assert!(crm.iter().all(|(_, state)| state == "pending"), "{crm:?}");
+
+    // Every record in a state, the answer as JSON when piped.
+    let cancelled = daemon
+        .json(
+            ACME,
+            &[
+                "records",
+                "cancel",
+                "acme",
+                "--repeater",
+                "crm",
+                "--state",
+                "pending",
+            ],
+        )
+        .await;
+    assert_eq!(cancelled, json!({"cancelled": 4}));
+    assert!(
+        states(&daemon, "crm")
+            .await
+            .iter()
+            .all(|(_, state)| state == "cancelled")
+    );
+    assert_eq!(
+        states(&daemon, "audit").await[0].1,
+        "pending",
+        "another repeater's records stay"
+    );
+    let resent = daemon
+        .stdout(
+            ACME,
+            &[
+                "records",
+                "resend",
+                "acme",
+                "--repeater",
+                "crm",
+                "--state",
+                "cancelled",
+                "-o",
+                "table",
+            ],
+        )
+        .await;
+    assert_eq!(resent, "resent 4 cancelled records of acme/crm\n");
+    assert!(
+        states(&daemon, "crm")
+            .await
+            .iter()
+            .all(|(_, state)| state == "pending")
+    );
+
+    // The API's refusals, and clap's, are errors naming what was wrong.
+    let finished = daemon
+        .run(
+            ACME,
+            &[
+                "records",
+                "cancel",
+                "acme",
+                "--repeater",
+                "crm",
+                "--state",
+                "succeeded",
+            ],
+        )
+        .await;
+    assert!(!finished.status.success());
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(
+        stderr.contains("422") && stderr.contains("state: succeeded records"),
+        "{stderr}"
+    );
+    let id = daemon.failed_record.to_string();
+    let refusals: [(&[&str], &str); 3] = [
+        (
+            &["records", "resend", "acme", &id, "--repeater", "crm"],
+            "cannot be used with",
+        ),
+        (
+            &["records", "cancel", "acme", "--state", "pending"],
+            "--repeater <REPEATER>",
+        ),
+        (
+            &[
+                "records",
+                "resend",
+                "acme",
+                "--repeater",
+                "crm",
+                "--state",
+                "pending",
+                "--error",
+                "x",
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, says) in refusals {
+        let refused = daemon.run(ADMIN, args).await;
+        assert!(!refused.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    assert!(
+        states(&daemon, "crm")
+            .await
+            .iter()
+            .all(|(_, state)| state == "pending"),
+        "refused calls change nothing"
+    );
+}

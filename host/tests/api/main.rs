@@ -3,6 +3,7 @@
 
 mod admin_cli;
 mod auth;
+mod bulk;
 mod ingest_props;
 mod routes;
 mod stores;

@@ -9,7 +9,7 @@ use sqlx::Executor;
 use sqlx::postgres::PgTypeInfo;
 
 use super::*;
-use crate::store::admin::records_page_sql;
+use crate::store::admin::{StateSql, records_page_sql};
 use crate::store::scratch;
 use crate::store::{RecordQuery, ingest, lanes};
 
@@ -275,6 +275,17 @@ fn every_query(dialect: Dialect) -> Vec<(String, String)> {
             };
             let text = records_page_sql(dialect, &query);
             all.push((format!("admin.records_page {query:?}"), text));
+        }
+    }
+    for state in RecordState::ALL {
+        let sql = StateSql::new(dialect, state);
+        for (name, text) in [
+            ("last", sql.last),
+            ("batch_end", sql.batch_end),
+            ("resend", sql.resend),
+            ("cancel", sql.cancel),
+        ] {
+            all.push((format!("admin.state_{name} {state}"), text));
         }
     }
     all

@@ -680,6 +680,7 @@ fn print_record(detail: RecordDetail, now: Millis) -> String {
         "ATTEMPT",
         "STARTED",
         "DURATION",
+        "REQUEST",
         "STATUS",
         "OUTCOME",
         "ERROR OR RESPONSE",
@@ -689,6 +690,11 @@ fn print_record(detail: RecordDetail, now: Millis) -> String {
             attempt.id.to_string(),
             relative(attempt.started_at.0, now),
             format!("{} ms", attempt.duration_ms),
+            attempt
+                .request
+                .as_ref()
+                .map(|sent| format!("{} {}", sent.method, sent.url))
+                .unwrap_or_else(|| "-".to_owned()),
             attempt
                 .status
                 .map(|status| status.to_string())

@@ -254,6 +254,10 @@ async fn records_print_as_a_table_for_people_and_as_the_api_s_json_for_scripts()
         shown.contains("41 ms") && shown.contains("503") && shown.contains("retry"),
         "{shown}"
     );
+    assert!(
+        shown.contains("POST https://crm.example.com/hooks"),
+        "the attempt shows what it sent:\n{shown}"
+    );
     let cancelled = daemon
         .json(ADMIN, &["records", "cancel", "acme", &id])
         .await;

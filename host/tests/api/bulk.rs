@@ -56,6 +56,7 @@ async fn failed_records(api: &TestApi) -> Vec<i64> {
             },
             response_excerpt: None,
             plugin_sha256: None,
+            request: None,
         }),
     };
     let outcomes = [

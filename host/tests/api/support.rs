@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use repeaterd::api::{
     self, ApiAuth, ApiLimits, ApiState, PluginCatalog, PluginInfo, PluginInstallError,
 };
-use repeaterd::model::{AttemptOutcome, Millis, RecordState};
+use repeaterd::model::{AttemptOutcome, Millis, RecordState, SentHeader, SentRequest};
 use repeaterd::store::sqlite::SqliteStore;
 use repeaterd::store::{AttemptDraft, RecordOutcome, RepeaterHealth, Store};
 use repeaterd::telemetry::Metrics;
@@ -301,7 +301,24 @@ pub fn answered_503(
             outcome: AttemptOutcome::Retry,
             response_excerpt: Some(b"busy".to_vec()),
             plugin_sha256: Some("ab".repeat(32)),
-            request: None,
+            request: Some(
+                serde_json::to_string(&SentRequest {
+                    method: "POST".into(),
+                    url: "https://crm.example.com/hooks".into(),
+                    headers: vec![
+                        SentHeader {
+                            name: "content-type".into(),
+                            value: "application/json".into(),
+                        },
+                        SentHeader {
+                            name: "authorization".into(),
+                            value: "redacted".into(),
+                        },
+                    ],
+                    body_bytes: 12,
+                })
+                .expect("a request summary as JSON"),
+            ),
         }),
     }
 }

@@ -73,6 +73,26 @@ fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
     )]))
 }
 
+/// Says so in the log when the server does not vacuum by itself: every
+/// state change of a record leaves a dead row version and dead index
+/// entries behind, and without autovacuum they pile up until the backlog
+/// counts, listings and claims read millions of them (migration 0006 tunes
+/// it for these tables; it cannot turn it on).
+async fn warn_if_autovacuum_is_off(pool: &PgPool) {
+    match sqlx::query_scalar::<_, String>("SHOW autovacuum")
+        .fetch_one(pool)
+        .await
+    {
+        Ok(setting) if setting == "off" => tracing::warn!(
+            "autovacuum is off on this PostgreSQL server: dead rows of delivered records \
+             will pile up and slow the store down; turn it on, or run VACUUM on records, \
+             attempts and events regularly"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "could not read the autovacuum setting"),
+    }
+}
+
 impl PostgresStore {
     /// [`PostgresStore::connect_with`] with the default pool size.
     pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
@@ -91,6 +111,7 @@ impl PostgresStore {
             .test_before_acquire(false)
             .connect_with(connect_options(url)?)
             .await?;
+        warn_if_autovacuum_is_off(&pool).await;
         let wake = Arc::new(Notify::new());
         // Listen before returning, so a NOTIFY sent after `connect` is seen.
         let mut listener = PgListener::connect_with(&pool).await?;

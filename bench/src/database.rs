@@ -163,6 +163,25 @@ impl PgServer {
     }
 }
 
+/// The first column of the first row of `sql`, as text, from `psql`.
+pub fn psql_value(url: &str, sql: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| format!("cannot run psql for {sql:?}: {err}"))?;
+    if output.status.success() {
+        let text = String::from_utf8_lossy(&output.stdout);
+        Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+    } else {
+        Err(format!(
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
 /// Runs one SQL statement with `psql`.
 fn psql(url: &str, sql: &str) -> Result<(), String> {
     let output = Command::new("psql")

@@ -45,7 +45,7 @@ pub struct Layout {
     /// Event ids of this run are `<prefix>-<seq>`.
     prefix: String,
     _dir: ScenarioDir,
-    _db: ScenarioDb,
+    pub db: ScenarioDb,
 }
 
 impl Layout {
@@ -73,7 +73,7 @@ impl Layout {
             domains,
             prefix: prefix.to_owned(),
             _dir: dir,
-            _db: db,
+            db,
         })
     }
 

@@ -6,6 +6,7 @@
 mod broken_config;
 mod console;
 mod crash;
+mod database_restart;
 mod delivery;
 mod failover;
 mod faulty_receiver;

@@ -1,7 +1,8 @@
 //! What every test of the workspace shares: the real `repeaterd` binary
 //! (built once per test process) and the daemon process wrapper that runs
 //! it, the one config builder for it, a real HTTP receiver, the PostgreSQL
-//! test-database helper, and the macro that runs a test on both stores.
+//! test-database helper, a private PostgreSQL server for tests that restart
+//! it, and the macro that runs a test on both stores.
 //!
 //! This library never links the `repeaterd` library: it drives the daemon
 //! over HTTP, signals and SQL, so `repeaterd`'s own integration tests can
@@ -11,6 +12,7 @@ pub mod backend;
 pub mod binary;
 pub mod config;
 pub mod daemon;
+pub mod pg_server;
 pub mod postgres;
 pub mod receiver;
 
@@ -21,5 +23,6 @@ pub use daemon::{
     ingest_until_accepted, ingested_ids, list_records, record_attempts, record_id, record_state,
     seed_from_env,
 };
+pub use pg_server::PgServer;
 pub use postgres::PgDatabase;
 pub use receiver::{Received, Receiver, Reply, ResettingEndpoint, Script};

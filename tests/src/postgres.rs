@@ -36,11 +36,17 @@ impl PgDatabase {
     /// Creates a uniquely named database. Panics, naming the URL and how to
     /// change it, when the server cannot be reached.
     pub async fn create() -> PgDatabase {
-        static CREATED: AtomicU64 = AtomicU64::new(0);
         let url = std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_owned());
+        PgDatabase::create_on(&url).await
+    }
+
+    /// Creates a uniquely named database on the server of `url` (a test's
+    /// own [`PgServer`](crate::PgServer), say).
+    pub async fn create_on(url: &str) -> PgDatabase {
+        static CREATED: AtomicU64 = AtomicU64::new(0);
         // Created and dropped from the maintenance database, which always
         // exists, so the database the URL names may be absent.
-        let admin_url = with_database(&url, "postgres");
+        let admin_url = with_database(url, "postgres");
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|err| {
@@ -62,7 +68,7 @@ impl PgDatabase {
             .unwrap_or_else(|err| panic!("creating database {name} at {admin_url}: {err}"));
         let _ = admin.close().await;
         PgDatabase {
-            url: with_database(&url, &name),
+            url: with_database(url, &name),
             name,
             admin_url,
         }

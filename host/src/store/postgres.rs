@@ -26,7 +26,10 @@ use super::input::{ROWS_PER_STATEMENT, RecordUpdate, Subscriber, answers, lease_
 use super::lanes::{attempt_inserts, fence, record_updates};
 use super::rows::{ClaimedRecordRaw, RepeaterRecordRaw};
 use super::sql::Dialect;
-use super::{AttemptDraft, Ingested, IngestedRecord, Lease, ReadyRepeater, StoreResult};
+use super::{
+    AttemptDraft, ErrorKind, Ingested, IngestedRecord, Lease, ReadyRepeater, StoreError,
+    StoreResult,
+};
 use crate::model::{Millis, RecordState};
 
 /// The channel that carries wake-ups between processes.
@@ -37,6 +40,20 @@ pub(crate) const POOL_CONNECTIONS: u32 = 10;
 const ANNOUNCE_WINDOW: Duration = Duration::from_millis(20);
 /// How long to wait before listening again after the connection failed.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// How long a statement waits for a pool connection before failing as
+/// `Unavailable`. sqlx's default, 30 s, keeps retrying the connect while
+/// the server is down, so an ingest hung for seconds past the server's
+/// return instead of answering 503 at once, and a lease renewal outlived
+/// the 3 s lease it renewed. Store transactions last milliseconds, so a
+/// healthy pool never makes a caller wait this long; ingest (503 with
+/// `Retry-After`) and the dispatch loop (its next turn) retry.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long opening the store waits for the server to accept connections:
+/// a daemon started with its database still starting up waits for it, as
+/// it did before [`ACQUIRE_TIMEOUT`] was shortened.
+const STARTUP_WAIT: Duration = Duration::from_secs(30);
+/// Between two tries of the first connection while the server starts.
+const STARTUP_RETRY: Duration = Duration::from_millis(200);
 /// How long the server keeps a session that sits idle inside a transaction
 /// before ending it. Store transactions last milliseconds; a session idle
 /// in one belongs to a process that is frozen (SIGSTOP, a paused VM) or
@@ -109,8 +126,9 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
             .test_before_acquire(false)
-            .connect_with(connect_options(url)?)
-            .await?;
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(connect_options(url)?);
+        first_connection(&pool).await?;
         warn_if_autovacuum_is_off(&pool).await;
         let wake = Arc::new(Notify::new());
         // Listen before returning, so a NOTIFY sent after `connect` is seen.
@@ -332,6 +350,25 @@ const RECORDS_OF_EVENTS: &str =
     "SELECT event_id, id, repeater_name FROM records WHERE event_id = ANY($1) ORDER BY id";
 /// The repeaters of domain `$1`, with their specs.
 const SUBSCRIBERS: &str = "SELECT id, name, spec FROM repeaters WHERE domain = $1 ORDER BY name";
+
+/// Waits until `pool` has a connection, trying again while the server
+/// cannot answer for up to [`STARTUP_WAIT`]; any other failure (a refused
+/// password, an unknown database) fails at once.
+async fn first_connection(pool: &PgPool) -> StoreResult<()> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match pool.acquire().await {
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                let error = StoreError::from(error);
+                if error.kind() != ErrorKind::Unavailable || started.elapsed() >= STARTUP_WAIT {
+                    return Err(error);
+                }
+            }
+        }
+        tokio::time::sleep(STARTUP_RETRY).await;
+    }
+}
 
 /// Tells other processes about local changes: one NOTIFY per change burst,
 /// at most one per [`ANNOUNCE_WINDOW`]. NOTIFY serialises committing

@@ -22,4 +22,4 @@ pub use daemon::{
     seed_from_env,
 };
 pub use postgres::PgDatabase;
-pub use receiver::{Received, Receiver, Reply, ResettingEndpoint, Script};
+pub use receiver::{Capacity, Received, Receiver, Reply, ResettingEndpoint, Script, Served};

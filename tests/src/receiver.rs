@@ -293,7 +293,11 @@ fn log(shared: &Shared, received: &Received) -> usize {
 
 /// Counts `received` in the log, then serves it within `capacity` or sheds
 /// it.
-async fn serve_within(shared: &Arc<Shared>, capacity: Capacity, mut received: Received) -> Response {
+async fn serve_within(
+    shared: &Arc<Shared>,
+    capacity: Capacity,
+    mut received: Received,
+) -> Response {
     let slot = Slot::take(shared, capacity.limit);
     received.shed = slot.is_none();
     log(shared, &received);

@@ -4,15 +4,23 @@
 //!
 //! An overload answer (timeout, 429, 5xx) seen while `k` of the repeater's
 //! requests were in flight, itself included, says the endpoint could not
-//! take `k`: the limit drops to `k - 1` at most. A wave of such answers
-//! walks it down to what the endpoint served alongside them, so a receiver
-//! that sheds load at once is found out by its first wave. The limit then
-//! grows by one per window of successes (a window is `limit` successes),
-//! but only by one per [`PROBE_WINDOWS`] windows while the next step would
-//! reach the level that last overloaded: the lane probes that level
-//! rarely instead of sitting above the endpoint's capacity. Successes seen
-//! with fewer requests in flight than the limit do not count: they say
-//! nothing about more.
+//! take `k`, unless it has lately served `k` at once (a success came back
+//! with `k` in flight since the limit last fell to `k`). Then:
+//!
+//! - Not served lately: the limit drops to `k - 1` at most. A wave of such
+//!   answers walks it down to what the endpoint served alongside them, so
+//!   a receiver that sheds load at once is found out by its first wave.
+//!   The level `k` is then probed slowly: growth toward it takes
+//!   [`PROBE_WINDOWS`] windows per step instead of one, so the lane sits at
+//!   the endpoint's capacity and tries one more request now and then,
+//!   instead of oscillating above it.
+//! - Served lately: the answer is an error more than a sign of too many
+//!   requests (a flaky endpoint's odd 500). The limit drops by one, at most
+//!   once per window of answers, and grows back at the usual pace.
+//!
+//! Otherwise the limit grows by one per window of successes (a window is
+//! `limit` answers). Successes seen with fewer requests in flight than the
+//! limit do not count: they say nothing about more.
 
 /// True when an attempt's result means the endpoint is overloaded: a
 /// timeout, `429 Too Many Requests` or any 5xx.
@@ -34,8 +42,15 @@ pub struct Aimd {
     /// Successes counted toward the next step of growth.
     credit: u32,
     /// How many requests were in flight when the endpoint last showed
-    /// overload; forgotten once the limit has grown past it.
+    /// overload at a level it had not served; forgotten once the limit has
+    /// grown past it.
     overloaded_at: Option<u32>,
+    /// Most requests in flight with which a success came back, never above
+    /// the limit: the level the endpoint has lately been seen to serve.
+    served: u32,
+    /// Answers still to come before an error at a served level cuts again:
+    /// the requests in flight at a cut report the same trouble.
+    error_hold: u32,
 }
 
 impl Aimd {
@@ -49,6 +64,8 @@ impl Aimd {
             limit: ceiling,
             credit: 0,
             overloaded_at: None,
+            served: 0,
+            error_hold: 0,
         }
     }
 
@@ -71,6 +88,8 @@ impl Aimd {
     /// A success answered while `in_flight` of the repeater's requests,
     /// this one included, were open.
     pub fn on_success(&mut self, in_flight: u32) {
+        self.error_hold = self.error_hold.saturating_sub(1);
+        self.served = self.served.max(in_flight.min(self.limit));
         if in_flight < self.limit || self.limit >= self.ceiling {
             return;
         }
@@ -89,17 +108,30 @@ impl Aimd {
     }
 
     /// An overload answer seen while `in_flight` of the repeater's requests,
-    /// this one included, were open: the endpoint could not take that many.
+    /// this one included, were open.
     pub fn on_overload(&mut self, in_flight: u32) {
         let in_flight = in_flight.max(1);
-        self.limit = self.limit.min(in_flight - 1).max(1);
-        self.credit = 0;
-        self.overloaded_at = Some(in_flight);
+        if in_flight <= self.served {
+            if self.error_hold > 0 {
+                self.error_hold -= 1;
+                return;
+            }
+            self.error_hold = self.limit;
+            self.limit = self.limit.saturating_sub(1).max(1);
+        } else {
+            self.limit = self.limit.min(in_flight - 1).max(1);
+            self.credit = 0;
+            self.overloaded_at = Some(in_flight);
+        }
+        self.served = self.served.min(self.limit);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     use super::*;
 
     /// A lane sending to a receiver that serves `capacity` requests at once
@@ -110,15 +142,19 @@ mod tests {
         capacity: u32,
         aimd: Aimd,
         now: u64,
-        /// Open requests: when each answers and whether it was served.
+        /// Open requests: when each answers and whether it succeeds.
         open: Vec<(u64, bool)>,
+        /// Share of the requests within capacity answered 500 at once.
+        errors: f64,
+        rng: StdRng,
     }
 
     /// What a simulation saw after its warm-up.
     #[derive(Debug, Default)]
     struct Seen {
         successes: u64,
-        shed: u64,
+        /// Answers 503 (shed) or 500.
+        failures: u64,
         /// Microseconds of receiver slots in use.
         busy_us: u64,
         /// Microseconds spent at each limit, by limit.
@@ -128,7 +164,13 @@ mod tests {
 
     impl Seen {
         fn success_share(&self) -> f64 {
-            self.successes as f64 / (self.successes + self.shed) as f64
+            self.successes as f64 / (self.successes + self.failures) as f64
+        }
+
+        /// The limit, averaged over time.
+        fn mean_limit(&self) -> f64 {
+            let weighted: u64 = self.at_limit.iter().map(|(l, us)| u64::from(*l) * us).sum();
+            weighted as f64 / self.elapsed_us as f64
         }
 
         /// Share of the receiver's capacity used.
@@ -152,6 +194,17 @@ mod tests {
                 aimd,
                 now: 0,
                 open: Vec::new(),
+                errors: 0.0,
+                rng: StdRng::seed_from_u64(15),
+            }
+        }
+
+        /// A receiver with room for anything that answers `share` of its
+        /// requests 500 at once, whatever the load: a flaky endpoint.
+        fn flaky(share: f64, aimd: Aimd) -> Simulation {
+            Simulation {
+                errors: share,
+                ..Simulation::new(u32::MAX, aimd)
             }
         }
 
@@ -170,7 +223,8 @@ mod tests {
             let mut seen = Seen::default();
             loop {
                 while self.open.len() < self.aimd.limit() as usize {
-                    let served = self.serving() < self.capacity;
+                    let served = self.serving() < self.capacity
+                        && (self.errors == 0.0 || !self.rng.random_bool(self.errors));
                     let answer = self.now + if served { SERVICE_US } else { SHED_US };
                     self.open.push((answer, served));
                 }
@@ -198,7 +252,7 @@ mod tests {
                 if self.now >= warm_up_us {
                     match served {
                         true => seen.successes += 1,
-                        false => seen.shed += 1,
+                        false => seen.failures += 1,
                     }
                 }
             }
@@ -233,7 +287,7 @@ mod tests {
         let seen = lane.run(0, 100_000);
         // 16 sent at once, 13 shed, and the limit stands at 3 before the
         // first success.
-        assert_eq!(seen.shed, 13, "{seen:?}");
+        assert_eq!(seen.failures, 13, "{seen:?}");
         assert_eq!(lane.aimd.limit(), 3);
     }
 
@@ -241,8 +295,49 @@ mod tests {
     fn a_receiver_that_never_overloads_keeps_the_ceiling() {
         let mut lane = Simulation::new(u32::MAX, Aimd::new(16));
         let seen = lane.run(0, 10_000_000);
-        assert_eq!(seen.shed, 0);
+        assert_eq!(seen.failures, 0);
         assert_eq!(seen.time_at(16), 1.0, "{seen:?}");
+    }
+
+    #[test]
+    fn a_flaky_receiver_keeps_most_of_the_limit() {
+        // One request in a hundred answered 500, at any load: the limit
+        // stays near the ceiling. (Halving once per window, the limiter
+        // before ADR 15, kept about 12 of 16 in this setting; cutting to
+        // `k - 1` on every error kept 8.)
+        let mut lane = Simulation::flaky(0.01, Aimd::new(16));
+        let seen = lane.run(2_000_000, 62_000_000);
+        let mean = seen.mean_limit();
+        assert!(mean >= 13.0, "{mean:.2}: {seen:?}");
+        // One in twenty: halving kept about 6, cutting on every error 2.
+        let mut lane = Simulation::flaky(0.05, Aimd::new(16));
+        let seen = lane.run(2_000_000, 62_000_000);
+        let mean = seen.mean_limit();
+        assert!(mean >= 8.0, "{mean:.2}: {seen:?}");
+    }
+
+    #[test]
+    fn an_error_at_a_served_level_cuts_by_one_per_window() {
+        let mut aimd = Aimd::new(16);
+        aimd.on_overload(9);
+        assert_eq!(aimd.limit(), 8);
+        // The endpoint served 8 at once.
+        aimd.on_success(8);
+        // A 500 with 8 in flight, and the 7 others still in flight
+        // answering the same: one step down.
+        for in_flight in (1..=8).rev() {
+            aimd.on_overload(in_flight);
+        }
+        assert_eq!(aimd.limit(), 7);
+        // Back at the usual pace, a window of successes: no slow probing
+        // of a level the endpoint has served.
+        for _ in 0..7 {
+            aimd.on_success(7);
+        }
+        assert_eq!(aimd.limit(), 8);
+        // A window has passed: the next error counts.
+        aimd.on_overload(8);
+        assert_eq!(aimd.limit(), 7);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::model::{
     now_millis,
 };
 use crate::plugin::{CallContext, LoadedPlugin, PluginError, RepeaterKey};
-use crate::schedule::{Aimd, AttemptReport, JudgePolicy, Verdict, judge_batch};
+use crate::schedule::{Aimd, AttemptReport, JudgePolicy, Overload, Verdict, judge_batch};
 use crate::store::{Lease, RepeaterRow, StoreError};
 
 /// What a finished batch tells the scheduler loop.
@@ -323,7 +323,11 @@ fn adapt(ctx: &AttemptContext, aimd: &mut Aimd, report: &AttemptReport, in_fligh
     let before = aimd.limit();
     let in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
     if report.is_overload() {
-        aimd.on_overload(in_flight);
+        let how = match report.timed_out {
+            true => Overload::TimedOut,
+            false => Overload::Answered,
+        };
+        aimd.on_overload(in_flight, how);
     } else if matches!(report.verdict, Verdict::Success) {
         aimd.on_success(in_flight);
     }

@@ -14,9 +14,11 @@
 //!   [`PROBE_WINDOWS`] windows per step instead of one, so the lane sits at
 //!   the endpoint's capacity and tries one more request now and then,
 //!   instead of oscillating above it.
-//! - Served lately: the answer is an error more than a sign of too many
-//!   requests (a flaky endpoint's odd 500). The limit drops by one, at most
-//!   once per window of answers, and grows back at the usual pace.
+//! - Served lately: an answered 429 or 5xx is an error more than a sign of
+//!   too many requests (a flaky endpoint's odd 500): the limit drops by
+//!   one. A timeout is the endpoint holding requests it served a moment
+//!   ago (it is stalling): the limit halves. Either at most once per window
+//!   of answers, and the limit grows back at the usual pace.
 //!
 //! Otherwise the limit grows by one per window of successes (a window is
 //! `limit` answers). Successes seen with fewer requests in flight than the
@@ -34,6 +36,15 @@ pub fn is_overload(status: Option<u16>, timed_out: bool) -> bool {
 /// request in `16 c + 1` (6 % at `c = 1`, 2 % at `c = 3`).
 pub const PROBE_WINDOWS: u32 = 16;
 
+/// How an endpoint showed overload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// It answered `429` or a 5xx.
+    Answered,
+    /// It did not answer within the request timeout.
+    TimedOut,
+}
+
 /// The adaptive concurrency limit of one repeater.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Aimd {
@@ -48,8 +59,8 @@ pub struct Aimd {
     /// Most requests in flight with which a success came back, never above
     /// the limit: the level the endpoint has lately been seen to serve.
     served: u32,
-    /// Answers still to come before an error at a served level cuts again:
-    /// the requests in flight at a cut report the same trouble.
+    /// Answers still to come before an overload at a served level cuts
+    /// again: the requests in flight at a cut report the same trouble.
     error_hold: u32,
 }
 
@@ -107,17 +118,22 @@ impl Aimd {
         }
     }
 
-    /// An overload answer seen while `in_flight` of the repeater's requests,
-    /// this one included, were open.
-    pub fn on_overload(&mut self, in_flight: u32) {
+    /// An overload seen while `in_flight` of the repeater's requests, this
+    /// one included, were open.
+    pub fn on_overload(&mut self, in_flight: u32, how: Overload) {
         let in_flight = in_flight.max(1);
+        let held = self.error_hold > 0;
+        self.error_hold = self.error_hold.saturating_sub(1);
         if in_flight <= self.served {
-            if self.error_hold > 0 {
-                self.error_hold -= 1;
+            if held {
                 return;
             }
-            self.error_hold = self.limit;
-            self.limit = self.limit.saturating_sub(1).max(1);
+            self.error_hold = in_flight - 1;
+            self.limit = match how {
+                Overload::Answered => self.limit - 1,
+                Overload::TimedOut => self.limit / 2,
+            }
+            .max(1);
         } else {
             self.limit = self.limit.min(in_flight - 1).max(1);
             self.credit = 0;
@@ -247,7 +263,7 @@ mod tests {
                 if served {
                     self.aimd.on_success(in_flight);
                 } else {
-                    self.aimd.on_overload(in_flight);
+                    self.aimd.on_overload(in_flight, Overload::Answered);
                 }
                 if self.now >= warm_up_us {
                     match served {
@@ -309,24 +325,24 @@ mod tests {
         let seen = lane.run(2_000_000, 62_000_000);
         let mean = seen.mean_limit();
         assert!(mean >= 13.0, "{mean:.2}: {seen:?}");
-        // One in twenty: halving kept about 6, cutting on every error 2.
+        // One in twenty: halving kept about 5, cutting on every error 2.
         let mut lane = Simulation::flaky(0.05, Aimd::new(16));
         let seen = lane.run(2_000_000, 62_000_000);
         let mean = seen.mean_limit();
-        assert!(mean >= 8.0, "{mean:.2}: {seen:?}");
+        assert!(mean >= 7.0, "{mean:.2}: {seen:?}");
     }
 
     #[test]
     fn an_error_at_a_served_level_cuts_by_one_per_window() {
         let mut aimd = Aimd::new(16);
-        aimd.on_overload(9);
+        aimd.on_overload(9, Overload::Answered);
         assert_eq!(aimd.limit(), 8);
         // The endpoint served 8 at once.
         aimd.on_success(8);
         // A 500 with 8 in flight, and the 7 others still in flight
         // answering the same: one step down.
         for in_flight in (1..=8).rev() {
-            aimd.on_overload(in_flight);
+            aimd.on_overload(in_flight, Overload::Answered);
         }
         assert_eq!(aimd.limit(), 7);
         // Back at the usual pace, a window of successes: no slow probing
@@ -335,9 +351,26 @@ mod tests {
             aimd.on_success(7);
         }
         assert_eq!(aimd.limit(), 8);
-        // A window has passed: the next error counts.
-        aimd.on_overload(8);
+        // The answers of that cut are in: the next error at a served level
+        // counts.
+        aimd.on_success(8);
+        aimd.on_overload(8, Overload::Answered);
         assert_eq!(aimd.limit(), 7);
+    }
+
+    #[test]
+    fn a_stalling_endpoint_halves_the_limit_per_window() {
+        let mut aimd = Aimd::new(16);
+        aimd.on_success(16);
+        // Every request in flight times out together.
+        for in_flight in (1..=16).rev() {
+            aimd.on_overload(in_flight, Overload::TimedOut);
+        }
+        assert_eq!(aimd.limit(), 8);
+        for in_flight in (1..=8).rev() {
+            aimd.on_overload(in_flight, Overload::TimedOut);
+        }
+        assert_eq!(aimd.limit(), 4);
     }
 
     #[test]
@@ -345,7 +378,7 @@ mod tests {
         let mut aimd = Aimd::new(16);
         // A total outage: every request in flight overloaded.
         for in_flight in (1..=16).rev() {
-            aimd.on_overload(in_flight);
+            aimd.on_overload(in_flight, Overload::Answered);
         }
         assert_eq!(aimd.limit(), 1);
         // Then the receiver takes anything: a few seconds of 50 ms requests.
@@ -364,7 +397,7 @@ mod tests {
         let mut aimd = Aimd::new(7);
         assert_eq!(aimd.limit(), 7);
         for in_flight in [0, 1, 7, 100] {
-            aimd.on_overload(in_flight);
+            aimd.on_overload(in_flight, Overload::Answered);
             assert!((1..=7).contains(&aimd.limit()));
         }
         assert_eq!(aimd.limit(), 1);
@@ -379,19 +412,19 @@ mod tests {
     #[test]
     fn an_overload_cuts_the_limit_below_what_was_in_flight() {
         let mut aimd = Aimd::new(16);
-        aimd.on_overload(16);
+        aimd.on_overload(16, Overload::Answered);
         assert_eq!(aimd.limit(), 15);
-        aimd.on_overload(5);
+        aimd.on_overload(5, Overload::Answered);
         assert_eq!(aimd.limit(), 4);
         // Never raised by an overload seen with more in flight.
-        aimd.on_overload(12);
+        aimd.on_overload(12, Overload::Answered);
         assert_eq!(aimd.limit(), 4);
     }
 
     #[test]
     fn growth_next_to_the_level_that_overloaded_is_slow() {
         let mut aimd = Aimd::new(16);
-        aimd.on_overload(4);
+        aimd.on_overload(4, Overload::Answered);
         assert_eq!(aimd.limit(), 3);
         let mut successes = 0;
         while aimd.limit() < 4 {
@@ -415,7 +448,7 @@ mod tests {
     #[test]
     fn successes_below_the_limit_do_not_grow_it() {
         let mut aimd = Aimd::new(16);
-        aimd.on_overload(9);
+        aimd.on_overload(9, Overload::Answered);
         assert_eq!(aimd.limit(), 8);
         for _ in 0..1_000 {
             aimd.on_success(7);

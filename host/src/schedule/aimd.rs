@@ -5,7 +5,8 @@
 //! An overload answer (timeout, 429, 5xx) seen while `k` of the repeater's
 //! requests were in flight, itself included, says the endpoint could not
 //! take `k`, unless it has lately served `k` at once (a success came back
-//! with `k` in flight since the limit last fell to `k`). Then:
+//! with `k` or more in flight, and the limit has not fallen below `k`
+//! since). Then:
 //!
 //! - Not served lately: the limit drops to `k - 1` at most. A wave of such
 //!   answers walks it down to what the endpoint served alongside them, so
@@ -21,7 +22,7 @@
 //!   of answers, and the limit grows back at the usual pace.
 //!
 //! Otherwise the limit grows by one per window of successes (a window is
-//! `limit` answers). Successes seen with fewer requests in flight than the
+//! `limit` successes). Successes seen with fewer requests in flight than the
 //! limit do not count: they say nothing about more.
 
 /// True when an attempt's result means the endpoint is overloaded: a

@@ -25,4 +25,4 @@ pub use daemon::{
 };
 pub use pg_server::PgServer;
 pub use postgres::PgDatabase;
-pub use receiver::{Received, Receiver, Reply, ResettingEndpoint, Script};
+pub use receiver::{Capacity, Received, Receiver, Reply, ResettingEndpoint, Script, Served};

@@ -1,7 +1,9 @@
 //! A real HTTP receiver on 127.0.0.1 for end-to-end tests: it records every
 //! request it gets (path, headers, body, arrival time) and answers from a
 //! programmable script, so a test can say "503 twice then 200" or "always
-//! 400" and then look at exactly what arrived.
+//! 400" and then look at exactly what arrived. Started with a [`Capacity`]
+//! instead, it is a busy API that sheds load: it serves a few requests at a
+//! time and answers `503` at once to the rest.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +28,9 @@ pub struct Received {
     pub body: Bytes,
     /// When it arrived, relative to the receiver's start.
     pub at: Duration,
+    /// True when a receiver with a [`Capacity`] was full and answered `503`
+    /// at once.
+    pub shed: bool,
 }
 
 impl Received {
@@ -71,6 +76,24 @@ impl Reply {
 /// the same record id.
 pub type Script = Arc<dyn Fn(&Received, usize) -> Reply + Send + Sync>;
 
+/// How much a load-shedding receiver serves: at most `limit` requests at
+/// once, each answered `200` after `service`; a request arriving while
+/// `limit` are being served is answered `503` at once, with no
+/// `Retry-After`. A slot is free again as soon as its answer is ready.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub limit: usize,
+    pub service: Duration,
+}
+
+/// When a request held one of a [`Capacity`]'s slots, relative to the
+/// receiver's start.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    pub from: Duration,
+    pub to: Duration,
+}
+
 struct Shared {
     started: Instant,
     log: Mutex<Vec<Received>>,
@@ -80,6 +103,12 @@ struct Shared {
     script: Mutex<Script>,
     /// While false, requests wait before being answered (a slow receiver).
     open: watch::Receiver<bool>,
+    /// When set, the script is not asked: requests are served or shed.
+    capacity: Option<Capacity>,
+    /// Requests holding a slot of `capacity` now.
+    serving: AtomicUsize,
+    /// Every slot held so far, in the order the slots were freed.
+    served: Mutex<Vec<Served>>,
 }
 
 /// A running receiver; dropped with the test's runtime.
@@ -97,6 +126,16 @@ impl Receiver {
 
     /// Starts a receiver answering from `script`.
     pub async fn with_script(script: Script) -> Receiver {
+        Receiver::serve(script, None).await
+    }
+
+    /// Starts a receiver that serves at most `capacity.limit` requests at
+    /// once and answers `503` at once beyond that.
+    pub async fn with_capacity(capacity: Capacity) -> Receiver {
+        Receiver::serve(Arc::new(|_, _| Reply::status(200)), Some(capacity)).await
+    }
+
+    async fn serve(script: Script, capacity: Option<Capacity>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -108,6 +147,9 @@ impl Receiver {
             per_record: Mutex::new(HashMap::new()),
             script: Mutex::new(script),
             open,
+            capacity,
+            serving: AtomicUsize::new(0),
+            served: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -147,6 +189,17 @@ impl Receiver {
     /// cheap compared with [`Receiver::received`].
     pub fn per_record(&self) -> HashMap<String, usize> {
         self.shared.per_record.lock().unwrap().clone()
+    }
+
+    /// Now on the receiver's clock, the one [`Received::at`] and [`Served`]
+    /// are read on.
+    pub fn now(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
+    /// The slots a [`Capacity`] receiver's requests held so far.
+    pub fn served(&self) -> Vec<Served> {
+        self.shared.served.lock().unwrap().clone()
     }
 
     /// How many distinct record ids arrived so far.
@@ -209,25 +262,82 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         headers: parts.headers,
         body,
         at: shared.started.elapsed(),
+        shed: false,
     };
+    if let Some(capacity) = shared.capacity {
+        return serve_within(&shared, capacity, received).await;
+    }
     let mut open = shared.open.clone();
     let _ = open.wait_for(|open| *open).await;
-    let seen = {
-        let mut log = shared.log.lock().unwrap();
-        let seen = match received.record_id() {
-            Some(id) => {
-                let mut per_record = shared.per_record.lock().unwrap();
-                let count = per_record.entry(id).or_insert(0);
-                *count += 1;
-                *count - 1
-            }
-            None => 0,
-        };
-        log.push(received.clone());
-        seen
-    };
+    let seen = log(&shared, &received);
     let script = shared.script.lock().unwrap().clone();
     answer(script(&received, seen)).await
+}
+
+/// Appends `received` to the log; returns how many earlier requests
+/// carried its record id.
+fn log(shared: &Shared, received: &Received) -> usize {
+    let mut log = shared.log.lock().unwrap();
+    let seen = match received.record_id() {
+        Some(id) => {
+            let mut per_record = shared.per_record.lock().unwrap();
+            let count = per_record.entry(id).or_insert(0);
+            *count += 1;
+            *count - 1
+        }
+        None => 0,
+    };
+    log.push(received.clone());
+    seen
+}
+
+/// Counts `received` in the log, then serves it within `capacity` or sheds
+/// it.
+async fn serve_within(
+    shared: &Arc<Shared>,
+    capacity: Capacity,
+    mut received: Received,
+) -> Response {
+    let slot = Slot::take(shared, capacity.limit);
+    received.shed = slot.is_none();
+    log(shared, &received);
+    let Some(slot) = slot else {
+        return status_reply(503, Vec::new(), String::new());
+    };
+    tokio::time::sleep(capacity.service).await;
+    drop(slot);
+    status_reply(200, Vec::new(), String::new())
+}
+
+/// One of a [`Capacity`]'s slots, held by a request being served; given
+/// back (and its time logged) when dropped, also when the client goes away.
+struct Slot<'a> {
+    shared: &'a Shared,
+    from: Duration,
+}
+
+impl<'a> Slot<'a> {
+    fn take(shared: &'a Shared, limit: usize) -> Option<Slot<'a>> {
+        if shared.serving.fetch_add(1, Ordering::SeqCst) >= limit {
+            shared.serving.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot {
+            shared,
+            from: shared.started.elapsed(),
+        })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let to = self.shared.started.elapsed();
+        self.shared.served.lock().unwrap().push(Served {
+            from: self.from,
+            to,
+        });
+        self.shared.serving.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Carries out one reply.

@@ -1,9 +1,15 @@
 //! One batch of one repeater, run under its lease: claim up to a batch of
 //! due records with the repeater's row, pick its plugin, run their attempts
-//! with at most the granted concurrency while a timer renews the lease,
+//! within the lane's concurrency limit while a timer renews the lease,
 //! judge the results and write them in one `finish_batch` fenced by the
 //! lease epoch. The lease is released with the results, or kept for the lane's
 //! next batch when the loop asked for that (ADR 5).
+//!
+//! The batch carries the lane's adaptive concurrency limit while it runs
+//! (one batch per lane at a time) and feeds it each answer as it comes,
+//! with the number of the batch's requests then in flight: an endpoint that
+//! sheds load gets fewer requests from the next attempt on, not from the
+//! next batch on (ADR 15).
 //!
 //! A batch stops starting attempts early when the endpoint, or the
 //! repeater's own plugin or credentials, fail a whole window of attempts in
@@ -31,7 +37,7 @@ use crate::model::{
     now_millis,
 };
 use crate::plugin::{CallContext, LoadedPlugin, PluginError, RepeaterKey};
-use crate::schedule::{AttemptReport, JudgePolicy, Verdict, judge_batch};
+use crate::schedule::{Aimd, AttemptReport, JudgePolicy, Overload, Verdict, judge_batch};
 use crate::store::{Lease, RepeaterRow, StoreError};
 
 /// What a finished batch tells the scheduler loop.
@@ -55,10 +61,8 @@ pub struct BatchDone {
     pub more_due: bool,
     /// Records attempted.
     pub attempted: usize,
-    /// Attempts that succeeded.
-    pub successes: u32,
-    /// Attempts that showed endpoint overload (timeout, 429, 5xx).
-    pub overloads: u32,
+    /// The lane's adaptive concurrency limit as the batch left it.
+    pub aimd: Aimd,
     /// True when the batch's results were written.
     pub written: bool,
     /// How long the batch took, lease to write.
@@ -95,7 +99,9 @@ impl SlotReturn {
 pub struct BatchGrant {
     /// Most records to claim; the batch holds one global slot for each.
     pub records: u32,
-    /// Most requests open at once.
+    /// Requests open at once as the batch starts: the lane's limit then.
+    /// The batch follows the limit as its answers move it; this many
+    /// failures in a row still make a window of probes.
     pub concurrency: u32,
     /// Keep the lease after writing the results instead of releasing it.
     pub keep_lease: bool,
@@ -109,6 +115,7 @@ pub async fn run_batch(
     repeater: ReadyRepeater,
     lease: Lease,
     grant: BatchGrant,
+    aimd: Aimd,
     slots: SlotReturn,
     shutdown: watch::Receiver<bool>,
 ) -> BatchDone {
@@ -119,8 +126,7 @@ pub async fn run_batch(
         claimed: 0,
         more_due: false,
         attempted: 0,
-        successes: 0,
-        overloads: 0,
+        aimd,
         written: false,
         elapsed: Duration::ZERO,
         lease: None,
@@ -207,7 +213,9 @@ async fn run_lane(
         credentials: deps.credentials.clone(),
         metrics: deps.metrics.clone(),
     };
-    let attempts = run_window(&ctx, &records, concurrency, shutdown);
+    // A reload may have moved the ceiling since the lane's last batch.
+    done.aimd.set_ceiling(limits.concurrency);
+    let attempts = run_window(&ctx, &records, concurrency, &mut done.aimd, shutdown);
     let Some((reports, lease)) = with_renewal(deps, lease, attempts).await else {
         // The lease was taken over while the batch ran: drop the results.
         deps.metrics.lease_lost();
@@ -216,14 +224,6 @@ async fn run_lane(
     };
 
     done.attempted = reports.len();
-    for report in &reports {
-        if matches!(report.verdict, Verdict::Success) {
-            done.successes += 1;
-        }
-        if report.is_overload() {
-            done.overloads += 1;
-        }
-    }
     let now = now_millis();
     let retry = policy::retry_policy(&limits);
     let backoff = policy::backoff(&limits);
@@ -269,17 +269,20 @@ async fn run_lane(
     }
 }
 
-/// Runs attempts of `records` with at most `concurrency` in flight, in
-/// claim order. Stops starting new ones while an attempt has failed in a
-/// way that blames the repeater ([`AttemptReport::blames_repeater`]) and the
-/// endpoint answered nothing yet (a dead endpoint or broken plugin gets one
-/// window of probes, then the repeater backs off), after `concurrency` such
+/// Runs attempts of `records` in claim order with at most the lane's
+/// adaptive limit in flight; every answer feeds `aimd`, and the next
+/// attempt starts under the limit as it then stands. Stops starting new
+/// ones while an attempt has failed in a way that blames the repeater
+/// ([`AttemptReport::blames_repeater`]) and the endpoint answered nothing
+/// yet (a dead endpoint or broken plugin gets one window of probes, then
+/// the repeater backs off), after `concurrency` (the grant's) such
 /// failures in a row, or when shutdown begins; attempts already started
 /// finish.
 async fn run_window(
     ctx: &AttemptContext,
     records: &[ClaimedRecord],
     concurrency: usize,
+    aimd: &mut Aimd,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<AttemptReport> {
     let mut reports = Vec::with_capacity(records.len());
@@ -290,7 +293,7 @@ async fn run_window(
     let (mut failed, mut answered) = (false, false);
     loop {
         let stop = (failed && !answered) || failed_in_a_row >= concurrency || *shutdown.borrow();
-        while !stop && running.len() < concurrency {
+        while !stop && running.len() < aimd.limit() as usize {
             match pending.next() {
                 Some(record) => running.push(run_attempt(ctx, record)),
                 None => break,
@@ -299,6 +302,7 @@ async fn run_window(
         let Some(report) = running.next().await else {
             break;
         };
+        adapt(ctx, aimd, &report, running.len() + 1);
         if report.blames_repeater() {
             failed = true;
             failed_in_a_row += 1;
@@ -309,6 +313,28 @@ async fn run_window(
         reports.push(report);
     }
     reports
+}
+
+/// Feeds one answer to the lane's limit: `in_flight` of the batch's
+/// requests were open when it came, itself included (the batch's requests
+/// are all of the repeater's: one batch per lane at a time). Publishes the
+/// limit when it moves, so the metrics follow it within a batch.
+fn adapt(ctx: &AttemptContext, aimd: &mut Aimd, report: &AttemptReport, in_flight: usize) {
+    let before = aimd.limit();
+    let in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
+    if report.is_overload() {
+        let how = match report.timed_out {
+            true => Overload::TimedOut,
+            false => Overload::Answered,
+        };
+        aimd.on_overload(in_flight, how);
+    } else if matches!(report.verdict, Verdict::Success) {
+        aimd.on_success(in_flight);
+    }
+    if aimd.limit() != before {
+        ctx.metrics
+            .set_repeater_concurrency(&ctx.spec.domain, &ctx.spec.name, aimd.limit());
+    }
 }
 
 /// The plugin version this batch runs on: the repeater's pin, or the

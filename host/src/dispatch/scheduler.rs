@@ -336,6 +336,7 @@ impl Scheduler {
                     concurrency: grant.concurrency,
                     keep_lease,
                 },
+                lane.aimd.clone(),
                 self.returns.clone(),
                 shutdown,
             ));
@@ -478,6 +479,8 @@ impl Scheduler {
         if let Some(lane) = self.lanes.get_mut(&done.repeater_id) {
             lane.busy = false;
             lane.cap = GrantCap::after_claim(done.claimed);
+            // The batch fed its answers to the limit as they came.
+            lane.aimd = done.aimd;
             if let Some(limits) = &done.limits {
                 lane.aimd.set_ceiling(limits.concurrency);
                 match (&mut lane.pacer, limits.rate_per_second) {
@@ -485,12 +488,6 @@ impl Scheduler {
                     (slot @ None, Some(rate)) => *slot = Some(RatePacer::new(rate, limits.burst)),
                     (slot, None) => *slot = None,
                 }
-            }
-            for _ in 0..done.overloads {
-                lane.aimd.on_overload();
-            }
-            for _ in 0..done.successes {
-                lane.aimd.on_success();
             }
             self.deps
                 .metrics

@@ -27,7 +27,7 @@ pub mod judge;
 pub mod pacing;
 pub mod retry;
 
-pub use aimd::{Aimd, is_overload};
+pub use aimd::{Aimd, Overload, is_overload};
 pub use backoff::{AttemptResult, Backoff, BatchVerdict, batch_verdict};
 pub use fair::{Eligibility, FairQueue};
 pub use grant::{Grant, GrantBounds, GrantCap, MIN_GRANT, size_grant};

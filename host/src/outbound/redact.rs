@@ -42,9 +42,17 @@ const SECRET_PARTS: &[&str] = &[
 ];
 
 /// True when a header or query parameter of this name may carry a secret.
+/// Runs for every header of every attempt, so it compares without
+/// allocating.
 pub fn is_secret_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SECRET_NAMES.contains(&name.as_str()) || SECRET_PARTS.iter().any(|part| name.contains(part))
+    let name = name.as_bytes();
+    SECRET_NAMES
+        .iter()
+        .any(|secret| name.eq_ignore_ascii_case(secret.as_bytes()))
+        || SECRET_PARTS.iter().any(|part| {
+            name.windows(part.len())
+                .any(|window| window.eq_ignore_ascii_case(part.as_bytes()))
+        })
 }
 
 /// The summary of a request as sent, redacted.

@@ -14,12 +14,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiPath, ApiQuery, RepeaterPath, parse_json, require_json};
+use super::extract::{ApiPath, ApiQuery, RepeaterPath, json_body};
 use super::repeaters::find;
 use super::time::Timestamp;
 use crate::model::{RecordState, now_millis};
@@ -144,19 +143,6 @@ pub struct CancelAnswer {
     pub cancelled: u64,
 }
 
-/// Reads a JSON body into `T`: declared as JSON, within the size limit,
-/// well formed, and of the right shape (errors name the field).
-fn read_body<T: DeserializeOwned>(
-    state: &ApiState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    require_json(headers)?;
-    let bytes =
-        body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-    parse_json(&bytes)
-}
-
 /// Lists a repeater's failures grouped by last error.
 ///
 /// Its `retrying` and `rejected` records, grouped by the last error they
@@ -222,7 +208,7 @@ pub async fn resend_failures(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ResendAnswer>, ApiError> {
     path.check()?;
-    let FailureGroupBody { error } = read_body(&state, &headers, body)?;
+    let FailureGroupBody { error } = json_body(&headers, body, state.limits.max_body_bytes)?;
     find(&state, &path).await?;
     let RepeaterPath { domain, name } = path;
     let resent = state
@@ -261,7 +247,7 @@ pub async fn cancel_failures(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CancelAnswer>, ApiError> {
     path.check()?;
-    let FailureGroupBody { error } = read_body(&state, &headers, body)?;
+    let FailureGroupBody { error } = json_body(&headers, body, state.limits.max_body_bytes)?;
     find(&state, &path).await?;
     let RepeaterPath { domain, name } = path;
     let cancelled = state
@@ -302,7 +288,7 @@ pub async fn resend_state(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ResendAnswer>, ApiError> {
     path.check()?;
-    let records = read_body::<StateBody>(&state, &headers, body)?.state()?;
+    let records = json_body::<StateBody>(&headers, body, state.limits.max_body_bytes)?.state()?;
     let RepeaterPath { domain, name } = path;
     let resent = state
         .store
@@ -342,7 +328,7 @@ pub async fn cancel_state(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CancelAnswer>, ApiError> {
     path.check()?;
-    let records = read_body::<StateBody>(&state, &headers, body)?.state()?;
+    let records = json_body::<StateBody>(&headers, body, state.limits.max_body_bytes)?.state()?;
     if records.is_terminal() {
         return Err(ApiError::invalid(format!(
             "state: {records} records are already finished and cannot be cancelled; \

@@ -5,6 +5,8 @@
 //! the routes are typed here, once, for the handlers and the OpenAPI
 //! description alike.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -150,6 +152,18 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
             ))),
         },
     }
+}
+
+/// Reads a JSON body into `T`: declared as JSON, within `limit` bytes,
+/// well formed and of the right shape (errors name the field's path).
+pub fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let bytes = body.map_err(|rejection| ApiError::from_body(rejection, limit))?;
+    parse_json(&bytes)
 }
 
 /// Parses a JSON body into `T`; errors name the field's path.

@@ -18,9 +18,7 @@ use serde_json::value::RawValue;
 
 use super::ApiState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{
-    ApiPath, DomainPath, decode_object_at, is_json_media_type, parse_json, require_json,
-};
+use super::extract::{ApiPath, DomainPath, decode_object_at, is_json_media_type, json_body};
 use crate::model::{NewEvent, now_millis};
 use crate::store::{Ingested, IngestedRecord};
 
@@ -252,10 +250,7 @@ pub async fn post_event(
     let result = async {
         path.check()?;
         let domain = &path.domain;
-        require_json(&headers)?;
-        let bytes =
-            body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-        let input: EventInput = parse_json(&bytes)?;
+        let input: EventInput = json_body(&headers, body, state.limits.max_body_bytes)?;
         let event = to_new_event(input, "").map_err(ApiError::invalid)?;
         let mut ingested = ingest_events(&state, domain, vec![event]).await?;
         let first = ingested.pop().ok_or_else(|| {
@@ -306,10 +301,7 @@ pub async fn post_batch(
     let result = async {
         path.check()?;
         let domain = &path.domain;
-        require_json(&headers)?;
-        let bytes =
-            body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-        let input: BatchInput = parse_json(&bytes)?;
+        let input: BatchInput = json_body(&headers, body, state.limits.max_body_bytes)?;
         if input.events.is_empty() {
             return Err(ApiError::invalid("events: the batch is empty"));
         }
@@ -381,7 +373,7 @@ mod tests {
     fn a_json_payload_keeps_its_exact_text() {
         let text =
             br#"{"type": "t", "payload": {"z": 1, "a": 12345678901234567890123, "f": 1.10}}"#;
-        let event = to_new_event(parse_json(text).unwrap(), "").unwrap();
+        let event = to_new_event(crate::api::extract::parse_json(text).unwrap(), "").unwrap();
         assert_eq!(
             event.payload,
             br#"{"z": 1, "a": 12345678901234567890123, "f": 1.10}"#

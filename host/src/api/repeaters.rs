@@ -23,7 +23,7 @@ use serde_json::Value;
 use super::ApiState;
 use super::auth::Grant;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiPath, DomainPath, RepeaterPath, from_value, parse_json, require_json};
+use super::extract::{ApiPath, DomainPath, RepeaterPath, from_value, json_body};
 use super::plugins::RepeaterVersion;
 use super::time::Timestamp;
 use crate::config::check_repeater_spec;
@@ -392,10 +392,7 @@ pub async fn put(
 ) -> Result<(StatusCode, Json<RepeaterStatus>), ApiError> {
     path.check()?;
     let RepeaterPath { domain, name } = path;
-    require_json(&headers)?;
-    let bytes =
-        body.map_err(|rejection| ApiError::from_body(rejection, state.limits.max_body_bytes))?;
-    let value: Value = parse_json(&bytes)?;
+    let value: Value = json_body(&headers, body, state.limits.max_body_bytes)?;
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request(
             "invalid_body",

@@ -34,9 +34,9 @@ named_queries! {
         ),
         /// Cancels the unfinished records of deleted repeater `$2` at `$1`.
         cancel_orphans: format!(
-            "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1, \
-             last_error = 'repeater deleted' WHERE repeater_id = $2 AND {}",
-            RecordState::Cancelled.as_i16(),
+            "UPDATE records SET {}, last_error = 'repeater deleted' \
+             WHERE repeater_id = $2 AND {}",
+            cancelled(),
             unfinished("state")
         ),
         /// Deletes repeater `$1`/`$2`, returning its id.
@@ -135,17 +135,14 @@ named_queries! {
         /// Cancels the retrying records of repeater `$2`/`$3` whose last
         /// error is `$4`, at `$1`.
         cancel_failures: format!(
-            "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 \
+            "UPDATE records SET {} \
              WHERE repeater_id = (SELECT id FROM repeaters WHERE domain = $2 AND name = $3) \
              AND state = {} AND COALESCE(last_error, '') = $4",
-            RecordState::Cancelled.as_i16(),
+            cancelled(),
             RecordState::Retrying.as_i16()
         ),
         /// Cancels record `$2` at `$1`.
-        cancel: format!(
-            "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 WHERE id = $2",
-            RecordState::Cancelled.as_i16()
-        ),
+        cancel: format!("UPDATE records SET {} WHERE id = $2", cancelled()),
         /// The id of repeater `$1`/`$2`.
         repeater_id: "SELECT id FROM repeaters WHERE domain = $1 AND name = $2",
     }
@@ -193,11 +190,7 @@ impl StateSql {
                 "UPDATE records SET {} WHERE {range}",
                 back_to_pending()
             )),
-            cancel: dialect.render(&format!(
-                "UPDATE records SET state = {}, next_attempt_at = NULL, updated_at = $1 \
-                 WHERE {range}",
-                RecordState::Cancelled.as_i16()
-            )),
+            cancel: dialect.render(&format!("UPDATE records SET {} WHERE {range}", cancelled())),
         }
     }
 }
@@ -287,6 +280,14 @@ fn back_to_pending() -> String {
     format!(
         "state = {}, attempts = 0, age_origin = $1, next_attempt_at = $1, updated_at = $1",
         RecordState::Pending.as_i16()
+    )
+}
+
+/// The assignments that cancel a record at `$1`.
+fn cancelled() -> String {
+    format!(
+        "state = {}, next_attempt_at = NULL, updated_at = $1",
+        RecordState::Cancelled.as_i16()
     )
 }
 

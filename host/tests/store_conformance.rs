@@ -171,6 +171,16 @@ fn attempt(outcome: AttemptOutcome, status: Option<u16>, error: Option<&str>) ->
     }
 }
 
+/// Record `record_id` delivered: it succeeded on a 200.
+fn succeeded_on_200(record_id: i64) -> RecordOutcome {
+    RecordOutcome {
+        record_id,
+        state: RecordState::Succeeded,
+        next_attempt_at: None,
+        attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
+    }
+}
+
 /// What the attempts of [`attempt`] sent.
 fn sent_request() -> SentRequest {
     SentRequest {
@@ -491,15 +501,9 @@ async fn sqlite_group_writes_leave_no_dangling_reference() {
     let held = lease(&store, ids[0], T0).await;
     let claimed = store.claim(&held, 10, T0).await.unwrap();
     assert_eq!(claimed.len(), 3);
-    let done = |record_id| RecordOutcome {
-        record_id,
-        state: RecordState::Succeeded,
-        next_attempt_at: None,
-        attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-    };
-    let mut outcomes: Vec<RecordOutcome> = claimed.iter().map(|r| done(r.id)).collect();
-    outcomes.push(done(of_b[0]));
-    outcomes.push(done(999_999));
+    let mut outcomes: Vec<RecordOutcome> = claimed.iter().map(|r| succeeded_on_200(r.id)).collect();
+    outcomes.push(succeeded_on_200(of_b[0]));
+    outcomes.push(succeeded_on_200(999_999));
     store
         .finish_batch(&held, &outcomes, None, true, T0 + 10)
         .await
@@ -906,14 +910,7 @@ async fn concurrent_batch_results_are_fenced_each_by_its_own_lease(store: Arc<dy
         fresh.push(lease(&store, id, now).await);
     }
     let done = |records: &[repeaterd::store::ClaimedRecord]| -> Vec<RecordOutcome> {
-        (records.iter())
-            .map(|r| RecordOutcome {
-                record_id: r.id,
-                state: RecordState::Succeeded,
-                next_attempt_at: None,
-                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-            })
-            .collect()
+        (records.iter()).map(|r| succeeded_on_200(r.id)).collect()
     };
     let health = |i: usize| RepeaterHealth {
         backoff_until: None,
@@ -998,12 +995,7 @@ async fn finish_batch_with_a_stale_epoch_writes_nothing(store: Arc<dyn Store>) {
     assert_eq!(claimed.len(), 1);
     let fresh = lease(&store, id, T0 + TTL).await;
 
-    let outcome = RecordOutcome {
-        record_id: claimed[0].id,
-        state: RecordState::Succeeded,
-        next_attempt_at: None,
-        attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-    };
+    let outcome = succeeded_on_200(claimed[0].id);
     let health = RepeaterHealth {
         backoff_until: Some(T0 + 99_999),
         backoff_step: 3,
@@ -1131,12 +1123,7 @@ async fn outcomes_update_records_and_write_attempts(store: Arc<dyn Store>) {
     assert_eq!(claimed.len(), 5);
     let now = T0 + 100;
     let outcomes = vec![
-        RecordOutcome {
-            record_id: claimed[0].id,
-            state: RecordState::Succeeded,
-            next_attempt_at: None,
-            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-        },
+        succeeded_on_200(claimed[0].id),
         RecordOutcome {
             record_id: claimed[1].id,
             state: RecordState::Retrying,
@@ -1280,18 +1267,7 @@ async fn resend_and_cancel_follow_the_record_rules(store: Arc<dyn Store>) {
     let held = lease(&store, id, T0).await;
     let claimed = store.claim(&held, 10, T0).await.unwrap();
     store
-        .finish_batch(
-            &held,
-            &[RecordOutcome {
-                record_id: claimed[0].id,
-                state: RecordState::Succeeded,
-                next_attempt_at: None,
-                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-            }],
-            None,
-            true,
-            T0,
-        )
+        .finish_batch(&held, &[succeeded_on_200(claimed[0].id)], None, true, T0)
         .await
         .unwrap();
 
@@ -1364,12 +1340,7 @@ async fn failures_are_grouped_by_last_error_and_acted_on_by_group(store: Arc<dyn
         failed(2, RecordState::Rejected, "HTTP status 503", T0),
         failed(3, RecordState::Rejected, "plugin rejected: no email", T0),
         failed(4, RecordState::Retrying, "timed out", T0),
-        RecordOutcome {
-            record_id: claimed[5].id,
-            state: RecordState::Succeeded,
-            next_attempt_at: None,
-            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-        },
+        succeeded_on_200(claimed[5].id),
     ];
     store
         .finish_batch(&held, &outcomes, None, true, T0 + 100)
@@ -1584,12 +1555,7 @@ async fn records_in_a_state_are_resent_or_cancelled_in_bulk(store: Arc<dyn Store
             &[
                 outcome(0, RecordState::Retrying, Some(T0 + 60_000)),
                 outcome(1, RecordState::Rejected, None),
-                RecordOutcome {
-                    record_id: c[2].id,
-                    state: RecordState::Succeeded,
-                    next_attempt_at: None,
-                    attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-                },
+                succeeded_on_200(c[2].id),
             ],
             None,
             true,
@@ -1867,18 +1833,7 @@ async fn delete_repeater_cancels_unfinished_records(store: Arc<dyn Store>) {
     let held = lease(&store, id, T0).await;
     let claimed = store.claim(&held, 10, T0).await.unwrap();
     store
-        .finish_batch(
-            &held,
-            &[RecordOutcome {
-                record_id: claimed[0].id,
-                state: RecordState::Succeeded,
-                next_attempt_at: None,
-                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-            }],
-            None,
-            true,
-            T0,
-        )
+        .finish_batch(&held, &[succeeded_on_200(claimed[0].id)], None, true, T0)
         .await
         .unwrap();
 
@@ -1925,12 +1880,7 @@ async fn purge_terminal_deletes_only_old_terminal_records_in_batches(store: Arc<
     store.ingest("acme", &events, T0).await.unwrap();
     let held = lease(&store, id, T0).await;
     let c = store.claim(&held, 10, T0).await.unwrap();
-    let done = |i: usize| RecordOutcome {
-        record_id: c[i].id,
-        state: RecordState::Succeeded,
-        next_attempt_at: None,
-        attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-    };
+    let done = |i: usize| succeeded_on_200(c[i].id);
     // Records 0-2 finish at T0 + 1000, record 3 at T0 + 9000; 4 retries; 5 waits.
     store
         .finish_batch(&held, &[done(0), done(1), done(2)], None, false, T0 + 1_000)
@@ -2089,12 +2039,7 @@ async fn backlog_counts_records_by_state(store: Arc<dyn Store>) {
         .finish_batch(
             &held,
             &[
-                RecordOutcome {
-                    record_id: c[0].id,
-                    state: RecordState::Succeeded,
-                    next_attempt_at: None,
-                    attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-                },
+                succeeded_on_200(c[0].id),
                 RecordOutcome {
                     record_id: c[1].id,
                     state: RecordState::Retrying,
@@ -2333,15 +2278,8 @@ async fn ingest_and_batches_running_together_lose_nothing(store: Arc<dyn Store>)
                         continue;
                     }
                     delivered += claimed.len();
-                    let outcomes: Vec<RecordOutcome> = claimed
-                        .iter()
-                        .map(|r| RecordOutcome {
-                            record_id: r.id,
-                            state: RecordState::Succeeded,
-                            next_attempt_at: None,
-                            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-                        })
-                        .collect();
+                    let outcomes: Vec<RecordOutcome> =
+                        claimed.iter().map(|r| succeeded_on_200(r.id)).collect();
                     store
                         .finish_batch(&held, &outcomes, None, true, T0)
                         .await
@@ -2438,12 +2376,7 @@ async fn fifo_lanes_hold_the_line_behind_their_oldest_record(store: Arc<dyn Stor
     store
         .finish_batch(
             &held,
-            &[RecordOutcome {
-                record_id: head[0].id,
-                state: RecordState::Succeeded,
-                next_attempt_at: None,
-                attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-            }],
+            &[succeeded_on_200(head[0].id)],
             None,
             false,
             T0 + 1_000,
@@ -2498,12 +2431,7 @@ async fn key_lanes_keep_order_within_each_key(store: Arc<dyn Store>) {
     );
     let done: Vec<RecordOutcome> = claimed[1..]
         .iter()
-        .map(|r| RecordOutcome {
-            record_id: r.id,
-            state: RecordState::Succeeded,
-            next_attempt_at: None,
-            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-        })
+        .map(|r| succeeded_on_200(r.id))
         .collect();
     store
         .finish_batch(&held, &done, None, true, T0 + 10)
@@ -2579,12 +2507,7 @@ async fn lane_transcript(store: &Arc<dyn Store>) -> Vec<String> {
             event_ids(&claimed)
         ));
         let mut outcomes = vec![retry_at(claimed[0].id, T0 + 5_000)];
-        outcomes.extend(claimed.get(1).map(|record| RecordOutcome {
-            record_id: record.id,
-            state: RecordState::Succeeded,
-            next_attempt_at: None,
-            attempt: Some(attempt(AttemptOutcome::Success, Some(200), None)),
-        }));
+        outcomes.extend(claimed.get(1).map(|record| succeeded_on_200(record.id)));
         let backoff = (repeater.domain == "zeta").then(|| RepeaterHealth {
             backoff_until: Some(T0 + 7_000),
             backoff_step: 1,

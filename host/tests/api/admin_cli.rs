@@ -43,14 +43,7 @@ async fn daemon() -> Daemon {
     assert_eq!(answer.status, 202, "{answer:?}");
 
     let now = now_millis();
-    let row = api.store.repeater("acme", "crm").await.unwrap().unwrap();
-    let lease = api
-        .store
-        .acquire_lease(row.id, "worker-a", now, 60_000)
-        .await
-        .unwrap()
-        .unwrap();
-    let claimed = api.store.claim(&lease, 1, now).await.unwrap();
+    let (lease, claimed) = api.claim("acme", "crm", 1, now).await;
     let failed_record = claimed[0].id;
     let outcome =
         crate::support::answered_503(failed_record, now - 3 * 60_000, 41, now + 25 * 60_000);

@@ -32,14 +32,7 @@ async fn failed_records(api: &TestApi) -> Vec<i64> {
     assert_eq!(batch.status, StatusCode::ACCEPTED, "{batch:?}");
 
     let now = now_millis();
-    let crm = api.store.repeater("acme", "crm").await.unwrap().unwrap();
-    let lease = api
-        .store
-        .acquire_lease(crm.id, "worker-a", now, 60_000)
-        .await
-        .unwrap()
-        .unwrap();
-    let claimed = api.store.claim(&lease, 4, now).await.unwrap();
+    let (lease, claimed) = api.claim("acme", "crm", 4, now).await;
     let failed = |i: usize, state: RecordState, error: &str| RecordOutcome {
         record_id: claimed[i].id,
         state,

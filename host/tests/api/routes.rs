@@ -456,14 +456,7 @@ async fn pause_resume_requeue_and_status_show_the_live_state() {
     // Work one batch under a lease: one record fails retryably and the
     // repeater backs off; status shows it.
     let now = now_millis();
-    let row = api.store.repeater("acme", "crm").await.unwrap().unwrap();
-    let lease = api
-        .store
-        .acquire_lease(row.id, "worker-a", now, 60_000)
-        .await
-        .unwrap()
-        .unwrap();
-    let claimed = api.store.claim(&lease, 10, now).await.unwrap();
+    let (lease, claimed) = api.claim("acme", "crm", 10, now).await;
     assert_eq!(claimed.len(), 3);
     let outcome = crate::support::answered_503(claimed[0].id, now, 12, now + 3_600_000);
     let health = crate::support::backed_off(now + 600_000);
@@ -995,14 +988,7 @@ async fn payloads_are_stored_byte_for_byte_as_posted() {
     assert_eq!(answer.status, StatusCode::ACCEPTED, "{answer:?}");
 
     let now = now_millis();
-    let row = api.store.repeater("acme", "crm").await.unwrap().unwrap();
-    let lease = api
-        .store
-        .acquire_lease(row.id, "reader", now, 60_000)
-        .await
-        .unwrap()
-        .unwrap();
-    let claimed = api.store.claim(&lease, 10, now).await.unwrap();
+    let (_, claimed) = api.claim("acme", "crm", 10, now).await;
     let stored: Vec<(String, Vec<u8>)> = claimed
         .into_iter()
         .map(|record| (record.content_type, record.payload))

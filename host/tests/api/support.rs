@@ -13,9 +13,11 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use repeaterd::api::{
     self, ApiAuth, ApiLimits, ApiState, PluginCatalog, PluginInfo, PluginInstallError,
 };
-use repeaterd::model::{AttemptOutcome, Millis, RecordState, SentHeader, SentRequest};
+use repeaterd::model::{
+    AttemptOutcome, ClaimedRecord, Millis, RecordState, SentHeader, SentRequest,
+};
 use repeaterd::store::sqlite::SqliteStore;
-use repeaterd::store::{AttemptDraft, RecordOutcome, RepeaterHealth, Store};
+use repeaterd::store::{AttemptDraft, Lease, RecordOutcome, RepeaterHealth, Store};
 use repeaterd::telemetry::Metrics;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -266,6 +268,26 @@ impl TestApi {
     }
 
     /// Posts one event as admin.
+    /// Takes repeater `domain`/`name`'s lease as a worker would and claims
+    /// up to `limit` of its due records.
+    pub async fn claim(
+        &self,
+        domain: &str,
+        name: &str,
+        limit: u32,
+        now: Millis,
+    ) -> (Lease, Vec<ClaimedRecord>) {
+        let row = self.store.repeater(domain, name).await.unwrap().unwrap();
+        let lease = self
+            .store
+            .acquire_lease(row.id, "worker-a", now, 60_000)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        let claimed = self.store.claim(&lease, limit, now).await.unwrap();
+        (lease, claimed)
+    }
+
     pub async fn post_event(&self, domain: &str, event: Value) -> Answer {
         self.admin_json(Method::POST, &format!("/v1/domains/{domain}/events"), event)
             .await

@@ -78,7 +78,7 @@ pub struct PluginVersionView {
     pub sha256: String,
     /// When it was loaded.
     pub loaded_at: Timestamp,
-    /// `builtin`, `file` or `upload`.
+    /// `builtin`, `file`, `upload`, or `kept` (kept from before a restart).
     pub source: String,
     /// True for the newest version, the one new repeaters are offered.
     pub newest: bool,

@@ -262,6 +262,7 @@ impl Config {
         let base = origin.parent().unwrap_or(Path::new(""));
         database.sqlite_path = base.join(&database.sqlite_path);
         plugins.cache_dir = base.join(&plugins.cache_dir);
+        plugins.versions_dir = base.join(&plugins.versions_dir);
         plugins.dir = plugins.dir.map(|dir| base.join(dir));
 
         Ok(Config {

@@ -174,6 +174,10 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
     /// Where compiled plugins are cached. Default `plugin-cache` beside the config.
     pub cache_dir: PathBuf,
+    /// Where the component of every plugin version a repeater still runs is
+    /// kept, so pins and older versions survive a restart. Default
+    /// `plugin-versions` beside the config.
+    pub versions_dir: PathBuf,
     /// Memory cap per plugin call, MiB. Default 64.
     #[serde(deserialize_with = "nonzero")]
     pub memory_mb: u32,
@@ -193,6 +197,7 @@ impl Default for PluginsConfig {
         PluginsConfig {
             dir: None,
             cache_dir: PathBuf::from("plugin-cache"),
+            versions_dir: PathBuf::from("plugin-versions"),
             memory_mb: 64,
             cpu_ms: 100,
             max_body_bytes: 1024 * 1024,

@@ -107,6 +107,11 @@ fn a_full_valid_config_parses() {
         Some(Path::new("/etc/repeaterd/plugins"))
     );
     assert_eq!(config.plugins.cache_dir, Path::new("/var/cache/repeaterd"));
+    assert_eq!(
+        config.plugins.versions_dir,
+        Path::new("/etc/repeaterd/plugin-versions"),
+        "kept versions default to beside the config file"
+    );
     assert_eq!(config.security.domain_tokens["acme"].var(), "ACME_TOKEN");
     assert_eq!(config.security.allow_private.len(), 2);
 

@@ -40,6 +40,7 @@ fn source_name(source: &PluginSource) -> &'static str {
         PluginSource::Builtin => "builtin",
         PluginSource::File(_) => "file",
         PluginSource::Upload => "upload",
+        PluginSource::Kept => "kept",
     }
 }
 

@@ -122,6 +122,7 @@ pub async fn serve_config(
         _ => None,
     };
     upsert_repeaters(store.as_ref(), &plugins, &config).await?;
+    settle_plugins(store.clone(), plugins.clone());
 
     let metrics = Arc::new(Metrics::new());
     count_rollouts(&plugins, metrics.clone());
@@ -312,14 +313,53 @@ pub async fn load_plugins(
     if let Some(exe) = compiler {
         engine.compile_in_child(exe);
     }
-    let registry = PluginRegistry::new(engine, config.plugins.dir.clone());
+    let registry = PluginRegistry::keeping_versions(
+        engine,
+        config.plugins.dir.clone(),
+        Some(config.plugins.versions_dir.clone()),
+    );
     registry
         .load_builtins(crate::plugin::BUILTIN_PLUGINS)
         .await?;
+    let kept = registry.load_kept().await;
+    if kept > 0 {
+        tracing::info!(
+            versions = kept,
+            "plugin versions kept from before the restart loaded"
+        );
+    }
     for error in registry.load_dir().await {
         tracing::warn!(%error, "a plugin in the plugin directory was not loaded");
     }
     Ok(registry)
+}
+
+/// Resolves every stored repeater to its plugin version in the
+/// background, then lets the registry drop the kept versions none of them
+/// runs (ADR 14).
+fn settle_plugins(store: Arc<dyn Store>, plugins: PluginRegistry) {
+    tokio::spawn(async move {
+        let repeaters = match store.repeaters(None).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "could not list the repeaters; unused plugin versions stay loaded");
+                return;
+            }
+        };
+        let repeaters = repeaters
+            .into_iter()
+            .map(|row| {
+                let spec = row.spec;
+                (
+                    RepeaterKey::new(&spec.domain, &spec.name),
+                    spec.plugin,
+                    spec.plugin_sha256,
+                    spec.plugin_config.to_string(),
+                )
+            })
+            .collect();
+        plugins.settle(repeaters).await;
+    });
 }
 
 /// Stores the config's repeaters, checking each plugin config first

@@ -19,6 +19,7 @@
 //! The dispatch loop's use is: `registry.resolve(repeater, ..)` once per
 //! batch, then `plugin.build(..)` / `plugin.classify(..)` per record.
 
+mod archive;
 mod bindings;
 mod builtin;
 mod cache;

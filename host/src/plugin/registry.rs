@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +33,7 @@ use notify::Watcher;
 use sha2::{Digest, Sha256};
 use tokio::sync::{broadcast, mpsc};
 
+use super::archive;
 use super::call::{CallContext, LoadedPlugin};
 use super::engine::PluginEngine;
 use super::error::PluginError;
@@ -49,6 +51,8 @@ pub enum PluginSource {
     File(PathBuf),
     /// Uploaded through the API (and written to the directory, if any).
     Upload,
+    /// Kept from before the daemon restarted (see [`super::archive`]).
+    Kept,
 }
 
 /// What the registry knows about one plugin name.
@@ -202,8 +206,9 @@ struct State {
 
 impl State {
     /// Drops the versions of `plugin` that are not the newest and that no
-    /// repeater resolves to. Calls in flight keep their own `Arc`.
-    fn prune(&mut self, plugin: &str) {
+    /// repeater resolves to, and returns them. Calls in flight keep their
+    /// own `Arc`.
+    fn prune(&mut self, plugin: &str) -> Vec<Version> {
         let in_use: BTreeSet<&str> = self
             .assignments
             .values()
@@ -211,28 +216,30 @@ impl State {
             .map(|a| a.version.as_str())
             .collect();
         let Some(slot) = self.slots.get_mut(plugin) else {
-            return;
+            return Vec::new();
         };
         let newest = slot.versions.len().saturating_sub(1);
-        let mut index = 0;
-        slot.versions.retain(|version| {
-            let keep = index == newest || in_use.contains(version.plugin.version());
-            index += 1;
-            if !keep {
-                tracing::info!(
-                    plugin,
-                    version = version.plugin.version(),
-                    "plugin version no longer used; dropped once its calls end"
-                );
-            }
-            keep
-        });
+        let (kept, dropped) = std::mem::take(&mut slot.versions)
+            .into_iter()
+            .enumerate()
+            .partition::<Vec<_>, _>(|(index, version)| {
+                *index == newest || in_use.contains(version.plugin.version())
+            });
+        slot.versions = kept.into_iter().map(|(_, version)| version).collect();
+        dropped.into_iter().map(|(_, version)| version).collect()
     }
 }
 
 struct RegistryInner {
     engine: PluginEngine,
     dir: Option<PathBuf>,
+    /// Where the component files of kept versions are written, so they
+    /// survive a restart.
+    archive: Option<PathBuf>,
+    /// True from loading the kept versions until every stored repeater
+    /// resolved again ([`PluginRegistry::settle`]): nothing is dropped
+    /// before the repeaters that ran an older version found it.
+    settling: AtomicBool,
     state: RwLock<State>,
     swaps: broadcast::Sender<PluginSwapped>,
     rollouts: broadcast::Sender<RolloutEvent>,
@@ -259,14 +266,28 @@ impl std::fmt::Debug for PluginRegistry {
 
 impl PluginRegistry {
     /// An empty registry on `engine`; `dir` is where user plugins live and
-    /// uploads are written (none: uploads stay in memory only).
+    /// uploads are written (none: uploads stay in memory only). Kept
+    /// versions live in memory only.
     pub fn new(engine: PluginEngine, dir: Option<PathBuf>) -> Self {
+        Self::keeping_versions(engine, dir, None)
+    }
+
+    /// As [`PluginRegistry::new`], and the component of every kept version
+    /// of a user plugin is also written under `archive`, so
+    /// [`PluginRegistry::load_kept`] finds them after a restart.
+    pub fn keeping_versions(
+        engine: PluginEngine,
+        dir: Option<PathBuf>,
+        archive: Option<PathBuf>,
+    ) -> Self {
         let (swaps, _) = broadcast::channel(64);
         let (rollouts, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(RegistryInner {
                 engine,
                 dir,
+                archive,
+                settling: AtomicBool::new(false),
                 state: RwLock::new(State::default()),
                 swaps,
                 rollouts,
@@ -363,9 +384,10 @@ impl PluginRegistry {
                 refusal,
             },
         );
+        drop(state);
         if let Some(previous) = previous {
             tracing::info!(%repeater, plugin, version = chosen.version(), "repeater resolved to a plugin version");
-            state.prune(&previous.plugin);
+            self.prune(&previous.plugin);
         }
         Ok(chosen)
     }
@@ -405,9 +427,9 @@ impl PluginRegistry {
 
     /// Forgets a deleted repeater; versions only it used are dropped.
     pub fn forget(&self, repeater: &RepeaterKey) {
-        let mut state = self.write();
-        if let Some(assigned) = state.assignments.remove(repeater) {
-            state.prune(&assigned.plugin);
+        let assigned = self.write().assignments.remove(repeater);
+        if let Some(assigned) = assigned {
+            self.prune(&assigned.plugin);
         }
     }
 
@@ -560,6 +582,7 @@ impl PluginRegistry {
                 return Err(error);
             }
         };
+        self.keep_file(name, plugin.version(), bytes.clone()).await;
         if let Some(dir) = &self.inner.dir {
             let dir = dir.clone();
             let file_name = format!("{name}.wasm");
@@ -666,11 +689,30 @@ impl PluginRegistry {
                 return Err(error);
             }
         };
-        if let Some(current) = self.get(&name) {
-            // Our own uploads land here too: same bytes, nothing to do.
-            if current.version() == hex::encode(Sha256::digest(&bytes)) {
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let kept = {
+            let state = self.read();
+            state.slots.get(&name).and_then(|slot| {
+                let newest = slot.newest()?;
+                if newest.plugin.version() == sha256 && newest.source != PluginSource::Kept {
+                    // Our own uploads land here too: same bytes, nothing to do.
+                    return Some(None);
+                }
+                slot.find(&sha256).map(|v| Some(v.plugin.clone()))
+            })
+        };
+        match kept {
+            Some(None) => return Ok(()),
+            Some(Some(plugin)) => {
+                // A kept version comes back (a file put back, or the file
+                // a restart found kept): no need to compile it again.
+                let _loading = self.inner.loading.lock().await;
+                self.keep_file(&name, &sha256, bytes.into()).await;
+                self.swap(&name, plugin, PluginSource::File(path.to_owned()));
+                self.roll_out(&name).await;
                 return Ok(());
             }
+            None => {}
         }
         self.load_bytes(&name, bytes.into(), PluginSource::File(path.to_owned()))
             .await
@@ -685,9 +727,12 @@ impl PluginRegistry {
     ) -> Result<Arc<LoadedPlugin>, PluginError> {
         check_name(name)?;
         let _loading = self.inner.loading.lock().await;
-        match self.inner.engine.load(name, bytes).await {
+        match self.inner.engine.load(name, bytes.clone()).await {
             Ok(plugin) => {
                 let plugin = Arc::new(plugin);
+                if source != PluginSource::Builtin {
+                    self.keep_file(name, plugin.version(), bytes).await;
+                }
                 self.swap(name, plugin.clone(), source);
                 self.roll_out(name).await;
                 Ok(plugin)
@@ -792,7 +837,100 @@ impl PluginRegistry {
                 refused,
             });
         }
-        self.write().prune(name);
+        self.prune(name);
+    }
+
+    /// Drops the versions of `plugin` nobody uses (none while settling) and
+    /// forgets their kept files.
+    fn prune(&self, plugin: &str) {
+        if self.inner.settling.load(Ordering::Acquire) {
+            return;
+        }
+        let dropped = self.write().prune(plugin);
+        for version in dropped {
+            let sha256 = version.plugin.version();
+            tracing::info!(
+                plugin,
+                version = sha256,
+                "plugin version no longer used; dropped once its calls end"
+            );
+            if let Some(archive) = &self.inner.archive
+                && version.source != PluginSource::Builtin
+                && let Err(error) = archive::discard(archive, plugin, sha256)
+            {
+                tracing::warn!(plugin, version = sha256, %error, "could not remove a dropped plugin version's file");
+            }
+        }
+    }
+
+    /// Writes a new version's component under the archive, so it is found
+    /// again after a restart. A failure is logged: the version works, it
+    /// only would not survive a restart.
+    async fn keep_file(&self, name: &str, version: &str, bytes: Arc<[u8]>) {
+        let Some(archive) = self.inner.archive.clone() else {
+            return;
+        };
+        let (plugin, sha256) = (name.to_owned(), version.to_owned());
+        let kept =
+            tokio::task::spawn_blocking(move || archive::keep(&archive, &plugin, &sha256, &bytes))
+                .await;
+        match kept {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(plugin = name, version, %error,
+                "could not keep the plugin version's file; it will not be loaded after a restart"),
+            Err(error) => tracing::warn!(plugin = name, version, %error,
+                "the task keeping the plugin version's file failed"),
+        }
+    }
+
+    /// Loads the versions kept before a restart, oldest arrival first, each
+    /// with the time it arrived; call before [`PluginRegistry::load_dir`],
+    /// whose files then become the newest. Until [`PluginRegistry::settle`]
+    /// no version is dropped. A kept file that fails to load is logged and
+    /// skipped.
+    pub async fn load_kept(&self) -> usize {
+        let Some(archive) = self.inner.archive.clone() else {
+            return 0;
+        };
+        let files = tokio::task::spawn_blocking(move || archive::read_all(&archive))
+            .await
+            .unwrap_or_default();
+        let _loading = self.inner.loading.lock().await;
+        let mut loaded = 0;
+        for file in files {
+            match self.inner.engine.load(&file.name, file.bytes.into()).await {
+                Ok(plugin) => {
+                    self.inner.settling.store(true, Ordering::Release);
+                    let mut state = self.write();
+                    let slot = state.slots.entry(file.name.clone()).or_default();
+                    slot.versions.push(Version {
+                        plugin: Arc::new(plugin),
+                        loaded_at: file.arrived,
+                        source: PluginSource::Kept,
+                    });
+                    loaded += 1;
+                }
+                Err(error) => tracing::warn!(plugin = file.name, version = file.sha256, %error,
+                    "a kept plugin version did not load; repeaters that ran it choose again"),
+            }
+        }
+        loaded
+    }
+
+    /// Resolves every given repeater (domain/name, plugin, pin, plugin
+    /// config as JSON text) once, then drops the versions none of them
+    /// runs. The daemon calls it with its stored repeaters after start, so
+    /// kept versions stay exactly for the repeaters that still need them.
+    pub async fn settle(&self, repeaters: Vec<(RepeaterKey, String, Option<String>, String)>) {
+        for (key, plugin, pin, config) in repeaters {
+            if let Err(error) = self.resolve(&key, &plugin, pin.as_deref(), &config).await {
+                tracing::debug!(repeater = %key, %error, "repeater resolved to no plugin version at start");
+            }
+        }
+        self.inner.settling.store(false, Ordering::Release);
+        for name in self.names() {
+            self.prune(&name);
+        }
     }
 
     /// Chooses the version a repeater would run: its pin, or the newest

@@ -392,3 +392,95 @@ async fn a_new_version_rolls_out_repeater_by_repeater() {
         .unwrap();
     assert!(matches!(outcome, BuildOutcome::Send(_)), "{outcome:?}");
 }
+
+/// The versions a registry keeps come back in a new registry on the same
+/// `versions_dir` (a restart), and stay until the repeaters have resolved:
+/// then only the ones some repeater runs, and the newest, are kept, on disk
+/// as in memory.
+#[tokio::test]
+async fn kept_versions_come_back_after_a_restart_until_nobody_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plugins, kept) = (dir.path().join("plugins"), dir.path().join("versions"));
+    std::fs::create_dir(&plugins).unwrap();
+    let v1_bytes = builtin("json-forward");
+    let v2_bytes = strict_forward();
+    let (v1, v2) = (sha(&v1_bytes), sha(&v2_bytes));
+    let (a, b) = (RepeaterKey::new("acme", "a"), RepeaterKey::new("acme", "b"));
+    let (a_config, b_config) = ("{}", r#"{"headers": {"x-legacy-id": "b"}}"#);
+
+    let first =
+        PluginRegistry::keeping_versions(engine(), Some(plugins.clone()), Some(kept.clone()));
+    first.install("relay", v1_bytes.to_vec()).await.unwrap();
+    for (key, config) in [(&a, a_config), (&b, b_config)] {
+        first.resolve(key, "relay", None, config).await.unwrap();
+    }
+    first.install("relay", v2_bytes.to_vec()).await.unwrap();
+    let on_disk = |expected: &[&String]| {
+        let mut files: Vec<String> = std::fs::read_dir(kept.join("relay"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let mut wanted: Vec<String> = expected.iter().map(|s| format!("{s}.wasm")).collect();
+        wanted.sort();
+        assert_eq!(files, wanted);
+    };
+    on_disk(&[&v1, &v2]);
+    drop(first);
+
+    // Restarted: v1 comes back from the kept files, the file in the plugin
+    // directory (v2, written by the upload) is the newest.
+    let second =
+        PluginRegistry::keeping_versions(engine(), Some(plugins.clone()), Some(kept.clone()));
+    assert_eq!(second.load_kept().await, 2);
+    assert!(second.load_dir().await.is_empty());
+    let versions = second.versions("relay");
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version.clone(), v.source.clone(), v.newest))
+            .collect::<Vec<_>>(),
+        vec![
+            (v1.clone(), PluginSource::Kept, false),
+            (
+                v2.clone(),
+                PluginSource::File(plugins.join("relay.wasm")),
+                true
+            ),
+        ]
+    );
+    // Before settling, resolving one repeater drops nothing.
+    assert_eq!(
+        second
+            .resolve(&a, "relay", None, a_config)
+            .await
+            .unwrap()
+            .version(),
+        v2
+    );
+    assert_eq!(second.versions("relay").len(), 2);
+    second
+        .settle(vec![
+            (a.clone(), "relay".into(), None, a_config.into()),
+            (b.clone(), "relay".into(), None, b_config.into()),
+        ])
+        .await;
+    let b_runs = second.resolved(&b).unwrap();
+    assert_eq!(b_runs.version, v1);
+    assert_eq!(b_runs.refusal.map(|r| r.version), Some(v2.clone()));
+    on_disk(&[&v1, &v2]);
+
+    // Once b is gone, v1 is dropped from memory and from disk.
+    second.forget(&b);
+    assert_eq!(second.versions("relay").len(), 1);
+    on_disk(&[&v2]);
+    drop(second);
+
+    // A restart with no repeater keeps only the newest after settling.
+    let third = PluginRegistry::keeping_versions(engine(), Some(plugins), Some(kept.clone()));
+    assert_eq!(third.load_kept().await, 1);
+    third.load_dir().await;
+    third.settle(Vec::new()).await;
+    assert_eq!(third.versions("relay").len(), 1);
+    on_disk(&[&v2]);
+}

@@ -277,6 +277,15 @@ impl PluginEngine {
                 });
             }
             None => {
+                if let Some(other) = exports
+                    .iter()
+                    .find(|n| n.starts_with("repeater:plugin/plugin@"))
+                {
+                    return Err(PluginError::WrongVersion {
+                        plugin: name.to_owned(),
+                        found: other.clone(),
+                    });
+                }
                 return Err(PluginError::NotAPlugin {
                     plugin: name.to_owned(),
                     expected: PLUGIN_INTERFACE,

@@ -27,6 +27,17 @@ pub enum PluginError {
         /// What the component exports instead, comma-separated.
         found: String,
     },
+    /// The component was built against another major version of the
+    /// plugin interface than this daemon runs.
+    #[error(
+        "plugin {plugin}: built against {found}, but this daemon runs plugins of repeater:plugin@0.1.x: rebuild it against wit/v0.1, or run a daemon that supports that version"
+    )]
+    WrongVersion {
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin interface the component exports.
+        found: String,
+    },
     /// The component exports the plugin interface with the wrong shape, or
     /// imports something the host does not provide.
     #[error("plugin {plugin}: does not match world repeater:plugin/repeater@0.1.0: {message}")]
@@ -163,6 +174,7 @@ impl PluginError {
             Self::Compile { plugin, .. }
             | Self::NotAPlugin { plugin, .. }
             | Self::WrongWorld { plugin, .. }
+            | Self::WrongVersion { plugin, .. }
             | Self::Timeout { plugin, .. }
             | Self::MemoryLimit { plugin, .. }
             | Self::Trap { plugin, .. }

@@ -368,6 +368,55 @@ async fn an_operator_watches_and_repairs_deliveries_in_a_browser() {
         list_records(&daemon, "acme", Some("succeeded")).await.len(),
         25
     );
+    // Pin the repeater to the plugin version it runs, then let it follow
+    // the newest again; a version that is not kept is refused.
+    browser
+        .open(&format!("{base}/ui/domains/acme/repeaters/crm"))
+        .await;
+    let versions = browser.text_of("#plugin-versions").await;
+    assert!(
+        versions.contains("runs here") && versions.contains("newest"),
+        "{versions}"
+    );
+    browser.click("#plugin-versions form button").await;
+    browser
+        .wait_text("acme/crm is pinned to", Duration::from_secs(5))
+        .await;
+    let (_, crm) = daemon.get("/v1/domains/acme/repeaters/crm").await;
+    let pin = crm["spec"]["plugin_sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("pinned in the store: {crm}"))
+        .to_owned();
+    assert_eq!(crm["plugin"]["running"]["sha256"], pin.as_str(), "{crm}");
+    assert!(
+        browser
+            .text()
+            .await
+            .contains(&format!("Pinned to {}", &pin[..12]))
+    );
+    browser.click("form[action$='/crm/plugin'] button").await;
+    browser
+        .wait_text(
+            "acme/crm follows the newest version of json-forward again.",
+            Duration::from_secs(5),
+        )
+        .await;
+    let (_, crm) = daemon.get("/v1/domains/acme/repeaters/crm").await;
+    assert!(crm["spec"]["plugin_sha256"].is_null(), "{crm}");
+    let unknown = "0".repeat(64);
+    assert_eq!(
+        post_form(
+            &base,
+            "/ui/domains/acme/repeaters/crm/plugin",
+            &browser.session_cookie().await,
+            &[("csrf", &browser.csrf().await), ("sha256", &unknown)],
+        )
+        .await,
+        400
+    );
+    let (_, crm) = daemon.get("/v1/domains/acme/repeaters/crm").await;
+    assert!(crm["spec"]["plugin_sha256"].is_null(), "{crm}");
+
     browser.open(&format!("{base}/ui")).await;
     browser.wait_text("Domains", Duration::from_secs(5)).await;
     browser.screenshot("overview.png").await;

@@ -101,6 +101,84 @@ pub(super) async fn repeater(
     Ok(done(&back, &notice, &headers))
 }
 
+#[derive(Deserialize)]
+pub(super) struct PinForm {
+    csrf: Option<String>,
+    /// The version to pin; empty to follow the newest again.
+    sha256: Option<String>,
+}
+
+/// `POST /ui/domains/{domain}/repeaters/{name}/plugin`: pins the repeater
+/// to a kept version of its plugin, or (empty `sha256`) lets it follow the
+/// newest again. The change is checked against that version's
+/// `validate-config` before it is stored, as the API's `PUT` does.
+pub(super) async fn pin(
+    State(state): State<ConsoleState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Path((domain, name)): Path<(String, String)>,
+    axum::Form(form): axum::Form<PinForm>,
+) -> Result<Response, ConsoleError> {
+    check_csrf(&viewer, form.csrf.as_deref())?;
+    let row = find_repeater(&state, &viewer, &domain, &name).await?;
+    let Some(catalog) = &state.api.plugins else {
+        return Err(ConsoleError::not_found(
+            "This daemon has no plugin catalogue.",
+        ));
+    };
+    let pin = form
+        .sha256
+        .map(|sha| sha.trim().to_ascii_lowercase())
+        .filter(|sha| !sha.is_empty());
+    if let Some(sha) = &pin
+        && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ConsoleError::bad_request(format!(
+            "sha256: {sha:?} is not the 64 hex digits of a plugin version."
+        )));
+    }
+    let mut spec = row.spec;
+    spec.plugin_sha256 = pin.clone();
+    catalog
+        .validate_repeater(
+            &domain,
+            &name,
+            &spec.plugin,
+            spec.plugin_sha256.as_deref(),
+            &spec.plugin_config,
+        )
+        .await
+        .map_err(|why| {
+            ConsoleError::bad_request(format!(
+                "{domain}/{name} was not changed: plugin {:?} refused it: {why}",
+                spec.plugin
+            ))
+        })?;
+    state
+        .api
+        .store
+        .upsert_repeater(&spec, now_millis())
+        .await
+        .map_err(|e| ConsoleError::store("storing the repeater", e))?;
+    let notice = match &pin {
+        Some(sha) => format!(
+            "{domain}/{name} is pinned to {} of {}.",
+            &sha[..12],
+            spec.plugin
+        ),
+        None => format!(
+            "{domain}/{name} follows the newest version of {} again.",
+            spec.plugin
+        ),
+    };
+    tracing::info!(%domain, repeater = %name, pin = ?pin, "repeater's plugin pin changed in the console");
+    Ok(done(
+        &format!("/ui/domains/{domain}/repeaters/{name}"),
+        &notice,
+        &headers,
+    ))
+}
+
 /// The failure group a bulk action names.
 #[derive(Deserialize)]
 pub(super) struct GroupQuery {

@@ -97,6 +97,10 @@ pub fn router(state: ConsoleState) -> Router {
             post(actions::repeater),
         )
         .route(
+            "/ui/domains/{domain}/repeaters/{name}/plugin",
+            post(actions::pin),
+        )
+        .route(
             "/ui/domains/{domain}/repeaters/{name}/failures/{action}",
             get(actions::confirm_group).post(actions::group),
         )

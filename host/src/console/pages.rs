@@ -341,6 +341,72 @@ fn repeater_actions(viewer: &Viewer, domain: &str, name: &str, paused: bool) -> 
     }
 }
 
+/// The repeater's plugin versions: which one it runs, the refusal that
+/// keeps it there, and a form to pin another kept version or follow the
+/// newest again (ADR 14).
+fn plugin_versions(state: &ConsoleState, viewer: &Viewer, row: &RepeaterRow) -> Markup {
+    let Some(catalog) = &state.api.plugins else {
+        return html! {};
+    };
+    let spec = &row.spec;
+    let running = catalog.repeater_version(&spec.domain, &spec.name);
+    let versions = catalog
+        .detail(&spec.plugin)
+        .map(|detail| detail.versions)
+        .unwrap_or_default();
+    let action = format!("{}/plugin", repeater_href(&spec.domain, &spec.name));
+    let now = now_millis();
+    let short = |sha: &str| sha[..sha.len().min(12)].to_owned();
+    html! {
+        h2 { "Plugin versions" }
+        p.muted {
+            @match &spec.plugin_sha256 {
+                Some(pin) => { "Pinned to " code title=(pin) { (short(pin)) } ": new versions of " (spec.plugin) " do not reach it." }
+                None => { "Follows the newest version of " (spec.plugin) " that accepts its config." }
+            }
+            @if let Some(refusal) = running.as_ref().and_then(|r| r.refusal.as_ref()) {
+                " " span.err { "Version " code title=(refusal.sha256) { (short(&refusal.sha256)) } " refused its config " (when(refusal.at.0, now)) ": " (refusal.message) }
+            }
+        }
+        div.scroll {
+            table id="plugin-versions" {
+                thead { tr { th { "Version" } th { "Loaded" } th { "Source" } th { "" } th { "Actions" } } }
+                tbody {
+                    @for version in &versions {
+                        @let runs = running.as_ref().is_some_and(|r| r.sha256 == version.sha256);
+                        @let pinned = spec.plugin_sha256.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(&version.sha256));
+                        tr {
+                            td.mono { span title=(version.sha256) { (short(&version.sha256)) } }
+                            td { (when(version.loaded_at.0, now)) }
+                            td { (version.source) }
+                            td {
+                                @if version.newest { span.chip.ok { "newest" } " " }
+                                @if runs { span.chip { "runs here" } }
+                            }
+                            td {
+                                @if !pinned {
+                                    form.inline method="post" action=(action) {
+                                        input type="hidden" name="csrf" value=(viewer.csrf);
+                                        input type="hidden" name="sha256" value=(version.sha256);
+                                        button type="submit" title="Run this version and no other until unpinned" { "Pin" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if spec.plugin_sha256.is_some() {
+            form.inline method="post" action=(action) {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                input type="hidden" name="sha256" value="";
+                button type="submit" { "Unpin: follow the newest version" }
+            }
+        }
+    }
+}
+
 /// Query of the repeater page.
 #[derive(Debug, Deserialize)]
 pub(super) struct RecordFilter {
@@ -482,6 +548,7 @@ pub(super) async fn repeater(
                 }
             }
         }
+        (plugin_versions(&state, &viewer, &row))
         h2 { "Records" }
         form.filters method="get" action=(base) {
             label { "State"

@@ -530,3 +530,160 @@ async fn a_refused_config_change_in_the_file_is_not_stored() {
         daemon.log()
     );
 }
+
+/// `component` with every `from` replaced by `to` (same length): a real
+/// component whose interface names differ, as one built against another
+/// WIT package or version would.
+fn renamed(component: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let (from, to) = (from.as_bytes(), to.as_bytes());
+    assert_eq!(from.len(), to.len(), "a rename keeps every length");
+    let mut bytes = component.to_vec();
+    let mut replaced = 0;
+    let mut at = 0;
+    while let Some(found) = bytes[at..].windows(from.len()).position(|w| w == from) {
+        let start = at + found;
+        bytes[start..start + to.len()].copy_from_slice(to);
+        at = start + to.len();
+        replaced += 1;
+    }
+    assert!(replaced > 0, "nothing to rename");
+    bytes
+}
+
+/// The sha256 of the plugin version that built the last attempt of the
+/// record of event `event_id` on repeater `name`.
+async fn attempt_sha(daemon: &Daemon, event_id: &str, name: &str) -> Option<String> {
+    for record in list_records(daemon, DOMAIN, None).await {
+        if record["event_id"] == event_id && record["repeater"] == name {
+            let detail = daemon.record(DOMAIN, &record_id(&record)).await;
+            return record_attempts(&detail)
+                .last()
+                .and_then(|a| a["plugin_sha256"].as_str().map(str::to_owned));
+        }
+    }
+    None
+}
+
+/// Kept versions survive a restart: v2 arrives by an API upload and `a`
+/// moves to it while `b`, refused, stays on v1. After a restart v1 comes
+/// back from `plugins.versions_dir`: `b` keeps delivering on it with its
+/// refusal shown, and `a` can still be pinned back to it. Then files built
+/// against another major version or for another world change nothing, and
+/// their errors say why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_versions_survive_a_restart() {
+    let receiver = Receiver::start().await;
+    let dir = TestDir::new();
+    let plugins = dir.path().join("plugins");
+    let v1_bytes = std::fs::read(plugin_component("json-forward")).expect("json-forward");
+    let v2_bytes = std::fs::read(plugin_component("strict-forward")).expect("strict-forward");
+    let (v1, v2) = (sha(&v1_bytes), sha(&v2_bytes));
+    let (v1s, v2s) = (v1.as_str(), v2.as_str());
+    deploy(&plugins, &v1_bytes);
+    let config = DaemonConfig::default();
+    let mut daemon = Daemon::start(&dir, &config, &Backend::Sqlite).await;
+    let legacy = json!({"headers": {"x-legacy-id": "7"}});
+    for (name, plugin_config) in [("a", json!({})), ("b", legacy.clone())] {
+        let (status, body) = put_repeater(&daemon, &receiver, name, plugin_config, None).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    daemon
+        .ingest(
+            DOMAIN,
+            json!({"id": "before", "type": "tick", "payload": {}}),
+        )
+        .await;
+    receiver.wait_for(2, WAIT).await;
+
+    // v2 arrives as an upload: a moves to it, b stays on v1.
+    let (status, body) = daemon
+        .put_bytes("/v1/plugins/relay", "application/wasm", v2_bytes.clone())
+        .await;
+    assert!(
+        status == 200 || status == 201,
+        "upload answered {status}: {body}"
+    );
+    let d = &daemon;
+    eventually(d, "a on v2 and b refused by it", || async move {
+        let b = repeater(d, "b").await;
+        (running(d, "a").await.as_deref() == Some(v2s)
+            && b["plugin"]["running"]["sha256"] == v1s
+            && b["plugin"]["running"]["refusal"]["sha256"] == v2s)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        daemon.stop().await,
+        "the daemon stops cleanly:\n{}",
+        daemon.log()
+    );
+
+    // Restarted on the same files: both versions are back.
+    let daemon = Daemon::start(&dir, &config, &Backend::Sqlite).await;
+    let detail = plugin_detail(&daemon).await;
+    assert_eq!(versions(&detail), vec![v1.clone(), v2.clone()], "{detail}");
+    assert_eq!(version(&detail, &v1)["source"], "kept", "{detail}");
+    assert_eq!(version(&detail, &v2)["newest"], true, "{detail}");
+    daemon
+        .ingest(
+            DOMAIN,
+            json!({"id": "after", "type": "tick", "payload": {}}),
+        )
+        .await;
+    receiver.wait_for(4, WAIT).await;
+    let d = &daemon;
+    let b = eventually(d, "b back on v1 with v2's refusal", || async move {
+        let b = repeater(d, "b").await;
+        (b["plugin"]["running"]["refusal"]["sha256"] == v2s).then_some(b)
+    })
+    .await;
+    assert_eq!(b["plugin"]["running"]["sha256"], v1.as_str(), "{b}");
+    assert_eq!(attempt_sha(d, "after", "b").await, Some(v1.clone()));
+    assert_eq!(attempt_sha(d, "after", "a").await, Some(v2.clone()));
+
+    // A pin to the version kept across the restart rolls a back.
+    let (status, body) = put_repeater(&daemon, &receiver, "a", json!({}), Some(&v1)).await;
+    assert_eq!(status, 200, "{body}");
+    daemon
+        .ingest(
+            DOMAIN,
+            json!({"id": "pinned", "type": "tick", "payload": {}}),
+        )
+        .await;
+    receiver.wait_for(6, WAIT).await;
+    assert_eq!(attempt_sha(d, "pinned", "a").await, Some(v1.clone()));
+    assert_eq!(running(d, "a").await, Some(v1.clone()));
+
+    // Files that are components but not for this daemon change nothing.
+    let newer_major = renamed(
+        &v1_bytes,
+        "repeater:plugin/plugin@0.1.",
+        "repeater:plugin/plugin@9.1.",
+    );
+    let other_world = renamed(&v1_bytes, "repeater:plugin", "acmehook:plugin");
+    for (broken, words) in [
+        (newer_major, "built against repeater:plugin/plugin@9.1"),
+        (other_world, "not a repeater plugin"),
+    ] {
+        deploy(&plugins, &broken);
+        let detail = eventually(d, "the broken file's error", || async move {
+            let detail = plugin_detail(d).await;
+            detail["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(words))
+                .then_some(detail)
+        })
+        .await;
+        assert_eq!(versions(&detail), vec![v1.clone(), v2.clone()], "{detail}");
+        assert_eq!(detail["sha256"], v2.as_str(), "{detail}");
+        assert_eq!(running(d, "a").await, Some(v1.clone()));
+        assert_eq!(running(d, "b").await, Some(v1.clone()));
+    }
+    let (_, plugins_list) = daemon.get("/v1/plugins").await;
+    assert!(
+        plugins_list
+            .to_string()
+            .contains("acmehook:plugin/plugin@0.1"),
+        "the list names what the file exports instead: {plugins_list}"
+    );
+}

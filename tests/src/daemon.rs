@@ -262,6 +262,19 @@ impl Daemon {
             .unwrap_or_else(|err| panic!("PUT {path} did not reach repeaterd: {err}"))
     }
 
+    /// PUT raw `bytes` of `content_type` under the API as admin (a plugin
+    /// upload); returns status and JSON body.
+    pub async fn put_bytes(&self, path: &str, content_type: &str, bytes: Vec<u8>) -> (u16, Value) {
+        let request = self.http.put(format!("{}{path}", self.base));
+        let request = request
+            .bearer_auth(ADMIN_TOKEN)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(bytes);
+        answer(request.send().await)
+            .await
+            .unwrap_or_else(|err| panic!("PUT {path} did not reach repeaterd: {err}"))
+    }
+
     /// Posts one event; returns the 202 answer.
     pub async fn ingest(&self, domain: &str, event: Value) -> Value {
         let (status, body) = self

@@ -34,11 +34,10 @@ const PLUGIN_CPU_MS: u32 = 400;
 /// Bound on the daemon's peak RSS. The daemon itself (runtime, pools, plugin
 /// engine, SQLite, 2,000 healthy records) stays under ~100 MiB. Each hostile
 /// repeater runs one call at a time, and the calls add at most: the memory
-/// bomb its 72 MiB cap; the oversized body 64 MiB in the guest plus the
-/// host's copies of that body before the size check refuses it (about two,
-/// 128 MiB); loop and trap a few MiB. That is ≈ 370 MiB in the worst
-/// overlap (measured: 279 MiB; 474 MiB with two calls per hostile
-/// repeater). The pooling allocator reserves address space, not resident
+/// bomb its 72 MiB cap; the oversized body its 64 MiB in the guest (the
+/// host refuses it from its length without copying it, ADR 19); loop and
+/// trap a few MiB. That is ≈ 250 MiB in the worst overlap (measured:
+/// 156 MiB). The pooling allocator reserves address space, not resident
 /// memory. 512 MiB leaves room over the worst case and fails if a cap leaks.
 const PEAK_RSS_LIMIT_MIB: u64 = 512;
 
@@ -207,6 +206,92 @@ async fn hostile_plugins_do_not_hurt_healthy_repeaters() {
     assert!(
         peak_mib < PEAK_RSS_LIMIT_MIB,
         "repeaterd peaked at {peak_mib} MiB resident, over {PEAK_RSS_LIMIT_MIB} MiB"
+    );
+    assert!(daemon.stop().await, "repeaterd did not stop cleanly");
+}
+
+/// Records the oversized-body test sends through one repeater.
+const OVERSIZED_EVENTS: usize = 24;
+/// That repeater's concurrency: the plugin calls in flight at once.
+const OVERSIZED_CONCURRENCY: u64 = 4;
+/// What the daemon may hold beyond its idle size and the plugin instances'
+/// own memory (concurrency × memory cap), MiB: runtime buffers, records,
+/// attempts. A host copy of one refused 64 MiB body would exceed it.
+const OVERSIZED_SLACK_MIB: u64 = 48;
+
+/// A body over `plugins.max_body_bytes` is refused from its length in the
+/// plugin's memory, before the host copies it: with `concurrency` calls in
+/// flight, the daemon's peak RSS stays within its idle size plus the
+/// instances' memory caps plus a small constant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_without_a_host_copy() {
+    let receiver = Receiver::start().await;
+    let dir = TestDir::new();
+    std::fs::copy(hostile_plugin(), dir.path().join("plugins/hostile.wasm"))
+        .expect("copy the hostile plugin into the plugins dir");
+    let mut config = DaemonConfig {
+        plugin_memory_mb: PLUGIN_MEMORY_MB,
+        plugin_cpu_ms: PLUGIN_CPU_MS,
+        ..DaemonConfig::default()
+    };
+    config.repeaters.push(
+        RepeaterConfig::with_plugin(
+            "hostile",
+            "oversized",
+            &format!("{}/hostile/oversized", receiver.url()),
+            "hostile",
+            "{ mode = \"oversized-body\" }",
+        )
+        .extra(&format!("concurrency = {OVERSIZED_CONCURRENCY}")),
+    );
+    let mut daemon = Daemon::start(&dir, &config, &Backend::Sqlite).await;
+    // The idle size: the plugin is loaded and probed, nothing is queued.
+    let idle_mib = daemon.peak_rss_kib().expect("VmHWM of repeaterd") / 1024;
+
+    let events = (0..OVERSIZED_EVENTS)
+        .map(|i| json!({"type": "hostile.test", "payload": {"n": i}}))
+        .collect();
+    daemon.ingest_many("hostile", events).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let records = loop {
+        let records = list_records(&daemon, "hostile", Some("rejected")).await;
+        if records.len() == OVERSIZED_EVENTS {
+            break records;
+        }
+        assert!(
+            daemon.exited().is_none(),
+            "repeaterd died:\n{}",
+            daemon.log()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{} of {OVERSIZED_EVENTS} oversized records were rejected within 120 s",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let full = daemon.record("hostile", &record_id(&records[0])).await;
+    let error = record_attempts(&full)[0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("request body is 67108864 bytes, limit"),
+        "the attempt error names the body and its size: {error:?}"
+    );
+    assert!(receiver.received().is_empty(), "an oversized body was sent");
+
+    let peak_mib = daemon.peak_rss_kib().expect("VmHWM of repeaterd") / 1024;
+    let bound =
+        idle_mib + OVERSIZED_CONCURRENCY * u64::from(PLUGIN_MEMORY_MB) + OVERSIZED_SLACK_MIB;
+    println!(
+        "oversized bodies: {OVERSIZED_EVENTS} refused at concurrency {OVERSIZED_CONCURRENCY}; \
+         idle {idle_mib} MiB, peak {peak_mib} MiB, bound {bound} MiB"
+    );
+    assert!(
+        peak_mib <= bound,
+        "repeaterd peaked at {peak_mib} MiB: over its idle {idle_mib} MiB + \
+         {OVERSIZED_CONCURRENCY} × {PLUGIN_MEMORY_MB} MiB instances + {OVERSIZED_SLACK_MIB} MiB"
     );
     assert!(daemon.stop().await, "repeaterd did not stop cleanly");
 }

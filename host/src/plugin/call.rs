@@ -12,6 +12,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::types::{BuildOutcome, Event, Reply, RequestSummary, Verdict};
 use super::bindings::{CLASSIFICATION_INTERFACE, ClassifyRules, Repeater, RepeaterPre};
+use super::build_view::BuildOutcomeView;
 use super::default_rules::judge_by_default_rules;
 use super::engine::{PluginEngine, Prepared};
 use super::error::PluginError;
@@ -46,6 +47,7 @@ pub struct LoadedPlugin {
     pre: RepeaterPre<CallState>,
     interface: String,
     rules_export: Option<ComponentExportIndex>,
+    build_export: ComponentExportIndex,
     rules: ClassifyRules,
 }
 
@@ -86,6 +88,7 @@ impl LoadedPlugin {
             pre: checked.pre,
             interface: checked.interface,
             rules_export: checked.rules,
+            build_export: checked.build,
             // Until the plugin says otherwise (see `probe`).
             rules: ClassifyRules::Own,
         }
@@ -144,23 +147,50 @@ impl LoadedPlugin {
 
     /// Runs `build` for one record. A `send` outcome has passed the host's
     /// checks: body and header limits, header names and values valid for
-    /// HTTP, no headers the host owns, a clean path and query.
+    /// HTTP, no headers the host owns, a clean path and query. A body past
+    /// the limit is refused without being copied out of the plugin.
     pub async fn build(
         &self,
         ctx: &CallContext,
         event: &Event,
         config: &str,
     ) -> Result<BuildOutcome, PluginError> {
-        const CALL: &str = "build";
-        let mut run = self.start(ctx, CALL).await?;
-        let result = run
-            .bindings
-            .repeater_plugin_plugin()
-            .call_build(&mut run.store, event, config)
-            .await;
-        let outcome = self.finish(run, CALL, result)?;
-        check_build_outcome(&self.name, self.engine.limits(), &outcome)?;
+        let (mut store, _slot) = self.new_store(ctx).await?;
+        let view = self.call_build(&mut store, event, config).await;
+        // One flush for every way out, so the plugin's logs are never lost.
+        store.data().output.flush();
+        let limits = self.engine.limits();
+        let outcome = view?.into_outcome(&self.name, limits)?;
+        check_build_outcome(&self.name, limits, &outcome)?;
         Ok(outcome)
+    }
+
+    /// Instantiates in `store` and calls `build`, lifting its outcome as a
+    /// [`BuildOutcomeView`] rather than through the generated bindings.
+    async fn call_build(
+        &self,
+        store: &mut Store<CallState>,
+        event: &Event,
+        config: &str,
+    ) -> Result<BuildOutcomeView, PluginError> {
+        const CALL: &str = "build";
+        let instance = self
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(|error| self.failure(store.data(), CALL, &error))?;
+        let build = instance
+            .get_typed_func::<(&Event, &str), (BuildOutcomeView,)>(&mut *store, &self.build_export)
+            .map_err(|error| PluginError::WrongWorld {
+                plugin: self.name.to_string(),
+                message: format!("{}: `build` has the wrong type: {error:#}", self.interface),
+            })?;
+        let (view,) = build
+            .call_async(&mut *store, (event, config))
+            .await
+            .map_err(|error| self.failure(store.data(), CALL, &error))?;
+        Ok(view)
     }
 
     /// Judges the reply to a request this plugin built: by the default

@@ -26,6 +26,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use super::bindings::{
     CLASSIFICATION_INTERFACE, PLUGIN_INTERFACE, Repeater, RepeaterPre, is_plugin_interface,
 };
+use super::build_view::allow_bodies_up_to;
 use super::cache::CodeCache;
 use super::error::PluginError;
 use super::limits::PluginLimits;
@@ -66,6 +67,9 @@ pub(crate) struct Checked {
     pub(crate) interface: String,
     /// The `rules` function of the optional `classification` export.
     pub(crate) rules: Option<ComponentExportIndex>,
+    /// The plugin interface's `build` function, called through
+    /// [`BuildOutcomeView`](super::build_view::BuildOutcomeView).
+    pub(crate) build: ComponentExportIndex,
 }
 
 /// A compiled, type-checked component, ready to be instantiated.
@@ -114,6 +118,7 @@ impl PluginEngine {
         )
         .map_err(|e| PluginError::Engine(format!("cannot link the plugin log import: {e:#}")))?;
         spawn_epoch_ticker(&engine, limits.epoch_tick)?;
+        allow_bodies_up_to(limits.max_body_bytes);
         let slots = Arc::new(Semaphore::new(limits.max_instances as usize));
         Ok(Self {
             inner: Arc::new(EngineInner {
@@ -321,10 +326,20 @@ impl PluginEngine {
                     })
             })
             .transpose()?;
+        // `instantiate_pre` above has type-checked the interface, so both
+        // lookups succeed for any component that got this far.
+        let build = component
+            .get_export_index(None, &interface)
+            .and_then(|plugin| component.get_export_index(Some(&plugin), "build"))
+            .ok_or_else(|| PluginError::WrongWorld {
+                plugin: name.to_owned(),
+                message: format!("{interface} does not export `build`"),
+            })?;
         Ok(Checked {
             pre,
             interface,
             rules,
+            build,
         })
     }
 }

@@ -21,6 +21,7 @@
 
 mod archive;
 mod bindings;
+mod build_view;
 mod builtin;
 mod cache;
 mod call;

@@ -13,8 +13,8 @@ use repeaterd::model::{
 };
 use repeaterd::store::postgres::PostgresStore;
 use repeaterd::store::{
-    AdminStore, AttemptDraft, BULK_BATCH, ErrorKind, IngestStore, LaneStore, Lease, PayloadPreview,
-    RecordOutcome, RecordQuery, RepeaterHealth, Store, StoreError,
+    AdminStore, AttemptDraft, BULK_BATCH, ErrorKind, EventSweep, IngestStore, LaneStore, Lease,
+    PayloadPreview, RecordOutcome, RecordQuery, RepeaterHealth, Store, StoreError,
 };
 use repeaterd_tests::{Backend, PgDatabase, on_both_stores};
 use sqlx::Connection;
@@ -117,6 +117,7 @@ on_both_stores!(
     requeue_and_pause_act_on_the_repeater,
     delete_repeater_cancels_unfinished_records,
     purge_terminal_deletes_only_old_terminal_records_in_batches,
+    purge_unrouted_events_deletes_old_events_no_repeater_took,
     next_wakeup_reports_the_earliest_due_time,
     backlog_counts_records_by_state,
     records_listing_filters_and_pages_by_id,
@@ -1934,6 +1935,72 @@ async fn purge_terminal_deletes_only_old_terminal_records_in_batches(store: Arc<
         .await
         .unwrap();
     assert!(!kept[0].created);
+}
+
+async fn purge_unrouted_events_deletes_old_events_no_repeater_took(store: Arc<dyn Store>) {
+    store
+        .upsert_repeater(&spec("acme", "a", &["t"]), T0)
+        .await
+        .unwrap();
+    // In id order: one routed event, three that no repeater takes, and a
+    // fourth unrouted one that is still within retention.
+    let routed = store
+        .ingest("acme", &[event(Some("r0"), "t")], T0)
+        .await
+        .unwrap();
+    assert_eq!(routed[0].records.len(), 1);
+    for key in ["n0", "n1", "n2"] {
+        let unrouted = store
+            .ingest("acme", &[event(Some(key), "other")], T0)
+            .await
+            .unwrap();
+        assert!(unrouted[0].records.is_empty());
+    }
+    store
+        .ingest("acme", &[event(Some("n3"), "other")], T0 + 10_000)
+        .await
+        .unwrap();
+
+    let before = T0 + 5_000;
+    let first = store.purge_unrouted_events(before, 0, 2).await.unwrap();
+    assert_eq!(first.deleted, 1, "r0 has a record and stays; n0 goes");
+    assert!(!first.caught_up);
+    let second = store
+        .purge_unrouted_events(before, first.scanned_to, 2)
+        .await
+        .unwrap();
+    assert_eq!(second.deleted, 2, "n1 and n2 go");
+    assert!(second.scanned_to > first.scanned_to);
+    let third = store
+        .purge_unrouted_events(before, second.scanned_to, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        third,
+        EventSweep {
+            deleted: 0,
+            scanned_to: second.scanned_to,
+            caught_up: true
+        },
+        "the scan stops at n3, which is within retention"
+    );
+
+    // The purged ids are new again; the routed event and the recent one stay.
+    let created = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .ingest("acme", &[event(Some(key), "other")], T0 + 20_000)
+                .await
+                .unwrap()[0]
+                .created
+        }
+    };
+    for key in ["n0", "n1", "n2"] {
+        assert!(created(key).await, "{key} was purged");
+    }
+    assert!(!created("r0").await, "r0 has a record");
+    assert!(!created("n3").await, "n3 is within retention");
 }
 
 async fn next_wakeup_reports_the_earliest_due_time(store: Arc<dyn Store>) {

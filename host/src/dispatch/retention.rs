@@ -1,6 +1,8 @@
 //! Retention (docs/scheduling.md, "Retention"): a background task deleting terminal records older
 //! than `retention`, with their attempts, in bounded batches so no purge
-//! holds a long lock or a long transaction.
+//! holds a long lock or a long transaction; and events older than
+//! `retention` that no repeater took, found by a scan that walks the events
+//! table once, oldest first, and then only looks at what arrived since.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::model::now_millis;
-use crate::store::RetentionStore;
+use crate::store::{EventSweep, RetentionStore};
 
 /// How the purge runs.
 #[derive(Debug, Clone)]
@@ -30,6 +32,9 @@ pub async fn run_retention(
     mut shutdown: watch::Receiver<bool>,
 ) -> u64 {
     let mut total = 0;
+    // Where the scan for unrouted events goes on from; after a restart it
+    // starts at the beginning once.
+    let mut events_after = 0;
     let mut ticks = tokio::time::interval(settings.interval.max(Duration::from_millis(100)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -41,6 +46,9 @@ pub async fn run_retention(
             return total;
         }
         total += purge_round(store.as_ref(), &settings, &mut shutdown).await;
+        if !*shutdown.borrow() {
+            sweep_unrouted(store.as_ref(), &settings, &mut events_after, &shutdown).await;
+        }
     }
 }
 
@@ -69,6 +77,46 @@ pub async fn purge_round(
     }
     if deleted > 0 {
         tracing::info!(deleted, "purged terminal records past retention");
+    }
+    deleted
+}
+
+/// One round of the scan for events no repeater took: batches from
+/// `after` until the scan catches up, moving `after` along. Returns the
+/// events deleted.
+pub async fn sweep_unrouted(
+    store: &dyn RetentionStore,
+    settings: &RetentionSettings,
+    after: &mut i64,
+    shutdown: &watch::Receiver<bool>,
+) -> u64 {
+    let before = now_millis() - settings.retention.as_millis() as i64;
+    let mut deleted = 0;
+    loop {
+        match store
+            .purge_unrouted_events(before, *after, settings.batch.max(1))
+            .await
+        {
+            Ok(EventSweep {
+                deleted: n,
+                scanned_to,
+                caught_up,
+            }) => {
+                deleted += n;
+                *after = scanned_to;
+                if caught_up || *shutdown.borrow() {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "retention sweep of unrouted events failed; retrying next round");
+                break;
+            }
+        }
+        tokio::time::sleep(settings.pause).await;
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "purged events no repeater took, past retention");
     }
     deleted
 }

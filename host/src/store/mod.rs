@@ -510,11 +510,35 @@ pub const BULK_BATCH: u32 = 500;
 /// [`AdminStore::failure_groups`] reads.
 pub const FAILURE_SCAN: u32 = 10_000;
 
-/// What the retention task needs: deleting old terminal records.
+/// What the retention task needs: deleting old terminal records, and old
+/// events that no repeater took.
 #[async_trait]
 pub trait RetentionStore: Send + Sync {
     /// Deletes up to `limit` terminal records last updated before `before`,
     /// with their attempts and any events left without records. Returns how
     /// many records went.
     async fn purge_terminal(&self, before: Millis, limit: u32) -> StoreResult<u64>;
+
+    /// Looks at up to `limit` events with ids above `after`, oldest first,
+    /// and deletes those created before `before` that no record refers to:
+    /// events that matched no repeater when they arrived. The scan stops at
+    /// the first event created at or after `before`.
+    async fn purge_unrouted_events(
+        &self,
+        before: Millis,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<EventSweep>;
+}
+
+/// What one [`RetentionStore::purge_unrouted_events`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventSweep {
+    /// Events deleted.
+    pub deleted: u64,
+    /// The last event id looked at: the next call's `after`.
+    pub scanned_to: i64,
+    /// No old event is left past `scanned_to`: the scan reached the end of
+    /// the table or an event still within retention.
+    pub caught_up: bool,
 }

@@ -1,14 +1,15 @@
 //! Retention: terminal records, their attempts and the events left without
 //! records are deleted in bounded batches, one short write transaction
-//! each, on every backend.
+//! each, on every backend; so are events that no repeater took, which never
+//! had a record to leave.
 
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
 
-use super::backend::Backend;
+use super::backend::{Backend, RowsAffected};
 use super::input::ROWS_PER_STATEMENT;
 use super::sql::{named_queries, terminal};
-use super::{RetentionStore, StoreResult};
+use super::{EventSweep, RetentionStore, StoreResult};
 use crate::model::Millis;
 
 named_queries! {
@@ -21,6 +22,11 @@ named_queries! {
              ORDER BY updated_at LIMIT $2",
             terminal("state")
         ),
+        /// Up to `$2` events after id `$1`, oldest first, with their
+        /// creation time and whether any record refers to them.
+        events_after: "SELECT id, created_at, \
+             (SELECT COUNT(*) FROM records r WHERE r.event_id = events.id) \
+             FROM events WHERE id > $1 ORDER BY id LIMIT $2",
     }
 }
 
@@ -71,5 +77,47 @@ where
         }
         tx.commit().await?;
         Ok(record_ids.len() as u64)
+    }
+
+    async fn purge_unrouted_events(
+        &self,
+        before: Millis,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<EventSweep> {
+        let mut tx = self.writes().begin_with(S::DIALECT.begin_write()).await?;
+        let scanned: Vec<(i64, i64, i64)> =
+            sqlx::query_as(&self.statements().retention.events_after)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+        // Ids grow with time, so the scan stops at the first event still
+        // within retention; it is looked at again next time.
+        let old: Vec<(i64, i64)> = scanned
+            .iter()
+            .take_while(|(_, created_at, _)| *created_at < before)
+            .map(|(id, _, records)| (*id, *records))
+            .collect();
+        let unrouted: Vec<i64> = old
+            .iter()
+            .filter(|(_, records)| *records == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut deleted = 0;
+        for chunk in unrouted.chunks(ROWS_PER_STATEMENT) {
+            let sql = DELETES[2](&S::DIALECT.list(chunk.len()));
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            deleted += query.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(EventSweep {
+            deleted,
+            scanned_to: old.last().map_or(after, |(id, _)| *id),
+            caught_up: old.len() < scanned.len() || scanned.len() < limit as usize,
+        })
     }
 }

@@ -8,6 +8,7 @@ mod console;
 mod crash;
 mod database_restart;
 mod delivery;
+mod disk_full;
 mod failover;
 mod faulty_receiver;
 mod hostile_plugins;

@@ -54,6 +54,44 @@ impl Default for TestDir {
     }
 }
 
+/// A size-capped tmpfs that only one daemon sees, for tests of a full disk.
+/// The daemon runs in a user and mount namespace of its own (`unshare`,
+/// from util-linux), where a tmpfs of `mib` MiB is mounted on `path` before
+/// the daemon starts; so no root is needed where unprivileged user
+/// namespaces are allowed, and nothing outside the daemon sees the mount.
+/// The tmpfs goes when the daemon exits; the test reaches its files
+/// meanwhile through [`Daemon::path_as_seen_by_daemon`].
+#[derive(Debug, Clone)]
+pub struct SmallDisk {
+    /// Where the tmpfs is mounted (an existing, empty directory).
+    pub path: PathBuf,
+    /// Its size in MiB.
+    pub mib: u32,
+}
+
+impl SmallDisk {
+    /// The command that mounts the disk and then runs `repeaterd` with the
+    /// arguments added to it.
+    fn command(&self) -> Command {
+        let mut command = Command::new("unshare");
+        command
+            .args([
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--propagation",
+                "private",
+            ])
+            .args(["--", "sh", "-c"])
+            .arg(r#"mount -t tmpfs -o size="$1"m repeaterd-test "$2" && shift 2 && exec "$@""#)
+            .arg("sh")
+            .arg(self.mib.to_string())
+            .arg(&self.path)
+            .arg(binary::repeaterd());
+        command
+    }
+}
+
 /// A running `repeaterd serve`; killed if still running when dropped.
 pub struct Daemon {
     /// The API's base URL, e.g. `http://127.0.0.1:4711`.
@@ -83,8 +121,32 @@ impl Daemon {
         config: &DaemonConfig,
         backend: &Backend,
     ) -> Daemon {
-        let port = free_port();
         let database = backend.database_toml(dir.path());
+        Daemon::spawn(dir, name, config, database, None).await
+    }
+
+    /// Starts the daemon on SQLite with its database on `disk`, a small
+    /// file system of its own (see [`SmallDisk`]).
+    pub async fn start_on_small_disk(
+        dir: &TestDir,
+        config: &DaemonConfig,
+        disk: &SmallDisk,
+    ) -> Daemon {
+        let database = format!(
+            "sqlite_path = {:?}\n",
+            disk.path.join("repeaterd.sqlite").display().to_string()
+        );
+        Daemon::spawn(dir, "repeaterd", config, database, Some(disk)).await
+    }
+
+    async fn spawn(
+        dir: &TestDir,
+        name: &str,
+        config: &DaemonConfig,
+        database: String,
+        disk: Option<&SmallDisk>,
+    ) -> Daemon {
+        let port = free_port();
         let config_path = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, config.to_toml(dir.path(), port, &database))
             .expect("write the daemon's config");
@@ -95,7 +157,11 @@ impl Daemon {
             .append(true)
             .open(&log_path)
             .expect("open the daemon's log");
-        let child = Command::new(binary::repeaterd())
+        let mut command = match disk {
+            None => Command::new(binary::repeaterd()),
+            Some(disk) => disk.command(),
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -175,6 +241,15 @@ impl Daemon {
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
+    }
+
+    /// `path` as the daemon sees it, reachable from the test while the
+    /// daemon runs: under `/proc/<pid>/root`, so a file on a [`SmallDisk`]
+    /// (mounted in the daemon's own namespace) can be read or removed.
+    pub fn path_as_seen_by_daemon(&self, path: &Path) -> PathBuf {
+        let pid = self.pid().expect("repeaterd is running");
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        Path::new(&format!("/proc/{pid}/root")).join(relative)
     }
 
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the process.

@@ -19,9 +19,9 @@ pub mod receiver;
 pub use backend::Backend;
 pub use config::{DaemonConfig, RepeaterConfig, domain_token, domain_token_env};
 pub use daemon::{
-    ADMIN_TOKEN, ADMIN_TOKEN_ENV, Daemon, TestDir, batch_record_ids, eventually, free_port,
-    ingest_until_accepted, ingested_ids, list_records, record_attempts, record_id, record_state,
-    seed_from_env,
+    ADMIN_TOKEN, ADMIN_TOKEN_ENV, Daemon, SmallDisk, TestDir, batch_record_ids, eventually,
+    free_port, ingest_until_accepted, ingested_ids, list_records, record_attempts, record_id,
+    record_state, seed_from_env,
 };
 pub use pg_server::PgServer;
 pub use postgres::PgDatabase;

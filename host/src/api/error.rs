@@ -137,7 +137,10 @@ impl ApiError {
                 ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "storage_full",
-                    format!("{context} failed because the database has no room left"),
+                    format!(
+                        "{context} failed because the database has no room left on its disk; \
+                         free space there and try again (repeaterd goes on by itself)"
+                    ),
                 )
             }
             ErrorKind::Internal => ApiError::internal(context, &err),

@@ -1,0 +1,189 @@
+//! The SQLite database's disk fills under a producer while the daemon
+//! delivers: the database lives on a 16 MiB tmpfs of the daemon's own
+//! ([`SmallDisk`]), 4 MiB of which a ballast file holds. Ingest must refuse
+//! with 507 (or 503) and a message that says what is wrong, never 500 and
+//! never a 2xx for an event it did not store; when the ballast is removed
+//! the same daemon process takes events again; every acknowledged event is
+//! delivered; the file passes `PRAGMA integrity_check`.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use repeaterd_tests::{
+    Daemon, DaemonConfig, Receiver, RepeaterConfig, SmallDisk, TestDir, batch_record_ids,
+};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const DOMAIN: &str = "acme";
+/// The tmpfs the database lives on, MiB.
+const DISK_MIB: u32 = 16;
+/// The ballast taking part of it until the test frees it, bytes.
+const BALLAST_BYTES: usize = 4 << 20;
+/// Events per batch, and the size of each payload.
+const BATCH: usize = 20;
+const PAYLOAD_BYTES: usize = 8 << 10;
+/// Most batches posted before the disk must have filled (6.4 MiB of
+/// payloads more than the disk holds).
+const MAX_BATCHES: usize = 140;
+/// How long after space is freed ingest must accept again.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+
+/// A batch of events `first..first + BATCH`.
+fn batch(first: usize) -> Value {
+    let pad = "x".repeat(PAYLOAD_BYTES);
+    let events: Vec<Value> = (first..first + BATCH)
+        .map(|n| json!({"id": format!("e{n}"), "type": "disk.test", "payload": {"n": n, "pad": pad}}))
+        .collect();
+    json!({ "events": events })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers_without_a_restart() {
+    let receiver = Receiver::start().await;
+    let dir = TestDir::new();
+    let disk = SmallDisk {
+        path: dir.path().join("disk"),
+        mib: DISK_MIB,
+    };
+    std::fs::create_dir_all(&disk.path).expect("the disk's mount point");
+    let mut config = DaemonConfig::default();
+    config.repeaters.push(RepeaterConfig::json_forward(
+        DOMAIN,
+        "fwd",
+        &format!("{}/fwd", receiver.url()),
+    ));
+    let mut daemon = Daemon::start_on_small_disk(&dir, &config, &disk).await;
+    let pid = daemon.pid().expect("repeaterd runs");
+    let ballast = daemon.path_as_seen_by_daemon(&disk.path.join("ballast"));
+    std::fs::write(&ballast, vec![1u8; BALLAST_BYTES]).expect("write the ballast");
+
+    // Fill the disk.
+    let path = format!("/v1/domains/{DOMAIN}/events/batch");
+    let mut acknowledged: Vec<String> = Vec::new();
+    let mut refusals = Vec::new();
+    let mut next = 0;
+    for _ in 0..MAX_BATCHES {
+        let (status, answer) = daemon.post(&path, &batch(next)).await;
+        next += BATCH;
+        match status {
+            200..=299 => acknowledged.extend(batch_record_ids(&answer)),
+            503 | 507 => {
+                refusals.push((status, answer));
+                if refusals.len() == 3 {
+                    break;
+                }
+            }
+            other => panic!(
+                "ingest on a filling disk answered {other}: {answer}\n{}",
+                daemon.log()
+            ),
+        }
+    }
+    assert!(
+        !refusals.is_empty(),
+        "{MAX_BATCHES} batches of {BATCH} × {PAYLOAD_BYTES} bytes all fitted on a {DISK_MIB} MiB disk"
+    );
+    assert!(!acknowledged.is_empty(), "nothing fitted on the disk");
+    let (status, answer) = &refusals[0];
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        *status == 507 && message.contains("no room"),
+        "a full disk is named as such: {status} {answer}"
+    );
+    println!(
+        "disk full after {} acknowledged records; refused with {status}: {message}",
+        acknowledged.len()
+    );
+
+    // An operator sees the refusals in the metrics.
+    let (_, metrics) = daemon.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("repeaterd_api_requests_total{")
+                && line.contains("status=\"507\"")),
+        "/metrics counts the 507 answers:\n{metrics}"
+    );
+
+    // Free space: the same process takes events again.
+    std::fs::remove_file(&ballast).expect("remove the ballast");
+    let freed = Instant::now();
+    let recovered = loop {
+        let (status, answer) = daemon.post(&path, &batch(next)).await;
+        if (200..300).contains(&status) {
+            acknowledged.extend(batch_record_ids(&answer));
+            break freed.elapsed();
+        }
+        assert!(
+            status == 503 || status == 507,
+            "ingest after freeing space answered {status}: {answer}"
+        );
+        assert!(
+            freed.elapsed() < RECOVERY_LIMIT,
+            "ingest still refused {:?} after space was freed: {status} {answer}\n{}",
+            RECOVERY_LIMIT,
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    next += BATCH;
+    assert!(
+        daemon.exited().is_none(),
+        "repeaterd exited:\n{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.pid(), Some(pid), "the daemon was not restarted");
+
+    // Every acknowledged record is delivered.
+    let wanted: HashSet<String> = acknowledged.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen: HashSet<String> = receiver.per_record().into_keys().collect();
+        let missing = wanted.difference(&seen).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged records were not delivered within 90 s\n{}",
+            wanted.len(),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "disk full: ingest accepted again {:.2} s after space was freed; all {} acknowledged records delivered ({} batches posted)",
+        recovered.as_secs_f64(),
+        wanted.len(),
+        next / BATCH
+    );
+
+    // The file is sound. SQLite resolves `/proc/<pid>/root` back to this
+    // namespace's `/`, where the tmpfs is not mounted, so the check runs on
+    // a copy of the database and its WAL, taken with the daemon stopped
+    // (SIGSTOP): the state a crash at that moment would leave.
+    let copy = dir.path().join("copy.sqlite");
+    daemon.signal(libc::SIGSTOP);
+    for suffix in ["", "-wal"] {
+        let from =
+            daemon.path_as_seen_by_daemon(&disk.path.join(format!("repeaterd.sqlite{suffix}")));
+        let to = dir.path().join(format!("copy.sqlite{suffix}"));
+        if from.exists() {
+            std::fs::copy(&from, &to).expect("copy the database");
+        }
+    }
+    daemon.signal(libc::SIGCONT);
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&copy);
+    let mut db = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("open the copy of the daemon's database");
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&mut db)
+        .await
+        .expect("run integrity_check");
+    assert_eq!(check, "ok", "PRAGMA integrity_check");
+    db.close().await.expect("close the database");
+    assert!(daemon.stop().await, "repeaterd did not stop cleanly");
+}

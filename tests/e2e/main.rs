@@ -12,6 +12,7 @@ mod disk_full;
 mod failover;
 mod faulty_receiver;
 mod hostile_plugins;
+mod hostile_receivers;
 mod plugin_cli;
 mod plugin_languages;
 mod plugin_new;

@@ -180,8 +180,13 @@ impl Api {
 
     /// `GET /v1/domains/{domain}/repeaters/{name}` as JSON.
     pub async fn repeater_status(&self, domain: &str, name: &str) -> Result<Value, String> {
-        let path = format!("/v1/domains/{domain}/repeaters/{name}");
-        let answer = self.call_ok(Method::GET, &path, Bytes::new()).await?;
+        self.get_json(&format!("/v1/domains/{domain}/repeaters/{name}"))
+            .await
+    }
+
+    /// `GET path` as JSON; a non-2xx answer is an error.
+    pub async fn get_json(&self, path: &str) -> Result<Value, String> {
+        let answer = self.call_ok(Method::GET, path, Bytes::new()).await?;
         serde_json::from_slice(&answer)
             .map_err(|err| format!("GET {path}: answer is not JSON: {err}"))
     }

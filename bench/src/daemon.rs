@@ -39,6 +39,10 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// The repeaters.
     pub repeaters: Vec<RepeaterDef>,
+    /// `plugins.dir`, when the scenario brings plugins of its own.
+    pub plugins_dir: Option<PathBuf>,
+    /// `dispatch.retention`, when the scenario sets it.
+    pub retention: Option<Duration>,
 }
 
 impl DaemonConfig {
@@ -54,6 +58,8 @@ impl DaemonConfig {
             dispatch,
             state_dir: state_dir.to_path_buf(),
             repeaters,
+            plugins_dir: None,
+            retention: None,
         })
     }
 
@@ -78,13 +84,20 @@ impl DaemonConfig {
         if let Some(batch_size) = self.dispatch.batch_size {
             let _ = writeln!(toml, "batch_size = {batch_size}");
         }
+        if let Some(retention) = self.retention {
+            let _ = writeln!(toml, "retention = \"{}s\"", retention.as_secs().max(1));
+        }
         let _ = writeln!(toml);
         let cache = self.state_dir.join("plugin-cache");
         let _ = writeln!(
             toml,
-            "[plugins]\ncache_dir = {}\n",
+            "[plugins]\ncache_dir = {}",
             toml_string(&cache.to_string_lossy())
         );
+        if let Some(dir) = &self.plugins_dir {
+            let _ = writeln!(toml, "dir = {}", toml_string(&dir.to_string_lossy()));
+        }
+        let _ = writeln!(toml);
         // The receiver is on loopback, which the SSRF guard refuses unless
         // it is allowed explicitly.
         let _ = writeln!(
@@ -216,21 +229,16 @@ impl Daemon {
 
     /// Reads the process's peak resident set (VmHWM) and keeps the largest.
     pub fn sample_rss(&mut self) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        let peak = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            });
-        if let Some(peak) = peak {
+        if let Some(peak) = status_kib(self.pid, "VmHWM:") {
             self.peak_rss_kib = self.peak_rss_kib.max(peak);
         }
+    }
+
+    /// The resident set now (VmRSS) and its peak so far (VmHWM), MiB; 0
+    /// where `/proc` cannot tell.
+    pub fn memory_mb(&self) -> (f64, f64) {
+        let mb = |field| status_kib(self.pid, field).map_or(0.0, |kib| kib as f64 / 1024.0);
+        (mb("VmRSS:"), mb("VmHWM:"))
     }
 
     /// The daemon's CPU time so far (user + system, all threads), when
@@ -303,6 +311,15 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status`, such as `VmRSS:`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 #[cfg(test)]

@@ -50,6 +50,14 @@ enum Scenario {
     /// Console page times with a million records, and delivery with the
     /// overview refreshing against without.
     Console,
+    /// Ready time and idle memory after loading a plugin in Rust, Python
+    /// and JavaScript, with a cold and a warm compiled-code cache.
+    PluginLoad,
+    /// Ten minutes at half the maximum rate with a minute's retention:
+    /// memory and database size every 30 s, flat once retention runs.
+    Soak,
+    /// The fairness scenario with two daemons sharing one PostgreSQL.
+    FairnessTwo,
 }
 
 /// Which store the daemon runs on.
@@ -122,9 +130,9 @@ struct Args {
     /// Time budget per scenario, seconds [default: per scenario].
     #[arg(long)]
     budget_seconds: Option<u64>,
-    /// Maximum rate (deliveries/s) the latency scenario offers half of,
-    /// instead of the rate measured in this run: compares binaries at the
-    /// same offered load.
+    /// Maximum rate (deliveries/s) the latency and soak scenarios offer
+    /// half of, instead of the rate measured in this run: compares
+    /// binaries at the same offered load.
     #[arg(long)]
     latency_max_rate: Option<f64>,
 }
@@ -223,7 +231,9 @@ fn base_fields(scenario: &str, db: Option<Backend>) -> Fields {
 
 /// Runs one daemon scenario within its budget and prints its line.
 async fn run_scenario(ctx: &Ctx, scenario: Scenario, backend: Backend, budget: Duration) {
-    let name = format!("{scenario:?}").to_lowercase();
+    let name = scenario
+        .to_possible_value()
+        .map_or_else(|| format!("{scenario:?}"), |v| v.get_name().to_owned());
     let mut fields = base_fields(&name, Some(backend));
     let started = Instant::now();
     let outcome = {
@@ -231,9 +241,14 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario, backend: Backend, budget: D
             match scenario {
                 Scenario::Throughput => scenario::throughput::run(ctx, backend, &mut fields).await,
                 Scenario::Latency => scenario::latency::run(ctx, backend, &mut fields).await,
-                Scenario::Fairness => scenario::fairness::run(ctx, backend, &mut fields).await,
+                Scenario::Fairness => scenario::fairness::run(ctx, backend, &mut fields, 1).await,
+                Scenario::FairnessTwo => {
+                    scenario::fairness::run(ctx, backend, &mut fields, 2).await
+                }
                 Scenario::Scale => scenario::scale::run(ctx, backend, &mut fields).await,
                 Scenario::Console => scenario::console::run(ctx, backend, &mut fields).await,
+                Scenario::PluginLoad => scenario::plugin_load::run(ctx, backend, &mut fields).await,
+                Scenario::Soak => scenario::soak::run(ctx, backend, &mut fields).await,
                 Scenario::All | Scenario::Ceiling => Ok(()),
             }
         };
@@ -263,6 +278,9 @@ fn default_budget(scenario: Scenario, quick: bool) -> u64 {
         Scenario::Fairness => 900,
         Scenario::Scale => 2400,
         Scenario::Console => 1200,
+        Scenario::PluginLoad => 600,
+        Scenario::Soak => 1600,
+        Scenario::FairnessTwo => 900,
         Scenario::All | Scenario::Ceiling => 60,
     };
     if quick { full / 4 } else { full }
@@ -360,8 +378,10 @@ async fn run(args: Args) -> i32 {
             Scenario::Throughput,
             Scenario::Latency,
             Scenario::Fairness,
+            Scenario::FairnessTwo,
             Scenario::Scale,
             Scenario::Console,
+            Scenario::PluginLoad,
         ],
         one => vec![one],
     };

@@ -1,4 +1,6 @@
-//! Fairness, in two parts.
+//! Fairness, in two parts, with one daemon or (`fairness-two`, on
+//! PostgreSQL) two daemons sharing the database, each serving every
+//! repeater: fairness must hold across processes too, not only within one.
 //!
 //! Flood: one big domain with a queued backlog (its repeaters are paused
 //! while it is ingested, then resumed) and 50 small domains posting 10
@@ -20,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{Ctx, Fields, latencies_ms, prepare, put, repeaters_of, set_paused};
+use super::{Ctx, Fields, ScenarioDir, latencies_ms, prepare, put, repeaters_of, set_paused};
 use crate::api::Api;
-use crate::daemon::RepeaterDef;
-use crate::database::Backend;
+use crate::daemon::{Daemon, RepeaterDef};
+use crate::database::{Backend, ScenarioDb};
 use crate::ingest::{IngestPlan, PostedBatch, ingest};
 use crate::payload::{self, BODY_BYTES};
 use crate::receiver::Receiver;
@@ -43,14 +45,28 @@ const WINDOW: Duration = Duration::from_secs(10);
 const RATIO_TARGET: f64 = 2.0;
 const JAIN_TARGET: f64 = 0.98;
 
-/// The fairness scenario.
-pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(), String> {
+/// The fairness scenario with `daemons` daemons on one database (more
+/// than one only on PostgreSQL, which daemons can share).
+pub async fn run(
+    ctx: &Ctx,
+    backend: Backend,
+    fields: &mut Fields,
+    daemons: usize,
+) -> Result<(), String> {
     fields.insert(
         "target".into(),
         Value::from("small_p99_ratio <= 2 and jain_index >= 0.98"),
     );
-    let ratio = flood(ctx, backend, fields).await?;
-    let jain = backlogged(ctx, backend, fields).await?;
+    fields.insert("daemons".into(), Value::from(daemons));
+    if daemons > 1 && backend != Backend::Postgres {
+        fields.insert(
+            "skipped".into(),
+            Value::from("daemons share only a PostgreSQL database"),
+        );
+        return Ok(());
+    }
+    let ratio = flood(ctx, backend, fields, daemons).await?;
+    let jain = backlogged(ctx, backend, fields, daemons).await?;
     fields.insert(
         "met".into(),
         Value::from(ratio <= RATIO_TARGET && jain >= JAIN_TARGET),
@@ -81,6 +97,37 @@ async fn post_small(api: &Api, small: &[String], round: &str) -> Result<Vec<Post
     Ok(batches)
 }
 
+/// Starts `count` daemons serving `repeaters` on `db`, each with its own
+/// port, config, log and plugin cache under `dir`.
+async fn start_daemons(
+    ctx: &Ctx,
+    dir: &ScenarioDir,
+    db: &ScenarioDb,
+    repeaters: &[RepeaterDef],
+    count: usize,
+) -> Result<Vec<Daemon>, String> {
+    let mut daemons = Vec::with_capacity(count);
+    for index in 0..count {
+        let home = dir.path().join(format!("daemon-{index}"));
+        std::fs::create_dir_all(&home)
+            .map_err(|err| format!("cannot create {}: {err}", home.display()))?;
+        let config = ctx.daemon_config(&home.join("state"), repeaters.to_vec())?;
+        let (daemon, _) = ctx.start_daemon(&config, db, &home).await?;
+        daemons.push(daemon);
+    }
+    Ok(daemons)
+}
+
+/// Stops every daemon; returns the largest peak RSS, MiB.
+async fn stop_all(daemons: Vec<Daemon>) -> Result<f64, String> {
+    let mut peak = 0f64;
+    for mut daemon in daemons {
+        daemon.sample_rss();
+        peak = peak.max(daemon.stop().await?);
+    }
+    Ok(peak)
+}
+
 /// p99 in ms of the small domains' records in `batches`.
 fn small_p99(receiver: &Receiver, batches: &[PostedBatch]) -> Result<f64, String> {
     let (mut samples, missing) = latencies_ms(batches, &receiver.arrival_times());
@@ -91,7 +138,12 @@ fn small_p99(receiver: &Receiver, batches: &[PostedBatch]) -> Result<f64, String
 }
 
 /// The flood part; returns the p99 ratio.
-async fn flood(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<f64, String> {
+async fn flood(
+    ctx: &Ctx,
+    backend: Backend,
+    fields: &mut Fields,
+    daemons: usize,
+) -> Result<f64, String> {
     let (dir, db) = prepare(ctx, "fairness-flood", backend)?;
     let small: Vec<String> = (0..SMALL_DOMAINS)
         .map(|index| format!("small-{index:02}"))
@@ -104,9 +156,8 @@ async fn flood(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<f64, 
     for domain in &small {
         repeaters.extend(repeaters_of(&receiver, domain, 1));
     }
-    let config = ctx.daemon_config(&dir.path().join("state"), repeaters)?;
-    let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
-    let api = daemon.api().clone();
+    let running = start_daemons(ctx, &dir, &db, &repeaters, daemons).await?;
+    let api = running[0].api().clone();
     let small_total = || {
         (1..domains.len())
             .map(|index| receiver.domain_count(index))
@@ -153,8 +204,7 @@ async fn flood(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<f64, 
         .await?;
     let big_left = big_records.saturating_sub(receiver.domain_count(0));
     let p99_flood = small_p99(&receiver, &flooded)?;
-    daemon.sample_rss();
-    let peak = daemon.stop().await?;
+    let peak = stop_all(running).await?;
 
     let ratio = p99_flood / p99_alone.max(1e-3);
     fields.insert("big_domain_records".into(), Value::from(big_records));
@@ -176,7 +226,12 @@ async fn flood(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<f64, 
 }
 
 /// The backlogged part; returns Jain's index (mean over windows).
-async fn backlogged(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<f64, String> {
+async fn backlogged(
+    ctx: &Ctx,
+    backend: Backend,
+    fields: &mut Fields,
+    daemons: usize,
+) -> Result<f64, String> {
     let (dir, db) = prepare(ctx, "fairness-jain", backend)?;
     let domains: Vec<String> = (0..JAIN_DOMAINS)
         .map(|index| format!("jn-{index:02}"))
@@ -196,9 +251,8 @@ async fn backlogged(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<
         .map(|(index, _)| plan_domains[index].1 as usize * (index % 5 + 1))
         .collect();
     let total: usize = demand.iter().sum();
-    let config = ctx.daemon_config(&dir.path().join("state"), repeaters.clone())?;
-    let (mut daemon, _) = ctx.start_daemon(&config, &db, dir.path()).await?;
-    let api = daemon.api().clone();
+    let running = start_daemons(ctx, &dir, &db, &repeaters, daemons).await?;
+    let api = running[0].api().clone();
     set_paused(&api, &repeaters, true).await?;
     let plan = IngestPlan {
         domains: plan_domains,
@@ -219,8 +273,7 @@ async fn backlogged(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<
     receiver
         .wait_for(total, Duration::from_secs(60 + total as u64 / 500))
         .await?;
-    daemon.sample_rss();
-    let peak = daemon.stop().await?;
+    let peak = stop_all(running).await?;
 
     // The saturated interval ends when the first domain has nothing left.
     let arrivals = receiver.arrivals();

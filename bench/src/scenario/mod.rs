@@ -5,7 +5,9 @@
 pub mod console;
 pub mod fairness;
 pub mod latency;
+pub mod plugin_load;
 pub mod scale;
+pub mod soak;
 pub mod throughput;
 
 use std::collections::HashMap;

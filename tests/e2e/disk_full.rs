@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use repeaterd_tests::{
     Daemon, DaemonConfig, Receiver, RepeaterConfig, SmallDisk, TestDir, batch_record_ids,
+    eventually,
 };
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -138,21 +139,16 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers_without_a_restart
 
     // Every acknowledged record is delivered.
     let wanted: HashSet<String> = acknowledged.iter().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let seen: HashSet<String> = receiver.per_record().into_keys().collect();
-        let missing = wanted.difference(&seen).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} acknowledged records were not delivered within 90 s\n{}",
-            wanted.len(),
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        &format!("all {} acknowledged records delivered", wanted.len()),
+        Duration::from_secs(90),
+        || daemon.log(),
+        || async {
+            let seen: HashSet<String> = receiver.per_record().into_keys().collect();
+            wanted.is_subset(&seen).then_some(())
+        },
+    )
+    .await;
     println!(
         "disk full: ingest accepted again {:.2} s after space was freed; all {} acknowledged records delivered ({} batches posted)",
         recovered.as_secs_f64(),

@@ -24,7 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use repeaterd_tests::{
-    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, TestDir, list_records, record_attempts,
+    Backend, Daemon, DaemonConfig, Receiver, RepeaterConfig, TestDir, eventually, list_records,
+    record_attempts,
 };
 
 const HEALTHY_EVENTS: usize = 1_000;
@@ -211,23 +212,21 @@ async fn hostile_receivers_cost_a_timeout_or_an_excerpt_and_nothing_more() {
     let healthy_done = deliver_healthy(&daemon, &receiver).await;
 
     // Every hostile record ends after its two attempts.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let records = loop {
-        let records = list_records(&daemon, "hostile", None).await;
-        let finished = records
-            .iter()
-            .filter(|r| r["state"] != "pending" && r["state"] != "retrying")
-            .count();
-        if finished == HOSTILE_EVENTS * Misbehaviour::ALL.len() {
-            break records;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{finished} of {} hostile records finished within 120 s",
-            HOSTILE_EVENTS * Misbehaviour::ALL.len()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let hostile_total = HOSTILE_EVENTS * Misbehaviour::ALL.len();
+    let records = eventually(
+        &format!("{hostile_total} hostile records finished"),
+        Duration::from_secs(120),
+        || daemon.log(),
+        || async {
+            let records = list_records(&daemon, "hostile", None).await;
+            let finished = records
+                .iter()
+                .filter(|r| r["state"] != "pending" && r["state"] != "retrying")
+                .count();
+            (finished == hostile_total).then_some(records)
+        },
+    )
+    .await;
     for record in &records {
         let repeater = record["repeater"].as_str().unwrap_or_default().to_owned();
         let misbehaviour = Misbehaviour::ALL

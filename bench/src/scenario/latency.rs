@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::throughput::{self, DOMAINS, REPEATERS_PER_DOMAIN, domain_names};
-use super::{CpuSpan, CpuUse, Ctx, Fields, latencies_ms, prepare, put, repeaters_of};
+use super::throughput::{DOMAINS, REPEATERS_PER_DOMAIN, domain_names};
+use super::{CpuSpan, CpuUse, Ctx, Fields, latencies_ms, max_rate, prepare, put, repeaters_of};
 use crate::database::Backend;
 use crate::ingest::PostedBatch;
 use crate::payload::{self, BODY_BYTES};
@@ -33,28 +33,7 @@ const WARMUP: Duration = Duration::from_secs(2);
 
 /// The latency scenario.
 pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(), String> {
-    let known = ctx
-        .max_rate
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .get(backend.as_str())
-        .copied();
-    if ctx.latency_max_rate.is_some() {
-        fields.insert("max_rate_from".into(), Value::from("--latency-max-rate"));
-    }
-    let max_rate = match ctx.latency_max_rate.or(known) {
-        Some(rate) => rate,
-        None => {
-            // Run alone: find the maximum with a smaller throughput run first.
-            fields.insert(
-                "max_rate_from".into(),
-                Value::from("probe run of 20000/divisor events"),
-            );
-            throughput::measure(ctx, backend, ctx.scaled(20_000), "latency-probe")
-                .await?
-                .deliveries_per_s
-        }
-    };
+    let max_rate = max_rate(ctx, backend, fields, "latency-probe").await?;
     let delivery_rate = max_rate / 2.0;
     let event_rate = delivery_rate / REPEATERS_PER_DOMAIN as f64;
     let duration = if ctx.quick() {

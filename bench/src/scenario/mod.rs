@@ -229,6 +229,38 @@ pub fn latencies_ms(
     (samples, missing)
 }
 
+/// The maximum rate of `backend`, deliveries per second, that the latency
+/// and soak scenarios offer half of: given with `--latency-max-rate`,
+/// measured by the throughput scenario earlier in the run, or found by a
+/// smaller throughput run named `probe` (saying so in `max_rate_from`).
+pub async fn max_rate(
+    ctx: &Ctx,
+    backend: Backend,
+    fields: &mut Fields,
+    probe: &str,
+) -> Result<f64, String> {
+    if let Some(rate) = ctx.latency_max_rate {
+        fields.insert("max_rate_from".into(), Value::from("--latency-max-rate"));
+        return Ok(rate);
+    }
+    let known = ctx
+        .max_rate
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .get(backend.as_str())
+        .copied();
+    if let Some(rate) = known {
+        return Ok(rate);
+    }
+    fields.insert(
+        "max_rate_from".into(),
+        Value::from("probe run of 20000/divisor events"),
+    );
+    Ok(throughput::measure(ctx, backend, ctx.scaled(20_000), probe)
+        .await?
+        .deliveries_per_s)
+}
+
 /// Puts a number into the fields, rounded to three decimals.
 pub fn put(fields: &mut Fields, key: &str, value: f64) {
     fields.insert(key.to_owned(), Value::from(crate::stats::round3(value)));

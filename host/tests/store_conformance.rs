@@ -106,6 +106,7 @@ on_both_stores!(
     ingest_follows_repeater_changes_between_posts,
     ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
     leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
+    lanes_held_elsewhere_counts_other_holders_live_leases_by_domain,
     finish_batch_with_a_stale_epoch_writes_nothing,
     concurrent_batch_results_are_fenced_each_by_its_own_lease,
     claim_returns_due_records_oldest_first_with_their_events,
@@ -785,6 +786,59 @@ async fn ready_repeaters_exclude_paused_backed_off_leased_and_not_due(store: Arc
     assert_eq!(
         names(store.ready_repeaters(T0 + TTL, OTHER).await.unwrap()),
         vec!["backed", "later", "leased", "ok", "paused"]
+    );
+}
+
+async fn lanes_held_elsewhere_counts_other_holders_live_leases_by_domain(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for (domain, name) in [("acme", "a"), ("acme", "b"), ("acme", "c"), ("beta", "x")] {
+        ids.push(
+            store
+                .upsert_repeater(&spec(domain, name, &[]), T0)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    assert!(
+        store
+            .lanes_held_elsewhere(T0, HOLDER)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for (id, holder) in [
+        (ids[0], "other"),
+        (ids[1], "other"),
+        (ids[2], HOLDER),
+        (ids[3], "third"),
+    ] {
+        store
+            .acquire_lease(id, holder, T0, TTL)
+            .await
+            .unwrap()
+            .expect("the lease is free");
+    }
+    let mut held = store.lanes_held_elsewhere(T0 + 1, HOLDER).await.unwrap();
+    held.sort();
+    assert_eq!(held, vec![("acme".to_owned(), 2), ("beta".to_owned(), 1)]);
+    // The other holders' view counts this holder's lease.
+    let mut seen_by_other = store.lanes_held_elsewhere(T0 + 1, "other").await.unwrap();
+    seen_by_other.sort();
+    assert_eq!(
+        seen_by_other,
+        vec![("acme".to_owned(), 1), ("beta".to_owned(), 1)]
+    );
+    // Expired leases and paused repeaters do not count.
+    store.set_paused("beta", "x", true, T0 + 2).await.unwrap();
+    let held = store.lanes_held_elsewhere(T0 + 3, HOLDER).await.unwrap();
+    assert_eq!(held, vec![("acme".to_owned(), 2)]);
+    assert!(
+        store
+            .lanes_held_elsewhere(T0 + TTL + 1, HOLDER)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -60,6 +60,10 @@ const READY_REUSE_MS: Millis = 20;
 /// release and an acquire each time.
 const IDLE_KEEP_MS: Millis = 1_000;
 
+/// How often the leases other daemons hold are counted, per domain, for
+/// the fair queue's weights: they move at the pace of leases, not batches.
+const ELSEWHERE_REUSE_MS: Millis = 500;
+
 /// In-process state of one repeater.
 struct LaneState {
     domain: String,
@@ -100,6 +104,8 @@ pub(crate) struct Scheduler {
     wakeup: Option<(Millis, Option<Millis>)>,
     /// When the ready set was last read from the store.
     ready_read_at: Millis,
+    /// When the leases held elsewhere were last counted.
+    elsewhere_read_at: Millis,
 }
 
 impl Scheduler {
@@ -120,6 +126,7 @@ impl Scheduler {
             shutdown: None,
             wakeup: None,
             ready_read_at: 0,
+            elsewhere_read_at: 0,
         }
     }
 
@@ -172,6 +179,27 @@ impl Scheduler {
         self.drain().await;
     }
 
+    /// Tells the fair queue how many repeaters of each domain other
+    /// daemons lease (none on SQLite, which one daemon owns), at most every
+    /// [`ELSEWHERE_REUSE_MS`]. On an error the last counts stay.
+    async fn count_held_elsewhere(&mut self) {
+        let now = now_millis();
+        if now - self.elsewhere_read_at < ELSEWHERE_REUSE_MS {
+            return;
+        }
+        self.elsewhere_read_at = now;
+        let holder = &self.deps.settings.holder;
+        match self.deps.store.lanes_held_elsewhere(now, holder).await {
+            Ok(held) => self.fair.set_held_elsewhere(
+                held.into_iter()
+                    .map(|(domain, count)| (domain, u64::try_from(count).unwrap_or(0))),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "cannot count the lanes other daemons hold");
+            }
+        }
+    }
+
     /// Reads the ready repeaters into the fair queue.
     async fn refresh(&mut self) {
         self.taken.clear();
@@ -185,6 +213,7 @@ impl Scheduler {
                     }
                 }
                 self.fair.set_ready(&ready);
+                self.count_held_elsewhere().await;
                 // A kept lease whose lane has had nothing due (drained,
                 // paused, deleted) for IDLE_KEEP_MS goes back.
                 let now = now_millis();

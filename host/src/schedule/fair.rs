@@ -17,6 +17,15 @@
 //! repeater or domain keeps its place in the turn order, so it goes first
 //! once it can run again; only the one picked moves to the back.
 //!
+//! Daemons sharing a database each run this queue over the lanes they
+//! hold, so a domain whose repeaters are leased partly by another daemon is
+//! served by both, and a domain with one repeater by one. To keep the
+//! domains' shares equal across daemons, a pick is charged at the domain's
+//! whole size over the part of it ready here ([`FairQueue::set_held_elsewhere`]):
+//! a domain with as many repeaters leased elsewhere as ready here costs
+//! twice its records, so this daemon gives it half the turns and the other
+//! daemon the other half.
+//!
 //! Heavy repeaters yield: a repeater whose batches exceed the time budget
 //! `heavy_after` times in a row is moved to its domain's heavy lane. A heavy
 //! repeater runs when no light repeater of its domain can, or once every
@@ -113,6 +122,8 @@ pub struct FairQueue {
     over_budget_streaks: HashMap<i64, u32>,
     heavy_after: u32,
     heavy_share_rounds: usize,
+    /// Per domain, its repeaters leased by other daemons.
+    held_elsewhere: HashMap<String, u64>,
 }
 
 impl Default for FairQueue {
@@ -138,6 +149,27 @@ impl FairQueue {
             over_budget_streaks: HashMap::new(),
             heavy_after: heavy_after.max(1),
             heavy_share_rounds: heavy_share_rounds.max(1),
+            held_elsewhere: HashMap::new(),
+        }
+    }
+
+    /// Replaces the count, per domain, of repeaters other daemons lease
+    /// (domains left out have none). From then on a pick of such a domain
+    /// is charged at its records × (ready here + leased elsewhere) ÷ ready
+    /// here.
+    pub fn set_held_elsewhere(&mut self, held: impl IntoIterator<Item = (String, u64)>) {
+        self.held_elsewhere = held.into_iter().filter(|(_, count)| *count > 0).collect();
+    }
+
+    /// What `records` of `lane` count against its share here.
+    fn cost(&self, lane: &DomainLane, records: u32) -> u64 {
+        let records = u64::from(records);
+        match self.held_elsewhere.get(&lane.domain) {
+            Some(&elsewhere) => {
+                let here = (lane.light.len() + lane.heavy.len()).max(1) as u64;
+                (records * (here + elsewhere)).div_ceil(here)
+            }
+            None => records,
         }
     }
 
@@ -260,17 +292,23 @@ impl FairQueue {
             .map(|lane| lane.served)
             .max()
             .unwrap_or(0);
-        if let Some(lane) = self.domains.iter_mut().find(|lane| lane.domain == domain) {
-            lane.served = lane.served.max(most.saturating_sub(MAX_CREDIT)) + u64::from(records);
-        }
+        let Some(index) = self.domains.iter().position(|lane| lane.domain == domain) else {
+            return;
+        };
+        let cost = self.cost(&self.domains[index], records);
+        let lane = &mut self.domains[index];
+        lane.served = lane.served.max(most.saturating_sub(MAX_CREDIT)) + cost;
     }
 
     /// Gives `records` back to `domain`: the part of a charged grant that
     /// its claim did not find.
     pub fn refund(&mut self, domain: &str, records: u32) {
-        if let Some(lane) = self.domains.iter_mut().find(|lane| lane.domain == domain) {
-            lane.served = lane.served.saturating_sub(u64::from(records));
-        }
+        let Some(index) = self.domains.iter().position(|lane| lane.domain == domain) else {
+            return;
+        };
+        let cost = self.cost(&self.domains[index], records);
+        let lane = &mut self.domains[index];
+        lane.served = lane.served.saturating_sub(cost);
     }
 
     fn pick_in_domain<R: Into<Eligibility>>(
@@ -475,6 +513,50 @@ mod tests {
         }
         let (one, five) = (records["one"], records["five"]);
         assert!(one.abs_diff(five) <= 36, "one {one}, five {five}");
+    }
+
+    #[test]
+    fn two_daemons_sharing_domains_serve_each_domain_equally() {
+        // "one" and "two" have a repeater each, leased by daemon A and
+        // daemon B; "split" has four, two leased by each daemon. Each
+        // daemon delivers the same number of records. Unweighted, each
+        // daemon gives "split" half its turns: twice what "one" and "two"
+        // get overall.
+        let a_ready = [
+            repeater(0, "one"),
+            repeater(1, "split"),
+            repeater(2, "split"),
+        ];
+        let b_ready = [
+            repeater(3, "two"),
+            repeater(4, "split"),
+            repeater(5, "split"),
+        ];
+        let serve =
+            |ready: &[ReadyRepeater], elsewhere: u64, records: &mut HashMap<String, u64>| {
+                let mut queue = FairQueue::new();
+                queue.set_ready(ready);
+                queue.set_held_elsewhere([("split".to_owned(), elsewhere)]);
+                for _ in 0..3_000 {
+                    let picked = queue.next(|_| true).expect("work is ready");
+                    queue.charge(&picked.domain, 10);
+                    *records.entry(picked.domain).or_default() += 10;
+                }
+            };
+        let mut weighted = HashMap::new();
+        serve(&a_ready, 2, &mut weighted);
+        serve(&b_ready, 2, &mut weighted);
+        for domain in ["one", "two"] {
+            assert!(
+                weighted[domain].abs_diff(weighted["split"]) <= 20,
+                "{weighted:?}"
+            );
+        }
+        // The same without the counts of leases elsewhere: 1 : 1 : 2.
+        let mut unweighted = HashMap::new();
+        serve(&a_ready, 0, &mut unweighted);
+        serve(&b_ready, 0, &mut unweighted);
+        assert_eq!(unweighted["split"], 2 * unweighted["one"], "{unweighted:?}");
     }
 
     #[test]

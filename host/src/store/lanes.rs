@@ -25,6 +25,11 @@ named_queries! {
         /// with at least one record due under their ordering. `$1` now,
         /// `$2` the holder asking.
         ready: ready(dialect),
+        /// Per domain, how many of its repeaters another holder than `$1`
+        /// leases until after `$2`.
+        held_elsewhere: "SELECT domain, COUNT(*) FROM repeaters \
+             WHERE lease_holder <> $1 AND lease_expires_at > $2 AND NOT paused \
+             GROUP BY domain",
         /// The earliest time a repeater has a record due, pushed back by
         /// its backoff and by another holder's lease. `$1` the holder
         /// asking (its own leases delay nothing).
@@ -252,6 +257,7 @@ where
     for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
     for<'q> &'q str: Encode<'q, S::Db> + Type<S::Db>,
     for<'q> i64: Encode<'q, S::Db> + Decode<'q, S::Db> + Type<S::Db>,
+    for<'q> String: Decode<'q, S::Db> + Type<S::Db>,
     usize: ColumnIndex<<S::Db as Database>::Row>,
 {
     fn wake_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
@@ -260,6 +266,18 @@ where
 
     async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>> {
         self.ready_set(now, holder).await
+    }
+
+    async fn lanes_held_elsewhere(
+        &self,
+        now: Millis,
+        holder: &str,
+    ) -> StoreResult<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(&self.statements().lanes.held_elsewhere)
+            .bind(holder)
+            .bind(now)
+            .fetch_all(self.reads())
+            .await?)
     }
 
     async fn next_wakeup(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {

@@ -341,6 +341,14 @@ pub trait LaneStore: Send + Sync {
     /// record due at `now`. A lease `holder` itself keeps between batches
     /// does not hide its lane from it.
     async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>>;
+    /// Per domain, how many of its repeaters (not paused) are leased by
+    /// holders other than `holder` at `now`: the lanes other daemons on a
+    /// shared database are serving. Domains with none are left out.
+    async fn lanes_held_elsewhere(
+        &self,
+        now: Millis,
+        holder: &str,
+    ) -> StoreResult<Vec<(String, i64)>>;
     /// The earliest time something becomes due (a record's next attempt or
     /// a backoff or another holder's lease ending), for the scheduler's
     /// sleep. Leases of `holder` delay nothing.

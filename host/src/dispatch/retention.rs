@@ -5,7 +5,7 @@
 //! table once, oldest first, and then only looks at what arrived since.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -59,6 +59,7 @@ pub async fn purge_round(
     shutdown: &mut watch::Receiver<bool>,
 ) -> u64 {
     let before = now_millis() - settings.retention.as_millis() as i64;
+    let round = Instant::now();
     let mut deleted = 0;
     loop {
         match store.purge_terminal(before, settings.batch.max(1)).await {
@@ -76,7 +77,8 @@ pub async fn purge_round(
         tokio::time::sleep(settings.pause).await;
     }
     if deleted > 0 {
-        tracing::info!(deleted, "purged terminal records past retention");
+        let took_ms = round.elapsed().as_millis() as u64;
+        tracing::info!(deleted, took_ms, "purged terminal records past retention");
     }
     deleted
 }

@@ -259,6 +259,15 @@ async fn hostile_receivers_cost_a_timeout_or_an_excerpt_and_nothing_more() {
                     error.starts_with("transport error (timeout)"),
                     "{repeater}: ends with a timeout error: {attempt}"
                 );
+                let phase = if misbehaviour == Misbehaviour::DripBody {
+                    "did not finish its body"
+                } else {
+                    "no response head"
+                };
+                assert!(
+                    error.contains(phase),
+                    "{repeater}: the error says where it stalled ({phase}): {error}"
+                );
                 assert!(
                     (TIMEOUT_MS - 50..TIMEOUT_MS + 1_000).contains(&took),
                     "{repeater}: ends by the {TIMEOUT_MS} ms timeout: {took} ms"

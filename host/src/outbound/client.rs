@@ -7,6 +7,7 @@
 //! response body.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -241,6 +242,9 @@ impl Outbound {
             .checked_add(request.timeout)
             .unwrap_or(started + Duration::from_secs(86_400));
         let deadline = tokio::time::Instant::from_std(deadline);
+        // Set once the response head is in, so a timeout can say whether
+        // the receiver never answered or stalled in its body.
+        let head_received = AtomicBool::new(false);
         let exchange = async {
             let response = self
                 .inner
@@ -248,6 +252,7 @@ impl Outbound {
                 .request(http_request)
                 .await
                 .map_err(|err| classify_client_error(&host, &err))?;
+            head_received.store(true, Ordering::Relaxed);
             let (parts, body) = response.into_parts();
             let (body_excerpt, truncated) =
                 read_excerpt(&host, parts.status, body, request.excerpt_limit, deadline).await?;
@@ -262,13 +267,17 @@ impl Outbound {
         };
         match tokio::time::timeout_at(deadline, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(TransportError::new(
-                TransportErrorKind::Timeout,
-                format!(
-                    "{host} did not answer within {} ms",
-                    request.timeout.as_millis()
-                ),
-            )),
+            Err(_) => {
+                let limit = request.timeout.as_millis();
+                let message = if head_received.load(Ordering::Relaxed) {
+                    format!("{host} answered but did not finish its body within {limit} ms")
+                } else {
+                    format!(
+                        "{host} did not answer within {limit} ms (no response head: connect, TLS handshake or the receiver's own work)"
+                    )
+                };
+                Err(TransportError::new(TransportErrorKind::Timeout, message))
+            }
         }
     }
 }
@@ -525,6 +534,7 @@ mod tests {
         let err = loopback_allowed().send(request).await.unwrap_err();
         assert_eq!(err.kind, TransportErrorKind::Timeout, "{err}");
         assert!(err.message.contains("127.0.0.1"), "{}", err.message);
+        assert!(err.message.contains("no response head"), "{}", err.message);
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
@@ -546,6 +556,11 @@ mod tests {
         request.timeout = Duration::from_millis(300);
         let err = loopback_allowed().send(request).await.unwrap_err();
         assert_eq!(err.kind, TransportErrorKind::Timeout, "{err}");
+        assert!(
+            err.message.contains("answered but did not finish its body"),
+            "{}",
+            err.message
+        );
     }
 
     #[tokio::test]

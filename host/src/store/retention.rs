@@ -30,19 +30,50 @@ named_queries! {
     }
 }
 
-/// The deletes of the purge, each with a list of `ids` (as placeholders):
-/// the attempts and the records of the victims, then their events that no
-/// record refers to any more.
-const DELETES: [fn(&str) -> String; 3] = [
+/// A delete of the rows whose ids are in `ids` (a list of placeholders).
+type DeleteByIds = fn(&str) -> String;
+
+/// Deletes the events in `ids` that no record refers to: a purged
+/// record's event once its last record went, or an event no repeater took.
+const DELETE_UNREFERENCED_EVENTS: DeleteByIds = |ids| {
+    format!(
+        "DELETE FROM events WHERE id IN ({ids}) \
+         AND NOT EXISTS (SELECT 1 FROM records r WHERE r.event_id = events.id)"
+    )
+};
+
+/// The deletes of the purge: the attempts and the records of the victims,
+/// then their events that no record refers to any more.
+const DELETES: [DeleteByIds; 3] = [
     |ids| format!("DELETE FROM attempts WHERE record_id IN ({ids})"),
     |ids| format!("DELETE FROM records WHERE id IN ({ids})"),
-    |ids| {
-        format!(
-            "DELETE FROM events WHERE id IN ({ids}) \
-             AND NOT EXISTS (SELECT 1 FROM records r WHERE r.event_id = events.id)"
-        )
-    },
+    DELETE_UNREFERENCED_EVENTS,
 ];
+
+/// Runs `delete` on `conn` for every id of `ids`, at most
+/// [`ROWS_PER_STATEMENT`] per statement; returns the rows deleted.
+async fn delete_ids<S>(
+    conn: &mut <S::Db as Database>::Connection,
+    delete: DeleteByIds,
+    ids: &[i64],
+) -> StoreResult<u64>
+where
+    S: Backend,
+    for<'c> &'c mut <S::Db as Database>::Connection: Executor<'c, Database = S::Db>,
+    for<'q> <S::Db as Database>::Arguments<'q>: IntoArguments<'q, S::Db>,
+    for<'q> i64: Encode<'q, S::Db> + Type<S::Db>,
+{
+    let mut deleted = 0;
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let sql = delete(&S::DIALECT.list(chunk.len()));
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        deleted += query.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(deleted)
+}
 
 #[async_trait]
 impl<S> RetentionStore for S
@@ -66,14 +97,7 @@ where
         event_ids.dedup();
         let lists = [&record_ids, &record_ids, &event_ids];
         for (delete, ids) in DELETES.into_iter().zip(lists) {
-            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-                let sql = delete(&S::DIALECT.list(chunk.len()));
-                let mut query = sqlx::query(&sql);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                query.execute(&mut *tx).await?;
-            }
+            delete_ids::<S>(&mut tx, delete, ids).await?;
         }
         tx.commit().await?;
         Ok(record_ids.len() as u64)
@@ -104,15 +128,7 @@ where
             .filter(|(_, records)| *records == 0)
             .map(|(id, _)| *id)
             .collect();
-        let mut deleted = 0;
-        for chunk in unrouted.chunks(ROWS_PER_STATEMENT) {
-            let sql = DELETES[2](&S::DIALECT.list(chunk.len()));
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            deleted += query.execute(&mut *tx).await?.rows_affected();
-        }
+        let deleted = delete_ids::<S>(&mut tx, DELETE_UNREFERENCED_EVENTS, &unrouted).await?;
         tx.commit().await?;
         Ok(EventSweep {
             deleted,

@@ -161,16 +161,20 @@ impl FairQueue {
         self.held_elsewhere = held.into_iter().filter(|(_, count)| *count > 0).collect();
     }
 
-    /// What `records` of `lane` count against its share here.
-    fn cost(&self, lane: &DomainLane, records: u32) -> u64 {
+    /// `domain`'s lane, with what `records` of it count against its share
+    /// here: the records themselves, or for a domain with repeaters leased
+    /// elsewhere records × (ready here + elsewhere) ÷ ready here.
+    fn lane_and_cost(&mut self, domain: &str, records: u32) -> Option<(&mut DomainLane, u64)> {
         let records = u64::from(records);
-        match self.held_elsewhere.get(&lane.domain) {
+        let lane = self.domains.iter_mut().find(|lane| lane.domain == domain)?;
+        let cost = match self.held_elsewhere.get(domain) {
             Some(&elsewhere) => {
                 let here = (lane.light.len() + lane.heavy.len()).max(1) as u64;
                 (records * (here + elsewhere)).div_ceil(here)
             }
             None => records,
-        }
+        };
+        Some((lane, cost))
     }
 
     /// Replaces the ready set with `ready` (as read from the store). Domains
@@ -292,23 +296,17 @@ impl FairQueue {
             .map(|lane| lane.served)
             .max()
             .unwrap_or(0);
-        let Some(index) = self.domains.iter().position(|lane| lane.domain == domain) else {
-            return;
-        };
-        let cost = self.cost(&self.domains[index], records);
-        let lane = &mut self.domains[index];
-        lane.served = lane.served.max(most.saturating_sub(MAX_CREDIT)) + cost;
+        if let Some((lane, cost)) = self.lane_and_cost(domain, records) {
+            lane.served = lane.served.max(most.saturating_sub(MAX_CREDIT)) + cost;
+        }
     }
 
     /// Gives `records` back to `domain`: the part of a charged grant that
     /// its claim did not find.
     pub fn refund(&mut self, domain: &str, records: u32) {
-        let Some(index) = self.domains.iter().position(|lane| lane.domain == domain) else {
-            return;
-        };
-        let cost = self.cost(&self.domains[index], records);
-        let lane = &mut self.domains[index];
-        lane.served = lane.served.saturating_sub(cost);
+        if let Some((lane, cost)) = self.lane_and_cost(domain, records) {
+            lane.served = lane.served.saturating_sub(cost);
+        }
     }
 
     fn pick_in_domain<R: Into<Eligibility>>(

@@ -49,20 +49,30 @@ const HOSTILE: [(&str, &str, &[&str]); 4] = [
     ("oversized", "oversized-body", &["body"]),
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_plugins_do_not_hurt_healthy_repeaters() {
-    let started = Instant::now();
+/// A receiver, a test directory with the hostile plugin in its plugins
+/// directory, and a config with this file's plugin caps.
+async fn hostile_setup() -> (Receiver, TestDir, DaemonConfig) {
     let receiver = Receiver::start().await;
     let dir = TestDir::new();
     std::fs::copy(hostile_plugin(), dir.path().join("plugins/hostile.wasm"))
         .expect("copy the hostile plugin into the plugins dir");
-    let mut config = DaemonConfig {
+    let config = DaemonConfig {
         plugin_memory_mb: PLUGIN_MEMORY_MB,
         plugin_cpu_ms: PLUGIN_CPU_MS,
+        ..DaemonConfig::default()
+    };
+    (receiver, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_do_not_hurt_healthy_repeaters() {
+    let started = Instant::now();
+    let (receiver, dir, base) = hostile_setup().await;
+    let mut config = DaemonConfig {
         retry_schedule: vec!["300ms".to_owned()],
         backoff_min: "200ms".to_owned(),
         backoff_max: "1s".to_owned(),
-        ..DaemonConfig::default()
+        ..base
     };
     for name in ["one", "two"] {
         config.repeaters.push(RepeaterConfig::json_forward(
@@ -225,15 +235,7 @@ const OVERSIZED_SLACK_MIB: u64 = 48;
 /// instances' memory caps plus a small constant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_is_refused_without_a_host_copy() {
-    let receiver = Receiver::start().await;
-    let dir = TestDir::new();
-    std::fs::copy(hostile_plugin(), dir.path().join("plugins/hostile.wasm"))
-        .expect("copy the hostile plugin into the plugins dir");
-    let mut config = DaemonConfig {
-        plugin_memory_mb: PLUGIN_MEMORY_MB,
-        plugin_cpu_ms: PLUGIN_CPU_MS,
-        ..DaemonConfig::default()
-    };
+    let (receiver, dir, mut config) = hostile_setup().await;
     config.repeaters.push(
         RepeaterConfig::with_plugin(
             "hostile",

@@ -1,5 +1,5 @@
 //! Soak: the throughput layout fed at half the measured maximum rate for
-//! ten minutes (two with `--quick`), with `retention` set to a minute, and
+//! ten minutes (four with `--quick`), with `retention` set to a minute, and
 //! one batch in ten posted to a domain no repeater serves, so its events
 //! are ones that no repeater takes. Every 30 s the daemon's resident
 //! memory (VmRSS) and the database's size are read; once the first
@@ -36,6 +36,16 @@ const UNROUTED_EVERY: u64 = 10;
 /// How often the pacer looks at the clock.
 const TICK: Duration = Duration::from_millis(10);
 
+/// One reading of the run.
+struct Sample {
+    /// Seconds since the pace started.
+    at_s: f64,
+    /// The daemon's VmRSS, MiB.
+    rss_mb: f64,
+    /// The database's size on disk, MiB.
+    db_mb: f64,
+}
+
 /// The soak scenario.
 pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(), String> {
     let duration = if ctx.quick() {
@@ -64,7 +74,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
 
     let records = Arc::new(AtomicU64::new(0));
     let unrouted = Arc::new(AtomicU64::new(0));
-    let mut samples: Vec<(f64, f64, f64)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
     let mut next_sample = Duration::ZERO;
     let mut posted_events = 0u64;
     let mut batches = 0u64;
@@ -76,11 +86,11 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
         ticker.tick().await;
         if started.elapsed() >= next_sample {
             daemon.sample_rss();
-            samples.push((
-                started.elapsed().as_secs_f64(),
-                daemon.memory_mb().0,
-                db_mb(&db)?,
-            ));
+            samples.push(Sample {
+                at_s: started.elapsed().as_secs_f64(),
+                rss_mb: daemon.memory_mb().0,
+                db_mb: db_mb(&db)?,
+            });
             next_sample += SAMPLE_EVERY;
         }
         let due = (started.elapsed().as_secs_f64() * event_rate) as u64;
@@ -130,38 +140,38 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
 
     let settled: Vec<_> = samples
         .iter()
-        .filter(|(at, _, _)| *at >= SETTLE.as_secs_f64())
+        .filter(|s| s.at_s >= SETTLE.as_secs_f64())
         .collect();
-    let rss_growth = growth(&settled, |s| s.1);
-    let db_growth = growth(&settled, |s| s.2);
+    let rss_growth = growth(&settled, |s| s.rss_mb);
+    let db_growth = growth(&settled, |s| s.db_mb);
     // The same over the run's second half, to tell a slow warm-up (caches
     // filling to their caps) from growth that goes on.
     let second_half: Vec<_> = samples
         .iter()
-        .filter(|(at, _, _)| *at >= duration.as_secs_f64() / 2.0)
+        .filter(|s| s.at_s >= duration.as_secs_f64() / 2.0)
         .collect();
     put(
         fields,
         "second_half_rss_growth",
-        growth(&second_half, |s| s.1),
+        growth(&second_half, |s| s.rss_mb),
     );
     put(
         fields,
         "second_half_db_growth",
-        growth(&second_half, |s| s.2),
+        growth(&second_half, |s| s.db_mb),
     );
     let round = |v: f64| Value::from(crate::stats::round3(v));
     fields.insert(
         "sample_s".into(),
-        Value::from(samples.iter().map(|s| round(s.0)).collect::<Vec<_>>()),
+        Value::from(samples.iter().map(|s| round(s.at_s)).collect::<Vec<_>>()),
     );
     fields.insert(
         "rss_mb_each_30s".into(),
-        Value::from(samples.iter().map(|s| round(s.1)).collect::<Vec<_>>()),
+        Value::from(samples.iter().map(|s| round(s.rss_mb)).collect::<Vec<_>>()),
     );
     fields.insert(
         "db_mb_each_30s".into(),
-        Value::from(samples.iter().map(|s| round(s.2)).collect::<Vec<_>>()),
+        Value::from(samples.iter().map(|s| round(s.db_mb)).collect::<Vec<_>>()),
     );
     put(fields, "settled_rss_growth", rss_growth);
     put(fields, "settled_db_growth", db_growth);
@@ -179,7 +189,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
 }
 
 /// The largest `value` of `samples` over the least, minus one.
-fn growth(samples: &[&(f64, f64, f64)], value: fn(&(f64, f64, f64)) -> f64) -> f64 {
+fn growth(samples: &[&Sample], value: fn(&Sample) -> f64) -> f64 {
     let least = samples
         .iter()
         .map(|s| value(s))

@@ -42,7 +42,7 @@ use crate::model::Millis;
 mod group;
 mod reads;
 
-use group::{FinishJob, IngestJob, SubscriberCache, WriteJob, group_commit};
+use group::{FinishJob, IngestJob, SubscriberCache, WriteJob, WriteQueues, group_commit};
 use reads::LaneReads;
 
 /// How long a statement waits for a lock held by another connection.
@@ -75,8 +75,8 @@ const CONNECTION_PRAGMAS: [(&str, &str); 4] = [
     ("foreign_keys", "ON"),
     ("temp_store", "MEMORY"),
 ];
-/// Ingests and batch results waiting for the writer task before a caller
-/// waits for room.
+/// Ingests, and batch results, waiting for the writer task before a caller
+/// waits for room (each has a queue of this length).
 const WRITE_QUEUE: usize = 1_024;
 
 /// The SQLite implementation of [`Store`](super::Store).
@@ -85,7 +85,8 @@ pub struct SqliteStore {
     connections: Connections<Sqlite>,
     /// The scheduler's reads: the ready set, wake-up times and claims.
     lane_reads: LaneReads,
-    jobs: mpsc::Sender<WriteJob>,
+    ingests: mpsc::Sender<IngestJob>,
+    finishes: mpsc::Sender<FinishJob>,
     /// Bumped by every write that changes the repeaters table, so the
     /// writer task knows its copy of the subscribers is out of date.
     repeaters_changed: Arc<AtomicU64>,
@@ -152,13 +153,20 @@ impl SqliteStore {
             .await?;
         free_leases_of_the_last_owner(&writer).await?;
         let wake = Arc::new(Notify::new());
-        let (jobs, queue) = mpsc::channel(WRITE_QUEUE);
+        let (ingests, ingest_queue) = mpsc::channel(WRITE_QUEUE);
+        let (finishes, finish_queue) = mpsc::channel(WRITE_QUEUE);
+        let queues = WriteQueues::new(ingest_queue, finish_queue);
         // The task ends when the store, the only sender, is dropped.
         let repeaters_changed = Arc::new(AtomicU64::new(0));
         let subscribers = SubscriberCache::new(repeaters_changed.clone());
         let group_writer = group::open_writer(path)?;
         let lane_reads = LaneReads::open(path, readers as usize)?;
-        tokio::spawn(group_commit(group_writer, wake.clone(), queue, subscribers));
+        tokio::spawn(group_commit(
+            group_writer,
+            wake.clone(),
+            queues,
+            subscribers,
+        ));
         Ok(SqliteStore {
             connections: Connections {
                 reads: reader,
@@ -166,7 +174,8 @@ impl SqliteStore {
                 wake,
             },
             lane_reads,
-            jobs,
+            ingests,
+            finishes,
             repeaters_changed,
             _checkpoints: stop_checkpoints,
             _owner: owner,
@@ -181,7 +190,13 @@ impl SqliteStore {
     ) -> StoreResult<T> {
         // The writer task stops only with a closed pool or a panic.
         let gone = || StoreError::Stopped("group-commit writer");
-        self.jobs.send(job).await.map_err(|_| gone())?;
+        let sent = match job {
+            WriteJob::Ingest(job) => self.ingests.send(job).await.is_ok(),
+            WriteJob::Finish(job) => self.finishes.send(job).await.is_ok(),
+        };
+        if !sent {
+            return Err(gone());
+        }
         answer.await.map_err(|_| gone())?
     }
 }

@@ -81,6 +81,199 @@ pub(super) enum WriteJob {
     Finish(FinishJob),
 }
 
+/// The writer task's two queues. Batch results have their own, read first:
+/// a lane's records hold their in-flight slots until its results are
+/// written, so results stuck behind a burst of ingests stalled every
+/// tenant's deliveries until the burst was written.
+pub(super) struct WriteQueues {
+    pub ingests: mpsc::Receiver<IngestJob>,
+    pub finishes: mpsc::Receiver<FinishJob>,
+    /// Ingests taken off their queue, waiting for their domain's turn.
+    line: IngestLine,
+}
+
+impl WriteQueues {
+    pub fn new(ingests: mpsc::Receiver<IngestJob>, finishes: mpsc::Receiver<FinishJob>) -> Self {
+        WriteQueues {
+            ingests,
+            finishes,
+            line: IngestLine::default(),
+        }
+    }
+
+    /// The next job, results first; `None` once both senders are gone.
+    /// While ingests are over their share, only results are taken, until
+    /// results stop coming for [`RESULTS_IDLE`].
+    async fn next(&mut self, share: &WriterShare) -> Option<WriteJob> {
+        if !share.ingest_may_run() {
+            let idle = tokio::time::sleep_until(share.results_idle_at().into());
+            tokio::select! {
+                biased;
+                Some(job) = self.finishes.recv() => return Some(WriteJob::Finish(job)),
+                _ = idle => {}
+            }
+        }
+        if let Ok(job) = self.finishes.try_recv() {
+            return Some(WriteJob::Finish(job));
+        }
+        if let Some(job) = self.next_ingest() {
+            return Some(WriteJob::Ingest(job));
+        }
+        tokio::select! {
+            biased;
+            Some(job) = self.finishes.recv() => Some(WriteJob::Finish(job)),
+            Some(job) = self.ingests.recv() => {
+                self.line.jobs.push(job);
+                self.next_ingest().map(WriteJob::Ingest)
+            }
+            else => None,
+        }
+    }
+
+    /// The waiting ingest whose domain's turn it is, if any waits.
+    fn next_ingest(&mut self) -> Option<IngestJob> {
+        self.fill_line();
+        self.line.pop()
+    }
+
+    /// Events of the waiting ingest whose domain's turn it is.
+    fn next_ingest_events(&mut self) -> Option<usize> {
+        self.fill_line();
+        self.line.next_events()
+    }
+
+    fn fill_line(&mut self) {
+        while let Ok(job) = self.ingests.try_recv() {
+            self.line.jobs.push(job);
+        }
+    }
+}
+
+/// Waiting ingests, handed out by domain in turn, weighted by events
+/// (fair queueing by virtual finish time): a job starts where its domain's
+/// last job finished, or at the clock (the start of the job handed out
+/// last) if that is later, and finishes its events later; the job that
+/// would finish first goes next, the oldest on a tie. A domain posting one
+/// event now and then is written at the next group even while another
+/// domain's bulk import fills the line.
+#[derive(Default)]
+struct IngestLine {
+    /// In arrival order.
+    jobs: Vec<IngestJob>,
+    /// Per domain, the virtual time its next job starts at; a domain
+    /// missing here (or behind `clock`) starts at `clock`.
+    finish: HashMap<String, u64>,
+    /// The start time of the job handed out last.
+    clock: u64,
+}
+
+impl IngestLine {
+    fn start_of(&self, domain: &str) -> u64 {
+        self.finish
+            .get(domain)
+            .map_or(self.clock, |&at| at.max(self.clock))
+    }
+
+    /// Where the next job is in `jobs`.
+    fn next_index(&self) -> Option<usize> {
+        let finish = |job: &IngestJob| self.start_of(&job.domain) + job.events.len().max(1) as u64;
+        (0..self.jobs.len()).min_by_key(|&i| (finish(&self.jobs[i]), i))
+    }
+
+    /// The events of the job that goes next.
+    fn next_events(&self) -> Option<usize> {
+        self.next_index().map(|index| self.jobs[index].events.len())
+    }
+
+    fn pop(&mut self) -> Option<IngestJob> {
+        let job = self.jobs.remove(self.next_index()?);
+        let start = self.start_of(&job.domain);
+        self.clock = start;
+        self.finish
+            .insert(job.domain.clone(), start + job.events.len().max(1) as u64);
+        if self.finish.len() > MAX_CACHED_DOMAINS {
+            // Domains at or behind the clock start at the clock anyway.
+            let clock = self.clock;
+            self.finish.retain(|_, at| *at > clock);
+        }
+        Some(job)
+    }
+}
+
+/// Writer time that ingests may spend for each second spent on batch
+/// results, while both wait for it. Ingest is the cheaper side to slow:
+/// its producer is told to wait (and, past `server.max_pending_events`,
+/// pushed back), while every delivering lane waits on its results with
+/// its in-flight slots held.
+const INGEST_SHARE: f64 = 1.0;
+/// Most ingest time saved up while ingests did not need it.
+const INGEST_CREDIT_CAP: Duration = Duration::from_millis(50);
+/// Ingests of at most this many events join groups of results whatever
+/// their share.
+const SMALL_INGEST: usize = 100;
+/// Results not written for this long leave ingest the writer to itself.
+const RESULTS_IDLE: Duration = Duration::from_millis(100);
+
+/// Shares the writer between ingests and batch results while both wait
+/// for it: each group's time is split between the two by the rows each
+/// wrote, results earn ingests [`INGEST_SHARE`] times their own time, and
+/// an ingest joins a group only while that credit lasts.
+struct WriterShare {
+    /// Seconds of writer time ingests may still spend.
+    credit: f64,
+    /// When results were last written.
+    results_at: Option<std::time::Instant>,
+}
+
+impl WriterShare {
+    fn new() -> WriterShare {
+        WriterShare {
+            credit: INGEST_CREDIT_CAP.as_secs_f64(),
+            results_at: None,
+        }
+    }
+
+    fn results_idle_at(&self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        self.results_at.map_or(now, |at| at + RESULTS_IDLE)
+    }
+
+    /// Results are being written: ingests share the writer with them.
+    fn contended(&self) -> bool {
+        self.results_idle_at() > std::time::Instant::now()
+    }
+
+    /// Ingests may run: they have credit, or no results are being written.
+    fn ingest_may_run(&self) -> bool {
+        self.credit > 0.0 || !self.contended()
+    }
+
+    /// Accounts a group that took `elapsed` writing `ingest_rows` rows of
+    /// ingests and `result_rows` rows of results.
+    /// `results_waiting` says whether results queued meanwhile.
+    fn record(
+        &mut self,
+        elapsed: Duration,
+        ingest_rows: usize,
+        result_rows: usize,
+        results_waiting: bool,
+    ) {
+        let rows = (ingest_rows + result_rows).max(1) as f64;
+        let seconds = elapsed.as_secs_f64();
+        let ingest = seconds * ingest_rows as f64 / rows;
+        let results = seconds - ingest;
+        if result_rows > 0 || results_waiting {
+            self.results_at = Some(std::time::Instant::now());
+        }
+        let cap = INGEST_CREDIT_CAP.as_secs_f64();
+        self.credit = (self.credit + INGEST_SHARE * results - ingest).min(cap);
+        if self.results_idle_at() <= std::time::Instant::now() {
+            // Nothing to share with: start the next contest with full credit.
+            self.credit = cap;
+        }
+    }
+}
+
 /// The jobs of one group commit.
 #[derive(Default)]
 struct Group {
@@ -91,20 +284,55 @@ struct Group {
 }
 
 impl Group {
-    fn is_full(&self) -> bool {
-        self.events >= GROUP_EVENTS || self.outcomes >= GROUP_OUTCOMES
+    fn results_full(&self) -> bool {
+        self.outcomes >= GROUP_OUTCOMES
     }
 
-    /// Takes the jobs already queued until the group is full; hands back
-    /// the first one that must wait for the next group.
-    fn take_queued(&mut self, jobs: &mut mpsc::Receiver<WriteJob>) -> Option<WriteJob> {
-        while !self.is_full() {
-            let job = jobs.try_recv().ok()?;
-            if let Some(carried) = self.take(job) {
-                return Some(carried);
+    /// Whether another ingest may join: alone, ingests fill a group up to
+    /// [`GROUP_EVENTS`] events; while results are being written too, a
+    /// group takes one ingest job at most, so no group holds results back
+    /// for long and the share is kept in small steps.
+    fn takes_ingest(&self, share: &WriterShare) -> bool {
+        if self.ingests.is_empty() {
+            return true;
+        }
+        !share.contended() && self.events < GROUP_EVENTS
+    }
+
+    fn is_full(&self) -> bool {
+        self.events >= GROUP_EVENTS || self.results_full()
+    }
+
+    /// Takes the jobs already queued, results first, while the group has
+    /// room (ingests only while `share` lets them run); hands back a
+    /// result that must wait for the next group.
+    fn take_queued(&mut self, queues: &mut WriteQueues, share: &WriterShare) -> Option<WriteJob> {
+        let mut carried = None;
+        while !self.results_full() {
+            let Ok(job) = queues.finishes.try_recv() else {
+                break;
+            };
+            carried = self.take(WriteJob::Finish(job));
+            if carried.is_some() {
+                break;
             }
         }
-        None
+        while self.takes_ingest(share) {
+            let Some(events) = queues.next_ingest_events() else {
+                break;
+            };
+            // Beside results, an ingest over its share waits, unless it is
+            // a few events: those cost the results next to nothing.
+            let small = events <= SMALL_INGEST && self.events + events <= SMALL_INGEST;
+            if !self.finishes.is_empty() && !share.ingest_may_run() && !small {
+                break;
+            }
+            let Some(job) = queues.next_ingest() else {
+                break;
+            };
+            self.take(WriteJob::Ingest(job));
+        }
+        carried
     }
 
     /// Takes `job`, or hands it back when it must wait for the next group:
@@ -150,22 +378,23 @@ type GroupAnswers = (Vec<Vec<Ingested>>, Vec<bool>);
 pub(super) async fn group_commit(
     mut writer: Connection,
     wake: Arc<Notify>,
-    mut jobs: mpsc::Receiver<WriteJob>,
+    mut queues: WriteQueues,
     mut subscribers: SubscriberCache,
 ) {
     let mut carried = None;
     let mut last_commit: Option<std::time::Instant> = None;
+    let mut share = WriterShare::new();
     loop {
         let first = match carried.take() {
             Some(job) => job,
-            None => match jobs.recv().await {
+            None => match queues.next(&share).await {
                 Some(job) => job,
                 None => return,
             },
         };
         let mut group = Group::default();
         group.take(first);
-        carried = group.take_queued(&mut jobs);
+        carried = group.take_queued(&mut queues, &share);
         // A writer that committed less than GROUP_SPACING ago is busy: wait
         // out the rest of that spacing, so jobs arriving meanwhile share this
         // commit instead of each paying one.
@@ -175,12 +404,13 @@ pub(super) async fn group_commit(
             && last.elapsed() < GROUP_SPACING
         {
             tokio::time::sleep_until((last + GROUP_SPACING).into()).await;
-            carried = group.take_queued(&mut jobs);
+            carried = group.take_queued(&mut queues, &share);
         }
         let Group {
             ingests, finishes, ..
         } = group;
-        last_commit = Some(std::time::Instant::now());
+        let started = std::time::Instant::now();
+        last_commit = Some(started);
         let (ingested, written) = match commit_group(
             &mut writer,
             &mut subscribers,
@@ -227,6 +457,14 @@ pub(super) async fn group_commit(
                 (ingested, written)
             }
         };
+        let ingest_rows: usize = (ingested.iter().flatten().flatten())
+            .map(|answer| 1 + answer.records.len())
+            .sum();
+        let result_rows: usize = (finishes.iter())
+            .map(|job| job.updates.len() + job.attempts.len())
+            .sum();
+        let results_waiting = !queues.finishes.is_empty();
+        share.record(started.elapsed(), ingest_rows, result_rows, results_waiting);
         let created = ingested.iter().any(|result: &StoreResult<Vec<Ingested>>| {
             result
                 .as_ref()
@@ -766,6 +1004,92 @@ mod tests {
         assert_eq!(lengths.len(), MOST_ROWS.ilog2() as usize + 1);
         let ninety_five: Vec<usize> = runs(&[0u8; 95]).map(<[u8]>::len).collect();
         assert_eq!(ninety_five, [64, 16, 8, 4, 2, 1]);
+    }
+
+    /// An ingest job of `events` events for `domain`, its answer dropped.
+    fn job(domain: &str, events: usize) -> IngestJob {
+        let events: Vec<NewEvent> = (0..events)
+            .map(|_| NewEvent {
+                id: None,
+                event_type: "t".into(),
+                content_type: "application/json".into(),
+                payload: b"{}".to_vec(),
+                ordering_key: None,
+            })
+            .collect();
+        let plan = input::plan_ingest(domain, &events).unwrap();
+        IngestJob {
+            domain: domain.into(),
+            events,
+            plan,
+            now: 0,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn order(line: &mut IngestLine) -> Vec<(String, usize)> {
+        std::iter::from_fn(|| line.pop())
+            .map(|job| (job.domain, job.events.len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_small_post_goes_before_a_bulk_import_that_came_first() {
+        let mut line = IngestLine::default();
+        for domain in ["bulk-a", "bulk-b", "bulk-a", "bulk-b"] {
+            line.jobs.push(job(domain, 1_000));
+        }
+        line.jobs.push(job("small", 1));
+        let order = order(&mut line);
+        assert_eq!(order[0], ("small".to_owned(), 1), "{order:?}");
+        // The two bulk domains take turns, each in its own arrival order.
+        let domains: Vec<&str> = order[1..].iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(domains, ["bulk-a", "bulk-b", "bulk-a", "bulk-b"]);
+    }
+
+    #[test]
+    fn a_domain_served_lately_waits_for_one_that_was_not() {
+        let mut line = IngestLine::default();
+        line.jobs.push(job("busy", 500));
+        assert_eq!(order(&mut line), [("busy".to_owned(), 500)]);
+        // "busy" finished at 500 on the clock; a newcomer starts at the
+        // clock (0), so its 400 events finish first.
+        line.jobs.push(job("busy", 10));
+        line.jobs.push(job("new", 400));
+        let domains: Vec<String> = order(&mut line).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(domains, ["new", "busy"]);
+    }
+
+    #[test]
+    fn ingests_spend_the_writer_time_results_earn_them() {
+        let mut share = WriterShare::new();
+        assert!(share.ingest_may_run(), "no results yet: ingest runs");
+        // A group of results only, with more waiting: ingests are contended.
+        share.record(Duration::from_millis(10), 0, 100, true);
+        assert!(share.contended());
+        // An ingest group far larger than the credit: ingests must wait.
+        share.record(Duration::from_millis(200), 1_000, 0, true);
+        assert!(!share.ingest_may_run(), "credit {}", share.credit);
+        // Results earn it back, INGEST_SHARE seconds per second.
+        let mut groups = 0;
+        while !share.ingest_may_run() {
+            share.record(Duration::from_millis(10), 0, 100, true);
+            groups += 1;
+            assert!(groups < 1_000, "credit never came back");
+        }
+        let earned = groups as f64 * 0.010 * INGEST_SHARE;
+        assert!(earned >= 0.150, "{groups} groups earned {earned} s");
+    }
+
+    #[tokio::test]
+    async fn results_stopping_leave_the_writer_to_ingests() {
+        let mut share = WriterShare::new();
+        share.record(Duration::from_millis(10), 0, 100, true);
+        share.record(Duration::from_millis(500), 1_000, 0, false);
+        assert!(!share.ingest_may_run());
+        tokio::time::sleep(RESULTS_IDLE + Duration::from_millis(20)).await;
+        assert!(!share.contended());
+        assert!(share.ingest_may_run(), "no results for {RESULTS_IDLE:?}");
     }
 
     #[test]

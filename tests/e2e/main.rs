@@ -13,6 +13,7 @@ mod failover;
 mod faulty_receiver;
 mod hostile_plugins;
 mod hostile_receivers;
+mod overload;
 mod plugin_cli;
 mod plugin_languages;
 mod plugin_new;

@@ -114,6 +114,12 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 503: too many posted events are waiting to be stored; the answer
+    /// carries `Retry-After` and nothing of the request was stored.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
+    }
+
     /// Maps a store error met while doing `context` (for example
     /// "ingest") by its kind: missing things are 404, clashes with the
     /// stored state 409, refused input 422, a database that cannot answer

@@ -186,12 +186,16 @@ pub fn to_new_event(input: EventInput, at: &str) -> Result<NewEvent, String> {
     })
 }
 
-/// Stores checked events and counts what was created.
+/// Stores checked events, once the ingest gate has room for them, and
+/// counts what was created.
 async fn ingest_events(
     state: &ApiState,
     domain: &str,
     events: Vec<NewEvent>,
 ) -> Result<Vec<Ingested>, ApiError> {
+    let _room = (state.ingest_gate)
+        .admit(domain, events.len(), &state.metrics)
+        .await?;
     let ingested = state
         .store
         .ingest(domain, &events, now_millis())
@@ -239,6 +243,8 @@ fn count_refusal<T>(state: &ApiState, result: Result<T, ApiError>) -> Result<T, 
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "A field's value is refused (the message names it)", body = ErrorBody),
         (status = 500, description = "The store failed", body = ErrorBody),
+        (status = 503, description = "Pushed back: too many posted events are waiting to be stored (`overloaded`), or the database cannot answer now (`unavailable`); nothing was stored, post again after `Retry-After`", body = ErrorBody),
+        (status = 507, description = "The database has no room left; nothing was stored", body = ErrorBody),
     )
 )]
 pub async fn post_event(
@@ -290,6 +296,8 @@ pub async fn post_event(
         (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 422, description = "An empty or oversized batch, or an event's refused field (named as `events[3].type`)", body = ErrorBody),
         (status = 500, description = "The store failed", body = ErrorBody),
+        (status = 503, description = "Pushed back: too many posted events are waiting to be stored (`overloaded`), or the database cannot answer now (`unavailable`); nothing was stored, post again after `Retry-After`", body = ErrorBody),
+        (status = 507, description = "The database has no room left; nothing was stored", body = ErrorBody),
     )
 )]
 pub async fn post_batch(

@@ -21,6 +21,7 @@
 //! [`repeaters`], [`records`], [`bulk`] (a repeater's failure groups, and
 //! resend or cancel by group or by state), [`plugins`] and [`health`].
 
+pub mod admission;
 pub mod auth;
 pub mod bulk;
 pub mod error;
@@ -49,6 +50,7 @@ pub use plugins::{
 
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use admission::IngestGate;
 
 /// Size and count limits of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,8 @@ pub struct ApiState {
     /// The plugins repeaters may use. Without it, plugin routes answer 501
     /// and repeater specs are accepted with any well-formed plugin name.
     pub plugins: Option<Arc<dyn PluginCatalog>>,
+    /// The bound on posted events not yet stored.
+    pub ingest_gate: IngestGate,
 }
 
 impl ApiState {
@@ -96,6 +100,10 @@ impl ApiState {
             auth,
             limits: ApiLimits::default(),
             plugins: None,
+            ingest_gate: IngestGate::new(
+                admission::DEFAULT_PENDING_EVENTS,
+                admission::DEFAULT_WAIT,
+            ),
         }
     }
 

@@ -26,7 +26,10 @@ use serde::Deserialize;
 pub use dispatch::{DispatchConfig, EffectiveLimits};
 pub use repeater::{SpecError, check_repeater_spec, check_url};
 pub use secret::{Secret, SecretRef, check_env_name};
-pub use sections::{DatabaseConfig, DatabaseUrl, PluginsConfig, SecurityConfig, ServerConfig};
+pub use sections::{
+    DEFAULT_MAX_PENDING_EVENTS, DatabaseConfig, DatabaseUrl, PluginsConfig, SecurityConfig,
+    ServerConfig,
+};
 
 use crate::model::{RepeaterSpec, check_slug};
 use source::SourceIndex;

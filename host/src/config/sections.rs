@@ -36,6 +36,9 @@ where
     nonzero(de).map(Some)
 }
 
+/// Default of `server.max_pending_events`.
+pub const DEFAULT_MAX_PENDING_EVENTS: usize = 10_000;
+
 /// `[server]`: the HTTP API listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +48,11 @@ pub struct ServerConfig {
     /// Largest request body accepted, bytes. Default 1 MiB.
     #[serde(deserialize_with = "nonzero")]
     pub max_body_bytes: usize,
+    /// Most posted events waiting to be stored at once; a post that finds
+    /// no room for 1 s is answered `503 overloaded` with `Retry-After`.
+    /// Default 10,000.
+    #[serde(deserialize_with = "nonzero")]
+    pub max_pending_events: usize,
     /// How long in-flight work may take to finish on shutdown. Default 30 s.
     #[serde(deserialize_with = "duration::positive")]
     pub shutdown_grace: Duration,
@@ -61,6 +69,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
+            max_pending_events: DEFAULT_MAX_PENDING_EVENTS,
             shutdown_grace: Duration::from_secs(30),
             ui: true,
             ui_session_ttl: Duration::from_secs(8 * 3600),

@@ -25,6 +25,7 @@ const FULL: &str = r#"
 [server]
 listen = "127.0.0.1:9090"
 max_body_bytes = 2097152
+max_pending_events = 500
 shutdown_grace = "10s"
 
 [database]
@@ -97,6 +98,7 @@ fn a_full_valid_config_parses() {
     let config = parse(FULL).unwrap();
     assert_eq!(config.server.listen.port(), 9090);
     assert_eq!(config.server.max_body_bytes, 2 * 1024 * 1024);
+    assert_eq!(config.server.max_pending_events, 500);
     assert_eq!(config.server.shutdown_grace, Duration::from_secs(10));
     assert_eq!(config.database.max_connections, 5);
     assert!(config.database.postgres_url().unwrap().is_some());

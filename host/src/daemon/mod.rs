@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::api::admission::{self, IngestGate};
 use crate::api::{self, ApiAuth, ApiLimits, ApiState, AuthConfigError};
 use crate::config::{Config, ConfigError, DatabaseConfig, DispatchConfig};
 use crate::console::{self, ConsoleState};
@@ -166,6 +167,7 @@ pub async fn serve_config(
             max_body_bytes: config.server.max_body_bytes,
             ..ApiLimits::default()
         },
+        ingest_gate: IngestGate::new(config.server.max_pending_events, admission::DEFAULT_WAIT),
         ..ApiState::new(store.clone(), metrics.clone(), auth)
     }
     .with_plugins(Arc::new(RegistryCatalog::new(plugins.clone())));

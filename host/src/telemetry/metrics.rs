@@ -122,6 +122,10 @@ pub struct Metrics {
     events_ingested: Family<DomainLabel, Counter>,
     records_created: Family<DomainLabel, Counter>,
     ingest_refused: Counter,
+    scheduler_picks: Counter,
+    scheduler_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    ingest_pushed_back: Counter,
+    ingest_pending: Gauge,
     api_requests: Family<ApiRequestLabels, Counter>,
     /// Serialises backlog refreshes so two scrapes do not interleave their
     /// clear-and-fill of the gauge.
@@ -235,6 +239,32 @@ impl Metrics {
             "Ingest requests refused as invalid (4xx)",
             ingest_refused.clone(),
         );
+        let scheduler_picks = Counter::default();
+        registry.register(
+            "scheduler_picks",
+            "Batches the scheduler handed out",
+            scheduler_picks.clone(),
+        );
+        let scheduler_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "scheduler_busy",
+            "Time the scheduler loop spent reading the ready set and handing out batches \
+             (divide by scheduler_picks for its cost per pick)",
+            Unit::Seconds,
+            scheduler_seconds.clone(),
+        );
+        let ingest_pushed_back = Counter::default();
+        registry.register(
+            "ingest_pushed_back",
+            "Ingest requests answered 503 because too many posted events were waiting to be stored",
+            ingest_pushed_back.clone(),
+        );
+        let ingest_pending = Gauge::default();
+        registry.register(
+            "ingest_pending_events",
+            "Posted events admitted and not yet stored",
+            ingest_pending.clone(),
+        );
         let api_requests = Family::<ApiRequestLabels, Counter>::default();
         registry.register(
             "api_requests",
@@ -258,6 +288,10 @@ impl Metrics {
             events_ingested,
             records_created,
             ingest_refused,
+            scheduler_picks,
+            scheduler_seconds,
+            ingest_pushed_back,
+            ingest_pending,
             api_requests,
             backlog_refresh: tokio::sync::Mutex::new(()),
             history: History::default(),
@@ -405,6 +439,25 @@ impl Metrics {
     /// An ingest request was refused as invalid.
     pub fn ingest_refused(&self) {
         self.ingest_refused.inc();
+    }
+
+    /// The scheduler handed out `picks` batches in a turn of its loop that
+    /// took `seconds`.
+    pub fn scheduler_turn(&self, picks: u64, seconds: f64) {
+        self.scheduler_picks.inc_by(picks);
+        self.scheduler_seconds.inc_by(seconds);
+    }
+
+    /// An ingest request was pushed back: too many events were waiting to
+    /// be stored.
+    pub fn ingest_pushed_back(&self) {
+        self.ingest_pushed_back.inc();
+    }
+
+    /// Posted events admitted and not yet stored.
+    pub fn set_ingest_pending(&self, events: usize) {
+        self.ingest_pending
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
     }
 
     /// The API answered a request. `route` must be a route template (for

@@ -55,6 +55,10 @@ const WAKEUP_REUSE_MS: Millis = 50;
 /// or a due time still makes the loop read the set at once.
 const READY_REUSE_MS: Millis = 20;
 
+/// The ready set is reused for at least this many times the time its last
+/// read took, so reading it takes at most about a fifth of the loop's time.
+const READY_READ_SHARE: u32 = 4;
+
 /// How long a kept lease outlives its lane having nothing due: a lane fed
 /// a trickle of records keeps its lease between them instead of paying a
 /// release and an acquire each time.
@@ -104,6 +108,8 @@ pub(crate) struct Scheduler {
     wakeup: Option<(Millis, Option<Millis>)>,
     /// When the ready set was last read from the store.
     ready_read_at: Millis,
+    /// How long that read took.
+    ready_read_cost: Duration,
     /// When the leases held elsewhere were last counted.
     elsewhere_read_at: Millis,
 }
@@ -126,6 +132,7 @@ impl Scheduler {
             shutdown: None,
             wakeup: None,
             ready_read_at: 0,
+            ready_read_cost: Duration::ZERO,
             elsewhere_read_at: 0,
         }
     }
@@ -146,15 +153,31 @@ impl Scheduler {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
+            let turn = std::time::Instant::now();
+            let picks = self.batches.len();
             if refresh {
                 self.refresh().await;
             }
             let paced_until = self.hand_out().await;
             let sleep_until = self.sleep_deadline(paced_until).await;
+            let picked = self.batches.len().saturating_sub(picks) as u64;
+            self.deps
+                .metrics
+                .scheduler_turn(picked, turn.elapsed().as_secs_f64());
             let sleep = tokio::time::sleep(sleep_until);
 
             refresh = tokio::select! {
-                _ = &mut notified => true,
+                _ = &mut notified => {
+                    // An ingest: read the ready set again at once, unless
+                    // it was read so recently that reading it again would
+                    // take more than its share of the loop's time.
+                    let wait = (self.ready_read_cost * READY_READ_SHARE)
+                        .saturating_sub(self.ready_age());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    true
+                }
                 Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
                     self.joined(joined);
                     // Take every other batch that finished meanwhile before
@@ -162,7 +185,7 @@ impl Scheduler {
                     while let Some(joined) = self.batches.try_join_next() {
                         self.joined(joined);
                     }
-                    now_millis() - self.ready_read_at >= READY_REUSE_MS
+                    self.ready_age() >= self.ready_reuse()
                 }
                 Some(slots) = self.returned.recv() => {
                     self.give_back(slots);
@@ -177,6 +200,21 @@ impl Scheduler {
             };
         }
         self.drain().await;
+    }
+
+    /// How long ago the ready set was read.
+    fn ready_age(&self) -> Duration {
+        Duration::from_millis(u64::try_from(now_millis() - self.ready_read_at).unwrap_or(0))
+    }
+
+    /// How long the ready set as last read is reused: [`READY_REUSE_MS`],
+    /// or [`READY_READ_SHARE`] times what reading it took, whichever is
+    /// longer. With thousands of repeaters the read takes milliseconds, and
+    /// reading it after every ingest and batch left the loop little time to
+    /// hand out batches.
+    fn ready_reuse(&self) -> Duration {
+        let floor = Duration::from_millis(READY_REUSE_MS as u64);
+        (self.ready_read_cost * READY_READ_SHARE).max(floor)
     }
 
     /// Tells the fair queue how many repeaters of each domain other
@@ -205,7 +243,10 @@ impl Scheduler {
         self.taken.clear();
         self.ready_read_at = now_millis();
         let holder = &self.deps.settings.holder;
-        match self.deps.store.ready_repeaters(now_millis(), holder).await {
+        let reading = std::time::Instant::now();
+        let read = self.deps.store.ready_repeaters(now_millis(), holder).await;
+        self.ready_read_cost = reading.elapsed();
+        match read {
             Ok(ready) => {
                 for repeater in &ready {
                     if !self.lanes.contains_key(&repeater.id) {
@@ -229,10 +270,22 @@ impl Scheduler {
                         idle.push(*id);
                     }
                 }
-                for id in idle {
-                    if let Some(kept) = self.kept.remove(&id) {
-                        lane::release(&self.deps, &kept.lease).await;
-                    }
+                let leases: Vec<Lease> = (idle.into_iter())
+                    .filter_map(|id| self.kept.remove(&id))
+                    .map(|kept| kept.lease)
+                    .collect();
+                if !leases.is_empty() {
+                    // Off the loop: with thousands of lanes drained at once,
+                    // releasing them one write after another held up every
+                    // pick meanwhile. A lane that turns ready again before
+                    // its release is written finds its lease still held
+                    // here and is tried again at the next refresh.
+                    let deps = self.deps.clone();
+                    tokio::spawn(async move {
+                        for lease in leases {
+                            lane::release(&deps, &lease).await;
+                        }
+                    });
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot read ready repeaters"),

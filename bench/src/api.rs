@@ -18,6 +18,15 @@ use crate::receiver::record_key;
 /// How long one API call may take.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
+/// What a producer's post came to.
+#[derive(Debug)]
+pub enum Posted {
+    /// Stored: the keys of the records it created.
+    Stored(Vec<u64>),
+    /// Pushed back with `503`, with its `Retry-After` seconds if given.
+    PushedBack { retry_after: Option<u64> },
+}
+
 /// The daemon's API, reached over pooled keep-alive connections.
 #[derive(Clone)]
 pub struct Api {
@@ -178,6 +187,48 @@ impl Api {
         Ok(keys)
     }
 
+    /// Posts a batch body to a domain as a producer that honours push-back
+    /// would: stored records, or the daemon's `503` and its `Retry-After`.
+    /// Any other answer is an error.
+    pub async fn post_batch(&self, domain: &str, body: Bytes) -> Result<Posted, String> {
+        let path = format!("/v1/domains/{domain}/events/batch");
+        let what = format!("POST {path}");
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .map_err(|err| format!("{what}: {err}"))?;
+        let (status, headers, answer) = self.exchange(&what, request).await?;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let retry_after = headers
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok());
+            return Ok(Posted::PushedBack { retry_after });
+        }
+        if !status.is_success() {
+            return Err(format!(
+                "{what}: HTTP {status}: {}",
+                String::from_utf8_lossy(&answer[..answer.len().min(500)])
+            ));
+        }
+        let value: Value = serde_json::from_slice(&answer)
+            .map_err(|err| format!("{what}: answer is not JSON: {err}"))?;
+        let mut keys = Vec::new();
+        collect_record_keys(&value, &mut keys);
+        Ok(Posted::Stored(keys))
+    }
+
+    /// The sum of every sample of the metric `name` (all its label sets) in
+    /// the daemon's `/metrics`; 0 when it has none yet.
+    pub async fn metric(&self, name: &str) -> Result<f64, String> {
+        let text = self.call_ok(Method::GET, "/metrics", Bytes::new()).await?;
+        let text = String::from_utf8_lossy(&text);
+        Ok(metric_sum(&text, name))
+    }
+
     /// `GET /v1/domains/{domain}/repeaters/{name}` as JSON.
     pub async fn repeater_status(&self, domain: &str, name: &str) -> Result<Value, String> {
         self.get_json(&format!("/v1/domains/{domain}/repeaters/{name}"))
@@ -241,6 +292,20 @@ fn collect_record_keys(value: &Value, keys: &mut Vec<u64>) {
     }
 }
 
+/// The sum of the samples of `name` in a Prometheus text exposition.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                return None;
+            }
+            line.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// The first value under `key`, searching objects depth-first.
 fn find_key<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     match value {
@@ -266,6 +331,13 @@ mod tests {
         let mut keys = Vec::new();
         collect_record_keys(&answer, &mut keys);
         assert_eq!(keys, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn metric_samples_are_summed_by_exact_name() {
+        let text = "# HELP x_total a\nx_total{a=\"1\"} 2\nx_total{a=\"2\"} 3.5\nx_total_more 9\nx_total 1\n";
+        assert_eq!(metric_sum(text, "x_total"), 6.5);
+        assert_eq!(metric_sum(text, "missing"), 0.0);
     }
 
     #[test]

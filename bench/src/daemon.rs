@@ -234,6 +234,13 @@ impl Daemon {
         }
     }
 
+    /// Starts the kernel's peak resident set (VmHWM) again from the
+    /// resident set now, so a later reading covers only what follows.
+    pub fn reset_peak_rss(&self) -> Result<(), String> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
+            .map_err(|err| format!("cannot reset the daemon's peak RSS: {err}"))
+    }
+
     /// The resident set now (VmRSS) and its peak so far (VmHWM), MiB; 0
     /// where `/proc` cannot tell.
     pub fn memory_mb(&self) -> (f64, f64) {

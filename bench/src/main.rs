@@ -58,6 +58,12 @@ enum Scenario {
     Soak,
     /// The fairness scenario with two daemons sharing one PostgreSQL.
     FairnessTwo,
+    /// A producer's burst of batches while a backlog delivers: deliveries
+    /// per second of the burst against the steady rate, and push-back.
+    Burst,
+    /// 1,000 domains × 10 repeaters against 20 × 5, and ingest offered at
+    /// twice the drain rate.
+    Tenants,
 }
 
 /// Which store the daemon runs on.
@@ -249,6 +255,8 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario, backend: Backend, budget: D
                 Scenario::Console => scenario::console::run(ctx, backend, &mut fields).await,
                 Scenario::PluginLoad => scenario::plugin_load::run(ctx, backend, &mut fields).await,
                 Scenario::Soak => scenario::soak::run(ctx, backend, &mut fields).await,
+                Scenario::Burst => scenario::burst::run(ctx, backend, &mut fields).await,
+                Scenario::Tenants => scenario::tenants::run(ctx, backend, &mut fields).await,
                 Scenario::All | Scenario::Ceiling => Ok(()),
             }
         };
@@ -281,6 +289,8 @@ fn default_budget(scenario: Scenario, quick: bool) -> u64 {
         Scenario::PluginLoad => 600,
         Scenario::Soak => 1600,
         Scenario::FairnessTwo => 900,
+        Scenario::Burst => 900,
+        Scenario::Tenants => 1200,
         Scenario::All | Scenario::Ceiling => 60,
     };
     if quick { full / 4 } else { full }
@@ -379,6 +389,8 @@ async fn run(args: Args) -> i32 {
             Scenario::Latency,
             Scenario::Fairness,
             Scenario::FairnessTwo,
+            Scenario::Burst,
+            Scenario::Tenants,
             Scenario::Scale,
             Scenario::Console,
             Scenario::PluginLoad,

@@ -2,12 +2,14 @@
 //! scenario's own directory and database, the repeater layout, and checks
 //! against the daemon's own view of its records.
 
+pub mod burst;
 pub mod console;
 pub mod fairness;
 pub mod latency;
 pub mod plugin_load;
 pub mod scale;
 pub mod soak;
+pub mod tenants;
 pub mod throughput;
 
 use std::collections::HashMap;

@@ -104,13 +104,22 @@ impl WriteQueues {
     /// The next job, results first; `None` once both senders are gone.
     /// While ingests are over their share, only results are taken, until
     /// results stop coming for [`RESULTS_IDLE`].
-    async fn next(&mut self, share: &WriterShare) -> Option<WriteJob> {
+    async fn next(&mut self, share: &mut WriterShare) -> Option<WriteJob> {
         if !share.ingest_may_run() {
-            let idle = tokio::time::sleep_until(share.results_idle_at().into());
-            tokio::select! {
+            // Waiting here leaves the writer idle: the time waited is
+            // credit for ingests, which hurt no result meanwhile. Without
+            // that, ingests costing more writer time than results earn
+            // fell ever further behind a steady load on an idle writer.
+            let owed = Duration::from_secs_f64(-share.credit.min(0.0)).min(RESULTS_IDLE);
+            let from = std::time::Instant::now();
+            let finish = tokio::select! {
                 biased;
-                Some(job) = self.finishes.recv() => return Some(WriteJob::Finish(job)),
-                _ = idle => {}
+                Some(job) = self.finishes.recv() => Some(job),
+                _ = tokio::time::sleep(owed) => None,
+            };
+            share.idle(from.elapsed());
+            if let Some(job) = finish {
+                return Some(WriteJob::Finish(job));
             }
         }
         if let Ok(job) = self.finishes.try_recv() {
@@ -216,8 +225,9 @@ const RESULTS_IDLE: Duration = Duration::from_millis(100);
 
 /// Shares the writer between ingests and batch results while both wait
 /// for it: each group's time is split between the two by the rows each
-/// wrote, results earn ingests [`INGEST_SHARE`] times their own time, and
-/// an ingest joins a group only while that credit lasts.
+/// wrote, results earn ingests [`INGEST_SHARE`] times their own time, time
+/// the writer spends idle earns them as much, and an ingest joins a group
+/// only while that credit lasts.
 struct WriterShare {
     /// Seconds of writer time ingests may still spend.
     credit: f64,
@@ -236,6 +246,12 @@ impl WriterShare {
     fn results_idle_at(&self) -> std::time::Instant {
         let now = std::time::Instant::now();
         self.results_at.map_or(now, |at| at + RESULTS_IDLE)
+    }
+
+    /// The writer waited `idle` with nothing it was allowed to write.
+    fn idle(&mut self, idle: Duration) {
+        let cap = INGEST_CREDIT_CAP.as_secs_f64();
+        self.credit = (self.credit + idle.as_secs_f64()).min(cap);
     }
 
     /// Results are being written: ingests share the writer with them.
@@ -289,14 +305,20 @@ impl Group {
     }
 
     /// Whether another ingest may join: alone, ingests fill a group up to
-    /// [`GROUP_EVENTS`] events; while results are being written too, a
-    /// group takes one ingest job at most, so no group holds results back
-    /// for long and the share is kept in small steps.
+    /// [`GROUP_EVENTS`] events; while results are being written too, up to
+    /// as many events as the group has outcomes (at least [`SMALL_INGEST`]),
+    /// so no group holds results back for long and the share is kept in
+    /// small steps. The first ingest always may, however large.
     fn takes_ingest(&self, share: &WriterShare) -> bool {
         if self.ingests.is_empty() {
             return true;
         }
-        !share.contended() && self.events < GROUP_EVENTS
+        let budget = if share.contended() {
+            self.outcomes.max(SMALL_INGEST)
+        } else {
+            GROUP_EVENTS
+        };
+        self.events < budget.min(GROUP_EVENTS)
     }
 
     fn is_full(&self) -> bool {
@@ -387,7 +409,7 @@ pub(super) async fn group_commit(
     loop {
         let first = match carried.take() {
             Some(job) => job,
-            None => match queues.next(&share).await {
+            None => match queues.next(&mut share).await {
                 Some(job) => job,
                 None => return,
             },
@@ -1079,6 +1101,16 @@ mod tests {
         }
         let earned = groups as f64 * 0.010 * INGEST_SHARE;
         assert!(earned >= 0.150, "{groups} groups earned {earned} s");
+    }
+
+    #[test]
+    fn a_writer_left_idle_earns_ingests_their_time_back() {
+        let mut share = WriterShare::new();
+        share.record(Duration::from_millis(10), 0, 100, true);
+        share.record(Duration::from_millis(100), 1_000, 0, true);
+        assert!(!share.ingest_may_run(), "credit {}", share.credit);
+        share.idle(Duration::from_millis(80));
+        assert!(share.ingest_may_run(), "credit {}", share.credit);
     }
 
     #[tokio::test]

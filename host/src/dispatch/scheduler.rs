@@ -245,7 +245,13 @@ impl Scheduler {
         let holder = &self.deps.settings.holder;
         let reading = std::time::Instant::now();
         let read = self.deps.store.ready_repeaters(now_millis(), holder).await;
-        self.ready_read_cost = reading.elapsed();
+        // A failed read's time is the store's timeout, not the read's
+        // cost: reusing the set for four times that held delivery back
+        // seconds after a database came back.
+        self.ready_read_cost = match &read {
+            Ok(_) => reading.elapsed(),
+            Err(_) => Duration::ZERO,
+        };
         match read {
             Ok(ready) => {
                 for repeater in &ready {

@@ -167,17 +167,7 @@ impl Scheduler {
             let sleep = tokio::time::sleep(sleep_until);
 
             refresh = tokio::select! {
-                _ = &mut notified => {
-                    // An ingest: read the ready set again at once, unless
-                    // it was read so recently that reading it again would
-                    // take more than its share of the loop's time.
-                    let wait = (self.ready_read_cost * READY_READ_SHARE)
-                        .saturating_sub(self.ready_age());
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
-                    true
-                }
+                _ = &mut notified => true,
                 Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
                     self.joined(joined);
                     // Take every other batch that finished meanwhile before

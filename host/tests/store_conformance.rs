@@ -106,6 +106,7 @@ on_both_stores!(
     ingest_follows_repeater_changes_between_posts,
     ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
     leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
+    leases_taken_together_skip_held_lanes_and_are_given_up_together,
     lanes_held_elsewhere_counts_other_holders_live_leases_by_domain,
     finish_batch_with_a_stale_epoch_writes_nothing,
     concurrent_batch_results_are_fenced_each_by_its_own_lease,
@@ -925,6 +926,84 @@ async fn leases_bump_the_epoch_renew_and_are_taken_over_after_expiry(store: Arc<
         store.acquire_lease(id + 1000, "x", T0, TTL).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+/// The scheduler takes the leases of a round's picks in one call, and
+/// gives idle ones up in one call: lanes another holder has (or that do
+/// not exist) are left out, every lease taken fences like one taken alone,
+/// and giving up a lease taken over since leaves the new holder's alone.
+async fn leases_taken_together_skip_held_lanes_and_are_given_up_together(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    // More than one statement's worth (256), in runs of unequal sizes.
+    for n in 0..300 {
+        let row = store
+            .upsert_repeater(&spec("acme", &format!("r{n:03}"), &[]), T0)
+            .await
+            .unwrap();
+        ids.push(row.id);
+    }
+    let held_elsewhere = store
+        .acquire_lease(ids[7], "other", T0, TTL)
+        .await
+        .unwrap()
+        .expect("free lane");
+    let mut wanted = ids.clone();
+    wanted.push(ids.iter().max().unwrap() + 1_000);
+    let leases = store
+        .acquire_leases(&wanted, HOLDER, T0 + 1, TTL)
+        .await
+        .unwrap();
+    let mut taken: Vec<i64> = leases.iter().map(|l| l.repeater_id).collect();
+    taken.sort_unstable();
+    let mut expected: Vec<i64> = ids.iter().copied().filter(|&id| id != ids[7]).collect();
+    expected.sort_unstable();
+    assert_eq!(taken, expected, "every free lane, and only those");
+    let rows = store.repeaters(Some("acme")).await.unwrap();
+    for lease in &leases {
+        assert_eq!(lease.expires_at, T0 + 1 + TTL);
+        let row = rows.iter().find(|row| row.id == lease.repeater_id).unwrap();
+        let status = row.lease.as_ref().expect("leased");
+        assert_eq!(
+            (status.holder.as_str(), status.epoch),
+            (HOLDER, lease.epoch)
+        );
+    }
+    // Taken together, each lease still fences on its own.
+    let first = leases[0].clone();
+    store.renew_lease(&first, T0 + 2, TTL).await.unwrap();
+
+    // One lease expires and is taken over; giving them all up leaves the
+    // new holder's alone and frees the rest at once.
+    let lost = leases[1].clone();
+    let takeover_at = T0 + 1 + TTL;
+    let new_holder = store
+        .acquire_lease(lost.repeater_id, "other", takeover_at, TTL)
+        .await
+        .unwrap()
+        .expect("expired lease is taken over");
+    store.release_leases(&leases).await.unwrap();
+    let rows = store.repeaters(Some("acme")).await.unwrap();
+    for row in &rows {
+        let lease = row.lease.as_ref();
+        if row.id == lost.repeater_id {
+            let lease = lease.expect("the new holder keeps its lease");
+            assert_eq!(
+                (lease.holder.as_str(), lease.epoch),
+                ("other", new_holder.epoch)
+            );
+        } else if row.id == ids[7] {
+            assert_eq!(lease.expect("held elsewhere").epoch, held_elsewhere.epoch);
+        } else {
+            assert!(lease.is_none(), "{} still leased: {lease:?}", row.spec.name);
+        }
+    }
+    assert!(
+        store
+            .acquire_leases(&[], HOLDER, takeover_at, TTL)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Many batches finishing at once (SQLite writes them in one transaction):

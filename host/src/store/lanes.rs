@@ -11,7 +11,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type}
 use super::backend::{Backend, BatchResults, RowsAffected};
 use super::input::{lease_lost, new_token, ordering_code};
 use super::rows::{CLAIM_COLUMNS, REPEATER_COLUMNS};
-use super::sql::{Dialect, named_queries, unfinished};
+use super::sql::{Dialect, named_queries, runs, unfinished};
 use super::{
     ClaimedRecord, LaneStore, Lease, ReadyRepeater, RecordOutcome, RepeaterHealth, RepeaterRow,
     StoreError, StoreResult,
@@ -48,28 +48,12 @@ named_queries! {
         /// A key lane's claim: per ordering key, only its oldest unfinished
         /// record.
         claim_key: claim(&key_head()),
-        /// Takes repeater `$4`'s lease when it is free or expired at `$5`:
-        /// bumps the epoch and returns it. `$1` the token, `$2` the holder,
-        /// `$3` the expiry.
-        acquire: format!(
-            "UPDATE repeaters SET lease_epoch = lease_epoch + 1, lease_token = $1, \
-             lease_holder = $2, lease_expires_at = $3 \
-             WHERE id = (SELECT id FROM repeaters WHERE id = $4 \
-                         AND (lease_expires_at IS NULL OR lease_expires_at <= $5){}) \
-             RETURNING lease_epoch",
-            dialect.skip_locked()
-        ),
         /// Whether repeater `$1` exists.
         exists: "SELECT id FROM repeaters WHERE id = $1",
         /// Extends a held lease to `$1`. `$2` the repeater, `$3` the epoch,
         /// `$4` the token.
         renew: "UPDATE repeaters SET lease_expires_at = $1 \
                 WHERE id = $2 AND lease_epoch = $3 AND lease_token = $4",
-        /// Gives a held lease up. `$1` the repeater, `$2` the epoch, `$3` the
-        /// token.
-        release: "UPDATE repeaters SET lease_holder = NULL, lease_token = NULL, \
-                  lease_expires_at = NULL \
-                  WHERE id = $1 AND lease_epoch = $2 AND lease_token = $3",
     }
 }
 
@@ -145,6 +129,38 @@ fn claim(rule: &str) -> String {
         "SELECT {CLAIM_COLUMNS} FROM records r JOIN events e ON e.id = r.event_id \
          WHERE r.repeater_id = $1 AND {unfinished} AND r.next_attempt_at <= $2 \
          AND {rule} ORDER BY r.next_attempt_at, r.id LIMIT $3"
+    )
+}
+
+/// Takes the leases of `count` repeaters, `$5` onwards, that are free or
+/// expired at `$4`: bumps each one's epoch and returns it with the id. `$1`
+/// the token, `$2` the holder, `$3` the expiry. On PostgreSQL a row another
+/// process is taking at the same moment is skipped, not waited for.
+pub(crate) fn acquire(dialect: Dialect, count: usize) -> String {
+    let ids: Vec<String> = (5..5 + count).map(|n| format!("${n}")).collect();
+    dialect.render(&format!(
+        "UPDATE repeaters SET lease_epoch = lease_epoch + 1, lease_token = $1, \
+         lease_holder = $2, lease_expires_at = $3 \
+         WHERE id IN (SELECT id FROM repeaters WHERE id IN ({}) \
+                      AND (lease_expires_at IS NULL OR lease_expires_at <= $4){}) \
+         RETURNING id, lease_epoch",
+        ids.join(", "),
+        dialect.skip_locked()
+    ))
+}
+
+/// Columns of a row of [`release`].
+const RELEASE_COLUMNS: usize = 3;
+
+/// Gives `count` held leases up. A row: `(repeater, epoch, token)`; a
+/// lease taken over since is left alone.
+pub(crate) fn release(dialect: Dialect, count: usize) -> String {
+    format!(
+        "WITH v (id, epoch, token) AS ({}) UPDATE repeaters SET lease_holder = NULL, \
+         lease_token = NULL, lease_expires_at = NULL \
+         FROM v WHERE repeaters.id = v.id AND repeaters.lease_epoch = v.epoch \
+         AND repeaters.lease_token = v.token",
+        dialect.values(count, RELEASE_COLUMNS)
     )
 }
 
@@ -291,35 +307,55 @@ where
         now: Millis,
         ttl_ms: i64,
     ) -> StoreResult<Option<Lease>> {
-        let sql = &self.statements().lanes;
+        let taken = self
+            .acquire_leases(&[repeater_id], holder, now, ttl_ms)
+            .await?;
+        if let Some(lease) = taken.into_iter().next() {
+            return Ok(Some(lease));
+        }
+        let exists: Option<i64> = sqlx::query_scalar(&self.statements().lanes.exists)
+            .bind(repeater_id)
+            .fetch_optional(self.reads())
+            .await?;
+        match exists {
+            Some(_) => Ok(None),
+            None => Err(StoreError::NotFound(format!("repeater {repeater_id}"))),
+        }
+    }
+
+    async fn acquire_leases(
+        &self,
+        repeater_ids: &[i64],
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> StoreResult<Vec<Lease>> {
+        // One token for the leases taken together: each lease is still
+        // told apart by its repeater and its epoch, which every taking bumps.
         let token = new_token();
         let expires_at = now.saturating_add(ttl_ms);
-        // Stepped to the end, so the statement has finished (and committed)
-        // before the connection goes back to the pool.
-        let epochs: Vec<i64> = sqlx::query_scalar(&sql.acquire)
-            .bind(token.as_str())
-            .bind(holder)
-            .bind(expires_at)
-            .bind(repeater_id)
-            .bind(now)
-            .fetch_all(self.writes())
-            .await?;
-        let Some(&epoch) = epochs.first() else {
-            let exists: Option<i64> = sqlx::query_scalar(&sql.exists)
-                .bind(repeater_id)
-                .fetch_optional(self.reads())
-                .await?;
-            return match exists {
-                Some(_) => Ok(None),
-                None => Err(StoreError::NotFound(format!("repeater {repeater_id}"))),
-            };
-        };
-        Ok(Some(Lease {
-            repeater_id,
-            epoch,
-            token,
-            expires_at,
-        }))
+        let mut leases = Vec::with_capacity(repeater_ids.len());
+        for run in runs(repeater_ids) {
+            let sql = acquire(Self::DIALECT, run.len());
+            let mut query = sqlx::query_as::<_, (i64, i64)>(&sql)
+                .bind(token.as_str())
+                .bind(holder)
+                .bind(expires_at)
+                .bind(now);
+            for &id in run {
+                query = query.bind(id);
+            }
+            // Stepped to the end, so the statement has finished (and
+            // committed) before the connection goes back to the pool.
+            let taken = query.fetch_all(self.writes()).await?;
+            leases.extend(taken.into_iter().map(|(repeater_id, epoch)| Lease {
+                repeater_id,
+                epoch,
+                token: token.clone(),
+                expires_at,
+            }));
+        }
+        Ok(leases)
     }
 
     async fn renew_lease(&self, lease: &Lease, now: Millis, ttl_ms: i64) -> StoreResult<Lease> {
@@ -369,15 +405,24 @@ where
     }
 
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
-        let released = sqlx::query(&self.statements().lanes.release)
-            .bind(lease.repeater_id)
-            .bind(lease.epoch)
-            .bind(lease.token.as_str())
-            .execute(self.writes())
-            .await?
-            .rows_affected();
+        self.release_leases(std::slice::from_ref(lease)).await
+    }
+
+    async fn release_leases(&self, leases: &[Lease]) -> StoreResult<()> {
+        let mut released = 0;
+        for run in runs(leases) {
+            let sql = release(Self::DIALECT, run.len());
+            let mut query = sqlx::query(&sql);
+            for lease in run {
+                query = query
+                    .bind(lease.repeater_id)
+                    .bind(lease.epoch)
+                    .bind(lease.token.as_str());
+            }
+            released += query.execute(self.writes()).await?.rows_affected();
+        }
         if released > 0 {
-            // The lane is free again; its records may be due.
+            // The lanes are free again; their records may be due.
             self.work_may_be_ready();
         }
         Ok(())

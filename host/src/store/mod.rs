@@ -362,6 +362,17 @@ pub trait LaneStore: Send + Sync {
         now: Millis,
         ttl_ms: i64,
     ) -> StoreResult<Option<Lease>>;
+    /// Takes the leases of those of `repeater_ids` that are free or expired,
+    /// in one write per 256: the scheduler takes the lanes it picks in one
+    /// round together. The leases taken, in no particular order; ids another
+    /// holder has, or that no longer exist, are left out.
+    async fn acquire_leases(
+        &self,
+        repeater_ids: &[i64],
+        holder: &str,
+        now: Millis,
+        ttl_ms: i64,
+    ) -> StoreResult<Vec<Lease>>;
     /// Extends a held lease. Fails with [`StoreError::LeaseLost`] when taken over.
     async fn renew_lease(&self, lease: &Lease, now: Millis, ttl_ms: i64) -> StoreResult<Lease>;
     /// Reads up to `limit` due records of the leased repeater, oldest due
@@ -397,6 +408,9 @@ pub trait LaneStore: Send + Sync {
     ) -> StoreResult<()>;
     /// Gives the lease up without writing anything else.
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
+    /// Gives several leases up in one write per 256; one taken over since
+    /// is left alone.
+    async fn release_leases(&self, leases: &[Lease]) -> StoreResult<()>;
 }
 
 /// What the admin API, the config loader and the metrics need: repeaters,

@@ -277,6 +277,10 @@ fn every_query(dialect: Dialect) -> Vec<(String, String)> {
             all.push((format!("admin.records_page {query:?}"), text));
         }
     }
+    for count in [1, 2] {
+        let text = lanes::acquire(dialect, count);
+        all.push((format!("lanes.acquire of {count}"), text));
+    }
     for state in RecordState::ALL {
         let sql = StateSql::new(dialect, state);
         for (name, text) in [
@@ -305,6 +309,11 @@ fn multi_row(dialect: Dialect) -> Vec<(String, String, &'static [&'static str])>
             "lanes.fence".to_owned(),
             lanes::fence(dialect, 2),
             &[INT8, INT8, TEXT, BOOL, INT8, INT4, TEXT, INT8, BOOL, INT8][..],
+        ),
+        (
+            "lanes.release".to_owned(),
+            lanes::release(dialect, 2),
+            &[INT8, INT8, TEXT][..],
         ),
         (
             "lanes.record_updates".to_owned(),
@@ -425,4 +434,21 @@ fn rust_files(dir: &Path, into: &mut Vec<PathBuf>) {
             into.push(path);
         }
     }
+}
+
+#[test]
+fn runs_cover_every_item_in_order_with_few_distinct_lengths() {
+    let mut lengths = std::collections::HashSet::new();
+    for total in 0..=1_100usize {
+        let items: Vec<usize> = (0..total).collect();
+        let runs: Vec<&[usize]> = runs(&items).collect();
+        assert_eq!(runs.concat(), items, "{total} items");
+        for run in &runs {
+            assert!(run.len().is_power_of_two() && run.len() <= MOST_ROWS);
+            lengths.insert(run.len());
+        }
+    }
+    assert_eq!(lengths.len(), MOST_ROWS.ilog2() as usize + 1);
+    let ninety_five: Vec<usize> = runs(&[0u8; 95]).map(<[u8]>::len).collect();
+    assert_eq!(ninety_five, [64, 16, 8, 4, 2, 1]);
 }

@@ -26,7 +26,7 @@ use crate::store::input::{self, IngestPlan, RecordUpdate, Subscriber, lease_lost
 use crate::store::lanes::{
     ATTEMPT_COLUMNS, FENCE_COLUMNS, RECORD_UPDATE_COLUMNS, attempt_inserts, fence, record_updates,
 };
-use crate::store::sql::Dialect;
+use crate::store::sql::{Dialect, runs};
 use crate::store::{
     AttemptDraft, Ingested, IngestedRecord, Lease, RepeaterHealth, StoreError, StoreResult,
 };
@@ -47,10 +47,6 @@ const GROUP_OUTCOMES: usize = 2_000;
 /// Most domains whose repeaters the writer task keeps; posts to ever new
 /// domain names cannot grow its copy without bound.
 const MAX_CACHED_DOMAINS: usize = 10_000;
-/// Most rows of one multi-row statement of a group. A group's rows run in
-/// statements of a power-of-two number of rows up to this, so each kind of
-/// statement has at most nine texts and the writer prepares each once.
-const MOST_ROWS: usize = 256;
 /// Distinct statements a group keeps prepared: each kind of statement at
 /// each row count [`runs`] gives.
 const STATEMENT_CACHE: usize = 80;
@@ -630,25 +626,6 @@ fn opt_blob(value: Option<&[u8]>) -> Bind<'_> {
     value.map_or(ToSqlOutput::Owned(Value::Null), blob)
 }
 
-/// `items` in runs of [`MOST_ROWS`], then of the powers of two that make up
-/// the rest (95 rows run as 64, 16, 8, 4, 2 and 1). A statement's text
-/// names its row count, and an ever new count is an ever new statement to
-/// parse and plan: profiled under load, preparing the group's statements
-/// took about as long as running them.
-fn runs<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = items;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let len = rest.len().min(MOST_ROWS);
-        let len = 1 << len.ilog2();
-        let (run, after) = rest.split_at(len);
-        rest = after;
-        Some(run)
-    })
-}
-
 /// Runs `sql` with `binds` and returns the first column of each row.
 fn query_ids(db: &Connection, sql: &str, binds: &[Bind<'_>]) -> StoreResult<Vec<i64>> {
     let mut statement = db.prepare_cached(sql)?;
@@ -1010,23 +987,6 @@ fn existing_records<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runs_cover_every_item_in_order_with_few_distinct_lengths() {
-        let mut lengths = HashSet::new();
-        for total in 0..=1_100usize {
-            let items: Vec<usize> = (0..total).collect();
-            let runs: Vec<&[usize]> = runs(&items).collect();
-            assert_eq!(runs.concat(), items, "{total} items");
-            for run in &runs {
-                assert!(run.len().is_power_of_two() && run.len() <= MOST_ROWS);
-                lengths.insert(run.len());
-            }
-        }
-        assert_eq!(lengths.len(), MOST_ROWS.ilog2() as usize + 1);
-        let ninety_five: Vec<usize> = runs(&[0u8; 95]).map(<[u8]>::len).collect();
-        assert_eq!(ninety_five, [64, 16, 8, 4, 2, 1]);
-    }
 
     /// An ingest job of `events` events for `domain`, its answer dropped.
     fn job(domain: &str, events: usize) -> IngestJob {

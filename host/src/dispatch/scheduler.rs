@@ -13,6 +13,10 @@
 //! peers sharing a PostgreSQL database get their chance at the lane), and
 //! released once refreshes have found its lane with nothing due for
 //! [`IDLE_KEEP_MS`].
+//!
+//! Lanes are picked in rounds: every lane the free slots allow, then the
+//! leases the picks lack are taken in one write, then their batches start
+//! (ADR 22). Idle leases go back in one write too.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,8 +28,8 @@ use tokio::task::JoinSet;
 use crate::dispatch::DispatchDeps;
 use crate::dispatch::lane::{self, BatchDone, BatchGrant, SlotReturn, run_batch};
 use crate::dispatch::policy::{self, limits_of};
-use crate::model::ReadyRepeater;
 use crate::model::{Millis, now_millis};
+use crate::model::{ReadyRepeater, RepeaterSpec};
 use crate::schedule::{
     Aimd, Eligibility, FairQueue, GrantBounds, GrantCap, RatePacer, earliest_free, size_grant,
 };
@@ -64,6 +68,10 @@ const READY_READ_SHARE: u32 = 4;
 /// release and an acquire each time.
 const IDLE_KEEP_MS: Millis = 1_000;
 
+/// Most new lanes a refresh reads one repeater at a time; more are read
+/// with every repeater in one query.
+const ONE_BY_ONE_LANES: usize = 16;
+
 /// How often the leases other daemons hold are counted, per domain, for
 /// the fair queue's weights: they move at the pace of leases, not batches.
 const ELSEWHERE_REUSE_MS: Millis = 500;
@@ -81,6 +89,15 @@ struct LaneState {
     /// Records granted to the running batch and charged to the domain's
     /// fair share; what its claim does not find is refunded.
     granted: u32,
+}
+
+/// A lane picked for a batch, before its lease is taken.
+struct Pick {
+    repeater: ReadyRepeater,
+    /// Records granted, charged to the domain and holding their slots.
+    records: u32,
+    /// Requests the batch opens at once as it starts.
+    concurrency: u32,
 }
 
 /// The loop's state.
@@ -107,7 +124,10 @@ pub(crate) struct Scheduler {
     /// The store's next wake-up time as last read, with when it was read.
     wakeup: Option<(Millis, Option<Millis>)>,
     /// When the ready set was last read from the store.
-    ready_read_at: Millis,
+    ready_read_at: std::time::Instant,
+    /// An ingest asked for the ready set while it was too fresh to read
+    /// again: it is read once its share of the loop's time allows.
+    refresh_pending: bool,
     /// How long that read took.
     ready_read_cost: Duration,
     /// When the leases held elsewhere were last counted.
@@ -131,7 +151,8 @@ impl Scheduler {
             domain_pacers: HashMap::new(),
             shutdown: None,
             wakeup: None,
-            ready_read_at: 0,
+            ready_read_at: std::time::Instant::now(),
+            refresh_pending: false,
             ready_read_cost: Duration::ZERO,
             elsewhere_read_at: 0,
         }
@@ -155,7 +176,7 @@ impl Scheduler {
 
             let turn = std::time::Instant::now();
             let picks = self.batches.len();
-            if refresh {
+            if refresh || (self.refresh_pending && self.ready_read_allowed()) {
                 self.refresh().await;
             }
             let paced_until = self.hand_out().await;
@@ -164,10 +185,24 @@ impl Scheduler {
             self.deps
                 .metrics
                 .scheduler_turn(picked, turn.elapsed().as_secs_f64());
+            let sleep_until = if self.refresh_pending {
+                sleep_until.min(self.ready_read_wait())
+            } else {
+                sleep_until
+            };
             let sleep = tokio::time::sleep(sleep_until);
 
             refresh = tokio::select! {
-                _ = &mut notified => true,
+                _ = &mut notified => {
+                    // An ingest: read the ready set again at once, unless it
+                    // was read so recently that reading it again would take
+                    // more than its share of the loop's time; then it is
+                    // read as soon as that share allows, while batches go
+                    // on being handed out and taken back meanwhile.
+                    let now = self.ready_read_allowed();
+                    self.refresh_pending = !now;
+                    now
+                }
                 Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
                     self.joined(joined);
                     // Take every other batch that finished meanwhile before
@@ -194,7 +229,21 @@ impl Scheduler {
 
     /// How long ago the ready set was read.
     fn ready_age(&self) -> Duration {
-        Duration::from_millis(u64::try_from(now_millis() - self.ready_read_at).unwrap_or(0))
+        self.ready_read_at.elapsed()
+    }
+
+    /// Whether reading the ready set now keeps its reads within their
+    /// share of the loop's time: [`READY_READ_SHARE`] times the last read's
+    /// cost have passed since it. With a few dozen repeaters that is a
+    /// millisecond or two; with ten thousand, each read costs milliseconds,
+    /// and reading after every ingest left the loop little time for picks.
+    fn ready_read_allowed(&self) -> bool {
+        self.ready_read_wait().is_zero()
+    }
+
+    /// How long until [`Scheduler::ready_read_allowed`].
+    fn ready_read_wait(&self) -> Duration {
+        (self.ready_read_cost * READY_READ_SHARE).saturating_sub(self.ready_age())
     }
 
     /// How long the ready set as last read is reused: [`READY_REUSE_MS`],
@@ -231,7 +280,8 @@ impl Scheduler {
     /// Reads the ready repeaters into the fair queue.
     async fn refresh(&mut self) {
         self.taken.clear();
-        self.ready_read_at = now_millis();
+        self.refresh_pending = false;
+        self.ready_read_at = std::time::Instant::now();
         let holder = &self.deps.settings.holder;
         let reading = std::time::Instant::now();
         let read = self.deps.store.ready_repeaters(now_millis(), holder).await;
@@ -244,11 +294,7 @@ impl Scheduler {
         };
         match read {
             Ok(ready) => {
-                for repeater in &ready {
-                    if !self.lanes.contains_key(&repeater.id) {
-                        self.add_lane(repeater).await;
-                    }
-                }
+                self.add_lanes(&ready).await;
                 self.fair.set_ready(&ready);
                 self.count_held_elsewhere().await;
                 // A kept lease whose lane has had nothing due (drained,
@@ -271,15 +317,16 @@ impl Scheduler {
                     .map(|kept| kept.lease)
                     .collect();
                 if !leases.is_empty() {
-                    // Off the loop: with thousands of lanes drained at once,
-                    // releasing them one write after another held up every
-                    // pick meanwhile. A lane that turns ready again before
+                    // Off the loop, in one write: with thousands of lanes
+                    // drained at once, releasing them one write after
+                    // another held up every pick meanwhile. A lane that turns ready again before
                     // its release is written finds its lease still held
                     // here and is tried again at the next refresh.
                     let deps = self.deps.clone();
                     tokio::spawn(async move {
-                        for lease in leases {
-                            lane::release(&deps, &lease).await;
+                        if let Err(error) = deps.store.release_leases(&leases).await {
+                            // They expire by their TTL instead.
+                            tracing::warn!(leases = leases.len(), %error, "cannot release idle leases");
                         }
                     });
                 }
@@ -288,52 +335,100 @@ impl Scheduler {
         }
     }
 
-    async fn add_lane(&mut self, repeater: &ReadyRepeater) {
-        let ceiling = match self
-            .deps
-            .store
-            .repeater(&repeater.domain, &repeater.name)
-            .await
-        {
-            Ok(Some(row)) => {
-                let limits = limits_of(&self.deps, &row.spec);
-                let pacer = policy::rate_pacer(&limits);
-                self.lanes.insert(
-                    repeater.id,
-                    LaneState {
-                        domain: repeater.domain.clone(),
-                        name: repeater.name.clone(),
-                        aimd: Aimd::new(limits.concurrency),
-                        pacer,
-                        busy: false,
-                        cap: GrantCap::default(),
-                        granted: 0,
-                    },
-                );
-                return;
+    /// Sets up the lanes of `ready` repeaters this loop has not seen, with
+    /// their limits. A few are read one by one; many (a daemon's first
+    /// refresh, a config with thousands of repeaters) in one read of every
+    /// repeater: one awaited read per lane took seconds before the first
+    /// batch of ten thousand lanes.
+    async fn add_lanes(&mut self, ready: &[ReadyRepeater]) {
+        let new: Vec<&ReadyRepeater> = (ready.iter())
+            .filter(|repeater| !self.lanes.contains_key(&repeater.id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let mut specs: HashMap<i64, RepeaterSpec> = HashMap::new();
+        if new.len() > ONE_BY_ONE_LANES {
+            match self.deps.store.repeaters(None).await {
+                Ok(rows) => specs.extend(rows.into_iter().map(|row| (row.id, row.spec))),
+                Err(error) => tracing::warn!(%error, "cannot read the repeaters"),
             }
-            _ => self.deps.settings.default_concurrency,
-        };
-        self.lanes.insert(
-            repeater.id,
-            LaneState {
-                domain: repeater.domain.clone(),
-                name: repeater.name.clone(),
-                aimd: Aimd::new(ceiling),
-                pacer: None,
-                busy: false,
-                cap: GrantCap::default(),
-                granted: 0,
-            },
-        );
+        } else {
+            for repeater in &new {
+                match self
+                    .deps
+                    .store
+                    .repeater(&repeater.domain, &repeater.name)
+                    .await
+                {
+                    Ok(Some(row)) => {
+                        specs.insert(row.id, row.spec);
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "cannot read a repeater"),
+                }
+            }
+        }
+        for repeater in new {
+            // Without its row (deleted meanwhile, or the read failed) the
+            // lane starts from the daemon's defaults; its first batch
+            // brings the repeater's limits.
+            let (ceiling, pacer) = match specs.get(&repeater.id) {
+                Some(spec) => {
+                    let limits = limits_of(&self.deps, spec);
+                    (limits.concurrency, policy::rate_pacer(&limits))
+                }
+                None => (self.deps.settings.default_concurrency, None),
+            };
+            self.lanes.insert(
+                repeater.id,
+                LaneState {
+                    domain: repeater.domain.clone(),
+                    name: repeater.name.clone(),
+                    aimd: Aimd::new(ceiling),
+                    pacer,
+                    busy: false,
+                    cap: GrantCap::default(),
+                    granted: 0,
+                },
+            );
+        }
     }
 
     /// Starts batches while there are free slots and eligible repeaters.
     /// Returns the earliest time a rate-limited repeater or domain frees up,
     /// if any.
+    ///
+    /// Works in rounds: pick every lane the free slots allow, then take the
+    /// leases the picks lack in one write, then start the batches whose
+    /// lease was taken. A lane whose lease another holder has is skipped
+    /// until the next refresh, its grant given back, and the next round
+    /// picks again with the slots it left. With thousands of small lanes,
+    /// one lease write per pick awaited in this loop held up every pick
+    /// behind it.
     async fn hand_out(&mut self) -> Option<Millis> {
         let max = self.deps.settings.max_inflight.max(1);
         let domain_pacer = policy::domain_pacer(&self.deps.config.borrow());
+        while self.inflight < max {
+            let picks = self.pick_round(max, domain_pacer.as_ref());
+            if picks.is_empty() {
+                break;
+            }
+            let all_started = self.start_round(picks).await;
+            if all_started {
+                // The round ended for want of slots or eligible lanes, and
+                // none of its picks left slots behind.
+                break;
+            }
+        }
+        self.paced_until(now_millis())
+    }
+
+    /// Picks lanes in fair order while slots are free and sizes their
+    /// grants: each pick is marked busy and charged to its domain, and its
+    /// records hold their slots.
+    fn pick_round(&mut self, max: u32, domain_pacer: Option<&RatePacer>) -> Vec<Pick> {
+        let mut picks = Vec::new();
         while self.inflight < max {
             let now = now_millis();
             let (lanes, taken, domains) = (&self.lanes, &self.taken, &self.domain_pacers);
@@ -357,19 +452,12 @@ impl Scheduler {
                 }
             });
             let Some(repeater) = picked else { break };
-            let Some(held) = self.lease_for(&repeater, now).await else {
-                self.taken.insert(repeater.id);
-                continue;
-            };
-            let lease = held.lease.clone();
-
             let free = max - self.inflight;
             let Some(lane) = self.lanes.get_mut(&repeater.id) else {
-                lane::release(&self.deps, &lease).await;
                 self.taken.insert(repeater.id);
                 continue;
             };
-            let domain = match &domain_pacer {
+            let domain = match domain_pacer {
                 Some(template) => Some(
                     self.domain_pacers
                         .entry(repeater.domain.clone())
@@ -386,86 +474,153 @@ impl Scheduler {
                 concurrency: lane.aimd.limit(),
             };
             let Some(grant) = size_grant(bounds, lane.pacer.as_mut(), domain, now) else {
-                // Paced out for now: keep the lease for the turn the pacer
-                // allows.
-                self.kept.insert(repeater.id, held);
+                // Paced out for now; a kept lease stays kept for the turn
+                // the pacer allows.
                 self.taken.insert(repeater.id);
                 continue;
             };
-            let records = grant.records;
+            lane.busy = true;
+            lane.granted = grant.records;
+            self.fair.charge(&repeater.domain, grant.records);
+            self.inflight += grant.records;
+            picks.push(Pick {
+                repeater,
+                records: grant.records,
+                concurrency: grant.concurrency,
+            });
+        }
+        picks
+    }
+
+    /// Takes the leases `picks` need and starts a batch for each pick that
+    /// has one. A pick without is given back. True when every pick started.
+    async fn start_round(&mut self, picks: Vec<Pick>) -> bool {
+        let now = now_millis();
+        let mut leases: HashMap<i64, Held> = HashMap::with_capacity(picks.len());
+        let mut wanted = Vec::new();
+        for pick in &picks {
+            match self.kept_lease(&pick.repeater, now).await {
+                Some(held) => {
+                    leases.insert(pick.repeater.id, held);
+                }
+                None => wanted.push(pick.repeater.id),
+            }
+        }
+        if !wanted.is_empty() {
+            leases.extend(self.acquire_leases(&wanted, now).await);
+        }
+        self.deps.metrics.set_inflight(self.inflight as usize);
+
+        let mut all_started = true;
+        for pick in picks {
+            let Some(held) = leases.remove(&pick.repeater.id) else {
+                all_started = false;
+                self.unpick(&pick);
+                continue;
+            };
+            let Some(lane) = self.lanes.get(&pick.repeater.id) else {
+                all_started = false;
+                lane::release(&self.deps, &held.lease).await;
+                self.unpick(&pick);
+                continue;
+            };
+            let lease = held.lease.clone();
             // Held for a whole TTL: let it go with this batch's results.
             let keep_lease = now < held.since.saturating_add(self.deps.settings.lease_ttl_ms);
-            lane.busy = true;
-            lane.granted = records;
-            self.fair.charge(&repeater.domain, records);
-            self.inflight += records;
-            self.deps.metrics.set_inflight(self.inflight as usize);
-            self.held.insert(repeater.id, held);
+            let aimd = lane.aimd.clone();
+            self.held.insert(pick.repeater.id, held);
             let shutdown = self
                 .shutdown
                 .clone()
                 .unwrap_or_else(|| watch::channel(false).1);
             self.batches.spawn(run_batch(
                 self.deps.clone(),
-                repeater,
+                pick.repeater,
                 lease,
                 BatchGrant {
-                    records,
-                    concurrency: grant.concurrency,
+                    records: pick.records,
+                    concurrency: pick.concurrency,
                     keep_lease,
                 },
-                lane.aimd.clone(),
+                aimd,
                 self.returns.clone(),
                 shutdown,
             ));
         }
-        self.paced_until(now_millis())
+        all_started
     }
 
-    /// The lease for a batch of `repeater`: the one kept from the lane's
-    /// last batch (renewed once half its TTL has passed), or a new one.
-    /// `None` when another holder has the lane or the store failed.
-    async fn lease_for(&mut self, repeater: &ReadyRepeater, now: Millis) -> Option<Held> {
+    /// Undoes a pick that got no lease: its lane is skipped until the next
+    /// refresh, and its grant goes back to its domain and the slots.
+    fn unpick(&mut self, pick: &Pick) {
+        self.taken.insert(pick.repeater.id);
+        if let Some(lane) = self.lanes.get_mut(&pick.repeater.id) {
+            lane.busy = false;
+            lane.granted = 0;
+        }
+        self.fair.refund(&pick.repeater.domain, pick.records);
+        self.give_back(pick.records);
+    }
+
+    /// The lease kept from the lane's last batch, renewed once half its TTL
+    /// has passed. `None` when none is kept, or it was lost to another
+    /// holder (the lane then competes for a new one); also `None`, and the
+    /// lane is skipped, when the store could not renew it.
+    async fn kept_lease(&mut self, repeater: &ReadyRepeater, now: Millis) -> Option<Held> {
         let ttl = self.deps.settings.lease_ttl_ms;
-        if let Some(kept) = self.kept.remove(&repeater.id) {
-            if kept.lease.expires_at.saturating_sub(now) >= ttl / 2 {
-                return Some(kept);
+        let kept = self.kept.remove(&repeater.id)?;
+        if kept.lease.expires_at.saturating_sub(now) >= ttl / 2 {
+            return Some(kept);
+        }
+        match self.deps.store.renew_lease(&kept.lease, now, ttl).await {
+            Ok(lease) => Some(Held {
+                lease,
+                since: kept.since,
+                idle_since: None,
+            }),
+            // Expired and taken over (the process was frozen, say): count
+            // it lost, and compete for the lane with the others.
+            Err(StoreError::LeaseLost { .. }) => {
+                self.deps.metrics.lease_lost();
+                None
             }
-            match self.deps.store.renew_lease(&kept.lease, now, ttl).await {
-                Ok(lease) => {
-                    return Some(Held {
-                        lease,
-                        since: kept.since,
-                        idle_since: None,
-                    });
-                }
-                // Expired and taken over: compete for the lane below.
-                Err(StoreError::LeaseLost { .. }) => {}
-                Err(error) => {
-                    tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot renew a kept lease");
-                    return None;
-                }
+            Err(error) => {
+                tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot renew a kept lease");
+                // Kept as it was: the lane is skipped this round (no lease
+                // to give it) and tried again later.
+                self.kept.insert(repeater.id, kept);
+                None
             }
         }
+    }
+
+    /// New leases for `repeater_ids`, taken in one write. Lanes another
+    /// holder has are left out; on a store error, all are.
+    async fn acquire_leases(&mut self, repeater_ids: &[i64], now: Millis) -> Vec<(i64, Held)> {
+        let ttl = self.deps.settings.lease_ttl_ms;
         let holder = &self.deps.settings.holder;
-        match self
-            .deps
-            .store
-            .acquire_lease(repeater.id, holder, now, ttl)
+        match (self.deps.store)
+            .acquire_leases(repeater_ids, holder, now, ttl)
             .await
         {
-            Ok(Some(lease)) => {
-                self.deps.metrics.lease_acquired();
-                Some(Held {
-                    lease,
-                    since: now,
-                    idle_since: None,
-                })
+            Ok(leases) => {
+                for _ in &leases {
+                    self.deps.metrics.lease_acquired();
+                }
+                (leases.into_iter())
+                    .map(|lease| {
+                        let held = Held {
+                            lease,
+                            since: now,
+                            idle_since: None,
+                        };
+                        (held.lease.repeater_id, held)
+                    })
+                    .collect()
             }
-            Ok(None) => None,
             Err(error) => {
-                tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot acquire lease");
-                None
+                tracing::warn!(lanes = repeater_ids.len(), %error, "cannot acquire leases");
+                Vec::new()
             }
         }
     }

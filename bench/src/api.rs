@@ -27,6 +27,28 @@ pub enum Posted {
     PushedBack { retry_after: Option<u64> },
 }
 
+/// How a producer waits after a push-back before posting again.
+#[derive(Debug, Clone, Copy)]
+pub enum PushBackWait {
+    /// As long as the answer's `Retry-After` says (1 s without one).
+    RetryAfter,
+    /// A fixed pause, shorter than `Retry-After`: the scenario measures
+    /// the daemon pushed hard, not a producer that backs off politely.
+    Fixed(Duration),
+}
+
+/// What posting a batch until it was stored came to.
+#[derive(Debug, Default)]
+pub struct PostedUntilStored {
+    /// The keys of the records it created; `None` when the deadline came
+    /// first.
+    pub records: Option<Vec<u64>>,
+    /// `503` answers on the way.
+    pub pushed_back: u64,
+    /// The first `Retry-After` seconds those answers gave.
+    pub retry_after: Option<u64>,
+}
+
 /// The daemon's API, reached over pooled keep-alive connections.
 #[derive(Clone)]
 pub struct Api {
@@ -219,6 +241,38 @@ impl Api {
         let mut keys = Vec::new();
         collect_record_keys(&value, &mut keys);
         Ok(Posted::Stored(keys))
+    }
+
+    /// Posts a batch body to a domain until it is stored, waiting `wait`
+    /// after each push-back; gives up once `until` has passed, if given.
+    pub async fn post_until_stored(
+        &self,
+        domain: &str,
+        body: Bytes,
+        wait: PushBackWait,
+        until: Option<Instant>,
+    ) -> Result<PostedUntilStored, String> {
+        let mut posted = PostedUntilStored::default();
+        loop {
+            match self.post_batch(domain, body.clone()).await? {
+                Posted::Stored(records) => {
+                    posted.records = Some(records);
+                    return Ok(posted);
+                }
+                Posted::PushedBack { retry_after } => {
+                    posted.pushed_back += 1;
+                    posted.retry_after = posted.retry_after.or(retry_after);
+                    if until.is_some_and(|until| Instant::now() >= until) {
+                        return Ok(posted);
+                    }
+                    let pause = match wait {
+                        PushBackWait::RetryAfter => Duration::from_secs(retry_after.unwrap_or(1)),
+                        PushBackWait::Fixed(pause) => pause,
+                    };
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
     }
 
     /// The sum of every sample of the metric `name` (all its label sets) in

@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::{
     Ctx, Fields, latencies_ms, max_rate, prepare, put, repeaters_of, set_paused, verify_succeeded,
 };
-use crate::api::{Api, Posted};
+use crate::api::{Api, PushBackWait};
 use crate::database::Backend;
 use crate::ingest::{IngestPlan, PostedBatch, ingest};
 use crate::payload::{self, BODY_BYTES};
@@ -50,8 +50,9 @@ const MARGIN: Duration = Duration::from_secs(4);
 /// Concurrent producer tasks of the burst, and events per batch.
 const PRODUCERS: usize = 16;
 const BURST_BATCH: u64 = 1_000;
-/// How long a pushed-back producer waits before posting again.
-const PUSHED_BACK_PAUSE: Duration = Duration::from_millis(50);
+/// How long a pushed-back producer waits before posting again: shorter
+/// than `Retry-After`, so the daemon stays pushed.
+const PAUSE: PushBackWait = PushBackWait::Fixed(Duration::from_millis(50));
 /// Targets from the issue.
 const SECOND_TARGET: f64 = 0.5;
 const SMALL_TARGET: f64 = 2.0;
@@ -60,7 +61,7 @@ const SMALL_TARGET: f64 = 2.0;
 #[derive(Default)]
 struct Burst {
     accepted: Vec<PostedBatch>,
-    pushed_back: usize,
+    pushed_back: u64,
     retry_after: Option<u64>,
 }
 
@@ -232,14 +233,9 @@ async fn small_posts(
             let body = hyper::body::Bytes::from(payload::batch_body("small", seq, 1, BODY_BYTES));
             posts.spawn(async move {
                 let sent = Instant::now();
-                loop {
-                    match api.post_batch(&domain, body.clone()).await? {
-                        Posted::Stored(records) => {
-                            return Ok((PostedBatch { sent, records }, sent.elapsed()));
-                        }
-                        Posted::PushedBack { .. } => tokio::time::sleep(PUSHED_BACK_PAUSE).await,
-                    }
-                }
+                let posted = (api.post_until_stored(&domain, body, PAUSE, None).await?).records;
+                let records = posted.ok_or("stored without a deadline")?;
+                Ok((PostedBatch { sent, records }, sent.elapsed()))
             });
         }
         seq += 1;
@@ -291,21 +287,13 @@ async fn burst(
                 let body = bodies.next().unwrap_or_else(|| burst_body(task, index));
                 index += 1;
                 let sent = Instant::now();
-                loop {
-                    match api.post_batch(domain, body.clone()).await? {
-                        Posted::Stored(records) => {
-                            done.accepted.push(PostedBatch { sent, records });
-                            break;
-                        }
-                        Posted::PushedBack { retry_after } => {
-                            done.pushed_back += 1;
-                            done.retry_after = done.retry_after.or(retry_after);
-                            if Instant::now() >= until {
-                                break;
-                            }
-                            tokio::time::sleep(PUSHED_BACK_PAUSE).await;
-                        }
-                    }
+                let posted = api
+                    .post_until_stored(domain, body, PAUSE, Some(until))
+                    .await?;
+                done.pushed_back += posted.pushed_back;
+                done.retry_after = done.retry_after.or(posted.retry_after);
+                if let Some(records) = posted.records {
+                    done.accepted.push(PostedBatch { sent, records });
                 }
             }
             Ok::<_, String>(done)

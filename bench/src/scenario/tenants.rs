@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::{CpuSpan, Ctx, Fields, prepare, put, repeaters_of};
-use crate::api::{Api, Posted};
+use crate::api::{Api, PushBackWait};
 use crate::daemon::Daemon;
 use crate::database::{Backend, ScenarioDb};
 use crate::ingest::{IngestPlan, ingest};
@@ -298,19 +298,12 @@ async fn offer(
         let (api, stored, pushed_back) = (api.clone(), stored.clone(), pushed_back.clone());
         posts.spawn(async move {
             let _slot = slot;
-            loop {
-                match api.post_batch(&domain, body.clone()).await? {
-                    Posted::Stored(records) => {
-                        stored.fetch_add(records.len(), Ordering::Relaxed);
-                        return Ok::<_, String>(());
-                    }
-                    Posted::PushedBack { retry_after } => {
-                        pushed_back.fetch_add(1, Ordering::Relaxed);
-                        let wait = Duration::from_secs(retry_after.unwrap_or(1));
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            }
+            let wait = PushBackWait::RetryAfter;
+            let posted = api.post_until_stored(&domain, body, wait, None).await?;
+            pushed_back.fetch_add(posted.pushed_back as usize, Ordering::Relaxed);
+            let records = posted.records.ok_or("stored without a deadline")?;
+            stored.fetch_add(records.len(), Ordering::Relaxed);
+            Ok::<_, String>(())
         });
         posted += 1;
         while let Some(done) = posts.try_join_next() {

@@ -2,8 +2,9 @@
 //! binary on loopback, drives it through its HTTP API, receives its
 //! deliveries on a local HTTP server, and prints one JSON line per scenario.
 //! Every run first measures the machine's raw ceiling (a minimal keep-alive
-//! client posting the same 1 KiB body to the same receiver) and expresses
-//! every throughput as a ratio to it.
+//! client posting the same 1 KiB body to the same receiver, and, where they
+//! are installed, wrk posting it to nginx; the stronger of the two) and
+//! expresses every throughput as a ratio to it.
 //!
 //! It never sends traffic anywhere but 127.0.0.1 (and a PostgreSQL server
 //! given by a loopback `--pg-url`).
@@ -328,7 +329,38 @@ async fn run(args: Args) -> i32 {
     .await
     {
         Ok(Ok(measured)) => {
+            scenario::put(&mut fields, "hyper_requests_per_s", measured.requests_per_s);
+            let mut strongest = (measured, "hyper");
+            // The same body from wrk to nginx, where both are installed:
+            // the stronger pair is the ceiling every ratio uses.
+            match tokio::time::timeout(
+                ceiling_time + Duration::from_secs(30),
+                ceiling::measure_nginx_wrk(ceiling_time, &root),
+            )
+            .await
+            {
+                Ok(Ok(Some(wrk))) => {
+                    scenario::put(&mut fields, "nginx_wrk_requests_per_s", wrk.requests_per_s);
+                    if wrk.requests_per_s > strongest.0.requests_per_s {
+                        strongest = (wrk, "nginx+wrk");
+                    }
+                }
+                Ok(Ok(None)) => {
+                    fields.insert(
+                        "nginx_wrk".into(),
+                        Value::from("not installed (apt-get install nginx wrk)"),
+                    );
+                }
+                Ok(Err(err)) => {
+                    fields.insert("nginx_wrk".into(), Value::from(err));
+                }
+                Err(_) => {
+                    fields.insert("nginx_wrk".into(), Value::from("did not finish in time"));
+                }
+            }
+            let (measured, from) = strongest;
             ceiling = Some(measured.requests_per_s);
+            fields.insert("ceiling_from".into(), Value::from(from));
             scenario::put(&mut fields, "requests_per_s", measured.requests_per_s);
             fields.insert("requests".into(), Value::from(measured.requests));
             fields.insert("connections".into(), Value::from(measured.connections));

@@ -606,6 +606,16 @@ fn call(
     let error = serde_json::from_slice::<repeaterd::api::error::ErrorBody>(&body)
         .map(|answer| format!("{}: {}", answer.error.code, answer.error.message))
         .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    if status == hyper::StatusCode::UNAUTHORIZED && api.token.is_none() {
+        // The daemon reads its tokens from variables the config names
+        // (`REPEATERD_ADMIN_TOKEN` in the quick start); the verbs read
+        // theirs from `--token` or `REPEATERD_TOKEN` only.
+        bail!(
+            "{method} {url} answered {status}: {error}\n\
+             no token was given: pass --token or set REPEATERD_TOKEN to the admin token \
+             or the domain's token"
+        )
+    }
     bail!("{method} {url} answered {status}: {error}")
 }
 

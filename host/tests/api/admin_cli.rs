@@ -362,6 +362,20 @@ async fn plugins_are_listed_and_errors_name_what_was_wrong() {
     );
     let refused = daemon.run(ACME, &["plugins", "list"]).await;
     assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
+    // Without any token the answer says how to give one.
+    let anonymous = tokio::process::Command::new(env!("CARGO_BIN_EXE_repeaterd"))
+        .args(["repeaters", "list", "--url", &daemon.base])
+        .env("REPEATERD_LOG", "warn")
+        .env_remove("REPEATERD_TOKEN")
+        .output()
+        .await
+        .expect("running repeaterd");
+    assert!(!anonymous.status.success());
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("pass --token or set REPEATERD_TOKEN"),
+        "{stderr}"
+    );
     let bad_since = daemon
         .run(
             ADMIN,

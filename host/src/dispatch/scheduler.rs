@@ -319,9 +319,10 @@ impl Scheduler {
                 if !leases.is_empty() {
                     // Off the loop, in one write: with thousands of lanes
                     // drained at once, releasing them one write after
-                    // another held up every pick meanwhile. A lane that turns ready again before
-                    // its release is written finds its lease still held
-                    // here and is tried again at the next refresh.
+                    // another held up every pick meanwhile. A lane that
+                    // turns ready again before the release is written
+                    // finds its lease still taken in the store, is
+                    // skipped, and is tried again at the next refresh.
                     let deps = self.deps.clone();
                     tokio::spawn(async move {
                         if let Err(error) = deps.store.release_leases(&leases).await {

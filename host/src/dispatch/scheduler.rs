@@ -98,6 +98,8 @@ struct Pick {
     records: u32,
     /// Requests the batch opens at once as it starts.
     concurrency: u32,
+    /// The lane's adaptive concurrency limit, which the batch carries.
+    aimd: Aimd,
 }
 
 /// The loop's state.
@@ -488,6 +490,7 @@ impl Scheduler {
                 repeater,
                 records: grant.records,
                 concurrency: grant.concurrency,
+                aimd: lane.aimd.clone(),
             });
         }
         picks
@@ -519,16 +522,9 @@ impl Scheduler {
                 self.unpick(&pick);
                 continue;
             };
-            let Some(lane) = self.lanes.get(&pick.repeater.id) else {
-                all_started = false;
-                lane::release(&self.deps, &held.lease).await;
-                self.unpick(&pick);
-                continue;
-            };
             let lease = held.lease.clone();
             // Held for a whole TTL: let it go with this batch's results.
             let keep_lease = now < held.since.saturating_add(self.deps.settings.lease_ttl_ms);
-            let aimd = lane.aimd.clone();
             self.held.insert(pick.repeater.id, held);
             let shutdown = self
                 .shutdown
@@ -543,7 +539,7 @@ impl Scheduler {
                     concurrency: pick.concurrency,
                     keep_lease,
                 },
-                aimd,
+                pick.aimd,
                 self.returns.clone(),
                 shutdown,
             ));

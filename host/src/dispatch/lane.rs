@@ -71,6 +71,30 @@ pub struct BatchDone {
     /// results were written under it; the loop reuses it for the lane's
     /// next batch.
     pub lease: Option<Lease>,
+    /// The batch never ran: the lease its round asked for went to another
+    /// holder (or the store refused the write). The loop skips the lane
+    /// until it next reads the ready set.
+    pub refused: bool,
+}
+
+impl BatchDone {
+    /// A batch that never ran for want of its lease: all `reserved` slots
+    /// go back, and the lane's limit is as it was.
+    pub fn refused(repeater_id: i64, reserved: u32, aimd: Aimd) -> BatchDone {
+        BatchDone {
+            repeater_id,
+            reserved,
+            limits: None,
+            claimed: 0,
+            more_due: false,
+            attempted: 0,
+            aimd,
+            written: false,
+            elapsed: Duration::ZERO,
+            lease: None,
+            refused: true,
+        }
+    }
 }
 
 /// Gives in-flight slots back to the scheduler loop before a batch ends.
@@ -130,6 +154,7 @@ pub async fn run_batch(
         written: false,
         elapsed: Duration::ZERO,
         lease: None,
+        refused: false,
     };
     let clock = std::time::Instant::now();
     run_lane(&deps, &repeater, &lease, grant, &slots, shutdown, &mut done).await;

@@ -15,11 +15,13 @@
 //! [`IDLE_KEEP_MS`].
 //!
 //! Lanes are picked in rounds: every lane the free slots allow, then the
-//! leases the picks lack are taken in one write, then their batches start
-//! (ADR 22). Idle leases go back in one write too.
+//! leases the picks lack are taken in one write, and their batches start
+//! as that write answers (ADR 22). The write runs beside the loop, which
+//! goes on handing out and taking back batches meanwhile (ADR 23). Idle
+//! leases go back in one write too.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -43,6 +45,23 @@ struct Held {
     since: Millis,
     /// Since when a refresh has found the lane with nothing due, while kept.
     idle_since: Option<Millis>,
+}
+
+/// Leases of running batches by repeater, with the leases a round took for
+/// batches about to start: what shutdown releases when it has to abort
+/// batches. The rounds' lease writes, which run beside the loop, add to it.
+type HeldLeases = Arc<Mutex<HashMap<i64, Held>>>;
+
+/// The leases a round's write took, by repeater, once it has answered.
+type RoundLeases = watch::Receiver<Option<Arc<HashMap<i64, Lease>>>>;
+
+/// Where a picked batch gets its lease.
+enum LeaseFrom {
+    /// Kept from the lane's last batch; the flag says whether to keep it
+    /// again after this batch.
+    Kept(Lease, bool),
+    /// Taken by its round's write, which may not have answered yet.
+    Round(RoundLeases),
 }
 
 /// How long the store's next wake-up time is reused while batches run.
@@ -116,7 +135,9 @@ pub(crate) struct Scheduler {
     returned: mpsc::UnboundedReceiver<u32>,
     returns: SlotReturn,
     /// Leases of running batches, released if shutdown has to abort them.
-    held: HashMap<i64, Held>,
+    held: HeldLeases,
+    /// Rounds' lease writes still running.
+    acquiring: JoinSet<()>,
     /// Leases kept between a lane's batches, by repeater.
     kept: HashMap<i64, Held>,
     /// Rate pacers of whole domains, when `dispatch.domain_rate_per_second` is set.
@@ -148,7 +169,8 @@ impl Scheduler {
             batches: JoinSet::new(),
             returned,
             returns: SlotReturn::new(give_back),
-            held: HashMap::new(),
+            held: HeldLeases::default(),
+            acquiring: JoinSet::new(),
             kept: HashMap::new(),
             domain_pacers: HashMap::new(),
             shutdown: None,
@@ -176,6 +198,7 @@ impl Scheduler {
             tokio::pin!(notified);
             notified.as_mut().enable();
 
+            while self.acquiring.try_join_next().is_some() {}
             let turn = std::time::Instant::now();
             let picks = self.batches.len();
             if refresh || (self.refresh_pending && self.ready_read_allowed()) {
@@ -403,12 +426,14 @@ impl Scheduler {
     /// if any.
     ///
     /// Works in rounds: pick every lane the free slots allow, then take the
-    /// leases the picks lack in one write, then start the batches whose
-    /// lease was taken. A lane whose lease another holder has is skipped
-    /// until the next refresh, its grant given back, and the next round
-    /// picks again with the slots it left. With thousands of small lanes,
-    /// one lease write per pick awaited in this loop held up every pick
-    /// behind it.
+    /// leases the picks lack in one write, and start each batch as that
+    /// write answers. A lane whose lease another holder has is skipped
+    /// until the next refresh, its grant given back when its batch reports
+    /// it never ran; the loop then picks again with the slots it left. With
+    /// thousands of small lanes, one lease write per pick awaited in this
+    /// loop held up every pick behind it (ADR 22), and then one write per
+    /// round awaited here still held up the loop for most of its time
+    /// (ADR 23).
     async fn hand_out(&mut self) -> Option<Millis> {
         let max = self.deps.settings.max_inflight.max(1);
         let domain_pacer = policy::domain_pacer(&self.deps.config.borrow());
@@ -417,12 +442,7 @@ impl Scheduler {
             if picks.is_empty() {
                 break;
             }
-            let all_started = self.start_round(picks).await;
-            if all_started {
-                // The round ended for want of slots or eligible lanes, and
-                // none of its picks left slots behind.
-                break;
-            }
+            self.start_round(picks).await;
         }
         self.paced_until(now_millis())
     }
@@ -496,67 +516,99 @@ impl Scheduler {
         picks
     }
 
-    /// Takes the leases `picks` need and starts a batch for each pick that
-    /// has one. A pick without is given back. True when every pick started.
-    async fn start_round(&mut self, picks: Vec<Pick>) -> bool {
+    /// Starts a batch for each of `picks`: with the lane's kept lease, or
+    /// with the lease the round's one write takes, which runs beside the
+    /// loop. A batch whose lease the write did not get reports back that it
+    /// never ran, and its pick is undone then ([`Scheduler::unpick`]).
+    async fn start_round(&mut self, picks: Vec<Pick>) {
         let now = now_millis();
-        let mut leases: HashMap<i64, Held> = HashMap::with_capacity(picks.len());
+        let ttl = self.deps.settings.lease_ttl_ms;
+        let mut kept: HashMap<i64, Held> = HashMap::with_capacity(picks.len());
         let mut wanted = Vec::new();
         for pick in &picks {
             match self.kept_lease(&pick.repeater, now).await {
                 Some(held) => {
-                    leases.insert(pick.repeater.id, held);
+                    kept.insert(pick.repeater.id, held);
                 }
                 None => wanted.push(pick.repeater.id),
             }
         }
-        if !wanted.is_empty() {
-            leases.extend(self.acquire_leases(&wanted, now).await);
-        }
+        let round = (!wanted.is_empty()).then(|| self.acquire_leases(wanted, now));
         self.deps.metrics.set_inflight(self.inflight as usize);
 
-        let mut all_started = true;
         for pick in picks {
-            let Some(held) = leases.remove(&pick.repeater.id) else {
-                all_started = false;
-                self.unpick(&pick);
-                continue;
+            let from = match kept.remove(&pick.repeater.id) {
+                Some(held) => {
+                    // Held for a whole TTL: let it go with this batch's results.
+                    let keep_lease = now < held.since.saturating_add(ttl);
+                    let lease = held.lease.clone();
+                    self.held().insert(pick.repeater.id, held);
+                    LeaseFrom::Kept(lease, keep_lease)
+                }
+                None => match &round {
+                    Some(round) => LeaseFrom::Round(round.clone()),
+                    // Every pick without a kept lease is in the round's write.
+                    None => {
+                        self.unpick(pick.repeater.id, pick.records);
+                        continue;
+                    }
+                },
             };
-            let lease = held.lease.clone();
-            // Held for a whole TTL: let it go with this batch's results.
-            let keep_lease = now < held.since.saturating_add(self.deps.settings.lease_ttl_ms);
-            self.held.insert(pick.repeater.id, held);
             let shutdown = self
                 .shutdown
                 .clone()
                 .unwrap_or_else(|| watch::channel(false).1);
-            self.batches.spawn(run_batch(
-                self.deps.clone(),
-                pick.repeater,
-                lease,
-                BatchGrant {
+            let deps = self.deps.clone();
+            let returns = self.returns.clone();
+            // A lease taken now has been held less than a TTL: keep it.
+            let keep_fresh = ttl > 0;
+            self.batches.spawn(async move {
+                let id = pick.repeater.id;
+                let (lease, keep_lease) = match from {
+                    LeaseFrom::Kept(lease, keep) => (Some(lease), keep),
+                    LeaseFrom::Round(round) => (lease_of(round, id).await, keep_fresh),
+                };
+                let Some(lease) = lease else {
+                    return BatchDone::refused(id, pick.records, pick.aimd);
+                };
+                let grant = BatchGrant {
                     records: pick.records,
                     concurrency: pick.concurrency,
                     keep_lease,
-                },
-                pick.aimd,
-                self.returns.clone(),
-                shutdown,
-            ));
+                };
+                run_batch(
+                    deps,
+                    pick.repeater,
+                    lease,
+                    grant,
+                    pick.aimd,
+                    returns,
+                    shutdown,
+                )
+                .await
+            });
         }
-        all_started
     }
 
-    /// Undoes a pick that got no lease: its lane is skipped until the next
-    /// refresh, and its grant goes back to its domain and the slots.
-    fn unpick(&mut self, pick: &Pick) {
-        self.taken.insert(pick.repeater.id);
-        if let Some(lane) = self.lanes.get_mut(&pick.repeater.id) {
+    /// Undoes the pick of a lane whose batch never ran for want of its
+    /// lease: the lane is skipped until the next refresh, and its grant
+    /// goes back to its domain and the slots.
+    fn unpick(&mut self, repeater_id: i64, records: u32) {
+        self.taken.insert(repeater_id);
+        if let Some(lane) = self.lanes.get_mut(&repeater_id) {
             lane.busy = false;
             lane.granted = 0;
+            self.fair.refund(&lane.domain, records);
         }
-        self.fair.refund(&pick.repeater.domain, pick.records);
-        self.give_back(pick.records);
+        self.give_back(records);
+    }
+
+    /// The leases of running batches (a batch that panicked left the map
+    /// whole, so a poisoned lock is still good).
+    fn held(&self) -> MutexGuard<'_, HashMap<i64, Held>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The lease kept from the lane's last batch, renewed once half its TTL
@@ -591,35 +643,47 @@ impl Scheduler {
         }
     }
 
-    /// New leases for `repeater_ids`, taken in one write. Lanes another
-    /// holder has are left out; on a store error, all are.
-    async fn acquire_leases(&mut self, repeater_ids: &[i64], now: Millis) -> Vec<(i64, Held)> {
-        let ttl = self.deps.settings.lease_ttl_ms;
-        let holder = &self.deps.settings.holder;
-        match (self.deps.store)
-            .acquire_leases(repeater_ids, holder, now, ttl)
-            .await
-        {
-            Ok(leases) => {
-                for _ in &leases {
-                    self.deps.metrics.lease_acquired();
+    /// Takes new leases for `repeater_ids` in one write, beside the loop.
+    /// The answer says which it took: lanes another holder has are left
+    /// out; on a store error, all are. Leases taken count as held from the
+    /// moment they are, so shutdown releases them even if their batches
+    /// never start.
+    fn acquire_leases(&mut self, repeater_ids: Vec<i64>, now: Millis) -> RoundLeases {
+        let (answer, round) = watch::channel(None);
+        let deps = self.deps.clone();
+        let held = self.held.clone();
+        self.acquiring.spawn(async move {
+            let ttl = deps.settings.lease_ttl_ms;
+            let holder = &deps.settings.holder;
+            let leases = match (deps.store)
+                .acquire_leases(&repeater_ids, holder, now, ttl)
+                .await
+            {
+                Ok(leases) => leases,
+                Err(error) => {
+                    tracing::warn!(lanes = repeater_ids.len(), %error, "cannot acquire leases");
+                    Vec::new()
                 }
-                (leases.into_iter())
-                    .map(|lease| {
-                        let held = Held {
-                            lease,
-                            since: now,
-                            idle_since: None,
-                        };
-                        (held.lease.repeater_id, held)
-                    })
-                    .collect()
+            };
+            let mut taken = HashMap::with_capacity(leases.len());
+            {
+                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                for lease in leases {
+                    deps.metrics.lease_acquired();
+                    let id = lease.repeater_id;
+                    taken.insert(id, lease.clone());
+                    let held_since_now = Held {
+                        lease,
+                        since: now,
+                        idle_since: None,
+                    };
+                    held.insert(id, held_since_now);
+                }
             }
-            Err(error) => {
-                tracing::warn!(lanes = repeater_ids.len(), %error, "cannot acquire leases");
-                Vec::new()
-            }
-        }
+            // Every batch of the round may have been aborted at shutdown.
+            let _ = answer.send(Some(Arc::new(taken)));
+        });
+        round
     }
 
     /// The earliest time a rate-limited repeater or domain frees up.
@@ -684,13 +748,17 @@ impl Scheduler {
     }
 
     fn batch_done(&mut self, done: BatchDone) {
+        if done.refused {
+            self.unpick(done.repeater_id, done.reserved);
+            return;
+        }
         // Rule 7: repeaters whose batches keep overrunning the budget yield.
         if done.attempted > 0 {
             let over_budget = done.elapsed > self.deps.settings.batch_budget;
             self.fair.record_batch(done.repeater_id, over_budget);
         }
         self.give_back(done.reserved);
-        let held = self.held.remove(&done.repeater_id);
+        let held = self.held().remove(&done.repeater_id);
         if let (Some(lease), Some(held)) = (done.lease, held) {
             let held = Held {
                 lease,
@@ -746,14 +814,26 @@ impl Scheduler {
                 }
             }
         }
-        let held: Vec<Held> = self
-            .held
-            .drain()
-            .chain(self.kept.drain())
-            .map(|(_, h)| h)
+        // A round's lease write still running would add leases no batch
+        // will use; wait for it within the grace period, then stop it.
+        let writes = async { while self.acquiring.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, writes).await.is_err() {
+            self.acquiring.abort_all();
+        }
+        let running: Vec<Held> = self.held().drain().map(|(_, h)| h).collect();
+        let held: Vec<Held> = (running.into_iter())
+            .chain(self.kept.drain().map(|(_, h)| h))
             .collect();
         for held in held {
             lane::release(&self.deps, &held.lease).await;
         }
     }
+}
+
+/// The lease `repeater_id` got from its round's write, once the write has
+/// answered; `None` when another holder has the lane, the write failed, or
+/// the loop is gone.
+async fn lease_of(mut round: RoundLeases, repeater_id: i64) -> Option<Lease> {
+    let answered = round.wait_for(Option::is_some).await.ok()?;
+    answered.as_ref()?.get(&repeater_id).cloned()
 }

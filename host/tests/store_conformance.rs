@@ -105,6 +105,7 @@ on_both_stores!(
     ingest_is_all_or_nothing,
     ingest_follows_repeater_changes_between_posts,
     ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
+    wake_ups_say_which_domains_got_records,
     leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
     leases_taken_together_skip_held_lanes_and_are_given_up_together,
     lanes_held_elsewhere_counts_other_holders_live_leases_by_domain,
@@ -788,6 +789,91 @@ async fn ready_repeaters_exclude_paused_backed_off_leased_and_not_due(store: Arc
         names(store.ready_repeaters(T0 + TTL, OTHER).await.unwrap()),
         vec!["backed", "later", "leased", "ok", "paused"]
     );
+
+    // The same rules within named domains: another domain's ready
+    // repeater is left out, and so is every repeater of a domain not named.
+    store
+        .upsert_repeater(&spec("beta", "other", &[]), T0)
+        .await
+        .unwrap();
+    store
+        .ingest("beta", &[event(Some("b"), "t")], T0)
+        .await
+        .unwrap();
+    store.set_paused("acme", "paused", true, T0).await.unwrap();
+    let within =
+        |domains: &[&str]| -> Vec<String> { domains.iter().map(|d| d.to_string()).collect() };
+    for (now, holder) in [
+        (T0 + 1, OTHER),
+        (T0 + 1, HOLDER),
+        (T0 + 10_000, OTHER),
+        (T0 + TTL, OTHER),
+    ] {
+        let whole = store.ready_repeaters(now, holder).await.unwrap();
+        let acme = store
+            .ready_in_domains(now, holder, &within(&["acme"]))
+            .await
+            .unwrap();
+        let mut acme = names(acme);
+        acme.sort();
+        let expected: Vec<String> = (whole.iter())
+            .filter(|r| r.domain == "acme")
+            .map(|r| r.name.clone())
+            .collect();
+        assert_eq!(acme, expected, "at {now} for {holder}");
+        let both = store
+            .ready_in_domains(now, holder, &within(&["beta", "acme"]))
+            .await
+            .unwrap();
+        assert_eq!(both.len(), whole.len(), "at {now} for {holder}");
+    }
+    let beta = store
+        .ready_in_domains(T0 + 1, OTHER, &within(&["beta", "nowhere"]))
+        .await
+        .unwrap();
+    assert_eq!(names(beta), vec!["other"]);
+    let none = store
+        .ready_in_domains(T0 + 1, OTHER, &within(&["nowhere"]))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+async fn wake_ups_say_which_domains_got_records(store: Arc<dyn Store>) {
+    for domain in ["acme", "beta"] {
+        store
+            .upsert_repeater(&spec(domain, "hook", &[]), T0)
+            .await
+            .unwrap();
+    }
+    store.take_hints();
+    store
+        .ingest("acme", &[event(Some("a"), "t")], T0)
+        .await
+        .unwrap();
+    let hinted = store.take_hints();
+    assert_eq!(
+        hinted.domains.iter().collect::<Vec<_>>(),
+        ["acme"],
+        "an ingest names its domain"
+    );
+    assert!(!hinted.anything, "an ingest alone concerns its domain");
+    assert_eq!(
+        store.take_hints(),
+        Default::default(),
+        "hints are taken once"
+    );
+    // A repeat of a seen event makes no record, and no wake-up.
+    store
+        .ingest("acme", &[event(Some("a"), "t")], T0)
+        .await
+        .unwrap();
+    assert_eq!(store.take_hints(), Default::default());
+    // A resume may make any lane ready.
+    store.set_paused("beta", "hook", true, T0).await.unwrap();
+    store.take_hints();
+    store.set_paused("beta", "hook", false, T0).await.unwrap();
+    assert!(store.take_hints().anything, "a resume concerns anything");
 }
 
 async fn lanes_held_elsewhere_counts_other_holders_live_leases_by_domain(store: Arc<dyn Store>) {

@@ -71,12 +71,19 @@ enum LeaseFrom {
 /// later at most.
 const WAKEUP_REUSE_MS: Millis = 50;
 
-/// How long the ready set as last read is reused while batches finish.
-/// Reading it after every batch cost about 5 % of the daemon's CPU at full
-/// load; between reads, a finished batch takes its lane out of the set
-/// when its claim ran short (see [`BatchDone::more_due`]), and an ingest
-/// or a due time still makes the loop read the set at once.
-const READY_REUSE_MS: Millis = 20;
+/// How long the ready set as last read is reused while batches finish and
+/// the loop has lanes to hand out or no slots to hand out. Reading it after
+/// every batch cost about 5 % of the daemon's CPU at full load; between
+/// reads, a finished batch takes its lane out of the set when its claim
+/// ran short (see [`BatchDone::more_due`]), an ingest makes the loop read
+/// the repeaters of the domains it fed, and a due time makes it read the
+/// whole set. What this reuse delays is noticing a retry that became due
+/// while the loop was busy anyway.
+const READY_REUSE_MS: Millis = 200;
+
+/// How long the ready set is reused while the loop is short of lanes:
+/// slots are free and no lane in the set can take them.
+const STARVED_REUSE_MS: Millis = 20;
 
 /// The ready set is reused for at least this many times the time its last
 /// read took, so reading it takes at most about a fifth of the loop's time.
@@ -108,6 +115,8 @@ struct LaneState {
     /// Records granted to the running batch and charged to the domain's
     /// fair share; what its claim does not find is refunded.
     granted: u32,
+    /// Ingest found the lane ready while its batch ran.
+    fed: bool,
 }
 
 /// A lane picked for a batch, before its lease is taken.
@@ -151,6 +160,11 @@ pub(crate) struct Scheduler {
     /// An ingest asked for the ready set while it was too fresh to read
     /// again: it is read once its share of the loop's time allows.
     refresh_pending: bool,
+    /// Domains this process added records to since the loop last looked:
+    /// their repeaters are read alone, at once (ADR 24).
+    fed_domains: Vec<String>,
+    /// The last hand-out left slots free for want of a lane to run.
+    starved: bool,
     /// How long that read took.
     ready_read_cost: Duration,
     /// When the leases held elsewhere were last counted.
@@ -177,6 +191,8 @@ impl Scheduler {
             wakeup: None,
             ready_read_at: std::time::Instant::now(),
             refresh_pending: false,
+            fed_domains: Vec::new(),
+            starved: false,
             ready_read_cost: Duration::ZERO,
             elsewhere_read_at: 0,
         }
@@ -202,7 +218,11 @@ impl Scheduler {
             let turn = std::time::Instant::now();
             let picks = self.batches.len();
             if refresh || (self.refresh_pending && self.ready_read_allowed()) {
+                // The whole set covers the fed domains too.
+                self.fed_domains.clear();
                 self.refresh().await;
+            } else if !self.fed_domains.is_empty() {
+                self.refresh_fed().await;
             }
             let paced_until = self.hand_out().await;
             let sleep_until = self.sleep_deadline(paced_until).await;
@@ -219,14 +239,23 @@ impl Scheduler {
 
             refresh = tokio::select! {
                 _ = &mut notified => {
-                    // An ingest: read the ready set again at once, unless it
-                    // was read so recently that reading it again would take
-                    // more than its share of the loop's time; then it is
-                    // read as soon as that share allows, while batches go
-                    // on being handed out and taken back meanwhile.
-                    let now = self.ready_read_allowed();
-                    self.refresh_pending = !now;
-                    now
+                    // An ingest here: read its domains' repeaters at once.
+                    // Anything else (a resend, a resume, a released lease,
+                    // another process's change): read the whole ready set
+                    // again at once, unless it was read so recently that
+                    // reading it again would take more than its share of
+                    // the loop's time; then it is read as soon as that
+                    // share allows, while batches go on being handed out
+                    // and taken back meanwhile.
+                    let hinted = self.deps.store.take_hints();
+                    self.fed_domains.extend(hinted.domains);
+                    if hinted.anything {
+                        let now = self.ready_read_allowed();
+                        self.refresh_pending |= !now;
+                        now
+                    } else {
+                        false
+                    }
                 }
                 Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
                     self.joined(joined);
@@ -271,13 +300,19 @@ impl Scheduler {
         (self.ready_read_cost * READY_READ_SHARE).saturating_sub(self.ready_age())
     }
 
-    /// How long the ready set as last read is reused: [`READY_REUSE_MS`],
-    /// or [`READY_READ_SHARE`] times what reading it took, whichever is
+    /// How long the ready set as last read is reused: [`READY_REUSE_MS`]
+    /// ([`STARVED_REUSE_MS`] while the loop is short of lanes), or
+    /// [`READY_READ_SHARE`] times what reading it took, whichever is
     /// longer. With thousands of repeaters the read takes milliseconds, and
     /// reading it after every ingest and batch left the loop little time to
     /// hand out batches.
     fn ready_reuse(&self) -> Duration {
-        let floor = Duration::from_millis(READY_REUSE_MS as u64);
+        let floor = if self.starved {
+            STARVED_REUSE_MS
+        } else {
+            READY_REUSE_MS
+        };
+        let floor = Duration::from_millis(floor as u64);
         (self.ready_read_cost * READY_READ_SHARE).max(floor)
     }
 
@@ -361,6 +396,39 @@ impl Scheduler {
         }
     }
 
+    /// Reads the ready repeaters of the domains ingest fed since the loop
+    /// last looked, and adds them to the fair queue. A busy lane among them
+    /// stays in the queue after its batch, even if that batch's claim ran
+    /// short: its new records may have come after the claim.
+    async fn refresh_fed(&mut self) {
+        let domains = std::mem::take(&mut self.fed_domains);
+        let holder = &self.deps.settings.holder;
+        let read = (self.deps.store)
+            .ready_in_domains(now_millis(), holder, &domains)
+            .await;
+        let ready = match read {
+            Ok(ready) => ready,
+            Err(error) => {
+                // The whole set, read when the store answers again, has them.
+                tracing::warn!(%error, "cannot read the ready repeaters of fed domains");
+                self.refresh_pending = true;
+                return;
+            }
+        };
+        self.add_lanes(&ready).await;
+        for repeater in &ready {
+            if let Some(lane) = self.lanes.get_mut(&repeater.id)
+                && lane.busy
+            {
+                lane.fed = true;
+            }
+            if let Some(kept) = self.kept.get_mut(&repeater.id) {
+                kept.idle_since = None;
+            }
+        }
+        self.fair.add_ready(&ready);
+    }
+
     /// Sets up the lanes of `ready` repeaters this loop has not seen, with
     /// their limits. A few are read one by one; many (a daemon's first
     /// refresh, a config with thousands of repeaters) in one read of every
@@ -416,6 +484,7 @@ impl Scheduler {
                     busy: false,
                     cap: GrantCap::default(),
                     granted: 0,
+                    fed: false,
                 },
             );
         }
@@ -444,6 +513,7 @@ impl Scheduler {
             }
             self.start_round(picks).await;
         }
+        self.starved = self.inflight < max;
         self.paced_until(now_millis())
     }
 
@@ -771,7 +841,9 @@ impl Scheduler {
             self.fair
                 .refund(&lane.domain, lane.granted.saturating_sub(done.claimed));
         }
-        if !done.more_due {
+        let fed = (self.lanes.get_mut(&done.repeater_id))
+            .is_some_and(|lane| std::mem::take(&mut lane.fed));
+        if !done.more_due && !fed {
             self.fair.remove(done.repeater_id);
         }
         if let Some(lane) = self.lanes.get_mut(&done.repeater_id) {

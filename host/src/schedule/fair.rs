@@ -248,6 +248,34 @@ impl FairQueue {
         self.domains = kept;
     }
 
+    /// Adds `ready` repeaters (found ready in a few domains) to the ready
+    /// set, keeping everything already in it and its turn order. Those not
+    /// yet in the set join the back of their domain's lane; a domain new to
+    /// the set joins at the back, level with the least served one, as in
+    /// [`FairQueue::set_ready`].
+    pub fn add_ready(&mut self, ready: &[ReadyRepeater]) {
+        let level = self.domains.iter().map(|lane| lane.served).min();
+        for repeater in ready {
+            let index = match (self.domains.iter()).position(|lane| lane.domain == repeater.domain)
+            {
+                Some(index) => index,
+                None => {
+                    let mut lane = DomainLane::new(repeater.domain.clone());
+                    lane.served = level.unwrap_or(0);
+                    self.domains.push_back(lane);
+                    self.domains.len() - 1
+                }
+            };
+            let heavy = self.is_heavy(repeater.id);
+            let lane = &mut self.domains[index];
+            let present = (lane.light.iter().chain(&lane.heavy)).any(|r| r.id == repeater.id);
+            if !present {
+                lane.lane(if heavy { Lane::Heavy } else { Lane::Light })
+                    .push_back(repeater.clone());
+            }
+        }
+    }
+
     /// Picks the next repeater to run: of the domains with a repeater the
     /// caller accepts, the one served least (the first in turn order among
     /// equals), and within it the first accepted repeater in turn order.
@@ -667,6 +695,32 @@ mod tests {
         assert_eq!(queue.domains().collect::<Vec<_>>(), ["a", "d"]);
         queue.set_ready(&[]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn adding_ready_repeaters_keeps_the_set_and_its_turns() {
+        let mut queue = FairQueue::new();
+        queue.set_ready(&[repeater(1, "a"), repeater(2, "b")]);
+        assert_eq!(queue.next(|_| true).map(|r| r.id), Some(1));
+        queue.charge("a", 100);
+        queue.charge("b", 40);
+        // a gets a second repeater, b's repeater is found again, c is new.
+        queue.add_ready(&[repeater(3, "a"), repeater(2, "b"), repeater(4, "c")]);
+        assert_eq!(queue.len(), 4);
+        assert_eq!(queue.domains().collect::<Vec<_>>(), ["b", "a", "c"]);
+        // c joins level with b, the least served, and goes after it: b is
+        // first in turn order among equals.
+        let order: Vec<i64> = (0..3)
+            .filter_map(|_| {
+                let picked = queue.next(|_| true)?;
+                queue.charge(&picked.domain, 100);
+                Some(picked.id)
+            })
+            .collect();
+        assert_eq!(order, [2, 4, 1]);
+        // Repeater 1 went last in a's lane when it was picked; 3 joined
+        // behind it, so a's next turn is 3's.
+        assert_eq!(queue.next(|r| r.domain == "a").map(|r| r.id), Some(3));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! ingest's writes, the ready set with the wake-up time, the claim, and the
 //! batch results.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrate;
@@ -40,6 +41,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// released lease): wake the scheduler. A backend shared by several
     /// processes tells the others too.
     fn work_may_be_ready(&self) {
+        self.connections().hints.anything();
+        self.wake().notify_one();
+    }
+    /// This process added records to `domain`: wake the scheduler, which
+    /// can look at that domain's repeaters alone. A backend shared by
+    /// several processes tells the others too.
+    fn records_added(&self, domain: &str) {
+        self.connections().hints.domain(domain);
         self.wake().notify_one();
     }
     /// Called inside a write transaction that changes the repeaters table,
@@ -85,6 +94,75 @@ pub(crate) struct Connections<DB: Database> {
     pub writes: Pool<DB>,
     /// Notified when work may be ready.
     pub wake: Arc<Notify>,
+    /// What the notifications since the scheduler last looked were about.
+    pub hints: Arc<ReadyHints>,
+}
+
+impl<DB: Database> Connections<DB> {
+    /// `reads` and `writes`, with a new wake-up signal and its hints.
+    pub fn new(reads: Pool<DB>, writes: Pool<DB>) -> Connections<DB> {
+        Connections {
+            reads,
+            writes,
+            wake: Arc::new(Notify::new()),
+            hints: Arc::new(ReadyHints::default()),
+        }
+    }
+}
+
+/// Most domains a wake-up names before it counts as about anything: a
+/// look at that many domains' repeaters costs about as much as the whole
+/// ready set.
+const MOST_HINTED_DOMAINS: usize = 256;
+
+/// What the wake-ups since the scheduler last took them were about: new
+/// records in some domains (ingest in this process), or anything (a
+/// resend, a resume, a released lease, another process's change). The
+/// scheduler reads the ready set of the named domains at once, and the
+/// whole ready set for anything else. Every wake-up leaves its hint before
+/// it notifies, so hints taken empty mean an earlier take had them.
+#[derive(Debug, Default)]
+pub struct ReadyHints(Mutex<Hinted>);
+
+/// Hints taken by the scheduler.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Hinted {
+    /// Domains that got new records.
+    pub domains: HashSet<String>,
+    /// Something else may have become ready anywhere.
+    pub anything: bool,
+}
+
+impl ReadyHints {
+    /// Records were added to `domain`.
+    pub fn domain(&self, domain: &str) {
+        let mut hinted = self.lock();
+        if hinted.domains.contains(domain) {
+            return;
+        }
+        if hinted.domains.len() >= MOST_HINTED_DOMAINS {
+            hinted.anything = true;
+            return;
+        }
+        hinted.domains.insert(domain.to_owned());
+    }
+
+    /// Something may have become ready anywhere.
+    pub fn anything(&self) {
+        self.lock().anything = true;
+    }
+
+    /// The hints so far, leaving none.
+    pub fn take(&self) -> Hinted {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hinted> {
+        // Each change leaves the hints whole: a poisoned lock is still good.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// An ingest whose events have all been checked and given their ids.

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
 
-use super::backend::{Backend, BatchResults, RowsAffected};
+use super::backend::{Backend, BatchResults, Hinted, RowsAffected};
 use super::input::{lease_lost, new_token, ordering_code};
 use super::rows::{CLAIM_COLUMNS, REPEATER_COLUMNS};
 use super::sql::{Dialect, named_queries, runs, unfinished};
@@ -69,13 +69,27 @@ impl LaneSql {
 }
 
 fn ready(dialect: Dialect) -> String {
+    ready_where(dialect, "")
+}
+
+/// [`LaneSql::ready`] within `count` domains, `$3` on: after an ingest
+/// the scheduler looks at the repeaters of the domains that got records
+/// alone, at a cost that grows with them rather than with every repeater.
+pub(crate) fn ready_in(dialect: Dialect, count: usize) -> String {
+    let domains: Vec<String> = (3..3 + count).map(|n| format!("${n}")).collect();
+    let within = format!("AND p.domain IN ({}) ", domains.join(", "));
+    dialect.render(&ready_where(dialect, &within))
+}
+
+/// The ready set, with `within` narrowing the repeaters asked about.
+fn ready_where(dialect: Dialect, within: &str) -> String {
     let (fifo, key) = (ordering_code(Ordering::Fifo), ordering_code(Ordering::Key));
     let head = fifo_head(dialect, "p.id");
     let key_head = key_head();
     let unfinished = unfinished("r.state");
     format!(
         "SELECT p.id, p.domain, p.name FROM repeaters p \
-         WHERE NOT p.paused \
+         WHERE NOT p.paused {within}\
            AND (p.backoff_until IS NULL OR p.backoff_until <= $1) \
            AND (p.lease_expires_at IS NULL OR p.lease_expires_at <= $1 OR p.lease_holder = $2) \
            AND CASE p.ordering \
@@ -280,8 +294,37 @@ where
         self.wake().clone()
     }
 
+    fn take_hints(&self) -> Hinted {
+        self.connections().hints.take()
+    }
+
     async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>> {
         self.ready_set(now, holder).await
+    }
+
+    async fn ready_in_domains(
+        &self,
+        now: Millis,
+        holder: &str,
+        domains: &[String],
+    ) -> StoreResult<Vec<ReadyRepeater>> {
+        let mut ready = Vec::new();
+        for run in runs(domains) {
+            let sql = ready_in(Self::DIALECT, run.len());
+            let mut query = sqlx::query_as::<_, (i64, String, String)>(&sql)
+                .bind(now)
+                .bind(holder);
+            for domain in run {
+                query = query.bind(domain.as_str());
+            }
+            let rows = query.fetch_all(self.reads()).await?;
+            ready.extend((rows.into_iter()).map(|(id, domain, name)| ReadyRepeater {
+                id,
+                domain,
+                name,
+            }));
+        }
+        Ok(ready)
     }
 
     async fn lanes_held_elsewhere(

@@ -46,6 +46,7 @@ mod scratch;
 mod sql;
 pub mod sqlite;
 
+pub use backend::Hinted;
 pub use error::{ErrorKind, StoreError, StoreResult};
 
 /// How many connections a store opens to its database.
@@ -336,11 +337,24 @@ pub trait LaneStore: Send + Sync {
     /// implementations also notify after resend, requeue, resume and the
     /// release of a lease (a freed lane may still have due records).
     fn wake_signal(&self) -> Arc<tokio::sync::Notify>;
+    /// What the wake-ups since the last call were about, leaving none:
+    /// the domains this process added records to, and whether anything
+    /// else (a resend, a resume, a released lease, another process's
+    /// change) may have made work ready. Each wake-up leaves its hint
+    /// before it notifies.
+    fn take_hints(&self) -> Hinted;
     /// Repeaters that are not paused, not backed off, not leased by another
     /// holder than `holder` (or whose lease expired) and have at least one
     /// record due at `now`. A lease `holder` itself keeps between batches
     /// does not hide its lane from it.
     async fn ready_repeaters(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>>;
+    /// [`LaneStore::ready_repeaters`] of `domains` alone, in no set order.
+    async fn ready_in_domains(
+        &self,
+        now: Millis,
+        holder: &str,
+        domains: &[String],
+    ) -> StoreResult<Vec<ReadyRepeater>>;
     /// Per domain, how many of its repeaters (not paused) are leased by
     /// holders other than `holder` at `now`: the lanes other daemons on a
     /// shared database are serving. Domains with none are left out.

@@ -20,9 +20,9 @@ use sqlx::{Postgres, Transaction};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::backend::{Backend, BatchResults, Connections, Ingest, LaneClaim};
+use super::backend::{Backend, BatchResults, Connections, Ingest, LaneClaim, ReadyHints};
 use super::ingest::{insert_events, insert_records};
-use super::input::{ROWS_PER_STATEMENT, RecordUpdate, Subscriber, answers, lease_lost};
+use super::input::{ROWS_PER_STATEMENT, RecordUpdate, Subscriber, answers, lease_lost, new_token};
 use super::lanes::{attempt_inserts, fence, record_updates};
 use super::rows::{ClaimedRecordRaw, RepeaterRecordRaw};
 use super::sql::Dialect;
@@ -130,21 +130,24 @@ impl PostgresStore {
             .connect_lazy_with(connect_options(url)?);
         first_connection(&pool).await?;
         warn_if_autovacuum_is_off(&pool).await;
-        let wake = Arc::new(Notify::new());
+        let connections = Connections::new(pool.clone(), pool.clone());
         // Listen before returning, so a NOTIFY sent after `connect` is seen.
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.listen(WAKE_CHANNEL).await?;
         let changes = Arc::new(Notify::new());
+        // Tells this store's notifications from other processes'.
+        let instance = new_token();
         let tasks = vec![
-            tokio::spawn(listen(listener, Arc::downgrade(&wake))),
-            tokio::spawn(announce(pool.clone(), changes.clone())),
+            tokio::spawn(listen(
+                listener,
+                Arc::downgrade(&connections.wake),
+                Arc::downgrade(&connections.hints),
+                instance.clone(),
+            )),
+            tokio::spawn(announce(pool.clone(), changes.clone(), instance)),
         ];
         Ok(PostgresStore {
-            connections: Connections {
-                reads: pool.clone(),
-                writes: pool,
-                wake,
-            },
+            connections,
             changes,
             _tasks: BackgroundTasks(tasks),
         })
@@ -204,7 +207,7 @@ impl Backend for PostgresStore {
         let answers = ingest_in(&mut tx, &ingest).await?;
         tx.commit().await?;
         if answers.iter().any(|a| a.created && !a.records.is_empty()) {
-            self.work_may_be_ready();
+            self.records_added(ingest.domain);
         }
         Ok(answers)
     }
@@ -337,6 +340,15 @@ impl Backend for PostgresStore {
     /// Wakes this process's scheduler at once and lets the other processes
     /// know.
     fn work_may_be_ready(&self) {
+        self.connections.hints.anything();
+        self.wake().notify_one();
+        self.changes.notify_one();
+    }
+
+    /// Wakes this process's scheduler for `domain` at once and lets the
+    /// other processes know.
+    fn records_added(&self, domain: &str) {
+        self.connections.hints.domain(domain);
         self.wake().notify_one();
         self.changes.notify_one();
     }
@@ -375,11 +387,12 @@ async fn first_connection(pool: &PgPool) -> StoreResult<()> {
 /// transactions on a server-wide lock, so one per ingest would cap ingest
 /// throughput. No change goes unannounced: a change during a send or a
 /// window leaves a permit, which causes one more NOTIFY after the window.
-async fn announce(pool: PgPool, changes: Arc<Notify>) {
+async fn announce(pool: PgPool, changes: Arc<Notify>, instance: String) {
     loop {
         changes.notified().await;
-        if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+        if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(WAKE_CHANNEL)
+            .bind(instance.as_str())
             .execute(&pool)
             .await
         {
@@ -392,12 +405,28 @@ async fn announce(pool: PgPool, changes: Arc<Notify>) {
 /// Turns notifications into wake-ups until the store is gone. A lost
 /// connection is re-established by the listener; since notifications sent
 /// meanwhile are lost, every reconnect counts as a wake-up.
-async fn listen(mut listener: PgListener, wake: Weak<Notify>) {
+///
+/// A notification carries the announcing store's `instance`: this store's
+/// own come back to it too, and it already woke its scheduler with better
+/// hints when it made the change.
+async fn listen(
+    mut listener: PgListener,
+    wake: Weak<Notify>,
+    hints: Weak<ReadyHints>,
+    instance: String,
+) {
     loop {
         let received = listener.try_recv().await;
-        let Some(wake) = wake.upgrade() else {
+        let (Some(wake), Some(hints)) = (wake.upgrade(), hints.upgrade()) else {
             return;
         };
+        if let Ok(Some(notification)) = &received
+            && notification.payload() == instance
+        {
+            continue;
+        }
+        // Another process's change may concern any repeater.
+        hints.anything();
         match received {
             Ok(Some(_)) => wake.notify_one(),
             Ok(None) => {

@@ -32,7 +32,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::backend::{Backend, BatchResults, Connections, Ingest, LaneClaim};
 use super::input::RecordUpdate;
@@ -152,7 +152,7 @@ impl SqliteStore {
             .connect_with(options.create_if_missing(false).read_only(true))
             .await?;
         free_leases_of_the_last_owner(&writer).await?;
-        let wake = Arc::new(Notify::new());
+        let connections = Connections::new(reader, writer);
         let (ingests, ingest_queue) = mpsc::channel(WRITE_QUEUE);
         let (finishes, finish_queue) = mpsc::channel(WRITE_QUEUE);
         let queues = WriteQueues::new(ingest_queue, finish_queue);
@@ -163,16 +163,13 @@ impl SqliteStore {
         let lane_reads = LaneReads::open(path, readers as usize)?;
         tokio::spawn(group_commit(
             group_writer,
-            wake.clone(),
+            connections.wake.clone(),
+            connections.hints.clone(),
             queues,
             subscribers,
         ));
         Ok(SqliteStore {
-            connections: Connections {
-                reads: reader,
-                writes: writer,
-                wake,
-            },
+            connections,
             lane_reads,
             ingests,
             finishes,

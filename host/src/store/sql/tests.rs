@@ -280,6 +280,8 @@ fn every_query(dialect: Dialect) -> Vec<(String, String)> {
     for count in [1, 2] {
         let text = lanes::acquire(dialect, count);
         all.push((format!("lanes.acquire of {count}"), text));
+        let text = lanes::ready_in(dialect, count);
+        all.push((format!("lanes.ready_in of {count}"), text));
     }
     for state in RecordState::ALL {
         let sql = StateSql::new(dialect, state);

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES, open_own};
 use crate::model::{Millis, NewEvent, RecordState};
+use crate::store::backend::ReadyHints;
 use crate::store::ingest::{EVENT_COLUMNS, RECORD_COLUMNS, insert_events, insert_records};
 use crate::store::input::{self, IngestPlan, RecordUpdate, Subscriber, lease_lost};
 use crate::store::lanes::{
@@ -396,6 +397,7 @@ type GroupAnswers = (Vec<Vec<Ingested>>, Vec<bool>);
 pub(super) async fn group_commit(
     mut writer: Connection,
     wake: Arc<Notify>,
+    hints: Arc<ReadyHints>,
     mut queues: WriteQueues,
     mut subscribers: SubscriberCache,
 ) {
@@ -483,13 +485,21 @@ pub(super) async fn group_commit(
             .sum();
         let results_waiting = !queues.finishes.is_empty();
         share.record(started.elapsed(), ingest_rows, result_rows, results_waiting);
-        let created = ingested.iter().any(|result: &StoreResult<Vec<Ingested>>| {
-            result
+        let mut created = false;
+        for (job, result) in ingests.iter().zip(&ingested) {
+            let made = result
                 .as_ref()
-                .is_ok_and(|answers| answers.iter().any(|a| a.created && !a.records.is_empty()))
-        });
+                .is_ok_and(|answers| answers.iter().any(|a| a.created && !a.records.is_empty()));
+            if made {
+                hints.domain(&job.domain);
+                created = true;
+            }
+        }
         let released = (finishes.iter().zip(&written))
             .any(|(job, result)| job.release && matches!(result, Ok(true)));
+        if released {
+            hints.anything();
+        }
         if created || released {
             // New records, or a lane free again: the scheduler may want it.
             wake.notify_one();

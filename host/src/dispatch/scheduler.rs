@@ -151,6 +151,9 @@ pub(crate) struct Scheduler {
     kept: HashMap<i64, Held>,
     /// Rate pacers of whole domains, when `dispatch.domain_rate_per_second` is set.
     domain_pacers: HashMap<String, RatePacer>,
+    /// Lanes with a rate pacer: asking every lane for its pacer each turn
+    /// cost 3 % of the daemon's CPU with 10,000 lanes and no rate set.
+    paced_lanes: HashSet<i64>,
     /// Told to running batches so they stop starting attempts.
     shutdown: Option<watch::Receiver<bool>>,
     /// The store's next wake-up time as last read, with when it was read.
@@ -187,6 +190,7 @@ impl Scheduler {
             acquiring: JoinSet::new(),
             kept: HashMap::new(),
             domain_pacers: HashMap::new(),
+            paced_lanes: HashSet::new(),
             shutdown: None,
             wakeup: None,
             ready_read_at: std::time::Instant::now(),
@@ -474,6 +478,9 @@ impl Scheduler {
                 }
                 None => (self.deps.settings.default_concurrency, None),
             };
+            if pacer.is_some() {
+                self.paced_lanes.insert(repeater.id);
+            }
             self.lanes.insert(
                 repeater.id,
                 LaneState {
@@ -758,7 +765,8 @@ impl Scheduler {
 
     /// The earliest time a rate-limited repeater or domain frees up.
     fn paced_until(&self, now: Millis) -> Option<Millis> {
-        let repeaters = self.lanes.values().filter_map(|lane| lane.pacer.as_ref());
+        let repeaters =
+            (self.paced_lanes.iter()).filter_map(|id| self.lanes.get(id)?.pacer.as_ref());
         earliest_free(repeaters.chain(self.domain_pacers.values()), now)
     }
 
@@ -857,6 +865,11 @@ impl Scheduler {
                     (Some(pacer), Some(rate)) => pacer.reconfigure(rate, limits.burst),
                     (slot @ None, Some(rate)) => *slot = Some(RatePacer::new(rate, limits.burst)),
                     (slot, None) => *slot = None,
+                }
+                if lane.pacer.is_some() {
+                    self.paced_lanes.insert(done.repeater_id);
+                } else {
+                    self.paced_lanes.remove(&done.repeater_id);
                 }
             }
             self.deps

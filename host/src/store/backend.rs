@@ -4,8 +4,8 @@
 //! [`RetentionStore`](super::RetentionStore)) can be written once for every
 //! backend. A backend gives its sqlx pools and wake-up signal, its dialect
 //! and migrations, and the four steps it runs its own way for speed:
-//! ingest's writes, the ready set with the wake-up time, the claim, and the
-//! batch results.
+//! ingest's writes, the ready set (whole or within domains) with the
+//! wake-up time, the claim, and the batch results.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -59,6 +59,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
     async fn write_events(&self, ingest: Ingest<'_>) -> StoreResult<Vec<Ingested>>;
     /// See [`LaneStore::ready_repeaters`](super::LaneStore::ready_repeaters).
     async fn ready_set(&self, now: Millis, holder: &str) -> StoreResult<Vec<ReadyRepeater>>;
+    /// See [`LaneStore::ready_in_domains`](super::LaneStore::ready_in_domains).
+    async fn ready_within(
+        &self,
+        now: Millis,
+        holder: &str,
+        domains: &[String],
+    ) -> StoreResult<Vec<ReadyRepeater>>;
     /// See [`LaneStore::next_wakeup`](super::LaneStore::next_wakeup).
     async fn earliest_due(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>>;
     /// See [`LaneStore::claim_lane`](super::LaneStore::claim_lane).

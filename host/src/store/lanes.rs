@@ -308,23 +308,7 @@ where
         holder: &str,
         domains: &[String],
     ) -> StoreResult<Vec<ReadyRepeater>> {
-        let mut ready = Vec::new();
-        for run in runs(domains) {
-            let sql = ready_in(Self::DIALECT, run.len());
-            let mut query = sqlx::query_as::<_, (i64, String, String)>(&sql)
-                .bind(now)
-                .bind(holder);
-            for domain in run {
-                query = query.bind(domain.as_str());
-            }
-            let rows = query.fetch_all(self.reads()).await?;
-            ready.extend((rows.into_iter()).map(|(id, domain, name)| ReadyRepeater {
-                id,
-                domain,
-                name,
-            }));
-        }
-        Ok(ready)
+        self.ready_within(now, holder, domains).await
     }
 
     async fn lanes_held_elsewhere(

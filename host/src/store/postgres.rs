@@ -23,9 +23,9 @@ use tokio::task::JoinHandle;
 use super::backend::{Backend, BatchResults, Connections, Ingest, LaneClaim, ReadyHints};
 use super::ingest::{insert_events, insert_records};
 use super::input::{ROWS_PER_STATEMENT, RecordUpdate, Subscriber, answers, lease_lost, new_token};
-use super::lanes::{attempt_inserts, fence, record_updates};
+use super::lanes::{attempt_inserts, fence, ready_in, record_updates};
 use super::rows::{ClaimedRecordRaw, RepeaterRecordRaw};
-use super::sql::Dialect;
+use super::sql::{Dialect, runs};
 use super::{
     AttemptDraft, ErrorKind, Ingested, IngestedRecord, Lease, ReadyRepeater, StoreError,
     StoreResult,
@@ -222,6 +222,31 @@ impl Backend for PostgresStore {
             .into_iter()
             .map(|(id, domain, name)| ReadyRepeater { id, domain, name })
             .collect())
+    }
+
+    async fn ready_within(
+        &self,
+        now: Millis,
+        holder: &str,
+        domains: &[String],
+    ) -> StoreResult<Vec<ReadyRepeater>> {
+        let mut ready = Vec::new();
+        for run in runs(domains) {
+            let sql = ready_in(Dialect::Postgres, run.len());
+            let mut query = sqlx::query_as::<_, (i64, String, String)>(&sql)
+                .bind(now)
+                .bind(holder);
+            for domain in run {
+                query = query.bind(domain.as_str());
+            }
+            let rows = query.fetch_all(self.reads()).await?;
+            ready.extend((rows.into_iter()).map(|(id, domain, name)| ReadyRepeater {
+                id,
+                domain,
+                name,
+            }));
+        }
+        Ok(ready)
     }
 
     async fn earliest_due(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {

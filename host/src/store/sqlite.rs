@@ -218,6 +218,15 @@ impl Backend for SqliteStore {
         self.lane_reads.ready_repeaters(now, holder)
     }
 
+    async fn ready_within(
+        &self,
+        now: Millis,
+        holder: &str,
+        domains: &[String],
+    ) -> StoreResult<Vec<ReadyRepeater>> {
+        self.lane_reads.ready_in_domains(now, holder, domains)
+    }
+
     async fn earliest_due(&self, now: Millis, holder: &str) -> StoreResult<Option<Millis>> {
         self.lane_reads.next_wakeup(now, holder)
     }

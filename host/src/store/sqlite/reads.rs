@@ -18,9 +18,9 @@ use rusqlite::{Connection, OpenFlags, params};
 use super::{BUSY_TIMEOUT, open_own};
 use crate::model::Millis;
 use crate::store::input::lease_lost;
-use crate::store::lanes::LaneSql;
+use crate::store::lanes::{LaneSql, ready_in};
 use crate::store::rows::{ClaimedRecordRaw, RepeaterRecordRaw};
-use crate::store::sql::{Dialect, Statements};
+use crate::store::sql::{Dialect, Statements, runs};
 use crate::store::{ClaimedRecord, Lease, ReadyRepeater, RepeaterRow, StoreResult};
 
 /// Statements each connection keeps prepared: the ready set, the wake-up
@@ -97,6 +97,35 @@ impl LaneReads {
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// [`LaneReads::ready_repeaters`] within `domains`, a statement per
+    /// run of them.
+    pub(super) fn ready_in_domains(
+        &self,
+        now: Millis,
+        holder: &str,
+        domains: &[String],
+    ) -> StoreResult<Vec<ReadyRepeater>> {
+        self.with(|db| {
+            let mut ready = Vec::new();
+            for run in runs(domains) {
+                let mut statement = db.prepare_cached(&ready_in(Dialect::Sqlite, run.len()))?;
+                let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &holder];
+                values.extend(run.iter().map(|domain| domain as &dyn rusqlite::ToSql));
+                let rows = statement.query_map(&*values, |row| {
+                    Ok(ReadyRepeater {
+                        id: row.get(0)?,
+                        domain: row.get(1)?,
+                        name: row.get(2)?,
+                    })
+                })?;
+                for row in rows {
+                    ready.push(row?);
+                }
+            }
+            Ok(ready)
         })
     }
 

@@ -82,6 +82,14 @@ impl BatchDone {
     /// go back, and the lane's limit is as it was.
     pub fn refused(repeater_id: i64, reserved: u32, aimd: Aimd) -> BatchDone {
         BatchDone {
+            refused: true,
+            ..BatchDone::nothing_yet(repeater_id, reserved, aimd)
+        }
+    }
+
+    /// A batch that has done nothing yet, holding `reserved` slots.
+    fn nothing_yet(repeater_id: i64, reserved: u32, aimd: Aimd) -> BatchDone {
+        BatchDone {
             repeater_id,
             reserved,
             limits: None,
@@ -92,7 +100,7 @@ impl BatchDone {
             written: false,
             elapsed: Duration::ZERO,
             lease: None,
-            refused: true,
+            refused: false,
         }
     }
 }
@@ -143,19 +151,7 @@ pub async fn run_batch(
     slots: SlotReturn,
     shutdown: watch::Receiver<bool>,
 ) -> BatchDone {
-    let mut done = BatchDone {
-        repeater_id: repeater.id,
-        reserved: grant.records,
-        limits: None,
-        claimed: 0,
-        more_due: false,
-        attempted: 0,
-        aimd,
-        written: false,
-        elapsed: Duration::ZERO,
-        lease: None,
-        refused: false,
-    };
+    let mut done = BatchDone::nothing_yet(repeater.id, grant.records, aimd);
     let clock = std::time::Instant::now();
     run_lane(&deps, &repeater, &lease, grant, &slots, shutdown, &mut done).await;
     done.elapsed = clock.elapsed();

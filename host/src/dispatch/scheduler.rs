@@ -55,6 +55,18 @@ type HeldLeases = Arc<Mutex<HashMap<i64, Held>>>;
 /// The leases a round's write took, by repeater, once it has answered.
 type RoundLeases = watch::Receiver<Option<Arc<HashMap<i64, Lease>>>>;
 
+/// What a picked lane's kept lease gives its batch.
+enum KeptLease {
+    /// The lease, renewed if it was due.
+    Held(Held),
+    /// No lease is kept, or it was lost to another holder: the lane
+    /// competes for a new one in the round's write.
+    Compete,
+    /// The store could not renew it: the lane keeps it and sits this round
+    /// out rather than ask for a lease it still holds.
+    SitOut,
+}
+
 /// Where a picked batch gets its lease.
 enum LeaseFrom {
     /// Kept from the lane's last batch; the flag says whether to keep it
@@ -602,18 +614,26 @@ impl Scheduler {
         let ttl = self.deps.settings.lease_ttl_ms;
         let mut kept: HashMap<i64, Held> = HashMap::with_capacity(picks.len());
         let mut wanted = Vec::new();
+        let mut sitting_out = HashSet::new();
         for pick in &picks {
             match self.kept_lease(&pick.repeater, now).await {
-                Some(held) => {
+                KeptLease::Held(held) => {
                     kept.insert(pick.repeater.id, held);
                 }
-                None => wanted.push(pick.repeater.id),
+                KeptLease::Compete => wanted.push(pick.repeater.id),
+                KeptLease::SitOut => {
+                    sitting_out.insert(pick.repeater.id);
+                }
             }
         }
         let round = (!wanted.is_empty()).then(|| self.acquire_leases(wanted, now));
         self.deps.metrics.set_inflight(self.inflight as usize);
 
         for pick in picks {
+            if sitting_out.contains(&pick.repeater.id) {
+                self.unpick(pick.repeater.id, pick.records);
+                continue;
+            }
             let from = match kept.remove(&pick.repeater.id) {
                 Some(held) => {
                     // Held for a whole TTL: let it go with this batch's results.
@@ -689,17 +709,17 @@ impl Scheduler {
     }
 
     /// The lease kept from the lane's last batch, renewed once half its TTL
-    /// has passed. `None` when none is kept, or it was lost to another
-    /// holder (the lane then competes for a new one); also `None`, and the
-    /// lane is skipped, when the store could not renew it.
-    async fn kept_lease(&mut self, repeater: &ReadyRepeater, now: Millis) -> Option<Held> {
+    /// has passed (see [`KeptLease`]).
+    async fn kept_lease(&mut self, repeater: &ReadyRepeater, now: Millis) -> KeptLease {
         let ttl = self.deps.settings.lease_ttl_ms;
-        let kept = self.kept.remove(&repeater.id)?;
+        let Some(kept) = self.kept.remove(&repeater.id) else {
+            return KeptLease::Compete;
+        };
         if kept.lease.expires_at.saturating_sub(now) >= ttl / 2 {
-            return Some(kept);
+            return KeptLease::Held(kept);
         }
         match self.deps.store.renew_lease(&kept.lease, now, ttl).await {
-            Ok(lease) => Some(Held {
+            Ok(lease) => KeptLease::Held(Held {
                 lease,
                 since: kept.since,
                 idle_since: None,
@@ -708,14 +728,13 @@ impl Scheduler {
             // it lost, and compete for the lane with the others.
             Err(StoreError::LeaseLost { .. }) => {
                 self.deps.metrics.lease_lost();
-                None
+                KeptLease::Compete
             }
             Err(error) => {
                 tracing::warn!(repeater = %format!("{}/{}", repeater.domain, repeater.name), %error, "cannot renew a kept lease");
-                // Kept as it was: the lane is skipped this round (no lease
-                // to give it) and tried again later.
+                // Kept as it was, and tried again after the next refresh.
                 self.kept.insert(repeater.id, kept);
-                None
+                KeptLease::SitOut
             }
         }
     }

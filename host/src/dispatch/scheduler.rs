@@ -700,12 +700,9 @@ impl Scheduler {
         self.give_back(records);
     }
 
-    /// The leases of running batches (a batch that panicked left the map
-    /// whole, so a poisoned lock is still good).
+    /// The leases of running batches.
     fn held(&self) -> MutexGuard<'_, HashMap<i64, Held>> {
-        self.held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_held(&self.held)
     }
 
     /// The lease kept from the lane's last batch, renewed once half its TTL
@@ -763,7 +760,7 @@ impl Scheduler {
             };
             let mut taken = HashMap::with_capacity(leases.len());
             {
-                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut held = lock_held(&held);
                 for lease in leases {
                     deps.metrics.lease_acquired();
                     let id = lease.repeater_id;
@@ -932,6 +929,12 @@ impl Scheduler {
             lane::release(&self.deps, &held.lease).await;
         }
     }
+}
+
+/// The held leases (a batch that panicked left the map whole, so a
+/// poisoned lock is still good).
+fn lock_held(held: &HeldLeases) -> MutexGuard<'_, HashMap<i64, Held>> {
+    held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The lease `repeater_id` got from its round's write, once the write has

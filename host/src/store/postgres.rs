@@ -218,10 +218,7 @@ impl Backend for PostgresStore {
             .bind(holder)
             .fetch_all(self.reads())
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, domain, name)| ReadyRepeater { id, domain, name })
-            .collect())
+        Ok(rows.into_iter().map(ready_repeater).collect())
     }
 
     async fn ready_within(
@@ -240,11 +237,7 @@ impl Backend for PostgresStore {
                 query = query.bind(domain.as_str());
             }
             let rows = query.fetch_all(self.reads()).await?;
-            ready.extend((rows.into_iter()).map(|(id, domain, name)| ReadyRepeater {
-                id,
-                domain,
-                name,
-            }));
+            ready.extend(rows.into_iter().map(ready_repeater));
         }
         Ok(ready)
     }
@@ -387,6 +380,11 @@ const RECORDS_OF_EVENTS: &str =
     "SELECT event_id, id, repeater_name FROM records WHERE event_id = ANY($1) ORDER BY id";
 /// The repeaters of domain `$1`, with their specs.
 const SUBSCRIBERS: &str = "SELECT id, name, spec FROM repeaters WHERE domain = $1 ORDER BY name";
+
+/// A row of the ready set: id, domain, name.
+fn ready_repeater((id, domain, name): (i64, String, String)) -> ReadyRepeater {
+    ReadyRepeater { id, domain, name }
+}
 
 /// Waits until `pool` has a connection, trying again while the server
 /// cannot answer for up to [`STARTUP_WAIT`]; any other failure (a refused

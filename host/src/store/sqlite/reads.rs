@@ -89,13 +89,7 @@ impl LaneReads {
     ) -> StoreResult<Vec<ReadyRepeater>> {
         self.with(|db| {
             let mut statement = db.prepare_cached(&self.sql.ready)?;
-            let rows = statement.query_map(params![now, holder], |row| {
-                Ok(ReadyRepeater {
-                    id: row.get(0)?,
-                    domain: row.get(1)?,
-                    name: row.get(2)?,
-                })
-            })?;
+            let rows = statement.query_map(params![now, holder], ready_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -114,14 +108,7 @@ impl LaneReads {
                 let mut statement = db.prepare_cached(&ready_in(Dialect::Sqlite, run.len()))?;
                 let mut values: Vec<&dyn rusqlite::ToSql> = vec![&now, &holder];
                 values.extend(run.iter().map(|domain| domain as &dyn rusqlite::ToSql));
-                let rows = statement.query_map(&*values, |row| {
-                    Ok(ReadyRepeater {
-                        id: row.get(0)?,
-                        domain: row.get(1)?,
-                        name: row.get(2)?,
-                    })
-                })?;
-                for row in rows {
+                for row in statement.query_map(&*values, ready_row)? {
                     ready.push(row?);
                 }
             }
@@ -171,6 +158,15 @@ impl LaneReads {
             Ok((row, records))
         })
     }
+}
+
+/// A row of the ready set: id, domain, name.
+fn ready_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReadyRepeater> {
+    Ok(ReadyRepeater {
+        id: row.get(0)?,
+        domain: row.get(1)?,
+        name: row.get(2)?,
+    })
 }
 
 /// A read-only connection to `path` with the store's settings.

@@ -30,8 +30,16 @@
 //! `heavy_after` times in a row is moved to its domain's heavy lane. A heavy
 //! repeater runs when no light repeater of its domain can, or once every
 //! `heavy_share_rounds` full rounds of the light ones, so it never starves.
+//!
+//! With a thousand domains the queue is asked for a pick, charged, refunded
+//! and told of a finished lane hundreds of times a second, so none of these
+//! walks every domain: domains sit in an ordered index by (records served,
+//! turn), and each repeater's domain is looked up by its id. A pick walks
+//! that index only as far as the first domain with a repeater that can run.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::model::ReadyRepeater;
 
@@ -60,13 +68,14 @@ impl From<bool> for Eligibility {
 /// One domain's ready repeaters in turn order.
 #[derive(Debug, Clone)]
 struct DomainLane {
-    domain: String,
     light: VecDeque<ReadyRepeater>,
     heavy: VecDeque<ReadyRepeater>,
     /// Light picks since a heavy repeater last ran.
     light_picks: usize,
     /// Records charged to the domain while it has been in the ready set.
     served: u64,
+    /// The domain's place in the turn order: higher went later.
+    turn: u64,
 }
 
 /// How far, in records, a domain may fall behind the one served most and
@@ -83,13 +92,13 @@ enum Lane {
 }
 
 impl DomainLane {
-    fn new(domain: String) -> DomainLane {
+    fn new(served: u64, turn: u64) -> DomainLane {
         DomainLane {
-            domain,
             light: VecDeque::new(),
             heavy: VecDeque::new(),
             light_picks: 0,
-            served: 0,
+            served,
+            turn,
         }
     }
 
@@ -102,6 +111,15 @@ impl DomainLane {
 
     fn is_empty(&self) -> bool {
         self.light.is_empty() && self.heavy.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.light.len() + self.heavy.len()
+    }
+
+    /// The domain's key in the pick order.
+    fn key(&self) -> (u64, u64) {
+        (self.served, self.turn)
     }
 }
 
@@ -116,8 +134,16 @@ enum DomainPick {
 /// [`FairQueue::set_ready`]) and the turn order.
 #[derive(Debug, Clone)]
 pub struct FairQueue {
-    /// Domains in turn order: the front has waited longest.
-    domains: VecDeque<DomainLane>,
+    /// Domains with ready repeaters.
+    lanes: HashMap<Arc<str>, DomainLane>,
+    /// The same domains by (records served, turn): the order picks look at
+    /// them in, least served first and the one that has waited longest
+    /// among equals.
+    order: BTreeMap<(u64, u64), Arc<str>>,
+    /// The domain of every repeater in the ready set.
+    domain_of: HashMap<i64, Arc<str>>,
+    /// The turn the next domain sent to the back gets.
+    next_turn: u64,
     /// Consecutive over-budget batches per repeater id (only non-zero kept).
     over_budget_streaks: HashMap<i64, u32>,
     heavy_after: u32,
@@ -145,7 +171,10 @@ impl FairQueue {
     /// least 1).
     pub fn with_heavy_policy(heavy_after: u32, heavy_share_rounds: usize) -> FairQueue {
         FairQueue {
-            domains: VecDeque::new(),
+            lanes: HashMap::new(),
+            order: BTreeMap::new(),
+            domain_of: HashMap::new(),
+            next_turn: 0,
             over_budget_streaks: HashMap::new(),
             heavy_after: heavy_after.max(1),
             heavy_share_rounds: heavy_share_rounds.max(1),
@@ -161,20 +190,62 @@ impl FairQueue {
         self.held_elsewhere = held.into_iter().filter(|(_, count)| *count > 0).collect();
     }
 
-    /// `domain`'s lane, with what `records` of it count against its share
-    /// here: the records themselves, or for a domain with repeaters leased
-    /// elsewhere records × (ready here + elsewhere) ÷ ready here.
-    fn lane_and_cost(&mut self, domain: &str, records: u32) -> Option<(&mut DomainLane, u64)> {
+    /// A turn later than every turn given so far.
+    fn take_turn(&mut self) -> u64 {
+        self.next_turn += 1;
+        self.next_turn
+    }
+
+    /// The least records any domain in the ready set has been served.
+    fn least_served(&self) -> u64 {
+        self.order.keys().next().map_or(0, |&(served, _)| served)
+    }
+
+    /// Moves `domain` to `served` records and turn `turn` in the pick order.
+    fn reorder(&mut self, domain: &str, served: u64, turn: u64) {
+        let Some(lane) = self.lanes.get_mut(domain) else {
+            return;
+        };
+        let Some(name) = self.order.remove(&lane.key()) else {
+            return;
+        };
+        lane.served = served;
+        lane.turn = turn;
+        self.order.insert(lane.key(), name);
+    }
+
+    /// What `records` of `domain` count against its share here: the
+    /// records themselves, or for a domain with repeaters leased elsewhere
+    /// records × (ready here + elsewhere) ÷ ready here; with the domain's
+    /// served records and turn.
+    fn cost_of(&self, domain: &str, records: u32) -> Option<(u64, u64, u64)> {
         let records = u64::from(records);
-        let lane = self.domains.iter_mut().find(|lane| lane.domain == domain)?;
+        let lane = self.lanes.get(domain)?;
         let cost = match self.held_elsewhere.get(domain) {
             Some(&elsewhere) => {
-                let here = (lane.light.len() + lane.heavy.len()).max(1) as u64;
+                let here = lane.len().max(1) as u64;
                 (records * (here + elsewhere)).div_ceil(here)
             }
             None => records,
         };
-        Some((lane, cost))
+        Some((cost, lane.served, lane.turn))
+    }
+
+    /// The lane of `domain`, added at the back of the turn order level
+    /// with the least served domain if it is new to the ready set: no
+    /// credit for the time it had nothing to send.
+    fn lane_or_join(&mut self, domain: &str) -> (&mut DomainLane, Arc<str>) {
+        let least = self.least_served();
+        let name = (self.lanes.get_key_value(domain))
+            .map_or_else(|| Arc::from(domain), |(name, _)| name.clone());
+        let (order, next_turn) = (&mut self.order, &mut self.next_turn);
+        let lane = self.lanes.entry(name.clone()).or_insert_with(|| {
+            *next_turn += 1;
+            let lane = DomainLane::new(least, *next_turn);
+            order.insert(lane.key(), name.clone());
+            lane
+        });
+        (lane, name)
     }
 
     /// Replaces the ready set with `ready` (as read from the store). Domains
@@ -182,70 +253,72 @@ impl FairQueue {
     /// join at the back in the order given; missing ones are dropped.
     /// Duplicate ids are kept once.
     pub fn set_ready(&mut self, ready: &[ReadyRepeater]) {
-        let mut by_domain: HashMap<&str, Vec<&ReadyRepeater>> = HashMap::new();
+        let mut fresh: HashMap<&str, HashMap<i64, &ReadyRepeater>> = HashMap::new();
         let mut domain_order: Vec<&str> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut arrivals: Vec<&ReadyRepeater> = Vec::new();
         for repeater in ready {
-            if !seen.insert(repeater.id) {
-                continue;
+            let domain = repeater.domain.as_str();
+            let ids = fresh.entry(domain).or_insert_with(|| {
+                domain_order.push(domain);
+                HashMap::new()
+            });
+            if let Entry::Vacant(slot) = ids.entry(repeater.id) {
+                slot.insert(repeater);
+                arrivals.push(repeater);
             }
-            by_domain
-                .entry(repeater.domain.as_str())
-                .or_insert_with(|| {
-                    domain_order.push(repeater.domain.as_str());
-                    Vec::new()
-                })
-                .push(repeater);
         }
 
-        let mut kept = VecDeque::with_capacity(domain_order.len());
-        for mut lane in std::mem::take(&mut self.domains) {
-            let Some(fresh) = by_domain.remove(lane.domain.as_str()) else {
-                continue;
-            };
-            let fresh_ids: HashMap<i64, &ReadyRepeater> =
-                fresh.iter().map(|r| (r.id, *r)).collect();
-            let mut present = HashSet::new();
+        // Domains that stay keep their lanes, with the repeaters that stay
+        // in their places (the store's copy wins: a rename keeps the id).
+        self.lanes.retain(|domain, _| fresh.contains_key(&**domain));
+        self.order.retain(|_, domain| fresh.contains_key(&**domain));
+        self.domain_of.clear();
+        for (domain, lane) in &mut self.lanes {
+            let ids = &fresh[&**domain];
             for queue in [&mut lane.light, &mut lane.heavy] {
-                queue.retain_mut(|r| match fresh_ids.get(&r.id) {
+                queue.retain_mut(|r| match ids.get(&r.id) {
                     Some(new) => {
-                        // The store's copy wins (a rename keeps the id).
                         *r = (*new).clone();
-                        present.insert(r.id);
+                        self.domain_of.insert(r.id, domain.clone());
                         true
                     }
                     None => false,
                 });
             }
-            for repeater in fresh {
-                if !present.contains(&repeater.id) {
-                    let heavy = self.is_heavy(repeater.id);
-                    let queue = if heavy {
-                        &mut lane.heavy
-                    } else {
-                        &mut lane.light
-                    };
-                    queue.push_back(repeater.clone());
-                }
-            }
-            kept.push_back(lane);
         }
-        // A domain joining the ready set starts level with the least served
-        // one: no credit for the time it had nothing to send.
-        let level = kept.iter().map(|lane| lane.served).min().unwrap_or(0);
+        // The new domains join in the order given; the new repeaters join
+        // the back of their domain's lane in that order too.
         for domain in domain_order {
-            if let Some(fresh) = by_domain.remove(domain) {
-                let mut lane = DomainLane::new(domain.to_owned());
-                lane.served = level;
-                for repeater in fresh {
-                    let heavy = self.is_heavy(repeater.id);
-                    lane.lane(if heavy { Lane::Heavy } else { Lane::Light })
-                        .push_back(repeater.clone());
-                }
-                kept.push_back(lane);
+            self.lane_or_join(domain);
+        }
+        for repeater in arrivals {
+            if !self.domain_of.contains_key(&repeater.id) {
+                self.push_repeater(repeater);
             }
         }
-        self.domains = kept;
+        self.drop_empty_domains();
+    }
+
+    /// Puts `repeater` at the back of its domain's lane (light or heavy).
+    fn push_repeater(&mut self, repeater: &ReadyRepeater) {
+        let heavy = self.is_heavy(repeater.id);
+        let (lane, name) = self.lane_or_join(&repeater.domain);
+        lane.lane(if heavy { Lane::Heavy } else { Lane::Light })
+            .push_back(repeater.clone());
+        self.domain_of.insert(repeater.id, name);
+    }
+
+    /// Drops domains left without repeaters from the ready set.
+    fn drop_empty_domains(&mut self) {
+        let empty: Vec<(u64, u64)> = (self.lanes.values())
+            .filter(|lane| lane.is_empty())
+            .map(DomainLane::key)
+            .collect();
+        for key in empty {
+            if let Some(domain) = self.order.remove(&key) {
+                self.lanes.remove(&domain);
+            }
+        }
     }
 
     /// Adds `ready` repeaters (found ready in a few domains) to the ready
@@ -254,24 +327,15 @@ impl FairQueue {
     /// the set joins at the back, level with the least served one, as in
     /// [`FairQueue::set_ready`].
     pub fn add_ready(&mut self, ready: &[ReadyRepeater]) {
-        let level = self.domains.iter().map(|lane| lane.served).min();
         for repeater in ready {
-            let index = match (self.domains.iter()).position(|lane| lane.domain == repeater.domain)
-            {
-                Some(index) => index,
-                None => {
-                    let mut lane = DomainLane::new(repeater.domain.clone());
-                    lane.served = level.unwrap_or(0);
-                    self.domains.push_back(lane);
-                    self.domains.len() - 1
+            match self.domain_of.get(&repeater.id) {
+                Some(domain) if **domain == *repeater.domain => {}
+                // Moved to another domain since it was queued.
+                Some(_) => {
+                    self.remove(repeater.id);
+                    self.push_repeater(repeater);
                 }
-            };
-            let heavy = self.is_heavy(repeater.id);
-            let lane = &mut self.domains[index];
-            let present = (lane.light.iter().chain(&lane.heavy)).any(|r| r.id == repeater.id);
-            if !present {
-                lane.lane(if heavy { Lane::Heavy } else { Lane::Light })
-                    .push_back(repeater.clone());
+                None => self.push_repeater(repeater),
             }
         }
     }
@@ -290,11 +354,11 @@ impl FairQueue {
         &mut self,
         mut eligible: impl FnMut(&ReadyRepeater) -> R,
     ) -> Option<ReadyRepeater> {
-        let mut order: Vec<usize> = (0..self.domains.len()).collect();
-        // Stable: turn order decides among domains served alike.
-        order.sort_by_key(|&index| self.domains[index].served);
-        for domain_index in order {
-            let lane = &mut self.domains[domain_index];
+        let mut found = None;
+        for domain in self.order.values() {
+            let Some(lane) = self.lanes.get_mut(&**domain) else {
+                continue;
+            };
             let DomainPick::Found(which, index) =
                 Self::pick_in_domain(lane, self.heavy_share_rounds, &mut eligible)
             else {
@@ -307,33 +371,32 @@ impl FairQueue {
                 Lane::Light => lane.light_picks += 1,
                 Lane::Heavy => lane.light_picks = 0,
             }
-            let lane = self.domains.remove(domain_index)?;
-            self.domains.push_back(lane);
-            return Some(picked);
+            found = Some((domain.clone(), lane.served, picked));
+            break;
         }
-        None
+        let (domain, served, picked) = found?;
+        let turn = self.take_turn();
+        self.reorder(&domain, served, turn);
+        Some(picked)
     }
 
     /// Charges `records` to `domain`, the grant of the batch just picked
     /// from it. A domain more than [`MAX_CREDIT`] records behind the most
     /// served one is first brought up to that distance.
     pub fn charge(&mut self, domain: &str, records: u32) {
-        let most = self
-            .domains
-            .iter()
-            .map(|lane| lane.served)
-            .max()
-            .unwrap_or(0);
-        if let Some((lane, cost)) = self.lane_and_cost(domain, records) {
-            lane.served = lane.served.max(most.saturating_sub(MAX_CREDIT)) + cost;
-        }
+        let most = self.order.keys().next_back().map(|&(served, _)| served);
+        let Some((cost, served, turn)) = self.cost_of(domain, records) else {
+            return;
+        };
+        let floor = most.unwrap_or(0).saturating_sub(MAX_CREDIT);
+        self.reorder(domain, served.max(floor) + cost, turn);
     }
 
     /// Gives `records` back to `domain`: the part of a charged grant that
     /// its claim did not find.
     pub fn refund(&mut self, domain: &str, records: u32) {
-        if let Some((lane, cost)) = self.lane_and_cost(domain, records) {
-            lane.served = lane.served.saturating_sub(cost);
+        if let Some((cost, served, turn)) = self.cost_of(domain, records) {
+            self.reorder(domain, served.saturating_sub(cost), turn);
         }
     }
 
@@ -368,20 +431,22 @@ impl FairQueue {
     /// Drops a repeater from the ready set (its claim came back empty, it was
     /// paused or deleted). Its domain keeps its place if it has others.
     pub fn remove(&mut self, repeater_id: i64) -> Option<ReadyRepeater> {
-        for domain_index in 0..self.domains.len() {
-            let lane = &mut self.domains[domain_index];
-            for which in [Lane::Light, Lane::Heavy] {
-                let queue = lane.lane(which);
-                if let Some(index) = queue.iter().position(|r| r.id == repeater_id) {
-                    let removed = queue.remove(index);
-                    if lane.is_empty() {
-                        self.domains.remove(domain_index);
-                    }
-                    return removed;
-                }
+        let domain = self.domain_of.remove(&repeater_id)?;
+        let lane = self.lanes.get_mut(&domain)?;
+        let mut removed = None;
+        for which in [Lane::Light, Lane::Heavy] {
+            let queue = lane.lane(which);
+            if let Some(index) = queue.iter().position(|r| r.id == repeater_id) {
+                removed = queue.remove(index);
+                break;
             }
         }
-        None
+        if lane.is_empty() {
+            let key = lane.key();
+            self.order.remove(&key);
+            self.lanes.remove(&domain);
+        }
+        removed
     }
 
     /// Reports how long a repeater's batch took against the batch time
@@ -403,15 +468,16 @@ impl FairQueue {
         } else {
             (Lane::Heavy, Lane::Light)
         };
-        for lane in &mut self.domains {
-            if let Some(index) = lane.lane(from).iter().position(|r| r.id == repeater_id) {
-                if let Some(repeater) = lane.lane(from).remove(index) {
-                    // A repeater turning heavy goes behind everyone; one
-                    // turning light joins the back of the light round.
-                    lane.lane(to).push_back(repeater);
-                }
-                return;
-            }
+        let Some(lane) = (self.domain_of.get(&repeater_id)).and_then(|d| self.lanes.get_mut(d))
+        else {
+            return;
+        };
+        if let Some(index) = lane.lane(from).iter().position(|r| r.id == repeater_id)
+            && let Some(repeater) = lane.lane(from).remove(index)
+        {
+            // A repeater turning heavy goes behind everyone; one turning
+            // light joins the back of the light round.
+            lane.lane(to).push_back(repeater);
         }
     }
 
@@ -424,20 +490,21 @@ impl FairQueue {
 
     /// Ready repeaters held.
     pub fn len(&self) -> usize {
-        self.domains
-            .iter()
-            .map(|lane| lane.light.len() + lane.heavy.len())
-            .sum()
+        self.domain_of.len()
     }
 
     /// True when no repeater is ready.
     pub fn is_empty(&self) -> bool {
-        self.domains.is_empty()
+        self.lanes.is_empty()
     }
 
     /// Domains with ready repeaters, in turn order.
     pub fn domains(&self) -> impl Iterator<Item = &str> {
-        self.domains.iter().map(|lane| lane.domain.as_str())
+        let mut domains: Vec<(u64, &str)> = (self.lanes.iter())
+            .map(|(domain, lane)| (lane.turn, &**domain))
+            .collect();
+        domains.sort_unstable();
+        domains.into_iter().map(|(_, domain)| domain)
     }
 }
 
@@ -769,7 +836,141 @@ mod tests {
         assert!(!queue.is_heavy(1));
     }
 
+    /// The queue's rules written plainly, walking every domain: what the
+    /// indexed queue must agree with.
+    #[derive(Default)]
+    struct PlainQueue {
+        /// (domain, records served, repeaters) in turn order.
+        domains: Vec<(String, u64, VecDeque<i64>)>,
+    }
+
+    impl PlainQueue {
+        fn add(&mut self, id: i64, domain: &str) {
+            let least = self.domains.iter().map(|d| d.1).min().unwrap_or(0);
+            match self.domains.iter_mut().find(|d| d.0 == domain) {
+                Some(lane) if lane.2.contains(&id) => {}
+                Some(lane) => lane.2.push_back(id),
+                None => (self.domains).push((domain.to_owned(), least, VecDeque::from([id]))),
+            }
+        }
+
+        fn next(&mut self, eligible: impl Fn(i64) -> bool) -> Option<i64> {
+            let mut order: Vec<usize> = (0..self.domains.len()).collect();
+            order.sort_by_key(|&index| self.domains[index].1);
+            for index in order {
+                let lane = &mut self.domains[index].2;
+                if let Some(at) = lane.iter().position(|&id| eligible(id)) {
+                    let id = lane.remove(at)?;
+                    lane.push_back(id);
+                    let domain = self.domains.remove(index);
+                    self.domains.push(domain);
+                    return Some(id);
+                }
+            }
+            None
+        }
+
+        fn charge(&mut self, domain: &str, records: u64) {
+            let most = self.domains.iter().map(|d| d.1).max().unwrap_or(0);
+            if let Some(lane) = self.domains.iter_mut().find(|d| d.0 == domain) {
+                lane.1 = lane.1.max(most.saturating_sub(MAX_CREDIT)) + records;
+            }
+        }
+
+        fn refund(&mut self, domain: &str, records: u64) {
+            if let Some(lane) = self.domains.iter_mut().find(|d| d.0 == domain) {
+                lane.1 = lane.1.saturating_sub(records);
+            }
+        }
+
+        fn remove(&mut self, id: i64) {
+            for lane in &mut self.domains {
+                lane.2.retain(|&other| other != id);
+            }
+            self.domains.retain(|d| !d.2.is_empty());
+        }
+    }
+
+    /// One step of the comparison between the two queues.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Pick(u64),
+        Charge(u8, u16),
+        Refund(u8, u16),
+        Remove(i64),
+        Add(Vec<i64>),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => any::<u64>().prop_map(Step::Pick),
+            3 => (0u8..9, 0u16..3000).prop_map(|(d, n)| Step::Charge(d, n)),
+            1 => (0u8..9, 0u16..3000).prop_map(|(d, n)| Step::Refund(d, n)),
+            1 => (0i64..60).prop_map(Step::Remove),
+            1 => proptest::collection::vec(0i64..60, 1..6).prop_map(Step::Add),
+        ]
+    }
+
+    /// Repeater `id` belongs to this domain in the comparison.
+    fn domain_of(id: i64) -> String {
+        format!("d{}", id % 9)
+    }
+
     proptest::proptest! {
+        /// Whatever the mix of picks, charges, refunds, removals and
+        /// additions, the indexed queue picks what the plain rules pick and
+        /// keeps the same domains in the same turn order.
+        #[test]
+        fn the_indexed_queue_agrees_with_the_plain_rules(
+            start in proptest::collection::vec(0i64..60, 0..40),
+            steps in proptest::collection::vec(step(), 1..200),
+        ) {
+            let ready: Vec<ReadyRepeater> =
+                start.iter().map(|&id| repeater(id, &domain_of(id))).collect();
+            let mut queue = FairQueue::new();
+            queue.set_ready(&ready);
+            let mut plain = PlainQueue::default();
+            for &id in &start {
+                plain.add(id, &domain_of(id));
+            }
+            for step in steps {
+                match step {
+                    Step::Pick(seed) => {
+                        let eligible = |id: i64| {
+                            !(id as u64).wrapping_mul(seed | 1).rotate_left(7).is_multiple_of(3)
+                        };
+                        let picked = queue.next(|r| eligible(r.id)).map(|r| r.id);
+                        proptest::prop_assert_eq!(picked, plain.next(eligible));
+                    }
+                    Step::Charge(d, records) => {
+                        queue.charge(&format!("d{d}"), records.into());
+                        plain.charge(&format!("d{d}"), records.into());
+                    }
+                    Step::Refund(d, records) => {
+                        queue.refund(&format!("d{d}"), records.into());
+                        plain.refund(&format!("d{d}"), records.into());
+                    }
+                    Step::Remove(id) => {
+                        queue.remove(id);
+                        plain.remove(id);
+                    }
+                    Step::Add(ids) => {
+                        let added: Vec<ReadyRepeater> =
+                            ids.iter().map(|&id| repeater(id, &domain_of(id))).collect();
+                        queue.add_ready(&added);
+                        for id in ids {
+                            plain.add(id, &domain_of(id));
+                        }
+                    }
+                }
+                let turns: Vec<&str> = plain.domains.iter().map(|d| d.0.as_str()).collect();
+                proptest::prop_assert_eq!(queue.domains().collect::<Vec<_>>(), turns);
+                let held: usize = plain.domains.iter().map(|d| d.2.len()).sum();
+                proptest::prop_assert_eq!(queue.len(), held);
+            }
+        }
+
         /// Whatever else is busy, a repeater that can always run is picked
         /// within one full round: every domain once, and within its own
         /// domain every repeater once.

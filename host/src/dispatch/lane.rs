@@ -214,7 +214,11 @@ async fn run_lane(
 
     let concurrency = grant.concurrency.clamp(1, limits.concurrency.max(1)) as usize;
     if records.is_empty() {
-        release(deps, lease).await;
+        // Nothing due: the lane goes back as an idle one, which wakes no
+        // scheduler here (a wake-up made it read every repeater again).
+        if let Err(error) = deps.store.release_leases(std::slice::from_ref(lease)).await {
+            tracing::warn!(repeater = %label(repeater), %error, "releasing a lease failed; it will expire");
+        }
         return;
     }
     let unclaimed = take.saturating_sub(done.claimed);

@@ -24,6 +24,7 @@ const HOSTILE_PLUGIN: &str = concat!(env!("OUT_DIR"), "/hostile.wasm");
 
 struct Harness {
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -98,6 +99,7 @@ where
     })
     .unwrap();
     let secrets: Arc<dyn SecretSource> = Arc::new(EnvSecrets);
+    let metrics = Arc::new(Metrics::new());
     let (shutdown, stop) = watch::channel(false);
     let (_config_tx, config) = watch::channel(Arc::new(dispatch.clone()));
     let deps = DispatchDeps {
@@ -108,7 +110,7 @@ where
             auth: Authenticator::new(outbound.clone(), secrets.clone(), AuthConfig::default()),
             secrets,
         },
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
         settings: DispatchSettings {
             holder: DispatchSettings::holder_name(),
             max_inflight: dispatch.max_inflight,
@@ -131,6 +133,7 @@ where
     let task = Dispatcher::new(deps).spawn(stop);
     Harness {
         store,
+        metrics,
         shutdown,
         task,
         _dir: dir,
@@ -233,6 +236,66 @@ async fn ingested_records_are_delivered_and_marked_succeeded() {
     let row = h.store.repeater("acme", "crm").await.unwrap().unwrap();
     assert!(row.last_success_at.is_some());
     assert_eq!(row.backoff_step, 0);
+}
+
+/// A lane drained for a second gives its kept lease back. The release
+/// must not wake the loop to read every repeater again for a change: it
+/// did, and with thousands of lanes each such read gave up more idle
+/// leases, several times a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_leases_given_back_do_not_make_the_loop_read_everything_again() {
+    let receiver = Receiver::start().await;
+    let domains: Vec<String> = (0..30).map(|n| format!("d{n:02}")).collect();
+    let specs: Vec<RepeaterSpec> = (domains.iter())
+        .map(|domain| spec(domain, "hook", &receiver.url()))
+        .collect();
+    let h = start(&specs, fast()).await;
+    for (n, domain) in domains.iter().enumerate() {
+        h.store
+            .ingest(domain, &[event(n as u32)], now_millis())
+            .await
+            .unwrap();
+    }
+    for domain in &domains {
+        wait_states(h.store.as_ref(), domain, RecordState::Succeeded, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reads_for_changes = |metrics: &str| -> Vec<String> {
+        (metrics.lines())
+            .filter(|line| {
+                line.starts_with(r#"repeaterd_scheduler_ready_reads_total{reason="change"}"#)
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = reads_for_changes(&h.metrics.encode());
+    // Every lane kept its lease after its batch; a refresh gives them back
+    // once they have had nothing due for a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = h.store.repeaters(None).await.unwrap();
+        let leased = rows.iter().filter(|row| row.lease.is_some()).count();
+        if leased == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{leased} of 30 idle lanes still hold their lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a wake-up the releases might have sent to be acted on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = h.metrics.encode();
+    assert!(
+        metrics.contains(r#"repeaterd_scheduler_ready_reads_total{reason="start"} 1"#),
+        "the first read is counted as the start:\n{metrics}"
+    );
+    assert_eq!(
+        reads_for_changes(&metrics),
+        before,
+        "nothing but idle releases happened, yet the loop read the set for a change"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

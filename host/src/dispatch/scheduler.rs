@@ -220,6 +220,8 @@ impl Scheduler {
         self.shutdown = Some(shutdown.clone());
         let wake = self.deps.store.wake_signal();
         let mut refresh = true;
+        // What asked for the next read of the whole set, for the metrics.
+        let mut reason = "start";
         loop {
             if *shutdown.borrow() {
                 break;
@@ -234,9 +236,14 @@ impl Scheduler {
             let turn = std::time::Instant::now();
             let picks = self.batches.len();
             if refresh || (self.refresh_pending && self.ready_read_allowed()) {
+                if !refresh {
+                    reason = "deferred";
+                }
                 // The whole set covers the fed domains too.
                 self.fed_domains.clear();
+                let reading = std::time::Instant::now();
                 self.refresh().await;
+                (self.deps.metrics).scheduler_ready_read(reason, reading.elapsed().as_secs_f64());
             } else if !self.fed_domains.is_empty() {
                 self.refresh_fed().await;
             }
@@ -266,6 +273,7 @@ impl Scheduler {
                     let hinted = self.deps.store.take_hints();
                     self.fed_domains.extend(hinted.domains);
                     if hinted.anything {
+                        reason = "change";
                         let now = self.ready_read_allowed();
                         self.refresh_pending |= !now;
                         now
@@ -280,6 +288,7 @@ impl Scheduler {
                     while let Some(joined) = self.batches.try_join_next() {
                         self.joined(joined);
                     }
+                    reason = "batches";
                     self.ready_age() >= self.ready_reuse()
                 }
                 Some(slots) = self.returned.recv() => {
@@ -290,7 +299,10 @@ impl Scheduler {
                     // The ready set is as fresh as before: only hand out.
                     false
                 }
-                _ = sleep => true,
+                _ = sleep => {
+                    reason = "timer";
+                    true
+                }
                 _ = shutdown.changed() => false,
             };
         }

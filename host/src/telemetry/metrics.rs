@@ -49,6 +49,11 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DomainState {
     domain: String,
     state: &'static str,
@@ -124,6 +129,8 @@ pub struct Metrics {
     ingest_refused: Counter,
     scheduler_picks: Counter,
     scheduler_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    ready_reads: Family<Reason, Counter>,
+    ready_read_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     ingest_pushed_back: Counter,
     ingest_pending: Gauge,
     api_requests: Family<ApiRequestLabels, Counter>,
@@ -253,6 +260,22 @@ impl Metrics {
             Unit::Seconds,
             scheduler_seconds.clone(),
         );
+        let ready_reads = Family::<Reason, Counter>::default();
+        registry.register(
+            "scheduler_ready_reads",
+            "Reads of every ready repeater by the scheduler, by what asked for them: start, \
+             timer (a due time, a pacer or the sleep cap), batches (finished batches after \
+             the set's reuse interval), change (a resend, a resume, a released lane, another \
+             process), deferred (a change read once the read share allowed)",
+            ready_reads.clone(),
+        );
+        let ready_read_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "scheduler_ready_read",
+            "Time those reads took, lanes and fair queue updated (part of scheduler_busy)",
+            Unit::Seconds,
+            ready_read_seconds.clone(),
+        );
         let ingest_pushed_back = Counter::default();
         registry.register(
             "ingest_pushed_back",
@@ -290,6 +313,8 @@ impl Metrics {
             ingest_refused,
             scheduler_picks,
             scheduler_seconds,
+            ready_reads,
+            ready_read_seconds,
             ingest_pushed_back,
             ingest_pending,
             api_requests,
@@ -446,6 +471,12 @@ impl Metrics {
     pub fn scheduler_turn(&self, picks: u64, seconds: f64) {
         self.scheduler_picks.inc_by(picks);
         self.scheduler_seconds.inc_by(seconds);
+    }
+
+    /// The scheduler read every ready repeater, for `reason`, in `seconds`.
+    pub fn scheduler_ready_read(&self, reason: &'static str, seconds: f64) {
+        self.ready_reads.get_or_create(&Reason { reason }).inc();
+        self.ready_read_seconds.inc_by(seconds);
     }
 
     /// An ingest request was pushed back: too many events were waiting to

@@ -42,6 +42,11 @@ const OVERLOAD_INFLIGHT: usize = 64;
 const RATE_TARGET: f64 = 0.5;
 const COST_TARGET: f64 = 2.0;
 
+/// The scheduler's reads of every ready repeater, summed over their reasons.
+const READS: &str = "repeaterd_scheduler_ready_reads_total";
+/// The time those reads took.
+const READ_SECONDS: &str = "repeaterd_scheduler_ready_read_seconds_total";
+
 /// One layout's figures.
 struct LayoutRun {
     deliveries_per_s: f64,
@@ -51,6 +56,10 @@ struct LayoutRun {
     cpu_us_per_delivery: Option<f64>,
     scheduler_us_per_pick: f64,
     picks: f64,
+    /// Reads of every ready repeater per second of the run.
+    ready_reads_per_s: f64,
+    /// Milliseconds per second of the run those reads took.
+    ready_read_ms_per_s: f64,
 }
 
 impl LayoutRun {
@@ -72,6 +81,16 @@ impl LayoutRun {
             self.scheduler_us_per_pick,
         );
         put(fields, &format!("{prefix}_picks"), self.picks);
+        put(
+            fields,
+            &format!("{prefix}_ready_reads_per_s"),
+            self.ready_reads_per_s,
+        );
+        put(
+            fields,
+            &format!("{prefix}_ready_read_ms_per_s"),
+            self.ready_read_ms_per_s,
+        );
     }
 }
 
@@ -164,6 +183,8 @@ async fn measure(
     };
     let picks = api.metric("repeaterd_scheduler_picks_total").await?;
     let busy = api.metric("repeaterd_scheduler_busy_seconds_total").await?;
+    let reads = api.metric(READS).await?;
+    let read_seconds = api.metric(READ_SECONDS).await?;
     let cpu = CpuSpan::start(&layout.daemon);
     let ingested = ingest(&api, &plan).await?;
     let made = ingested.records();
@@ -172,6 +193,8 @@ async fn measure(
     let cpu = cpu.end(&layout.daemon, made);
     let picks = api.metric("repeaterd_scheduler_picks_total").await? - picks;
     let busy = api.metric("repeaterd_scheduler_busy_seconds_total").await? - busy;
+    let reads = api.metric(READS).await? - reads;
+    let read_seconds = api.metric(READ_SECONDS).await? - read_seconds;
     let last = layout.receiver.last_arrival().unwrap_or(ingested.finished);
     let seconds = last
         .saturating_duration_since(ingested.started)
@@ -190,6 +213,8 @@ async fn measure(
         cpu_us_per_delivery: cpu.map(|c| c.daemon_per_delivery.as_secs_f64() * 1e6),
         scheduler_us_per_pick: busy * 1e6 / picks.max(1.0),
         picks,
+        ready_reads_per_s: reads / seconds.max(1e-9),
+        ready_read_ms_per_s: read_seconds * 1e3 / seconds.max(1e-9),
     };
     Ok((run, layout))
 }

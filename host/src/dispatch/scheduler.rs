@@ -481,14 +481,8 @@ impl Scheduler {
             match self.deps.store.repeaters(None).await {
                 Ok(rows) => {
                     for row in rows {
-                        if !self.lanes.contains_key(&row.id) {
-                            let lane = self.new_lane(
-                                row.id,
-                                (&row.spec.domain, &row.spec.name),
-                                Some(&row.spec),
-                            );
-                            self.lanes.insert(row.id, lane);
-                        }
+                        let label = (row.spec.domain.as_str(), row.spec.name.as_str());
+                        self.add_lane(row.id, label, Some(&row.spec));
                     }
                 }
                 Err(error) => tracing::warn!(%error, "cannot read the repeaters"),
@@ -500,12 +494,8 @@ impl Scheduler {
                     .await;
                 match read {
                     Ok(Some(row)) if row.id == repeater.id => {
-                        let lane = self.new_lane(
-                            row.id,
-                            (&row.spec.domain, &row.spec.name),
-                            Some(&row.spec),
-                        );
-                        self.lanes.insert(row.id, lane);
+                        let label = (row.spec.domain.as_str(), row.spec.name.as_str());
+                        self.add_lane(row.id, label, Some(&row.spec));
                     }
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "cannot read a repeater"),
@@ -516,21 +506,17 @@ impl Scheduler {
             // Without its row (deleted meanwhile, or the read failed) the
             // lane starts from the daemon's defaults; its first batch
             // brings the repeater's limits.
-            if !self.lanes.contains_key(&repeater.id) {
-                let lane = self.new_lane(repeater.id, (&repeater.domain, &repeater.name), None);
-                self.lanes.insert(repeater.id, lane);
-            }
+            self.add_lane(repeater.id, (&repeater.domain, &repeater.name), None);
         }
     }
 
-    /// A lane's state as it starts: the limits of `spec`, or the daemon's
-    /// defaults without one.
-    fn new_lane(
-        &mut self,
-        id: i64,
-        (domain, name): (&str, &str),
-        spec: Option<&RepeaterSpec>,
-    ) -> LaneState {
+    /// Sets up lane `id` of repeater `domain`/`name`, unless it is set up
+    /// already: with the limits of `spec`, or the daemon's defaults without
+    /// one.
+    fn add_lane(&mut self, id: i64, (domain, name): (&str, &str), spec: Option<&RepeaterSpec>) {
+        if self.lanes.contains_key(&id) {
+            return;
+        }
         let (ceiling, pacer) = match spec {
             Some(spec) => {
                 let limits = limits_of(&self.deps, spec);
@@ -541,7 +527,7 @@ impl Scheduler {
         if pacer.is_some() {
             self.paced_lanes.insert(id);
         }
-        LaneState {
+        let lane = LaneState {
             domain: domain.to_owned(),
             name: name.to_owned(),
             aimd: Aimd::new(ceiling),
@@ -550,7 +536,8 @@ impl Scheduler {
             cap: GrantCap::default(),
             granted: 0,
             fed: false,
-        }
+        };
+        self.lanes.insert(id, lane);
     }
 
     /// Starts batches while there are free slots and eligible repeaters.

@@ -59,7 +59,8 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    start_full(store, dir, specs, dispatch, None, before).await
+    let holder = DispatchSettings::holder_name();
+    start_full(store, dir, specs, dispatch, None, holder, before).await
 }
 
 /// Like [`start_on`], with the retention purge on (`retention` old).
@@ -69,6 +70,7 @@ async fn start_full<F, Fut>(
     specs: &[RepeaterSpec],
     dispatch: DispatchConfig,
     retention: Option<Duration>,
+    holder: String,
     before: F,
 ) -> Harness
 where
@@ -112,7 +114,7 @@ where
         },
         metrics: metrics.clone(),
         settings: DispatchSettings {
-            holder: DispatchSettings::holder_name(),
+            holder,
             max_inflight: dispatch.max_inflight,
             batch_size: dispatch.batch_size,
             default_concurrency: dispatch.concurrency,
@@ -264,6 +266,78 @@ async fn reads_of_the_whole_ready_set_are_counted_by_reason() {
         metrics.contains("repeaterd_scheduler_ready_read_seconds_total"),
         "their time is counted:\n{metrics}"
     );
+}
+
+/// A lane whose lease the loop cannot take is skipped until the next read
+/// of the whole ready set. That read must come within the sleep cap even
+/// while a producer wakes the loop every few milliseconds: here the lease
+/// is held under the loop's own holder name with a token it does not know
+/// (as when a lease write committed but its answer was lost to a database
+/// restart), so the lane looks ready, its acquire is refused until the
+/// lease expires, and only a later whole read tries it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_refused_its_lease_is_tried_again_while_ingest_never_stops() {
+    const LEASE_MS: i64 = 1_500;
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    let holder = DispatchSettings::holder_name();
+    let stray = holder.clone();
+    let h = start_full(
+        store,
+        dir,
+        &[spec("acme", "crm", &receiver.url())],
+        fast(),
+        None,
+        holder,
+        |store| async move {
+            let id = store.repeater("acme", "crm").await.unwrap().unwrap().id;
+            let taken = store
+                .acquire_leases(&[id], &stray, now_millis(), LEASE_MS)
+                .await
+                .unwrap();
+            assert_eq!(taken.len(), 1, "the stray lease was not taken");
+            store
+                .ingest("acme", &[event(0)], now_millis())
+                .await
+                .unwrap();
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let producing = {
+        let store = h.store.clone();
+        tokio::spawn(async move {
+            let mut n = 1;
+            while started.elapsed() < Duration::from_secs(6) {
+                store
+                    .ingest("acme", &[event(n)], now_millis())
+                    .await
+                    .unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // The stray lease expires after 1.5 s; a whole read within the next
+    // second (plus slack for a debug build) takes the lane again.
+    let limit = Duration::from_millis(LEASE_MS as u64) + Duration::from_millis(2_500);
+    while receiver.count() == 0 {
+        assert!(
+            started.elapsed() < limit,
+            "nothing delivered {limit:?} after a lease that expires in {LEASE_MS} ms, while \
+             ingest went on"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "a lane refused its lease delivered again {:?} after start",
+        started.elapsed()
+    );
+    producing.await.unwrap();
+    let _ = h.shutdown.send(true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,6 +652,7 @@ async fn retention_purges_finished_records_in_bounded_batches() {
         &[spec("acme", "crm", &receiver.url())],
         fast(),
         Some(Duration::from_millis(300)),
+        DispatchSettings::holder_name(),
         |store| async move {
             let events: Vec<NewEvent> = (0..20).map(event).collect();
             store.ingest("acme", &events, now_millis()).await.unwrap();

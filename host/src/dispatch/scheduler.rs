@@ -2,9 +2,10 @@
 //! in a [`FairQueue`], hands out batches while the process has free
 //! in-flight slots, and sleeps until something can change: an ingest (the
 //! store's wake signal), a batch finishing or giving back slots it did not
-//! need, the earliest due time, or a rate pacer freeing up. A 1 s cap on the
-//! sleep is the safety net for leases of crashed peers and for peers'
-//! retries becoming due.
+//! need, the earliest due time, or a rate pacer freeing up. The safety net
+//! for leases of crashed peers, peers' retries becoming due and lanes
+//! skipped for a lease they could not take is a read of the whole ready set
+//! at least once a second (`max_sleep`), however often the loop is woken.
 //!
 //! A lane's lease is kept between its batches while the lane stays ready
 //! (ADR 5): the next batch starts without a lease write, and still waits
@@ -235,8 +236,15 @@ impl Scheduler {
             while self.acquiring.try_join_next().is_some() {}
             let turn = std::time::Instant::now();
             let picks = self.batches.len();
-            if refresh || (self.refresh_pending && self.ready_read_allowed()) {
-                if !refresh {
+            // The safety net counts from the last whole read, not from the
+            // last wake-up: a producer posting every few milliseconds woke
+            // the loop before any sleep ran out, and a lane skipped for a
+            // lease it could not take was never tried again while it did.
+            let overdue = self.ready_age() >= self.deps.settings.max_sleep;
+            if refresh || overdue || (self.refresh_pending && self.ready_read_allowed()) {
+                if overdue && !refresh {
+                    reason = "timer";
+                } else if !refresh {
                     reason = "deferred";
                 }
                 // The whole set covers the fed domains too.
@@ -253,6 +261,8 @@ impl Scheduler {
             self.deps
                 .metrics
                 .scheduler_turn(picked, turn.elapsed().as_secs_f64());
+            let sleep_until =
+                sleep_until.min((self.deps.settings.max_sleep).saturating_sub(self.ready_age()));
             let sleep_until = if self.refresh_pending {
                 sleep_until.min(self.ready_read_wait())
             } else {

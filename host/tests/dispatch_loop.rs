@@ -240,31 +240,72 @@ async fn ingested_records_are_delivered_and_marked_succeeded() {
     assert_eq!(row.backoff_step, 0);
 }
 
-/// The loop counts its reads of the whole ready set by what asked for
-/// them, with the time they took.
+/// A lane drained for a second gives its kept lease back. The release
+/// must not wake the loop to read every repeater again for a change: it
+/// did, and with thousands of lanes each such read gave up more idle
+/// leases, several times a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_of_the_whole_ready_set_are_counted_by_reason() {
+async fn idle_leases_given_back_do_not_make_the_loop_read_everything_again() {
     let receiver = Receiver::start().await;
-    let h = start(&[spec("acme", "crm", &receiver.url())], fast()).await;
-    h.store
-        .ingest("acme", &[event(1)], now_millis())
-        .await
-        .unwrap();
-    wait_states(h.store.as_ref(), "acme", RecordState::Succeeded, 1).await;
-    // The sleep cap (1 s) runs out with nothing due: a read for the timer.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let domains: Vec<String> = (0..30).map(|n| format!("d{n:02}")).collect();
+    let specs: Vec<RepeaterSpec> = (domains.iter())
+        .map(|domain| spec(domain, "hook", &receiver.url()))
+        .collect();
+    let h = start(&specs, fast()).await;
+    for (n, domain) in domains.iter().enumerate() {
+        h.store
+            .ingest(domain, &[event(n as u32)], now_millis())
+            .await
+            .unwrap();
+    }
+    for domain in &domains {
+        wait_states(h.store.as_ref(), domain, RecordState::Succeeded, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reads_for_changes = |metrics: &str| -> Vec<String> {
+        (metrics.lines())
+            .filter(|line| {
+                line.starts_with(r#"repeaterd_scheduler_ready_reads_total{reason="change"}"#)
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = reads_for_changes(&h.metrics.encode());
+    // Every lane kept its lease after its batch; a refresh gives them back
+    // once they have had nothing due for a second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = h.store.repeaters(None).await.unwrap();
+        let leased = rows.iter().filter(|row| row.lease.is_some()).count();
+        if leased == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{leased} of 30 idle lanes still hold their lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a wake-up the releases might have sent to be acted on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let metrics = h.metrics.encode();
     assert!(
         metrics.contains(r#"repeaterd_scheduler_ready_reads_total{reason="start"} 1"#),
         "the first read is counted as the start:\n{metrics}"
     );
+    // The idle lanes were found idle by reads for the timer, a second apart.
     assert!(
         metrics.contains(r#"repeaterd_scheduler_ready_reads_total{reason="timer"}"#),
-        "a read for the timer is counted:\n{metrics}"
+        "reads for the timer are counted:\n{metrics}"
     );
     assert!(
         metrics.contains("repeaterd_scheduler_ready_read_seconds_total"),
-        "their time is counted:\n{metrics}"
+        "the reads' time is counted:\n{metrics}"
+    );
+    assert_eq!(
+        reads_for_changes(&metrics),
+        before,
+        "nothing but idle releases happened, yet the loop read the set for a change"
     );
 }
 

@@ -214,7 +214,7 @@ async fn run_lane(
 
     let concurrency = grant.concurrency.clamp(1, limits.concurrency.max(1)) as usize;
     if records.is_empty() {
-        release(deps, lease).await;
+        release_idle(deps, lease).await;
         return;
     }
     let unclaimed = take.saturating_sub(done.claimed);
@@ -436,7 +436,20 @@ async fn finish(
 
 /// Gives a lease up; a failure only leaves it to expire.
 pub(crate) async fn release(deps: &DispatchDeps, lease: &Lease) {
-    match deps.store.release_lease(lease).await {
+    released(lease, deps.store.release_lease(lease).await);
+}
+
+/// Gives up the lease of a lane with nothing due, as the scheduler gives
+/// up idle lanes: it wakes no scheduler here (a wake-up made the loop read
+/// every repeater again). A failure only leaves it to expire.
+async fn release_idle(deps: &DispatchDeps, lease: &Lease) {
+    let leases = std::slice::from_ref(lease);
+    released(lease, deps.store.release_leases(leases).await);
+}
+
+/// Logs a release that failed for another reason than a lost lease.
+fn released(lease: &Lease, result: Result<(), StoreError>) {
+    match result {
         Ok(()) | Err(StoreError::LeaseLost { .. }) => {}
         Err(error) => {
             tracing::warn!(repeater_id = lease.repeater_id, %error, "releasing a lease failed; it will expire");

@@ -421,6 +421,11 @@ impl Scheduler {
                     // turns ready again before the release is written
                     // finds its lease still taken in the store, is
                     // skipped, and is tried again at the next refresh.
+                    // The release does not wake this loop: the lanes had
+                    // nothing due, and the whole-set read such a wake-up
+                    // asked for gave up more idle leases, which woke it
+                    // again, several times a second with ten thousand
+                    // lanes.
                     let deps = self.deps.clone();
                     tokio::spawn(async move {
                         if let Err(error) = deps.store.release_leases(&leases).await {

@@ -51,6 +51,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
         self.connections().hints.domain(domain);
         self.wake().notify_one();
     }
+    /// This process gave up the leases of lanes that had nothing due. Its
+    /// own scheduler knows and is not woken: waking it made it read every
+    /// repeater, which gave up more idle leases, which woke it again. A
+    /// backend shared by several processes tells the others, whose
+    /// ingests may have found those lanes leased.
+    fn idle_lanes_released(&self) {}
     /// Called inside a write transaction that changes the repeaters table,
     /// before it commits.
     fn repeaters_changing(&self) {}

@@ -432,26 +432,41 @@ where
     }
 
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()> {
-        self.release_leases(std::slice::from_ref(lease)).await
-    }
-
-    async fn release_leases(&self, leases: &[Lease]) -> StoreResult<()> {
-        let mut released = 0;
-        for run in runs(leases) {
-            let sql = release(Self::DIALECT, run.len());
-            let mut query = sqlx::query(&sql);
-            for lease in run {
-                query = query
-                    .bind(lease.repeater_id)
-                    .bind(lease.epoch)
-                    .bind(lease.token.as_str());
-            }
-            released += query.execute(self.writes()).await?.rows_affected();
-        }
-        if released > 0 {
-            // The lanes are free again; their records may be due.
+        if release_all(self, std::slice::from_ref(lease)).await? > 0 {
+            // The lane is free again; its records may be due.
             self.work_may_be_ready();
         }
         Ok(())
     }
+
+    async fn release_leases(&self, leases: &[Lease]) -> StoreResult<()> {
+        if release_all(self, leases).await? > 0 {
+            self.idle_lanes_released();
+        }
+        Ok(())
+    }
+}
+
+/// Gives `leases` up, a statement per 256; how many were still held.
+async fn release_all<B>(store: &B, leases: &[Lease]) -> StoreResult<u64>
+where
+    B: Backend,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    for<'q> <B::Db as Database>::Arguments<'q>: IntoArguments<'q, B::Db>,
+    for<'q> &'q str: Encode<'q, B::Db> + Type<B::Db>,
+    for<'q> i64: Encode<'q, B::Db> + Type<B::Db>,
+{
+    let mut released = 0;
+    for run in runs(leases) {
+        let sql = release(B::DIALECT, run.len());
+        let mut query = sqlx::query(&sql);
+        for lease in run {
+            query = query
+                .bind(lease.repeater_id)
+                .bind(lease.epoch)
+                .bind(lease.token.as_str());
+        }
+        released += query.execute(store.writes()).await?.rows_affected();
+    }
+    Ok(released)
 }

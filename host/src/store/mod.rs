@@ -423,7 +423,9 @@ pub trait LaneStore: Send + Sync {
     /// Gives the lease up without writing anything else.
     async fn release_lease(&self, lease: &Lease) -> StoreResult<()>;
     /// Gives several leases up in one write per 256; one taken over since
-    /// is left alone.
+    /// is left alone. For the scheduler's idle lanes: unlike
+    /// [`LaneStore::release_lease`], it does not wake this process's
+    /// scheduler (other processes sharing the database are told).
     async fn release_leases(&self, leases: &[Lease]) -> StoreResult<()>;
 }
 

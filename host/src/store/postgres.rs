@@ -363,6 +363,11 @@ impl Backend for PostgresStore {
         self.changes.notify_one();
     }
 
+    /// Lets the other processes know; this one's scheduler let them go.
+    fn idle_lanes_released(&self) {
+        self.changes.notify_one();
+    }
+
     /// Wakes this process's scheduler for `domain` at once and lets the
     /// other processes know.
     fn records_added(&self, domain: &str) {

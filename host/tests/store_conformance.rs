@@ -107,6 +107,7 @@ on_both_stores!(
     ready_repeaters_exclude_paused_backed_off_leased_and_not_due,
     wake_ups_say_which_domains_got_records,
     leases_bump_the_epoch_renew_and_are_taken_over_after_expiry,
+    a_holder_takes_a_lease_it_lost_track_of_again_at_once,
     leases_taken_together_skip_held_lanes_and_are_given_up_together,
     lanes_held_elsewhere_counts_other_holders_live_leases_by_domain,
     finish_batch_with_a_stale_epoch_writes_nothing,
@@ -927,6 +928,45 @@ async fn lanes_held_elsewhere_counts_other_holders_live_leases_by_domain(store: 
             .unwrap()
             .is_empty()
     );
+}
+
+/// A lease under this holder's own name that it no longer knows (a lease
+/// write that committed while its answer was lost to a database restart)
+/// is taken again at once, with a new epoch and token that fence the old
+/// one out; other holders still wait for it to expire.
+async fn a_holder_takes_a_lease_it_lost_track_of_again_at_once(store: Arc<dyn Store>) {
+    let id = store
+        .upsert_repeater(&spec("acme", "a", &[]), T0)
+        .await
+        .unwrap()
+        .id;
+    let lost = lease(&store, id, T0).await;
+    assert!(
+        store
+            .acquire_lease(id, "other", T0 + 1, TTL)
+            .await
+            .unwrap()
+            .is_none(),
+        "another holder took a live lease"
+    );
+    let again = store
+        .acquire_lease(id, HOLDER, T0 + 1, TTL)
+        .await
+        .unwrap()
+        .expect("the holder takes its own lost lease again");
+    assert!(again.epoch > lost.epoch);
+    assert_ne!(again.token, lost.token);
+    match store.renew_lease(&lost, T0 + 2, TTL).await {
+        Err(StoreError::LeaseLost { repeater_id, epoch }) => {
+            assert_eq!((repeater_id, epoch), (id, lost.epoch));
+        }
+        other => panic!("expected the lost lease fenced out, got {other:?}"),
+    }
+    // Giving the lost one up leaves the new one alone.
+    store.release_lease(&lost).await.unwrap();
+    let status = store.repeater("acme", "a").await.unwrap().unwrap();
+    let held = status.lease.expect("the new lease is still held");
+    assert_eq!(held.epoch, again.epoch);
 }
 
 async fn leases_bump_the_epoch_renew_and_are_taken_over_after_expiry(store: Arc<dyn Store>) {

@@ -146,17 +146,26 @@ fn claim(rule: &str) -> String {
     )
 }
 
-/// Takes the leases of `count` repeaters, `$5` onwards, that are free or
-/// expired at `$4`: bumps each one's epoch and returns it with the id. `$1`
-/// the token, `$2` the holder, `$3` the expiry. On PostgreSQL a row another
-/// process is taking at the same moment is skipped, not waited for.
+/// Takes the leases of `count` repeaters, `$5` onwards, that are free,
+/// expired at `$4`, or held by the same holder `$2`: bumps each one's epoch
+/// and returns it with the id. `$1` the token, `$3` the expiry. On
+/// PostgreSQL a row another process is taking at the same moment is
+/// skipped, not waited for.
+///
+/// A process asks for a lease only for a lane none of its batches holds,
+/// so a lease already under its name is one it lost track of: a lease
+/// write that committed while its answer was lost to a database restart,
+/// or a release that failed. Waiting for that lease to expire held the
+/// lane back a whole TTL after the database came back; taking it again
+/// bumps the epoch, which fences out whatever the lost token could write.
 pub(crate) fn acquire(dialect: Dialect, count: usize) -> String {
     let ids: Vec<String> = (5..5 + count).map(|n| format!("${n}")).collect();
     dialect.render(&format!(
         "UPDATE repeaters SET lease_epoch = lease_epoch + 1, lease_token = $1, \
          lease_holder = $2, lease_expires_at = $3 \
          WHERE id IN (SELECT id FROM repeaters WHERE id IN ({}) \
-                      AND (lease_expires_at IS NULL OR lease_expires_at <= $4){}) \
+                      AND (lease_expires_at IS NULL OR lease_expires_at <= $4 \
+                           OR lease_holder = $2){}) \
          RETURNING id, lease_epoch",
         ids.join(", "),
         dialect.skip_locked()

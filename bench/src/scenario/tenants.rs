@@ -46,6 +46,8 @@ const COST_TARGET: f64 = 2.0;
 const READS: &str = "repeaterd_scheduler_ready_reads_total";
 /// The time those reads took.
 const READ_SECONDS: &str = "repeaterd_scheduler_ready_read_seconds_total";
+/// What asks for those reads, as the daemon labels them.
+const READ_REASONS: [&str; 5] = ["start", "timer", "batches", "change", "deferred"];
 
 /// One layout's figures.
 struct LayoutRun {
@@ -60,6 +62,8 @@ struct LayoutRun {
     ready_reads_per_s: f64,
     /// Milliseconds per second of the run those reads took.
     ready_read_ms_per_s: f64,
+    /// Those reads per second by reason, in [`READ_REASONS`] order.
+    ready_reads_by_reason: Vec<f64>,
 }
 
 impl LayoutRun {
@@ -91,6 +95,13 @@ impl LayoutRun {
             &format!("{prefix}_ready_read_ms_per_s"),
             self.ready_read_ms_per_s,
         );
+        for (reason, per_s) in READ_REASONS.iter().zip(&self.ready_reads_by_reason) {
+            put(
+                fields,
+                &format!("{prefix}_ready_reads_{reason}_per_s"),
+                *per_s,
+            );
+        }
     }
 }
 
@@ -185,6 +196,7 @@ async fn measure(
     let busy = api.metric("repeaterd_scheduler_busy_seconds_total").await?;
     let reads = api.metric(READS).await?;
     let read_seconds = api.metric(READ_SECONDS).await?;
+    let by_reason = reads_by_reason(&api).await?;
     let cpu = CpuSpan::start(&layout.daemon);
     let ingested = ingest(&api, &plan).await?;
     let made = ingested.records();
@@ -195,6 +207,9 @@ async fn measure(
     let busy = api.metric("repeaterd_scheduler_busy_seconds_total").await? - busy;
     let reads = api.metric(READS).await? - reads;
     let read_seconds = api.metric(READ_SECONDS).await? - read_seconds;
+    let by_reason = (reads_by_reason(&api).await?.into_iter())
+        .zip(by_reason)
+        .map(|(after, before)| after - before);
     let last = layout.receiver.last_arrival().unwrap_or(ingested.finished);
     let seconds = last
         .saturating_duration_since(ingested.started)
@@ -215,8 +230,22 @@ async fn measure(
         picks,
         ready_reads_per_s: reads / seconds.max(1e-9),
         ready_read_ms_per_s: read_seconds * 1e3 / seconds.max(1e-9),
+        ready_reads_by_reason: by_reason.map(|n| n / seconds.max(1e-9)).collect(),
     };
     Ok((run, layout))
+}
+
+/// The daemon's reads of every ready repeater so far, by reason, in
+/// [`READ_REASONS`] order.
+async fn reads_by_reason(api: &Api) -> Result<Vec<f64>, String> {
+    let mut counts = Vec::with_capacity(READ_REASONS.len());
+    for reason in READ_REASONS {
+        counts.push(
+            api.metric(&format!("{READS}{{reason=\"{reason}\"}}"))
+                .await?,
+        );
+    }
+    Ok(counts)
 }
 
 /// Offers `records_per_s` for `span` to `layout` and waits until every

@@ -59,8 +59,11 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    start_full(store, dir, specs, dispatch, None, before).await
+    start_full(store, dir, specs, dispatch, None, SAFETY_NET, before).await
 }
+
+/// The loop's sleep cap and whole-read interval in most tests.
+const SAFETY_NET: Duration = Duration::from_secs(1);
 
 /// Like [`start_on`], with the retention purge on (`retention` old).
 async fn start_full<F, Fut>(
@@ -69,6 +72,7 @@ async fn start_full<F, Fut>(
     specs: &[RepeaterSpec],
     dispatch: DispatchConfig,
     retention: Option<Duration>,
+    max_sleep: Duration,
     before: F,
 ) -> Harness
 where
@@ -117,8 +121,7 @@ where
             batch_size: dispatch.batch_size,
             default_concurrency: dispatch.concurrency,
             lease_ttl_ms: dispatch.lease_ttl_on(true).as_millis() as i64,
-            max_sleep: Duration::from_secs(1),
-            busy_poll_ms: 50,
+            max_sleep,
             batch_budget: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             retention: retention.map(|retention| RetentionSettings {
@@ -398,6 +401,78 @@ async fn retryable_failures_retry_and_rejections_stop() {
     let (_, attempts) = h.store.record("acme", first.id).await.unwrap().unwrap();
     let statuses: Vec<_> = attempts.iter().map(|a| a.status).collect();
     assert_eq!(statuses, [Some(503), Some(503), Some(200)]);
+    let _ = h.shutdown.send(true);
+}
+
+/// A retry is found when it comes due because the batch that wrote it
+/// said when, not by reading every repeater: here that read comes only
+/// every 30 s, and another lane's batch hangs with records due, so the
+/// store's next due time is "now" and cannot time the retry either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_sent_when_it_comes_due_without_reading_every_repeater() {
+    let hung = Receiver::start().await;
+    hung.set_open(false);
+    let flaky = Receiver::with_script(Arc::new(|_, seen| {
+        if seen == 0 {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    }))
+    .await;
+    let specs = [
+        spec("hung", "sink", &hung.url()),
+        spec("acme", "crm", &flaky.url()),
+    ];
+    let dispatch = DispatchConfig {
+        timeout: Duration::from_secs(30),
+        ..fast()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
+        .await
+        .unwrap();
+    let h = start_full(
+        store,
+        dir,
+        &specs,
+        dispatch,
+        None,
+        Duration::from_secs(30),
+        |store| async move {
+            let events: Vec<NewEvent> = (0..5).map(event).collect();
+            (store.ingest("hung", &events, now_millis()).await).unwrap();
+        },
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (h.store.repeater("hung", "sink").await.unwrap())
+        .unwrap()
+        .lease
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung batch never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.store
+        .ingest("acme", &[event(0)], now_millis())
+        .await
+        .unwrap();
+    flaky.wait_for(1, Duration::from_secs(10)).await;
+    let refused = std::time::Instant::now();
+    // The retry (100 ms) and the backoff (200 ms to 2 s, `fast`) are due
+    // within 2 s; the next whole read is 30 s away.
+    flaky.wait_for(2, Duration::from_secs(5)).await;
+    println!(
+        "retry: sent {:?} after the refusal, with the whole read 30 s apart",
+        refused.elapsed()
+    );
+    assert_eq!(hung.count(), 0, "the hung lane was answered");
+    hung.set_open(true);
+    hung.wait_for(5, Duration::from_secs(10)).await;
     let _ = h.shutdown.send(true);
 }
 
@@ -684,6 +759,7 @@ async fn retention_purges_finished_records_in_bounded_batches() {
         &[spec("acme", "crm", &receiver.url())],
         fast(),
         Some(Duration::from_millis(300)),
+        SAFETY_NET,
         |store| async move {
             let events: Vec<NewEvent> = (0..20).map(event).collect();
             store.ingest("acme", &events, now_millis()).await.unwrap();

@@ -441,7 +441,6 @@ pub fn dispatch_settings(config: &Config) -> DispatchSettings {
                 .lease_ttl_on(config.database.url.is_some() || config.database.url_env.is_some()),
         ),
         max_sleep: Duration::from_secs(1),
-        busy_poll_ms: 50,
         batch_budget: dispatch.batch_time_budget,
         shutdown_grace: config.server.shutdown_grace,
         retention: Some(RetentionSettings {

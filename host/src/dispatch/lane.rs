@@ -33,8 +33,8 @@ use crate::dispatch::DispatchDeps;
 use crate::dispatch::attempt::{AttemptContext, run_attempt};
 use crate::dispatch::policy::{self, limits_of};
 use crate::model::{
-    AttemptOutcome, ClaimedRecord, ReadyRepeater, RecordOutcome, RecordState, RepeaterHealth,
-    now_millis,
+    AttemptOutcome, ClaimedRecord, Millis, ReadyRepeater, RecordOutcome, RecordState,
+    RepeaterHealth, now_millis,
 };
 use crate::plugin::{CallContext, LoadedPlugin, PluginError, RepeaterKey};
 use crate::schedule::{Aimd, AttemptReport, JudgePolicy, Overload, Verdict, judge_batch};
@@ -75,6 +75,11 @@ pub struct BatchDone {
     /// holder (or the store refused the write). The loop skips the lane
     /// until it next reads the ready set.
     pub refused: bool,
+    /// When the written results make the lane ready again by themselves:
+    /// the end of the backoff they set, or else their earliest retry. The
+    /// loop reads the lane's domain then, instead of reading every
+    /// repeater often enough to come across it.
+    pub due_again: Option<Millis>,
 }
 
 impl BatchDone {
@@ -101,6 +106,7 @@ impl BatchDone {
             elapsed: Duration::ZERO,
             lease: None,
             refused: false,
+            due_again: None,
         }
     }
 }
@@ -422,7 +428,10 @@ async fn finish(
         .finish_batch(lease, outcomes, health, release_lease, now_millis())
         .await
     {
-        Ok(()) => done.written = true,
+        Ok(()) => {
+            done.written = true;
+            done.due_again = due_again(outcomes, health);
+        }
         Err(StoreError::LeaseLost { .. }) => {
             deps.metrics.lease_lost();
             tracing::warn!(repeater = %label(repeater), epoch = lease.epoch, "lease lost before the batch was written; its results are dropped");
@@ -432,6 +441,18 @@ async fn finish(
             release(deps, lease).await;
         }
     }
+}
+
+/// When written `outcomes` and `health` make their lane ready again by
+/// themselves (see [`BatchDone::due_again`]).
+fn due_again(outcomes: &[RecordOutcome], health: Option<&RepeaterHealth>) -> Option<Millis> {
+    if let Some(until) = health.and_then(|health| health.backoff_until) {
+        return Some(until);
+    }
+    (outcomes.iter())
+        .filter(|outcome| !outcome.state.is_terminal())
+        .filter_map(|outcome| outcome.next_attempt_at)
+        .min()
 }
 
 /// Gives a lease up; a failure only leaves it to expire.
@@ -488,4 +509,66 @@ fn count_outcomes(
 
 fn label(repeater: &ReadyRepeater) -> String {
     format!("{}/{}", repeater.domain, repeater.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(
+        record_id: i64,
+        state: RecordState,
+        next_attempt_at: Option<Millis>,
+    ) -> RecordOutcome {
+        RecordOutcome {
+            record_id,
+            state,
+            next_attempt_at,
+            attempt: None,
+        }
+    }
+
+    fn health(backoff_until: Option<Millis>) -> RepeaterHealth {
+        RepeaterHealth {
+            backoff_until,
+            backoff_step: 1,
+            last_error: None,
+            last_success_at: None,
+        }
+    }
+
+    #[test]
+    fn a_lane_comes_due_again_at_its_earliest_retry() {
+        let outcomes = [
+            outcome(1, RecordState::Succeeded, None),
+            outcome(2, RecordState::Retrying, Some(5_000)),
+            outcome(3, RecordState::Retrying, Some(3_000)),
+            outcome(4, RecordState::Rejected, None),
+        ];
+        assert_eq!(due_again(&outcomes, None), Some(3_000));
+        // Health without a backoff leaves the retries to decide.
+        assert_eq!(due_again(&outcomes, Some(&health(None))), Some(3_000));
+    }
+
+    #[test]
+    fn a_backoff_decides_when_the_lane_comes_due_again() {
+        let outcomes = [outcome(1, RecordState::Retrying, Some(3_000))];
+        assert_eq!(
+            due_again(&outcomes, Some(&health(Some(9_000)))),
+            Some(9_000)
+        );
+        // Backed off with nothing left to retry: the lane may still hold
+        // records it did not claim.
+        assert_eq!(due_again(&[], Some(&health(Some(9_000)))), Some(9_000));
+    }
+
+    #[test]
+    fn a_lane_whose_records_all_finished_does_not_come_due_by_itself() {
+        let outcomes = [
+            outcome(1, RecordState::Succeeded, None),
+            outcome(2, RecordState::Cancelled, None),
+        ];
+        assert_eq!(due_again(&outcomes, None), None);
+        assert_eq!(due_again(&[], None), None);
+    }
 }

@@ -52,11 +52,10 @@ pub struct DispatchSettings {
     pub default_concurrency: u32,
     /// Lease time to live; renewed every third of it while a batch runs.
     pub lease_ttl_ms: i64,
-    /// Longest sleep of the loop: the safety net for expired leases of
-    /// crashed peers and for work made due by other processes.
+    /// Longest sleep of the loop, and how long the whole ready set is
+    /// reused at least: the safety net for expired leases of crashed peers
+    /// and for work made due by other processes.
     pub max_sleep: Duration,
-    /// Sleep while something is due but cannot be handed out here.
-    pub busy_poll_ms: u64,
     /// Batch time budget: repeaters whose batches keep exceeding it yield
     /// their turns to the others of their domain (docs/scheduling.md, "Heavy repeaters yield").
     pub batch_budget: Duration,

@@ -21,7 +21,7 @@
 //! goes on handing out and taking back batches meanwhile (ADR 23). Idle
 //! leases go back in one write too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -84,19 +84,10 @@ enum LeaseFrom {
 /// later at most.
 const WAKEUP_REUSE_MS: Millis = 50;
 
-/// How long the ready set as last read is reused while batches finish and
-/// the loop has lanes to hand out or no slots to hand out. Reading it after
-/// every batch cost about 5 % of the daemon's CPU at full load; between
-/// reads, a finished batch takes its lane out of the set when its claim
-/// ran short (see [`BatchDone::more_due`]), an ingest makes the loop read
-/// the repeaters of the domains it fed, and a due time makes it read the
-/// whole set. What this reuse delays is noticing a retry that became due
-/// while the loop was busy anyway.
-const READY_REUSE_MS: Millis = 200;
-
-/// How long the ready set is reused while the loop is short of lanes:
-/// slots are free and no lane in the set can take them.
-const STARVED_REUSE_MS: Millis = 20;
+/// Most lanes remembered as coming due again at a time of their own
+/// ([`BatchDone::due_again`]); beyond it, the whole read at least once a
+/// second finds them.
+const DUE_AGAIN_MAX: usize = 65_536;
 
 /// The ready set is reused for at least this many times the time its last
 /// read took, so reading it takes at most about a fifth of the loop's time.
@@ -179,8 +170,9 @@ pub(crate) struct Scheduler {
     /// Domains this process added records to since the loop last looked:
     /// their repeaters are read alone, at once (ADR 24).
     fed_domains: Vec<String>,
-    /// The last hand-out left slots free for want of a lane to run.
-    starved: bool,
+    /// When lanes come due again by their own batches' results (a retry,
+    /// the end of a backoff), by time: their domains are read alone then.
+    due_again: BTreeSet<(Millis, i64)>,
     /// How long that read took.
     ready_read_cost: Duration,
     /// When the leases held elsewhere were last counted.
@@ -209,7 +201,7 @@ impl Scheduler {
             ready_read_at: std::time::Instant::now(),
             refresh_pending: false,
             fed_domains: Vec::new(),
-            starved: false,
+            due_again: BTreeSet::new(),
             ready_read_cost: Duration::ZERO,
             elsewhere_read_at: 0,
         }
@@ -239,8 +231,10 @@ impl Scheduler {
             // The safety net counts from the last whole read, not from the
             // last wake-up: a producer posting every few milliseconds woke
             // the loop before any sleep ran out, and a lane skipped for a
-            // lease it could not take was never tried again while it did.
-            let overdue = self.ready_age() >= self.deps.settings.max_sleep;
+            // lease it could not take was never tried again while it did
+            // (ADR 25).
+            let overdue = self.ready_age() >= self.ready_reuse();
+            self.take_due_again(now_millis());
             if refresh || overdue || (self.refresh_pending && self.ready_read_allowed()) {
                 if overdue && !refresh {
                     reason = "timer";
@@ -256,18 +250,27 @@ impl Scheduler {
                 self.refresh_fed().await;
             }
             let paced_until = self.hand_out().await;
-            let sleep_until = self.sleep_deadline(paced_until).await;
+            let (due_sleep, read_when_due) = self.sleep_deadline(paced_until).await;
             let picked = self.batches.len().saturating_sub(picks) as u64;
             self.deps
                 .metrics
                 .scheduler_turn(picked, turn.elapsed().as_secs_f64());
-            let sleep_until =
-                sleep_until.min((self.deps.settings.max_sleep).saturating_sub(self.ready_age()));
+            let sleep_until = due_sleep.min(self.ready_reuse().saturating_sub(self.ready_age()));
+            let sleep_until = match self.due_again.first() {
+                Some((at, _)) => {
+                    let wait = at.saturating_sub(now_millis()).max(0) as u64;
+                    sleep_until.min(Duration::from_millis(wait))
+                }
+                None => sleep_until,
+            };
             let sleep_until = if self.refresh_pending {
                 sleep_until.min(self.ready_read_wait())
             } else {
                 sleep_until
             };
+            // The store's due time came first: what comes due then may be
+            // something only the whole read finds.
+            let read_on_waking = read_when_due && due_sleep <= sleep_until;
             let sleep = tokio::time::sleep(sleep_until);
 
             refresh = tokio::select! {
@@ -311,7 +314,7 @@ impl Scheduler {
                 }
                 _ = sleep => {
                     reason = "timer";
-                    true
+                    read_on_waking
                 }
                 _ = shutdown.changed() => false,
             };
@@ -338,20 +341,34 @@ impl Scheduler {
         (self.ready_read_cost * READY_READ_SHARE).saturating_sub(self.ready_age())
     }
 
-    /// How long the ready set as last read is reused: [`READY_REUSE_MS`]
-    /// ([`STARVED_REUSE_MS`] while the loop is short of lanes), or
+    /// How long the ready set as last read is reused: `max_sleep` (1 s), or
     /// [`READY_READ_SHARE`] times what reading it took, whichever is
-    /// longer. With thousands of repeaters the read takes milliseconds, and
-    /// reading it after every ingest and batch left the loop little time to
-    /// hand out batches.
+    /// longer. Between these reads the loop learns of new records from
+    /// ingest's hints, of drained lanes from their batches, of retries and
+    /// backoffs coming due from the batches that wrote them
+    /// ([`BatchDone::due_again`]), and of other changes from the store's
+    /// wake-ups. What the read still finds is what nobody announced: a
+    /// peer's lease running out, a lane skipped for a lease it could not
+    /// take. Reading it every 200 ms while batches ran took two thirds of
+    /// the loop's time with ten thousand repeaters.
     fn ready_reuse(&self) -> Duration {
-        let floor = if self.starved {
-            STARVED_REUSE_MS
-        } else {
-            READY_REUSE_MS
-        };
-        let floor = Duration::from_millis(floor as u64);
-        (self.ready_read_cost * READY_READ_SHARE).max(floor)
+        (self.ready_read_cost * READY_READ_SHARE).max(self.deps.settings.max_sleep)
+    }
+
+    /// Moves the lanes whose own results make them due by `now` to the
+    /// domains read alone this turn.
+    fn take_due_again(&mut self, now: Millis) {
+        while let Some(&(at, id)) = self.due_again.first()
+            && at <= now
+        {
+            self.due_again.pop_first();
+            let Some(lane) = self.lanes.get(&id) else {
+                continue;
+            };
+            if !self.fed_domains.contains(&lane.domain) {
+                self.fed_domains.push(lane.domain.clone());
+            }
+        }
     }
 
     /// Tells the fair queue how many repeaters of each domain other
@@ -573,7 +590,6 @@ impl Scheduler {
             }
             self.start_round(picks).await;
         }
-        self.starved = self.inflight < max;
         self.paced_until(now_millis())
     }
 
@@ -829,17 +845,21 @@ impl Scheduler {
 
     /// How long to sleep: until the earliest due time or paced repeater, at
     /// most the safety-net cap; the cap while every slot is taken (a slot
-    /// coming back wakes the loop), and a short poll when work is due but
-    /// was not handed out here.
-    async fn sleep_deadline(&mut self, paced_until: Option<Millis>) -> Duration {
+    /// coming back wakes the loop) or when work is due now but was not
+    /// handed out here (its lane is busy here, and its batch finishing
+    /// wakes the loop; or the lane is skipped until the next whole read).
+    /// The flag says whether to read every ready repeater when the sleep
+    /// runs out: only when it ran until the store's next due time, which
+    /// may be a peer's lease or retry that nobody announces.
+    async fn sleep_deadline(&mut self, paced_until: Option<Millis>) -> (Duration, bool) {
         let cap = self.deps.settings.max_sleep;
         if self.inflight >= self.deps.settings.max_inflight.max(1) {
             // Nothing can be handed out before a slot comes back, and a
             // slot coming back wakes the loop: no need to ask the store.
-            return cap;
+            return (cap, false);
         }
         let now = now_millis();
-        let mut until = match self.wakeup {
+        let due = match self.wakeup {
             Some((read, at)) if !self.batches.is_empty() && now - read < WAKEUP_REUSE_MS => at,
             _ => {
                 let holder = &self.deps.settings.holder;
@@ -855,16 +875,15 @@ impl Scheduler {
                 }
             }
         };
-        if let Some(paced) = paced_until {
-            until = Some(until.map_or(paced, |t| t.min(paced)));
-        }
-        match until {
-            Some(at) if at > now => Duration::from_millis((at - now) as u64).min(cap),
-            // Something is due now but was not handed out (slots full or the
-            // lane is busy here): a batch finishing will wake the loop; keep
-            // a short floor so a lease held elsewhere is polled gently.
-            Some(_) => Duration::from_millis(self.deps.settings.busy_poll_ms).min(cap),
-            None => cap,
+        match (due, paced_until) {
+            (Some(at), paced) if at > now && paced.is_none_or(|paced| at <= paced) => {
+                (Duration::from_millis((at - now) as u64).min(cap), true)
+            }
+            (_, Some(paced)) if paced > now => {
+                (Duration::from_millis((paced - now) as u64).min(cap), false)
+            }
+            (_, Some(_)) => (Duration::ZERO, false),
+            _ => (cap, false),
         }
     }
 
@@ -893,6 +912,11 @@ impl Scheduler {
             self.fair.record_batch(done.repeater_id, over_budget);
         }
         self.give_back(done.reserved);
+        if let Some(at) = done.due_again
+            && self.due_again.len() < DUE_AGAIN_MAX
+        {
+            self.due_again.insert((at, done.repeater_id));
+        }
         let held = self.held().remove(&done.repeater_id);
         if let (Some(lease), Some(held)) = (done.lease, held) {
             let held = Held {

@@ -84,6 +84,12 @@ enum LeaseFrom {
 /// later at most.
 const WAKEUP_REUSE_MS: Millis = 50;
 
+/// How long the ready set is reused at least while other daemons hold
+/// lanes: its read is what finds a crashed or frozen peer's lanes once
+/// their leases run out, and a busy loop does not learn that time from the
+/// store.
+const PEERS_REUSE_MS: Millis = 200;
+
 /// Most lanes remembered as coming due again at a time of their own
 /// ([`BatchDone::due_again`]); beyond it, the whole read at least once a
 /// second finds them.
@@ -177,6 +183,8 @@ pub(crate) struct Scheduler {
     ready_read_cost: Duration,
     /// When the leases held elsewhere were last counted.
     elsewhere_read_at: Millis,
+    /// Other daemons held leases at that count.
+    peers_hold_lanes: bool,
 }
 
 impl Scheduler {
@@ -204,6 +212,7 @@ impl Scheduler {
             due_again: BTreeSet::new(),
             ready_read_cost: Duration::ZERO,
             elsewhere_read_at: 0,
+            peers_hold_lanes: false,
         }
     }
 
@@ -341,7 +350,8 @@ impl Scheduler {
         (self.ready_read_cost * READY_READ_SHARE).saturating_sub(self.ready_age())
     }
 
-    /// How long the ready set as last read is reused: `max_sleep` (1 s), or
+    /// How long the ready set as last read is reused: `max_sleep` (1 s;
+    /// [`PEERS_REUSE_MS`] while other daemons hold lanes), or
     /// [`READY_READ_SHARE`] times what reading it took, whichever is
     /// longer. Between these reads the loop learns of new records from
     /// ingest's hints, of drained lanes from their batches, of retries and
@@ -352,7 +362,12 @@ impl Scheduler {
     /// take. Reading it every 200 ms while batches ran took two thirds of
     /// the loop's time with ten thousand repeaters.
     fn ready_reuse(&self) -> Duration {
-        (self.ready_read_cost * READY_READ_SHARE).max(self.deps.settings.max_sleep)
+        let floor = if self.peers_hold_lanes {
+            Duration::from_millis(PEERS_REUSE_MS as u64)
+        } else {
+            self.deps.settings.max_sleep
+        };
+        (self.ready_read_cost * READY_READ_SHARE).max(floor)
     }
 
     /// Moves the lanes whose own results make them due by `now` to the
@@ -382,10 +397,13 @@ impl Scheduler {
         self.elsewhere_read_at = now;
         let holder = &self.deps.settings.holder;
         match self.deps.store.lanes_held_elsewhere(now, holder).await {
-            Ok(held) => self.fair.set_held_elsewhere(
-                held.into_iter()
-                    .map(|(domain, count)| (domain, u64::try_from(count).unwrap_or(0))),
-            ),
+            Ok(held) => {
+                self.peers_hold_lanes = !held.is_empty();
+                self.fair.set_held_elsewhere(
+                    held.into_iter()
+                        .map(|(domain, count)| (domain, u64::try_from(count).unwrap_or(0))),
+                );
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot count the lanes other daemons hold");
             }

@@ -189,6 +189,22 @@ async fn records_of(store: &dyn Store, domain: &str) -> Vec<RecordRow> {
         .unwrap()
 }
 
+/// Waits until repeater `domain`/`name` holds a lease: its batch started.
+async fn wait_for_lease(store: &dyn Store, domain: &str, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while (store.repeater(domain, name).await.unwrap())
+        .unwrap()
+        .lease
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch of {domain}/{name} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn wait_states(store: &dyn Store, domain: &str, want: RecordState, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -445,18 +461,7 @@ async fn a_retry_is_sent_when_it_comes_due_without_reading_every_repeater() {
         },
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while (h.store.repeater("hung", "sink").await.unwrap())
-        .unwrap()
-        .lease
-        .is_none()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hung batch never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_lease(h.store.as_ref(), "hung", "sink").await;
     h.store
         .ingest("acme", &[event(0)], now_millis())
         .await
@@ -601,22 +606,7 @@ async fn a_batch_gives_back_the_slots_of_records_it_did_not_claim() {
     .await;
     // The hung receiver logs a request only once it answers: wait for the
     // hung repeater's lease instead, then for its request to be on the wire.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while h
-        .store
-        .repeater("hung", "sink")
-        .await
-        .unwrap()
-        .unwrap()
-        .lease
-        .is_none()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hung batch never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_lease(h.store.as_ref(), "hung", "sink").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let events: Vec<NewEvent> = (1..=10).map(event).collect();

@@ -163,6 +163,17 @@ async fn lease(store: &Arc<dyn Store>, repeater_id: i64, now: i64) -> Lease {
         .expect("lease is free")
 }
 
+/// Asserts that a renewal of `lease` was refused as lost, naming its lane
+/// and epoch.
+fn assert_renewal_lost(renewal: Result<Lease, StoreError>, lease: &Lease) {
+    match renewal {
+        Err(StoreError::LeaseLost { repeater_id, epoch }) => {
+            assert_eq!((repeater_id, epoch), (lease.repeater_id, lease.epoch));
+        }
+        other => panic!("expected the renewal of a lost lease refused, got {other:?}"),
+    }
+}
+
 fn attempt(outcome: AttemptOutcome, status: Option<u16>, error: Option<&str>) -> AttemptDraft {
     AttemptDraft {
         started_at: T0 + 10,
@@ -956,12 +967,7 @@ async fn a_holder_takes_a_lease_it_lost_track_of_again_at_once(store: Arc<dyn St
         .expect("the holder takes its own lost lease again");
     assert!(again.epoch > lost.epoch);
     assert_ne!(again.token, lost.token);
-    match store.renew_lease(&lost, T0 + 2, TTL).await {
-        Err(StoreError::LeaseLost { repeater_id, epoch }) => {
-            assert_eq!((repeater_id, epoch), (id, lost.epoch));
-        }
-        other => panic!("expected the lost lease fenced out, got {other:?}"),
-    }
+    assert_renewal_lost(store.renew_lease(&lost, T0 + 2, TTL).await, &lost);
     // Giving the lost one up leaves the new one alone.
     store.release_lease(&lost).await.unwrap();
     let status = store.repeater("acme", "a").await.unwrap().unwrap();
@@ -1015,12 +1021,12 @@ async fn leases_bump_the_epoch_renew_and_are_taken_over_after_expiry(store: Arc<
         .expect("expired lease is taken over");
     assert!(second.epoch > first.epoch);
     assert_ne!(second.token, first.token);
-    match store.renew_lease(&renewed, takeover_at, TTL).await {
-        Err(StoreError::LeaseLost { repeater_id, epoch }) => {
-            assert_eq!((repeater_id, epoch), (id, first.epoch));
-        }
-        other => panic!("expected LeaseLost, got {other:?}"),
-    }
+    // A renewal keeps the epoch, so the renewed lease is the first one.
+    assert_eq!((renewed.repeater_id, renewed.epoch), (id, first.epoch));
+    assert_renewal_lost(
+        store.renew_lease(&renewed, takeover_at, TTL).await,
+        &renewed,
+    );
     // Releasing a lost lease changes nothing.
     store.release_lease(&renewed).await.unwrap();
     assert!(

@@ -26,13 +26,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::backend::{Backend, BatchResults, Connections, Ingest, LaneClaim};
 use super::input::RecordUpdate;
@@ -53,6 +53,14 @@ pub(crate) const READ_CONNECTIONS: u32 = 4;
 /// How often a connection of its own copies the write-ahead log into the
 /// database file, off the writer.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// Free room on the database's filesystem under which the log is also
+/// copied after every group commit. Copying the log into the file grows the
+/// file by the new pages the log holds, so once the disk is full, ingest and
+/// lease writes come back only when the room freed covers what the log has
+/// not yet copied. At full load the log gains several MiB between two
+/// checkpoints; near a full disk it is kept to one commit's worth, and the
+/// writer pays the more frequent copies only when room is short.
+const LOW_ROOM_BYTES: u64 = 256 << 20;
 /// Log pages after which the writer's own commit checkpoints (SQLite's
 /// default is 1,000). The background copy rarely lets the log reach it, but
 /// it cannot reset the log while the writer keeps appending: this one
@@ -145,7 +153,13 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         let (stop_checkpoints, stopped) = oneshot::channel();
-        tokio::spawn(checkpoints(checkpointer, stopped));
+        let pace = Arc::new(CheckpointPace::default());
+        tokio::spawn(checkpoints(
+            checkpointer,
+            folder_of(path),
+            pace.clone(),
+            stopped,
+        ));
         let reader = SqlitePoolOptions::new()
             .max_connections(readers)
             .test_before_acquire(false)
@@ -167,6 +181,7 @@ impl SqliteStore {
             connections.hints.clone(),
             queues,
             subscribers,
+            pace,
         ));
         Ok(SqliteStore {
             connections,
@@ -347,21 +362,96 @@ async fn free_leases_of_the_last_owner(writer: &SqlitePool) -> StoreResult<()> {
     Ok(())
 }
 
-/// Copies the write-ahead log into the database file every
-/// [`CHECKPOINT_EVERY`] until `stop` ends (its sender, held by the store,
-/// is dropped). Passive: a checkpoint copies what it can without waiting
-/// for the writer or a reader, and the writer goes on appending meanwhile.
-async fn checkpoints(pool: SqlitePool, mut stop: oneshot::Receiver<()>) {
+/// When the write-ahead log is copied into the database file: every
+/// [`CHECKPOINT_EVERY`], and after every group commit while the database's
+/// filesystem has less than [`LOW_ROOM_BYTES`] free.
+#[derive(Default)]
+pub(super) struct CheckpointPace {
+    /// The last look at the filesystem found less than [`LOW_ROOM_BYTES`] free.
+    low_room: AtomicBool,
+    /// Asks the checkpoint task for a copy now.
+    now: Notify,
+}
+
+impl CheckpointPace {
+    /// Called after each group commit that wrote: asks for a checkpoint when
+    /// room is short.
+    pub(super) fn committed(&self) {
+        if self.low_room.load(AtomicOrdering::Relaxed) {
+            self.now.notify_one();
+        }
+    }
+}
+
+/// The folder holding the database file at `path`, whose filesystem it
+/// lives on.
+fn folder_of(path: &Path) -> std::path::PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
+/// Whether the filesystem holding `folder` has less than `bytes` free for
+/// this process; `false` when it cannot tell.
+fn room_below(folder: &Path, bytes: u64) -> bool {
+    match rustix::fs::statvfs(folder) {
+        Ok(fs) => fs.f_bavail.saturating_mul(fs.f_frsize) < bytes,
+        Err(error) => {
+            tracing::debug!(%error, folder = %folder.display(), "cannot read the free room of the database's filesystem");
+            false
+        }
+    }
+}
+
+/// Copies the write-ahead log into the database file as `pace` says until
+/// `stop` ends (its sender, held by the store, is dropped); it looks at the
+/// room left in `folder` every [`CHECKPOINT_EVERY`]. Passive: a checkpoint
+/// copies what it can without waiting for the writer or a reader, and the
+/// writer goes on appending meanwhile.
+async fn checkpoints(
+    pool: SqlitePool,
+    folder: std::path::PathBuf,
+    pace: Arc<CheckpointPace>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A failing checkpoint (a full disk) is logged when it starts failing
+    // and when it works again, not at every try.
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = every.tick() => {
-                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-                    tracing::warn!(%error, "WAL checkpoint failed; trying again at the next tick");
+                let low = room_below(&folder, LOW_ROOM_BYTES);
+                if pace.low_room.swap(low, AtomicOrdering::Relaxed) != low {
+                    tracing::info!(
+                        low_room = low,
+                        folder = %folder.display(),
+                        "the database's filesystem {} {} MiB free; the log is copied {}",
+                        if low { "has less than" } else { "has again at least" },
+                        LOW_ROOM_BYTES >> 20,
+                        if low { "after every commit" } else { "on the timer alone" },
+                    );
                 }
             }
+            _ = pace.now.notified() => {}
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("WAL checkpoints work again");
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "WAL checkpoint failed; trying again after the next commit or tick");
+            }
+            Err(_) => {}
         }
     }
     pool.close().await;
@@ -374,6 +464,21 @@ mod tests {
     use crate::store::admin::records_page_sql;
     use crate::store::sql::Dialect;
     use crate::store::{RecordQuery, Store};
+
+    #[test]
+    fn the_room_of_the_databases_filesystem_is_read_where_the_file_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = folder_of(&dir.path().join("repeaterd.sqlite"));
+        assert_eq!(folder, dir.path());
+        assert_eq!(folder_of(Path::new("repeaterd.sqlite")), Path::new("."));
+        assert!(
+            room_below(&folder, u64::MAX),
+            "no filesystem has 16 EiB free"
+        );
+        assert!(!room_below(&folder, 0));
+        // A folder that is not there cannot tell, and counts as roomy.
+        assert!(!room_below(&dir.path().join("gone"), u64::MAX));
+    }
 
     #[tokio::test]
     async fn the_configured_number_of_readers_sizes_both_read_paths() {

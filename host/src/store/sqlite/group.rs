@@ -19,7 +19,7 @@ use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params_from_iter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{BUSY_TIMEOUT, WRITER_CHECKPOINT_PAGES, open_own};
+use super::{BUSY_TIMEOUT, CheckpointPace, WRITER_CHECKPOINT_PAGES, open_own};
 use crate::model::{Millis, NewEvent, RecordState};
 use crate::store::backend::ReadyHints;
 use crate::store::ingest::{EVENT_COLUMNS, RECORD_COLUMNS, insert_events, insert_records};
@@ -400,6 +400,7 @@ pub(super) async fn group_commit(
     hints: Arc<ReadyHints>,
     mut queues: WriteQueues,
     mut subscribers: SubscriberCache,
+    checkpoints: Arc<CheckpointPace>,
 ) {
     let mut carried = None;
     let mut last_commit: Option<std::time::Instant> = None;
@@ -483,6 +484,9 @@ pub(super) async fn group_commit(
         let result_rows: usize = (finishes.iter())
             .map(|job| job.updates.len() + job.attempts.len())
             .sum();
+        if ingest_rows + result_rows > 0 {
+            checkpoints.committed();
+        }
         let results_waiting = !queues.finishes.is_empty();
         share.record(started.elapsed(), ingest_rows, result_rows, results_waiting);
         let mut created = false;

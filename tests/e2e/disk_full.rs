@@ -39,6 +39,13 @@ fn batch(first: usize) -> Value {
     json!({ "events": events })
 }
 
+/// The room left on the database's disk, as `/metrics` reports it.
+fn free_room(metrics: &str) -> Option<u64> {
+    (metrics.lines())
+        .find_map(|line| line.strip_prefix("repeaterd_database_disk_free_bytes{} "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers_without_a_restart() {
     let receiver = Receiver::start().await;
@@ -125,6 +132,11 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers_without_a_restart
                 && line.contains("status=\"507\"")),
         "/metrics counts the 507 answers:\n{metrics}"
     );
+    let free = free_room(&metrics).expect("/metrics reports the room left on the disk");
+    assert!(
+        free < BALLAST_BYTES as u64,
+        "a full disk reports less room than the ballast: {free} bytes"
+    );
 
     // Free space: the same process takes events again.
     std::fs::remove_file(&ballast).expect("remove the ballast");
@@ -148,6 +160,12 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers_without_a_restart
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     next += BATCH;
+    let (_, metrics) = daemon.get("/metrics").await;
+    let after = free_room(metrics.as_str().unwrap_or_default()).expect("the room left, again");
+    assert!(
+        after > free,
+        "the freed ballast shows in the room reported: {free} bytes before, {after} after"
+    );
     assert!(
         daemon.exited().is_none(),
         "repeaterd exited:\n{}",

@@ -79,7 +79,8 @@ pub async fn readyz(State(state): State<ApiState>) -> Result<Json<ProbeAnswer>, 
 
 /// Prometheus metrics, in the OpenMetrics text format.
 ///
-/// The backlog gauge is refreshed from the store first. A failing store
+/// The backlog gauge, and the room left on a SQLite file's filesystem, are
+/// refreshed from the store first. A failing store
 /// does not fail the scrape: the other metrics still matter most then, and
 /// `repeaterd_backlog_refresh_errors_total` shows it.
 #[utoipa::path(
@@ -99,6 +100,7 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
         Ok(Err(err)) => tracing::warn!(error = %err, "metrics: backlog query failed"),
         Err(_) => tracing::warn!("metrics: backlog query timed out"),
     }
+    (state.metrics).set_database_free_bytes(state.store.database_free_bytes());
     let mut response = state.metrics.encode().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -435,6 +435,10 @@ where
             .collect())
     }
 
+    fn database_free_bytes(&self) -> Option<u64> {
+        self.free_disk_bytes()
+    }
+
     async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>> {
         let rows: Vec<(String, i16, i64)> =
             sqlx::query_as(&self.statements().admin.backlog_by_domain)

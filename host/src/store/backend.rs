@@ -57,6 +57,11 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// backend shared by several processes tells the others, whose
     /// ingests may have found those lanes leased.
     fn idle_lanes_released(&self) {}
+    /// Room left for this process on the filesystem holding the database,
+    /// where the backend can tell (a file it writes itself).
+    fn free_disk_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Called inside a write transaction that changes the repeaters table,
     /// before it commits.
     fn repeaters_changing(&self) {}

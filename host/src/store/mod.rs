@@ -450,6 +450,9 @@ pub trait AdminStore: Send + Sync {
     async fn unfinished_counts(&self, domain: Option<&str>) -> StoreResult<Vec<UnfinishedCount>>;
     /// Record counts of unfinished records by domain and state (for metrics).
     async fn backlog_by_domain(&self) -> StoreResult<Vec<(String, RecordState, i64)>>;
+    /// Room left on the filesystem of a SQLite file (for metrics); `None`
+    /// on PostgreSQL, whose server keeps its own disk.
+    fn database_free_bytes(&self) -> Option<u64>;
     /// Pauses or resumes a repeater. Returns false when there is no such repeater.
     async fn set_paused(
         &self,

@@ -98,6 +98,8 @@ pub struct SqliteStore {
     /// Bumped by every write that changes the repeaters table, so the
     /// writer task knows its copy of the subscribers is out of date.
     repeaters_changed: Arc<AtomicU64>,
+    /// The folder of the database file, whose filesystem's room is reported.
+    folder: std::path::PathBuf,
     /// Dropped with the store, which stops the checkpoint task.
     _checkpoints: oneshot::Sender<()>,
     /// The lock file, locked for the store's life: one process owns the
@@ -189,6 +191,7 @@ impl SqliteStore {
             ingests,
             finishes,
             repeaters_changed,
+            folder: folder_of(path),
             _checkpoints: stop_checkpoints,
             _owner: owner,
         })
@@ -271,6 +274,10 @@ impl Backend for SqliteStore {
 
     fn connections(&self) -> &Connections<Sqlite> {
         &self.connections
+    }
+
+    fn free_disk_bytes(&self) -> Option<u64> {
+        free_bytes(&self.folder)
     }
 
     /// The writer task's copy of the subscribers is out of date. Called
@@ -392,16 +399,22 @@ fn folder_of(path: &Path) -> std::path::PathBuf {
     }
 }
 
+/// Room left for this process on the filesystem holding `folder`; `None`
+/// when it cannot tell.
+fn free_bytes(folder: &Path) -> Option<u64> {
+    match rustix::fs::statvfs(folder) {
+        Ok(fs) => Some(fs.f_bavail.saturating_mul(fs.f_frsize)),
+        Err(error) => {
+            tracing::debug!(%error, folder = %folder.display(), "cannot read the free room of the database's filesystem");
+            None
+        }
+    }
+}
+
 /// Whether the filesystem holding `folder` has less than `bytes` free for
 /// this process; `false` when it cannot tell.
 fn room_below(folder: &Path, bytes: u64) -> bool {
-    match rustix::fs::statvfs(folder) {
-        Ok(fs) => fs.f_bavail.saturating_mul(fs.f_frsize) < bytes,
-        Err(error) => {
-            tracing::debug!(%error, folder = %folder.display(), "cannot read the free room of the database's filesystem");
-            false
-        }
-    }
+    free_bytes(folder).is_some_and(|free| free < bytes)
 }
 
 /// Copies the write-ahead log into the database file as `pace` says until

@@ -133,6 +133,7 @@ pub struct Metrics {
     ready_read_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     ingest_pushed_back: Counter,
     ingest_pending: Gauge,
+    database_free: Family<Vec<(String, String)>, Gauge>,
     api_requests: Family<ApiRequestLabels, Counter>,
     /// Serialises backlog refreshes so two scrapes do not interleave their
     /// clear-and-fill of the gauge.
@@ -288,6 +289,13 @@ impl Metrics {
             "Posted events admitted and not yet stored",
             ingest_pending.clone(),
         );
+        let database_free = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register_with_unit(
+            "database_disk_free",
+            "Room left for this process on the filesystem of the SQLite file, read at scrape time (absent on PostgreSQL)",
+            Unit::Bytes,
+            database_free.clone(),
+        );
         let api_requests = Family::<ApiRequestLabels, Counter>::default();
         registry.register(
             "api_requests",
@@ -317,6 +325,7 @@ impl Metrics {
             ready_read_seconds,
             ingest_pushed_back,
             ingest_pending,
+            database_free,
             api_requests,
             backlog_refresh: tokio::sync::Mutex::new(()),
             history: History::default(),
@@ -491,6 +500,17 @@ impl Metrics {
             .set(i64::try_from(events).unwrap_or(i64::MAX));
     }
 
+    /// Room left on the database's filesystem, when the store can tell.
+    pub fn set_database_free_bytes(&self, bytes: Option<u64>) {
+        match bytes {
+            Some(bytes) => {
+                (self.database_free.get_or_create(&Vec::new()))
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            None => self.database_free.clear(),
+        }
+    }
+
     /// The API answered a request. `route` must be a route template (for
     /// example `/v1/domains/{domain}/events`) or `unmatched`, never a raw
     /// path; methods outside the standard ones count as `OTHER`.
@@ -607,6 +627,25 @@ mod tests {
             text.contains("repeaterd_backlog_refresh_errors_total 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_databases_free_room_is_exported_only_when_known() {
+        let m = Metrics::new();
+        let has_room = |m: &Metrics| {
+            (m.encode().lines()).any(|line| line.starts_with("repeaterd_database_disk_free_bytes{"))
+        };
+        assert!(!has_room(&m));
+        m.set_database_free_bytes(Some(4 << 20));
+        assert!(
+            m.encode()
+                .lines()
+                .any(|line| line == "repeaterd_database_disk_free_bytes{} 4194304"),
+            "{}",
+            m.encode()
+        );
+        m.set_database_free_bytes(None);
+        assert!(!has_room(&m));
     }
 
     #[test]

@@ -137,6 +137,13 @@ async fn a_full_disk_refuses_ingest_loses_nothing_and_recovers_without_a_restart
         free < BALLAST_BYTES as u64,
         "a full disk reports less room than the ballast: {free} bytes"
     );
+    // And the console's overview says so.
+    let (status, overview) = daemon.console_page("/ui").await;
+    assert_eq!(status, 200, "{overview}");
+    assert!(
+        overview.contains("disk nearly full:"),
+        "the overview names the full disk:\n{overview}"
+    );
 
     // Free space: the same process takes events again.
     std::fs::remove_file(&ballast).expect("remove the ballast");

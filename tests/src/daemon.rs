@@ -315,6 +315,34 @@ impl Daemon {
             .unwrap_or_else(|err| panic!("GET {path} did not reach repeaterd: {err}"))
     }
 
+    /// GET a console page as admin: logs in with the admin token first.
+    /// Returns the status and the HTML.
+    pub async fn console_page(&self, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client");
+        let login = client
+            .post(format!("{}/ui/login", self.base))
+            .form(&[("token", ADMIN_TOKEN), ("next", "/ui")])
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("the console login did not reach repeaterd: {err}"));
+        let cookie = (login.headers().get_all(reqwest::header::SET_COOKIE).iter())
+            .filter_map(|value| value.to_str().ok())
+            .find_map(|value| value.split(';').next())
+            .unwrap_or_else(|| panic!("the console login set no cookie: {}", login.status()))
+            .to_owned();
+        let page = client
+            .get(format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("GET {path} did not reach repeaterd: {err}"));
+        let status = page.status().as_u16();
+        (status, page.text().await.unwrap_or_default())
+    }
+
     /// POST JSON to a path under the API as admin; returns status and body.
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.try_post(path, body)

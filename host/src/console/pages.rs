@@ -9,13 +9,14 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::view::{
-    ago, count, millis, minute_bars, rate, sent_request, state_chip, this_minute, when, when_opt,
+    ago, bytes, count, millis, minute_bars, rate, sent_request, state_chip, this_minute, when,
+    when_opt,
 };
 use super::{ConsoleError, ConsoleState, Page, Viewer};
 use crate::api::records::first_page_after;
 use crate::api::time::Timestamp;
 use crate::model::{Millis, RecordState, check_slug, now_millis};
-use crate::store::{FAILURE_SCAN, RecordQuery, RepeaterRow, UnfinishedCount};
+use crate::store::{FAILURE_SCAN, LOW_DISK_BYTES, RecordQuery, RepeaterRow, UnfinishedCount};
 use crate::telemetry::WindowStats;
 
 /// Records per page on the repeater page.
@@ -163,6 +164,10 @@ pub(super) async fn overview(
             .collect(),
         _ => Vec::new(),
     };
+    // The daemon's disk is the admin's to free, not a domain's.
+    let disk_free = (viewer.is_admin())
+        .then(|| store.database_free_bytes())
+        .flatten();
 
     let body = html! {
         div id="overview-live" data-live {
@@ -173,7 +178,17 @@ pub(super) async fn overview(
                 div.card { div.label { "Backlog (pending + retrying)" } div.value id="backlog-total" { (count(backlog)) } }
                 div.card { div.label { "Requests in flight" } div.value { (count(state.api.metrics.inflight())) } }
                 div.card { div.label { "Leases held by this daemon" } div.value { (leases) } }
-                div.card { div.label { "Store" } div.value { span.chip.ok { "reachable" } } }
+                div.card { div.label { "Store" } div.value {
+                    span.chip.ok { "reachable" }
+                    @if let Some(free) = disk_free {
+                        " "
+                        @if free < LOW_DISK_BYTES {
+                            span.chip.bad id="disk-free" title="Free room on the database's disk: ingest is refused when it runs out" { "disk nearly full: " (bytes(free)) " free" }
+                        } @else {
+                            span.muted id="disk-free" { (bytes(free)) " free on disk" }
+                        }
+                    }
+                } }
             }
             div.legend { "Last 15 minutes: successes above the line, failures below. Refreshed " span id="refreshed" { "now" } "." }
             h2 { "Domains" }

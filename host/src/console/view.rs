@@ -52,6 +52,25 @@ pub fn when_opt(at: Option<Millis>, now: Millis) -> Markup {
     }
 }
 
+/// A size in bytes, in the largest binary unit under which it is at least
+/// one: 512 B, 300 KiB, 12.5 GiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match value < 10.0 {
+        true => format!("{value:.1} {}", UNITS[unit]),
+        false => format!("{value:.0} {}", UNITS[unit]),
+    }
+}
+
 /// A count with thousands separators: 1 234 567.
 pub fn count(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
@@ -172,6 +191,17 @@ mod tests {
                 .into_string()
                 .contains("datetime=\"1970-01-12T13:46:40.000Z\"")
         );
+    }
+
+    #[test]
+    fn sizes_are_readable() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(300 << 10), "300 KiB");
+        assert_eq!(bytes((25 << 30) / 2), "12 GiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+        assert_eq!(bytes(u64::MAX), "16384 PiB");
     }
 
     #[test]

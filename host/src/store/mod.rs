@@ -47,6 +47,11 @@ mod sql;
 pub mod sqlite;
 
 pub use backend::Hinted;
+
+/// Free room on a SQLite file's filesystem under which the daemon counts
+/// its disk as nearly full: the log is copied after every commit (ADR 27)
+/// and the console says so.
+pub const LOW_DISK_BYTES: u64 = 256 << 20;
 pub use error::{ErrorKind, StoreError, StoreResult};
 
 /// How many connections a store opens to its database.

@@ -60,7 +60,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// not yet copied. At full load the log gains several MiB between two
 /// checkpoints; near a full disk it is kept to one commit's worth, and the
 /// writer pays the more frequent copies only when room is short.
-const LOW_ROOM_BYTES: u64 = 256 << 20;
+const LOW_ROOM_BYTES: u64 = super::LOW_DISK_BYTES;
 /// Log pages after which the writer's own commit checkpoints (SQLite's
 /// default is 1,000). The background copy rarely lets the log reach it, but
 /// it cannot reset the log while the writer keeps appending: this one

@@ -58,8 +58,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     // Logs (plugin logs included) go to stderr; command output to stdout.
+    // Colours only on a terminal: a journal or a log file gets plain text.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REPEATERD_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

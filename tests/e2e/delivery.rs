@@ -82,6 +82,13 @@ async fn events_reach_the_receiver_transformed_by_the_plugin(backend: Backend) {
         "repeaterd did not exit cleanly:\n{}",
         daemon.log()
     );
+    // Its log went to a file, not a terminal: plain text, no colour codes.
+    let log = daemon.log();
+    assert!(log.contains("INFO"), "the daemon logged: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log:?}"
+    );
 }
 
 /// Every attempt keeps what it sent, and nothing secret in it: the host's

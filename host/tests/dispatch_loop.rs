@@ -41,11 +41,18 @@ where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    let (store, dir) = fresh_sqlite().await;
+    start_on(store, dir, specs, dispatch, before).await
+}
+
+/// A new SQLite store in a temporary folder, which lives as long as the
+/// folder is kept.
+async fn fresh_sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
         .await
         .unwrap();
-    start_on(store, dir, specs, dispatch, before).await
+    (store, dir)
 }
 
 async fn start_on<F, Fut>(
@@ -65,7 +72,8 @@ where
 /// The loop's sleep cap and whole-read interval in most tests.
 const SAFETY_NET: Duration = Duration::from_secs(1);
 
-/// Like [`start_on`], with the retention purge on (`retention` old).
+/// Like [`start_on`], with the retention purge on (`retention` old) and
+/// the loop's sleep cap and whole-read interval set to `max_sleep`.
 async fn start_full<F, Fut>(
     store: Arc<dyn Store>,
     dir: tempfile::TempDir,
@@ -444,10 +452,7 @@ async fn a_retry_is_sent_when_it_comes_due_without_reading_every_repeater() {
         timeout: Duration::from_secs(30),
         ..fast()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
-        .await
-        .unwrap();
+    let (store, dir) = fresh_sqlite().await;
     let h = start_full(
         store,
         dir,
@@ -739,10 +744,7 @@ async fn a_long_batch_keeps_its_lease_so_a_peer_never_sends_its_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_purges_finished_records_in_bounded_batches() {
     let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = repeaterd::store::open(None, &dir.path().join("db.sqlite"))
-        .await
-        .unwrap();
+    let (store, dir) = fresh_sqlite().await;
     let h = start_full(
         store,
         dir,

@@ -49,8 +49,13 @@ pub mod sqlite;
 pub use backend::Hinted;
 
 /// Free room on a SQLite file's filesystem under which the daemon counts
-/// its disk as nearly full: the log is copied after every commit (ADR 27)
-/// and the console says so.
+/// its disk as nearly full: the log is also copied after every group commit
+/// (ADR 27), and the console says so. Copying the log into the file grows
+/// the file by the new pages the log holds, so once the disk is full, ingest
+/// and lease writes come back only when the room freed covers what the log
+/// has not yet copied. At full load the log gains several MiB between two
+/// timed checkpoints; near a full disk it is kept to one commit's worth, and
+/// the writer pays the more frequent copies only when room is short.
 pub const LOW_DISK_BYTES: u64 = 256 << 20;
 pub use error::{ErrorKind, StoreError, StoreResult};
 

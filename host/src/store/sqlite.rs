@@ -36,7 +36,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::backend::{Backend, BatchResults, Connections, Ingest, LaneClaim};
 use super::input::RecordUpdate;
-use super::{Ingested, Lease, ReadyRepeater, StoreError, StoreResult};
+use super::{Ingested, LOW_DISK_BYTES, Lease, ReadyRepeater, StoreError, StoreResult};
 use crate::model::Millis;
 
 mod group;
@@ -53,14 +53,6 @@ pub(crate) const READ_CONNECTIONS: u32 = 4;
 /// How often a connection of its own copies the write-ahead log into the
 /// database file, off the writer.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-/// Free room on the database's filesystem under which the log is also
-/// copied after every group commit. Copying the log into the file grows the
-/// file by the new pages the log holds, so once the disk is full, ingest and
-/// lease writes come back only when the room freed covers what the log has
-/// not yet copied. At full load the log gains several MiB between two
-/// checkpoints; near a full disk it is kept to one commit's worth, and the
-/// writer pays the more frequent copies only when room is short.
-const LOW_ROOM_BYTES: u64 = super::LOW_DISK_BYTES;
 /// Log pages after which the writer's own commit checkpoints (SQLite's
 /// default is 1,000). The background copy rarely lets the log reach it, but
 /// it cannot reset the log while the writer keeps appending: this one
@@ -156,9 +148,10 @@ impl SqliteStore {
             .await?;
         let (stop_checkpoints, stopped) = oneshot::channel();
         let pace = Arc::new(CheckpointPace::default());
+        let folder = folder_of(path);
         tokio::spawn(checkpoints(
             checkpointer,
-            folder_of(path),
+            folder.clone(),
             pace.clone(),
             stopped,
         ));
@@ -191,7 +184,7 @@ impl SqliteStore {
             ingests,
             finishes,
             repeaters_changed,
-            folder: folder_of(path),
+            folder,
             _checkpoints: stop_checkpoints,
             _owner: owner,
         })
@@ -371,10 +364,10 @@ async fn free_leases_of_the_last_owner(writer: &SqlitePool) -> StoreResult<()> {
 
 /// When the write-ahead log is copied into the database file: every
 /// [`CHECKPOINT_EVERY`], and after every group commit while the database's
-/// filesystem has less than [`LOW_ROOM_BYTES`] free.
+/// filesystem has less than [`LOW_DISK_BYTES`] free.
 #[derive(Default)]
 pub(super) struct CheckpointPace {
-    /// The last look at the filesystem found less than [`LOW_ROOM_BYTES`] free.
+    /// The last look at the filesystem found less than [`LOW_DISK_BYTES`] free.
     low_room: AtomicBool,
     /// Asks the checkpoint task for a copy now.
     now: Notify,
@@ -437,14 +430,14 @@ async fn checkpoints(
         tokio::select! {
             _ = &mut stop => break,
             _ = every.tick() => {
-                let low = room_below(&folder, LOW_ROOM_BYTES);
+                let low = room_below(&folder, LOW_DISK_BYTES);
                 if pace.low_room.swap(low, AtomicOrdering::Relaxed) != low {
                     tracing::info!(
                         low_room = low,
                         folder = %folder.display(),
                         "the database's filesystem {} {} MiB free; the log is copied {}",
                         if low { "has less than" } else { "has again at least" },
-                        LOW_ROOM_BYTES >> 20,
+                        LOW_DISK_BYTES >> 20,
                         if low { "after every commit" } else { "on the timer alone" },
                     );
                 }

@@ -178,17 +178,19 @@ pub(super) async fn overview(
                 div.card { div.label { "Backlog (pending + retrying)" } div.value id="backlog-total" { (count(backlog)) } }
                 div.card { div.label { "Requests in flight" } div.value { (count(state.api.metrics.inflight())) } }
                 div.card { div.label { "Leases held by this daemon" } div.value { (leases) } }
-                div.card { div.label { "Store" } div.value {
-                    span.chip.ok { "reachable" }
+                div.card {
+                    div.label { "Store" }
+                    div.value { span.chip.ok { "reachable" } }
                     @if let Some(free) = disk_free {
-                        " "
-                        @if free < LOW_DISK_BYTES {
-                            span.chip.bad id="disk-free" title="Free room on the database's disk: ingest is refused when it runs out" { "disk nearly full: " (bytes(free)) " free" }
-                        } @else {
-                            span.muted id="disk-free" { (bytes(free)) " free on disk" }
+                        div.detail {
+                            @if free < LOW_DISK_BYTES {
+                                span.chip.bad id="disk-free" title="Free room on the database's disk: ingest is refused when it runs out" { "disk nearly full: " (bytes(free)) " free" }
+                            } @else {
+                                span.muted id="disk-free" { (bytes(free)) " free on disk" }
+                            }
                         }
                     }
-                } }
+                }
             }
             div.legend { "Last 15 minutes: successes above the line, failures below. Refreshed " span id="refreshed" { "now" } "." }
             h2 { "Domains" }

@@ -332,6 +332,24 @@ async fn idle_leases_given_back_do_not_make_the_loop_read_everything_again() {
         before,
         "nothing but idle releases happened, yet the loop read the set for a change"
     );
+    // The loop's own CPU is counted: some, and far less than the seconds
+    // the test ran, most of which the loop slept.
+    let sample = |name: &str| -> f64 {
+        (metrics.lines())
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not in the metrics:\n{metrics}"))
+    };
+    let cpu = sample("repeaterd_scheduler_cpu_seconds_total");
+    let picks = sample("repeaterd_scheduler_picks_total");
+    assert!(
+        picks >= 30.0,
+        "30 lanes were handed out, {picks} picks counted"
+    );
+    assert!(cpu > 0.0, "the loop's CPU is counted:\n{metrics}");
+    assert!(
+        cpu < 2.0,
+        "{cpu} s of CPU counted for a loop that mostly slept"
+    );
 }
 
 /// The loop reads the whole ready set at least once a second, however

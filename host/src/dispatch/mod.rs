@@ -35,7 +35,7 @@ use crate::config::DispatchConfig;
 use crate::outbound::{Credentials, Outbound};
 use crate::plugin::PluginRegistry;
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, cpu_counted};
 
 pub use retention::RetentionSettings;
 
@@ -123,7 +123,9 @@ impl Dispatcher {
                     shutdown.clone(),
                 ))
             });
-            scheduler::Scheduler::new(deps.clone()).run(shutdown).await;
+            let metrics = deps.metrics.clone();
+            let scheduler = scheduler::Scheduler::new(deps.clone()).run(shutdown);
+            cpu_counted(scheduler, |cpu| metrics.scheduler_cpu(cpu)).await;
             if let Some(task) = retention {
                 let _ = task.await;
             }

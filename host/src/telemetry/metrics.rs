@@ -129,6 +129,7 @@ pub struct Metrics {
     ingest_refused: Counter,
     scheduler_picks: Counter,
     scheduler_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    scheduler_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     ready_reads: Family<Reason, Counter>,
     ready_read_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     ingest_pushed_back: Counter,
@@ -261,6 +262,15 @@ impl Metrics {
             Unit::Seconds,
             scheduler_seconds.clone(),
         );
+        let scheduler_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "scheduler_cpu",
+            "CPU time of the scheduler loop on its own thread (divide by scheduler_picks for \
+             its cost per pick); unlike scheduler_busy it leaves out time spent waiting for a \
+             core, and work the loop awaited on other threads",
+            Unit::Seconds,
+            scheduler_cpu_seconds.clone(),
+        );
         let ready_reads = Family::<Reason, Counter>::default();
         registry.register(
             "scheduler_ready_reads",
@@ -321,6 +331,7 @@ impl Metrics {
             ingest_refused,
             scheduler_picks,
             scheduler_seconds,
+            scheduler_cpu_seconds,
             ready_reads,
             ready_read_seconds,
             ingest_pushed_back,
@@ -480,6 +491,11 @@ impl Metrics {
     pub fn scheduler_turn(&self, picks: u64, seconds: f64) {
         self.scheduler_picks.inc_by(picks);
         self.scheduler_seconds.inc_by(seconds);
+    }
+
+    /// The scheduler loop used `cpu` of its thread's time in one poll.
+    pub fn scheduler_cpu(&self, cpu: std::time::Duration) {
+        self.scheduler_cpu_seconds.inc_by(cpu.as_secs_f64());
     }
 
     /// The scheduler read every ready repeater, for `reason`, in `seconds`.

@@ -9,8 +9,10 @@
 //! caller. Nothing request-specific (event ids, URLs, record ids) becomes a
 //! label.
 
+mod cpu;
 mod history;
 mod metrics;
 
+pub(crate) use cpu::cpu_counted;
 pub use history::{History, WINDOW_MINUTES, WindowStats};
 pub use metrics::{Metrics, PluginCall};

@@ -468,7 +468,7 @@ mod tests {
     use super::*;
     use crate::model::RecordState;
     use crate::store::admin::records_page_sql;
-    use crate::store::sql::Dialect;
+    use crate::store::sql::{Dialect, Statements};
     use crate::store::{RecordQuery, Store};
 
     #[test]
@@ -565,6 +565,58 @@ mod tests {
                         || step.starts_with("SCAN r ")
                         || step == "SCAN r"),
                     "{query:?} scans the records table: {steps:#?}"
+                );
+            }
+        }
+    }
+
+    /// The scheduler's reads of every repeater read the narrow index of
+    /// migration 0007, never the table with its specs (ADR 28).
+    #[tokio::test]
+    async fn the_lanes_reads_of_every_repeater_never_open_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("plans.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let lanes = &Statements::of(Dialect::Sqlite).lanes;
+        // Each read with the number of values it takes.
+        let reads = [
+            ("ready", lanes.ready.clone(), 2),
+            ("wakeup", lanes.wakeup.clone(), 1),
+            ("held_elsewhere", lanes.held_elsewhere.clone(), 2),
+            (
+                "ready_in",
+                crate::store::lanes::ready_in(Dialect::Sqlite, 3),
+                5,
+            ),
+        ];
+        for (name, sql, values) in reads {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let plan = (0..values).fold(
+                sqlx::query_as::<_, (i64, i64, i64, String)>(&explain),
+                |plan, _| plan.bind(0_i64),
+            );
+            let steps: Vec<String> = plan
+                .fetch_all(&store.connections.reads)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, _, _, detail)| detail)
+                .collect();
+            let repeaters: Vec<&String> = (steps.iter())
+                .filter(|step| {
+                    step.contains(" p ") || step.ends_with(" p") || step.contains(" repeaters ")
+                })
+                .collect();
+            assert!(
+                !repeaters.is_empty(),
+                "{name}: no step reads the repeaters: {steps:#?}"
+            );
+            for step in repeaters {
+                assert!(
+                    step.contains("USING COVERING INDEX repeaters_lanes"),
+                    "{name} reads the repeaters' table: {step} in {steps:#?}"
                 );
             }
         }

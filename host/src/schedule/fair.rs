@@ -278,7 +278,11 @@ impl FairQueue {
             for queue in [&mut lane.light, &mut lane.heavy] {
                 queue.retain_mut(|r| match ids.get(&r.id) {
                     Some(new) => {
-                        *r = (*new).clone();
+                        // Unchanged in nearly every read: cloning them
+                        // anyway cost two allocations per ready repeater.
+                        if r != *new {
+                            *r = (*new).clone();
+                        }
                         self.domain_of.insert(r.id, domain.clone());
                         true
                     }

@@ -505,17 +505,39 @@ mod tests {
         assert_eq!(store.lane_reads.keep(), READ_CONNECTIONS as usize);
     }
 
+    /// A migrated store in a temporary folder, to read query plans from.
+    async fn plan_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("plans.db"))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
+    /// The steps of `plan`, an `EXPLAIN QUERY PLAN` with its values bound.
+    async fn steps_of<'q>(
+        plan: sqlx::query::QueryAs<
+            'q,
+            Sqlite,
+            (i64, i64, i64, String),
+            sqlx::sqlite::SqliteArguments<'q>,
+        >,
+        store: &SqliteStore,
+    ) -> Vec<String> {
+        (plan.fetch_all(&store.connections.reads).await.unwrap())
+            .into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect()
+    }
+
     /// Every shape of the records listing reads `records` only through
     /// ranges of the per-state indexes, one per listed state, and never scans
     /// the table: a page must cost the same in a domain of ten records and
     /// in one of ten million.
     #[tokio::test]
     async fn record_listings_read_only_index_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("plans.db"))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = plan_store().await;
         for repeater in [None, Some("a".to_owned())] {
             for state in [None, Some(RecordState::Rejected)] {
                 let query = RecordQuery {
@@ -535,13 +557,7 @@ mod tests {
                 if let Some(name) = &repeater {
                     plan = plan.bind(name.as_str());
                 }
-                let steps: Vec<String> = plan
-                    .fetch_all(&store.connections.reads)
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(|(_, _, _, detail)| detail)
-                    .collect();
+                let steps = steps_of(plan, &store).await;
                 let index = if repeater.is_some() {
                     "records_repeater_state"
                 } else {
@@ -574,11 +590,7 @@ mod tests {
     /// migration 0007, never the table with its specs (ADR 28).
     #[tokio::test]
     async fn the_lanes_reads_of_every_repeater_never_open_the_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("plans.db"))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = plan_store().await;
         let lanes = &Statements::of(Dialect::Sqlite).lanes;
         // Each read with the number of values it takes.
         let reads = [
@@ -597,13 +609,7 @@ mod tests {
                 sqlx::query_as::<_, (i64, i64, i64, String)>(&explain),
                 |plan, _| plan.bind(0_i64),
             );
-            let steps: Vec<String> = plan
-                .fetch_all(&store.connections.reads)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|(_, _, _, detail)| detail)
-                .collect();
+            let steps = steps_of(plan, &store).await;
             let repeaters: Vec<&String> = (steps.iter())
                 .filter(|step| {
                     step.contains(" p ") || step.ends_with(" p") || step.contains(" repeaters ")

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use repeaterd_tests::{
-    Backend, Capacity, Daemon, DaemonConfig, Receiver, RepeaterConfig, ResettingEndpoint, TestDir,
-    eventually, list_records, on_both_stores,
+    Backend, Capacity, Daemon, DaemonConfig, Receiver, RepeaterConfig, ResettingEndpoint, Served,
+    TestDir, eventually, list_records, on_both_stores,
 };
 use serde_json::json;
 
@@ -353,19 +353,50 @@ async fn a_busy_receiver_gets_requests_at_its_capacity(backend: Backend) {
         "{steady_shed} of {} requests shed in the steady part",
         steady.len()
     );
-    // At exactly the capacity the receiver idles while the lane turns an
-    // answer into its next request and between batches: 89 to 92 % of the
-    // capacity on the 2-core development machine, busy or not (ADR 15). A
-    // limit stuck below the capacity would give 67 % or less.
+    // A limit at the capacity keeps the receiver full: during nearly every
+    // request's service the other slots were all held at some moment, and
+    // a limit one below never fills them (0 % with the repeater's ceiling
+    // set to 2). Unlike the share of the capacity used, this holds on a
+    // machine too busy for the lane to turn answers into requests quickly:
+    // beside a Rust build and the crash tests, 99.5 % full while 88 % of
+    // the capacity was used, and a CI run once used only 77 %. The rate is
+    // measured by the bench's busy scenario on the release binary (ADR 15).
+    let full = full_share(&served, from, to, capacity.limit);
+    println!(
+        "busy receiver: {:.1} % of the steady part's served requests saw every slot held",
+        100.0 * full
+    );
     assert!(
-        throughput >= 0.85 * capacity_per_s,
-        "{throughput:.1}/s in the steady part, capacity {capacity_per_s:.1}/s"
+        full >= 0.75,
+        "the receiver was full during only {:.1} % of the steady part's requests",
+        100.0 * full
     );
     let median = steady_limits[steady_limits.len() / 2];
     assert_eq!(
         median, capacity.limit as u32,
         "the limit did not settle at the capacity: {limit_changes}"
     );
+}
+
+/// The share of the requests that took a slot from `from` to `to` during
+/// whose service, at some moment, all `limit` slots were held. The most
+/// slots are held at a request's own start or at another's start within it.
+fn full_share(served: &[Served], from: Duration, to: Duration, limit: usize) -> f64 {
+    let held_at = |t: Duration| (served.iter()).filter(|s| s.from <= t && t < s.to).count();
+    let steady: Vec<&Served> = (served.iter())
+        .filter(|s| s.from >= from && s.from < to)
+        .collect();
+    let full = (steady.iter())
+        .filter(|s| {
+            let starts_within = (served.iter())
+                .map(|other| other.from)
+                .filter(|t| *t > s.from && *t < s.to);
+            std::iter::once(s.from)
+                .chain(starts_within)
+                .any(|t| held_at(t) >= limit)
+        })
+        .count();
+    full as f64 / steady.len().max(1) as f64
 }
 
 /// A repeater's adaptive concurrency limit, from the daemon's metrics.

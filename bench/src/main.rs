@@ -65,6 +65,9 @@ enum Scenario {
     /// 1,000 domains × 10 repeaters against 20 × 5, and ingest offered at
     /// twice the drain rate.
     Tenants,
+    /// One repeater against a receiver that serves 3 requests at a time and
+    /// turns the rest away: the share served and of its capacity used.
+    Busy,
 }
 
 /// Which store the daemon runs on.
@@ -258,6 +261,7 @@ async fn run_scenario(ctx: &Ctx, scenario: Scenario, backend: Backend, budget: D
                 Scenario::Soak => scenario::soak::run(ctx, backend, &mut fields).await,
                 Scenario::Burst => scenario::burst::run(ctx, backend, &mut fields).await,
                 Scenario::Tenants => scenario::tenants::run(ctx, backend, &mut fields).await,
+                Scenario::Busy => scenario::busy::run(ctx, backend, &mut fields).await,
                 Scenario::All | Scenario::Ceiling => Ok(()),
             }
         };
@@ -292,6 +296,7 @@ fn default_budget(scenario: Scenario, quick: bool) -> u64 {
         Scenario::FairnessTwo => 900,
         Scenario::Burst => 900,
         Scenario::Tenants => 1200,
+        Scenario::Busy => 300,
         Scenario::All | Scenario::Ceiling => 60,
     };
     if quick { full / 4 } else { full }
@@ -423,6 +428,7 @@ async fn run(args: Args) -> i32 {
             Scenario::FairnessTwo,
             Scenario::Burst,
             Scenario::Tenants,
+            Scenario::Busy,
             Scenario::Scale,
             Scenario::Console,
             Scenario::PluginLoad,

@@ -4,6 +4,11 @@
 //! first path segment of the repeater URL `http://127.0.0.1:PORT/<domain>/<repeater>`)
 //! and when it arrived. Recording is one short mutex section per request, so
 //! the receiver costs little next to the daemon it measures.
+//!
+//! Started with a [`Capacity`], it is a busy API instead: it serves a few
+//! requests at a time, each after a fixed service time, answers `503` at
+//! once to any beyond them, and remembers when each served request held its
+//! slot and when each turned-away one came.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -53,6 +58,31 @@ pub fn record_key(id: &str) -> u64 {
     }
 }
 
+/// How much a busy receiver serves: at most `limit` requests at once, each
+/// answered `200` after `service`; a request arriving while `limit` are
+/// being served is answered `503` at once, without `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub limit: usize,
+    pub service: Duration,
+}
+
+/// When a served request of a busy receiver held its slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    pub from: Instant,
+    pub to: Instant,
+}
+
+/// What a busy receiver saw besides the arrivals.
+#[derive(Default)]
+struct Busy {
+    /// Every slot held, in the order they were freed.
+    held: Vec<Held>,
+    /// When each turned-away request came.
+    shed: Vec<Instant>,
+}
+
 #[derive(Default)]
 struct Log {
     /// First arrival of each record, in arrival order.
@@ -69,6 +99,11 @@ struct Shared {
     requests: AtomicUsize,
     /// Distinct records seen, per domain index.
     per_domain: Vec<AtomicUsize>,
+    /// Set for a busy receiver.
+    capacity: Option<Capacity>,
+    /// Requests holding a slot of `capacity` now.
+    serving: AtomicUsize,
+    busy: Mutex<Busy>,
 }
 
 /// A running receiver; stops when dropped.
@@ -82,6 +117,16 @@ impl Receiver {
     /// Binds 127.0.0.1:0 and starts serving. `domains` gives each domain the
     /// index reported in [`Arrival::domain`].
     pub async fn start(domains: &[String]) -> Result<Receiver, String> {
+        Receiver::serve(domains, None).await
+    }
+
+    /// Starts a busy receiver that serves at most `capacity.limit` requests
+    /// at once and turns the others away.
+    pub async fn with_capacity(domains: &[String], capacity: Capacity) -> Result<Receiver, String> {
+        Receiver::serve(domains, Some(capacity)).await
+    }
+
+    async fn serve(domains: &[String], capacity: Option<Capacity>) -> Result<Receiver, String> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|err| format!("receiver cannot bind 127.0.0.1:0: {err}"))?;
@@ -98,6 +143,9 @@ impl Receiver {
             distinct: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             per_domain: domains.iter().map(|_| AtomicUsize::new(0)).collect(),
+            capacity,
+            serving: AtomicUsize::new(0),
+            busy: Mutex::new(Busy::default()),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(Receiver {
@@ -197,13 +245,15 @@ impl Receiver {
         self.lock().arrivals.last().map(|arrival| arrival.at)
     }
 
+    /// A busy receiver's held slots, in the order they were freed, and the
+    /// times of its turned-away requests.
+    pub fn busy(&self) -> (Vec<Held>, Vec<Instant>) {
+        let busy = lock(&self.shared.busy);
+        (busy.held.clone(), busy.shed.clone())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
-        // A poisoned log only means a handler panicked mid-push; the data is
-        // still usable for measurement.
-        self.shared
-            .log
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        lock(&self.shared.log)
     }
 }
 
@@ -261,11 +311,20 @@ async fn handle(
         }
     }
     shared.requests.fetch_add(1, Ordering::Relaxed);
+    let slot = match shared.capacity {
+        Some(capacity) => match Slot::take(&shared, capacity.limit) {
+            Some(slot) => Some((slot, capacity.service)),
+            None => {
+                lock(&shared.busy).shed.push(at);
+                let mut shed = Response::new(Empty::new());
+                *shed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return Ok(shed);
+            }
+        },
+        None => None,
+    };
     if let Some(key) = key {
-        let mut log = shared
-            .log
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut log = lock(&shared.log);
         if log.seen.insert(key) {
             log.arrivals.push(Arrival { key, domain, at });
             shared.distinct.fetch_add(1, Ordering::Relaxed);
@@ -274,7 +333,48 @@ async fn handle(
             }
         }
     }
+    if let Some((slot, service)) = slot {
+        tokio::time::sleep(service).await;
+        drop(slot);
+    }
     Ok(Response::new(Empty::new()))
+}
+
+/// A mutex's guard; a poisoned lock only means a handler panicked
+/// mid-push, and the data is still usable for measurement.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// One of a busy receiver's slots, held while a request is served; given
+/// back, and its time logged, when dropped, also when the client goes away.
+struct Slot<'a> {
+    shared: &'a Shared,
+    from: Instant,
+}
+
+impl<'a> Slot<'a> {
+    fn take(shared: &'a Shared, limit: usize) -> Option<Slot<'a>> {
+        if shared.serving.fetch_add(1, Ordering::SeqCst) >= limit {
+            shared.serving.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Slot {
+            shared,
+            from: Instant::now(),
+        })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let held = Held {
+            from: self.from,
+            to: Instant::now(),
+        };
+        lock(&self.shared.busy).held.push(held);
+        self.shared.serving.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! against the daemon's own view of its records.
 
 pub mod burst;
+pub mod busy;
 pub mod console;
 pub mod fairness;
 pub mod latency;

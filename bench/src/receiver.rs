@@ -25,6 +25,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 /// The header json-forward sets to the record id.
@@ -99,10 +100,8 @@ struct Shared {
     requests: AtomicUsize,
     /// Distinct records seen, per domain index.
     per_domain: Vec<AtomicUsize>,
-    /// Set for a busy receiver.
-    capacity: Option<Capacity>,
-    /// Requests holding a slot of `capacity` now.
-    serving: AtomicUsize,
+    /// A busy receiver's service time, and its slots.
+    capacity: Option<(Duration, Semaphore)>,
     busy: Mutex<Busy>,
 }
 
@@ -143,8 +142,7 @@ impl Receiver {
             distinct: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             per_domain: domains.iter().map(|_| AtomicUsize::new(0)).collect(),
-            capacity,
-            serving: AtomicUsize::new(0),
+            capacity: capacity.map(|c| (c.service, Semaphore::new(c.limit))),
             busy: Mutex::new(Busy::default()),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -311,10 +309,10 @@ async fn handle(
         }
     }
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let slot = match shared.capacity {
-        Some(capacity) => match Slot::take(&shared, capacity.limit) {
-            Some(slot) => Some((slot, capacity.service)),
-            None => {
+    let slot = match &shared.capacity {
+        Some((service, slots)) => match slots.try_acquire() {
+            Ok(permit) => Some((permit, *service, Instant::now())),
+            Err(_) => {
                 lock(&shared.busy).shed.push(at);
                 let mut shed = Response::new(Empty::new());
                 *shed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -333,9 +331,14 @@ async fn handle(
             }
         }
     }
-    if let Some((slot, service)) = slot {
+    if let Some((permit, service, from)) = slot {
         tokio::time::sleep(service).await;
-        drop(slot);
+        let held = Held {
+            from,
+            to: Instant::now(),
+        };
+        lock(&shared.busy).held.push(held);
+        drop(permit);
     }
     Ok(Response::new(Empty::new()))
 }
@@ -344,37 +347,6 @@ async fn handle(
 /// mid-push, and the data is still usable for measurement.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
-/// One of a busy receiver's slots, held while a request is served; given
-/// back, and its time logged, when dropped, also when the client goes away.
-struct Slot<'a> {
-    shared: &'a Shared,
-    from: Instant,
-}
-
-impl<'a> Slot<'a> {
-    fn take(shared: &'a Shared, limit: usize) -> Option<Slot<'a>> {
-        if shared.serving.fetch_add(1, Ordering::SeqCst) >= limit {
-            shared.serving.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(Slot {
-            shared,
-            from: Instant::now(),
-        })
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let held = Held {
-            from: self.from,
-            to: Instant::now(),
-        };
-        lock(&self.shared.busy).held.push(held);
-        self.shared.serving.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 #[cfg(test)]

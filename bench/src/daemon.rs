@@ -43,6 +43,9 @@ pub struct DaemonConfig {
     pub plugins_dir: Option<PathBuf>,
     /// `dispatch.retention`, when the scenario sets it.
     pub retention: Option<Duration>,
+    /// `dispatch.retry_schedule` and `max_attempts`, when the scenario
+    /// sets them.
+    pub retries: Option<(Duration, u32)>,
 }
 
 impl DaemonConfig {
@@ -60,6 +63,7 @@ impl DaemonConfig {
             repeaters,
             plugins_dir: None,
             retention: None,
+            retries: None,
         })
     }
 
@@ -86,6 +90,13 @@ impl DaemonConfig {
         }
         if let Some(retention) = self.retention {
             let _ = writeln!(toml, "retention = \"{}s\"", retention.as_secs().max(1));
+        }
+        if let Some((every, max_attempts)) = self.retries {
+            let _ = writeln!(
+                toml,
+                "retry_schedule = [\"{}ms\"]\nmax_attempts = {max_attempts}",
+                every.as_millis().max(1)
+            );
         }
         let _ = writeln!(toml);
         let cache = self.state_dir.join("plugin-cache");

@@ -68,17 +68,14 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
         )),
     );
     let busy = measure(ctx, backend, "busy", CAPACITY, records).await?;
-    let used = busy.throughput / (CAPACITY.limit as f64 / busy.mean_held);
+    let capacity_per_s = CAPACITY.limit as f64 / busy.mean_held;
+    let used = busy.throughput / capacity_per_s;
     fields.insert("requests".into(), Value::from(busy.requests));
     fields.insert("shed".into(), Value::from(busy.shed));
     put(fields, "drain_s", busy.drain.as_secs_f64());
     put(fields, "steady_s", busy.window);
     put(fields, "steady_success", busy.success);
-    put(
-        fields,
-        "capacity_per_s",
-        CAPACITY.limit as f64 / busy.mean_held,
-    );
+    put(fields, "capacity_per_s", capacity_per_s);
     put(fields, "steady_deliveries_per_s", busy.throughput);
     put(fields, "steady_capacity_used", used);
     if let Some(median) = busy.limit_median {

@@ -417,6 +417,79 @@ async fn a_change_nobody_announced_is_found_while_ingest_keeps_waking_the_loop()
     let _ = h.shutdown.send(true);
 }
 
+/// Ingest tells the loop which domains it fed and wakes it. While batches
+/// keep finishing, a wake-up can come between two turns and be used up as
+/// the next turn starts, with another branch winning that turn's wait: the
+/// fed domains were then left to the safety net's whole read, in the
+/// benchmarks a second later (here it is set to 30 s). Each round feeds
+/// twenty quiet domains at once and must be delivered within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fed_domain_is_served_while_batches_keep_finishing() {
+    const SMALL: usize = 20;
+    const ROUNDS: u32 = 150;
+    const FLOOD: u32 = 10_000;
+    let flood = Receiver::start().await;
+    let quiet = Receiver::start().await;
+    let mut specs: Vec<RepeaterSpec> = (0..5)
+        .map(|i| spec("big", &format!("sink-{i}"), &flood.url()))
+        .collect();
+    specs.extend((0..SMALL).map(|i| spec(&format!("small-{i}"), "sink", &quiet.url())));
+    let (store, dir) = fresh_sqlite().await;
+    let safety_net = Duration::from_secs(30);
+    let h = start_full(
+        store,
+        dir,
+        &specs,
+        fast(),
+        None,
+        safety_net,
+        |store| async move {
+            for chunk in 0..FLOOD / 1000 {
+                let events: Vec<NewEvent> = (0..1000).map(|n| event(chunk * 1000 + n)).collect();
+                store.ingest("big", &events, now_millis()).await.unwrap();
+            }
+        },
+    )
+    .await;
+    let mut slowest = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let posted = std::time::Instant::now();
+        let posts: Vec<_> = (0..SMALL)
+            .map(|i| {
+                let store = h.store.clone();
+                tokio::spawn(async move {
+                    let domain = format!("small-{i}");
+                    store.ingest(&domain, &[event(round)], now_millis()).await
+                })
+            })
+            .collect();
+        for post in posts {
+            post.await.unwrap().unwrap();
+        }
+        let want = (round as usize + 1) * SMALL;
+        let limit = Duration::from_secs(2);
+        while quiet.count() < want {
+            assert!(
+                posted.elapsed() < limit,
+                "round {round}: {} of {SMALL} fed domains delivered within {limit:?}; \
+                 the rest waited for the safety net",
+                quiet.count() + SMALL - want
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        slowest = slowest.max(posted.elapsed());
+    }
+    let flooded = flood.count();
+    println!(
+        "{ROUNDS} rounds of {SMALL} fed domains, slowest {slowest:?}, {flooded} flood deliveries meanwhile"
+    );
+    assert!(
+        flooded < FLOOD as usize * 5,
+        "the flood ran dry before the rounds ended: batches were not finishing throughout"
+    );
+    let _ = h.shutdown.send(true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_failures_retry_and_rejections_stop() {
     let receiver = Receiver::with_script(Arc::new(|r, seen| {

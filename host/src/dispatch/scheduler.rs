@@ -238,6 +238,16 @@ impl Scheduler {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // Then take the hints, every turn. A hint left after this comes
+            // with a wake-up that `notified` receives. One left before was
+            // announced by a wake-up that `enable` may just have used up:
+            // if another branch wins the wait below, `notified` is dropped
+            // with it, and its hints were left until the safety net's read
+            // a second later.
+            if self.take_hints() {
+                refresh = true;
+                reason = "change";
+            }
 
             while self.acquiring.try_join_next().is_some() {}
             let turn = std::time::Instant::now();
@@ -288,26 +298,8 @@ impl Scheduler {
             let sleep = tokio::time::sleep(sleep_until);
 
             refresh = tokio::select! {
-                _ = &mut notified => {
-                    // An ingest here: read its domains' repeaters at once.
-                    // Anything else (a resend, a resume, a released lease,
-                    // another process's change): read the whole ready set
-                    // again at once, unless it was read so recently that
-                    // reading it again would take more than its share of
-                    // the loop's time; then it is read as soon as that
-                    // share allows, while batches go on being handed out
-                    // and taken back meanwhile.
-                    let hinted = self.deps.store.take_hints();
-                    self.fed_domains.extend(hinted.domains);
-                    if hinted.anything {
-                        reason = "change";
-                        let now = self.ready_read_allowed();
-                        self.refresh_pending |= !now;
-                        now
-                    } else {
-                        false
-                    }
-                }
+                // Its hints are taken at the top of the next turn.
+                _ = &mut notified => false,
                 Some(joined) = self.batches.join_next(), if !self.batches.is_empty() => {
                     self.joined(joined);
                     // Take every other batch that finished meanwhile before
@@ -334,6 +326,24 @@ impl Scheduler {
             };
         }
         self.drain().await;
+    }
+
+    /// Takes the store's hints: an ingest's domains are read alone at the
+    /// next turn. Anything else (a resend, a resume, a released lease,
+    /// another process's change) asks for the whole ready set again,
+    /// at once (true) unless it was read so recently that reading it again
+    /// would take more than its share of the loop's time; then it is read
+    /// as soon as that share allows, while batches go on being handed out
+    /// and taken back meanwhile.
+    fn take_hints(&mut self) -> bool {
+        let hinted = self.deps.store.take_hints();
+        self.fed_domains.extend(hinted.domains);
+        if !hinted.anything {
+            return false;
+        }
+        let now = self.ready_read_allowed();
+        self.refresh_pending |= !now;
+        now
     }
 
     /// How long ago the ready set was read.

@@ -22,8 +22,8 @@ use crate::payload::{self, BODY_BYTES};
 use crate::receiver::Receiver;
 use crate::stats::quantile;
 
-/// The issue's target for p99.
-pub const P99_TARGET_MS: f64 = 50.0;
+/// The target for p99 (issue 24; an earlier issue asked for 50 ms).
+pub const P99_TARGET_MS: f64 = 20.0;
 
 /// How often the pacer looks at the clock.
 const TICK: Duration = Duration::from_millis(2);
@@ -144,7 +144,7 @@ pub async fn run(ctx: &Ctx, backend: Backend, fields: &mut Fields) -> Result<(),
     put(fields, "ingest_p99_ms", ingest_p99);
     put(fields, "peak_rss_mb", peak);
     CpuUse::put(cpu, fields);
-    fields.insert("target".into(), Value::from("p99_ms <= 50"));
+    fields.insert("target".into(), Value::from("p99_ms <= 20"));
     fields.insert("met".into(), Value::from(p99 <= P99_TARGET_MS));
     Ok(())
 }

@@ -244,7 +244,9 @@ impl Scheduler {
             // if another branch wins the wait below, `notified` is dropped
             // with it, and its hints were left until the safety net's read
             // a second later.
-            if self.take_hints() {
+            // A read already asked for (at start, after batches) keeps its
+            // reason.
+            if self.take_hints() && !refresh {
                 refresh = true;
                 reason = "change";
             }
